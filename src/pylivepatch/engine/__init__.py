@@ -1,0 +1,24 @@
+"""The in-process engine: life cycle, swapping, pauses (standard library only)."""
+
+from __future__ import annotations
+
+import threading
+
+from .core import ActionResult, Engine, FuncStatus, PayloadStatus
+from .events import Event
+from .table import Action, State
+
+__all__ = ["Action", "ActionResult", "Engine", "Event", "FuncStatus", "PayloadStatus", "State", "engine"]
+
+_engine: Engine | None = None
+_engine_lock = threading.Lock()
+
+
+def engine() -> Engine:
+    """The process-wide engine (created on first use)."""
+    global _engine
+    if _engine is None:
+        with _engine_lock:
+            if _engine is None:
+                _engine = Engine()
+    return _engine

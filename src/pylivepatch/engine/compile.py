@@ -1,0 +1,423 @@
+"""Turning an uploaded payload into ready-to-swap code, without changing the process.
+
+The payload's modules run as a private package (``_pylivepatch_payload_…``). Each
+replacement function is then compiled *again* from its source, inside a synthetic
+scope that mirrors the target: the target's classes (so zero-argument ``super()``
+gets its ``__class__`` cell and ``__private`` names are mangled as in the target) and
+the target's free variables (so a closure variable is matched by *name*). The code
+object that comes out is what ``__code__`` will be set to; it runs with the target
+module's globals because it is installed into the target's own function object.
+
+When the free variables of the new code differ from the target's (a captured
+variable was added or dropped, ``super()`` appeared), ``__code__`` cannot take it: the
+target gets a *trampoline* instead, a tiny function of the same signature and the same
+free variables whose only job is to call the real replacement. It costs one extra
+Python call per call.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import copy
+import importlib.machinery
+import importlib.util
+import linecache
+import sys
+import types
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import LivepatchError
+from ..payload.archive import Payload
+from ..payload.fingerprint import global_names, nested_code
+from ..payload.manifest import DataEntry, FuncEntry
+from .resolve import ABSENT, DataTarget, FunctionTarget
+
+_PLACEHOLDER = "__pylivepatch_trampoline_target__"
+_SCOPE = "__pylivepatch_scope__"
+CO_GENERATOR, CO_COROUTINE, CO_ASYNC_GENERATOR = 0x20, 0x80, 0x200
+CO_VARARGS, CO_VARKEYWORDS = 0x4, 0x8
+_TYPE_PARAMS: dict[str, Any] = {"type_params": []} if sys.version_info >= (3, 12) else {}
+
+
+@dataclass
+class Variant:
+    """What one payload installs into one function: code, defaults and, for a
+    trampoline, the function it calls."""
+
+    code: types.CodeType
+    defaults: tuple[Any, ...] | None
+    kwdefaults: dict[str, Any] | None
+    impl: types.FunctionType | None = None
+
+    def codes(self) -> Iterator[types.CodeType]:
+        yield from nested_code(self.code)
+        if self.impl is not None:
+            yield from nested_code(self.impl.__code__)
+
+
+@dataclass
+class LoadedPackage:
+    """The payload's modules, executed in this process."""
+
+    package: str
+    namespace: dict[str, Any]
+    modules: list[str]
+    filenames: dict[str, str]  # archive path -> code filename
+    trees: dict[str, ast.Module] = field(default_factory=dict)
+
+    def discard(self) -> None:
+        for name in self.modules:
+            sys.modules.pop(name, None)
+        for filename in self.filenames.values():
+            linecache.cache.pop(filename, None)
+
+
+class _PayloadImporter:
+    """A meta-path finder for the payload's own package, present only while it runs."""
+
+    def __init__(self, modules: dict[str, tuple[str, str, bool]]) -> None:
+        self.modules = modules
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in self.modules:
+            return None
+        filename, _, is_pkg = self.modules[fullname]
+        return importlib.util.spec_from_loader(fullname, self, origin=filename, is_package=is_pkg)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
+        return None
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        filename, source, _ = self.modules[module.__name__]
+        module.__file__ = filename
+        code = compile(source, filename, "exec", dont_inherit=True)
+        exec(code, module.__dict__)
+
+
+def _package_name(payload: Payload) -> str:
+    safe = "".join(c if c.isalnum() else "_" for c in payload.manifest.name)
+    return f"_pylivepatch_payload_{safe}_{payload.manifest.build_id[:12]}"
+
+
+def load_package(payload: Payload) -> LoadedPackage:
+    """Run the payload's modules; errors become ``invalid-payload``."""
+    man = payload.manifest
+    return load_sources(man.name, _package_name(payload), payload.sources, man.build_id[:12])
+
+
+def load_sources(name: str, package: str, sources: dict[str, str], tag: str) -> LoadedPackage:
+    """Run ``sources`` (archive paths under ``payload/``) as the private package ``package``."""
+    modules: dict[str, tuple[str, str, bool]] = {}
+    filenames: dict[str, str] = {}
+    trees: dict[str, ast.Module] = {}
+    for path, source in sources.items():
+        rel = path[len("payload/") : -len(".py")].split("/")
+        is_pkg = rel[-1] == "__init__"
+        if is_pkg:
+            rel = rel[:-1]
+        modname = ".".join([package, *rel])
+        filename = f"<pylivepatch {name} {tag}>/{path}"
+        try:
+            trees[filename] = ast.parse(source, filename)
+        except SyntaxError as exc:
+            raise LivepatchError(
+                "invalid-payload", f"payload {name}: syntax error in {path} line {exc.lineno}: {exc.msg}"
+            ) from None
+        modules[modname] = (filename, source, is_pkg)
+        filenames[path] = filename
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    loaded = LoadedPackage(package, {}, sorted(modules), filenames, trees)
+    importer = _PayloadImporter(modules)
+    sys.meta_path.insert(0, importer)
+    try:
+        module = importlib.import_module(package)
+    except BaseException as exc:
+        loaded.modules = sorted(n for n in sys.modules if n == package or n.startswith(package + "."))
+        loaded.discard()
+        if not isinstance(exc, Exception):
+            raise
+        raise LivepatchError(
+            "invalid-payload", f"payload {name}: importing its code raised {type(exc).__name__}: {exc}"
+        ) from None
+    finally:
+        sys.meta_path.remove(importer)
+    loaded.modules = sorted(n for n in sys.modules if n == package or n.startswith(package + "."))
+    loaded.namespace = module.__dict__
+    return loaded
+
+
+def lookup(loaded: LoadedPackage, symbol: str, what: str) -> Any:
+    value: Any = loaded.namespace
+    for part in symbol.split("."):
+        space = value if isinstance(value, dict) else getattr(value, "__dict__", {})
+        if part not in space:
+            raise LivepatchError("invalid-payload", f"{what}: the payload defines no {symbol!r}")
+        value = space[part]
+    return value
+
+
+# --- replacement functions ---------------------------------------------------------
+
+
+def _def_node(loaded: LoadedPackage, func: types.FunctionType, what: str) -> ast.FunctionDef | ast.AsyncFunctionDef:
+    code = func.__code__
+    tree = loaded.trees.get(code.co_filename)
+    if tree is not None:
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == code.co_name:
+                first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+                if code.co_firstlineno in (first, node.lineno):
+                    return node
+    raise LivepatchError("invalid-payload", f"{what}: cannot find the source of {func.__qualname__} in the payload")
+
+
+def _future_imports(tree: ast.Module | None) -> list[ast.stmt]:
+    if tree is None:
+        return []
+    return [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"]
+
+
+def _extract(code: types.CodeType, name: str) -> types.CodeType | None:
+    for c in nested_code(code):
+        if c.co_name == name and c.co_flags & 0x1 and c is not code:
+            return c
+    return None
+
+
+def _in_scope(body: list[ast.stmt], classes: Sequence[type], freevars: Sequence[str]) -> list[ast.stmt]:
+    """Wrap ``body`` in the target's classes and a function that owns its free variables."""
+    for cls in reversed(classes):
+        body = [ast.ClassDef(name=cls.__name__, bases=[], keywords=[], body=body, decorator_list=[], **_TYPE_PARAMS)]
+    if freevars:
+        assign = ast.Assign(targets=[ast.Name(n, ast.Store()) for n in freevars], value=ast.Constant(None))
+        body = [
+            ast.FunctionDef(
+                name=_SCOPE,
+                args=ast.arguments(posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]),
+                body=[assign, *body],
+                decorator_list=[],
+                returns=None,
+                **_TYPE_PARAMS,
+            )
+        ]
+    return body
+
+
+def _rename(code: types.CodeType, like: types.CodeType) -> types.CodeType:
+    if sys.version_info >= (3, 11):
+        return code.replace(co_name=like.co_name, co_qualname=like.co_qualname)
+    return code.replace(co_name=like.co_name)
+
+
+def compile_replacement(loaded: LoadedPackage, entry: FuncEntry, ft: FunctionTarget) -> Variant:
+    """Compile ``entry.new`` for the context of ``ft`` (see module docstring)."""
+    what = f"{entry.target}"
+    new = lookup(loaded, entry.new, what)
+    if isinstance(new, (staticmethod, classmethod)):
+        new = new.__func__
+    if not isinstance(new, types.FunctionType):
+        raise LivepatchError("invalid-payload", f"{what}: replacement {entry.new!r} is a {type(new).__name__}, not a function")
+    node = copy.deepcopy(_def_node(loaded, new, what))
+    node.decorator_list = []
+    tree = loaded.trees.get(new.__code__.co_filename)
+    original = ft.func.__code__
+    target_free = tuple(n for n in _freevars(ft) if n != "__class__")
+    module = ast.Module(body=_future_imports(tree) + _in_scope([node], ft.classes, target_free), type_ignores=[])
+    ast.fix_missing_locations(module)
+    try:
+        top = compile(module, new.__code__.co_filename, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise LivepatchError("invalid-payload", f"{what}: replacement does not compile: {exc.msg} (line {exc.lineno})") from None
+    code = _extract(top, node.name)
+    if code is None:  # pragma: no cover - the compiler always emits it
+        raise LivepatchError("invalid-payload", f"{what}: replacement code not found after compiling")
+    code = _rename(code, original)
+    defaults, kwdefaults = new.__defaults__, new.__kwdefaults__
+    if code.co_freevars == _freevars(ft):
+        return Variant(code, defaults, kwdefaults)
+    return _trampoline(ft, code, defaults, kwdefaults)
+
+
+def _freevars(ft: FunctionTarget) -> tuple[str, ...]:
+    # The closure never changes, so the original code's names are authoritative even
+    # while the function runs a trampoline (which keeps the same names).
+    return ft.func.__code__.co_freevars
+
+
+def _trampoline(
+    ft: FunctionTarget, code: types.CodeType, defaults: tuple[Any, ...] | None, kwdefaults: dict[str, Any] | None
+) -> Variant:
+    target_free = _freevars(ft)
+    cells = dict(zip(target_free, ft.func.__closure__ or ()))
+    closure = []
+    for name in code.co_freevars:
+        if name in cells:
+            closure.append(cells[name])  # the target's own cell: writes stay shared
+        elif name == "__class__" and ft.klass is not None:
+            closure.append(types.CellType(ft.klass))
+        else:
+            raise LivepatchError(
+                "invalid-payload",
+                f"{ft.target}: the replacement uses free variable {name!r}, which the target function has no binding for",
+            )
+    impl = types.FunctionType(code, ft.func.__globals__, code.co_name, defaults, tuple(closure))
+    impl.__kwdefaults__ = kwdefaults
+    impl.__qualname__ = ft.func.__qualname__
+    impl.__module__ = ft.func.__module__
+    return Variant(trampoline_code(ft, code, impl), defaults, kwdefaults, impl)
+
+
+def trampoline_code(ft: FunctionTarget, code: types.CodeType, impl: types.FunctionType) -> types.CodeType:
+    """A code object with ``code``'s signature and the target's free variables that
+    calls ``impl``."""
+    flags = code.co_flags
+    if flags & CO_ASYNC_GENERATOR:
+        raise LivepatchError(
+            "unsupported-target",
+            f"{ft.target}: an async generator whose free variables change cannot be patched (no trampoline for it)",
+        )
+    names = code.co_varnames
+    n_pos, n_posonly, n_kw = code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount
+    pos, kwonly = list(names[:n_pos]), list(names[n_pos : n_pos + n_kw])
+    i = n_pos + n_kw
+    star = names[i] if flags & CO_VARARGS else None
+    i += 1 if star else 0
+    dstar = names[i] if flags & CO_VARKEYWORDS else None
+    freevars = _freevars(ft)
+    clash = set(freevars) & set(pos + kwonly + [star, dstar])
+    if clash:
+        raise LivepatchError(
+            "unsupported-target",
+            f"{ft.target}: parameter {sorted(clash)[0]!r} has the name of a free variable; cannot build a trampoline",
+        )
+    params = pos[:n_posonly] + (["/"] if n_posonly else []) + pos[n_posonly:]
+    if star:
+        params.append("*" + star)
+    elif kwonly:
+        params.append("*")
+    params += kwonly
+    if dstar:
+        params.append("**" + dstar)
+    args = pos + (["*" + star] if star else []) + [f"{k}={k}" for k in kwonly] + (["**" + dstar] if dstar else [])
+    call = f"{_PLACEHOLDER!r}({', '.join(args)})"
+    if flags & CO_COROUTINE:
+        head, ret = "async def", f"return await {call}"
+    elif flags & CO_GENERATOR:
+        head, ret = "def", f"return (yield from {call})"
+    else:
+        head, ret = "def", f"return {call}"
+    touch = f"    if False:\n        {'; '.join(freevars)}\n" if freevars else ""
+    inner = f"{head} {code.co_name}({', '.join(params)}):\n{touch}    {ret}\n"
+    src = f"def {_SCOPE}():\n    {' = '.join([*freevars, 'None'])}\n" + "".join(
+        "    " + line + "\n" for line in inner.splitlines()
+    ) if freevars else inner
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "'str' object is not callable": the placeholder
+        top = compile(src, f"<pylivepatch trampoline {ft.target}>", "exec", dont_inherit=True)
+    tramp = _extract(top, code.co_name)
+    assert tramp is not None and tramp.co_freevars == freevars, (tramp and tramp.co_freevars, freevars)
+    consts = tuple(impl if c == _PLACEHOLDER else c for c in tramp.co_consts)
+    return _rename(tramp.replace(co_consts=consts), ft.func.__code__)
+
+
+# --- names the new code needs --------------------------------------------------------
+
+
+def needed_globals(code: types.CodeType) -> set[str]:
+    return {n for n in global_names(code) if not hasattr(builtins, n)}
+
+
+def check_globals(
+    what: str,
+    codes: Sequence[types.CodeType],
+    module: types.ModuleType,
+    provided: set[str],
+    payload_ns: dict[str, Any],
+) -> None:
+    """Every global the new code reads must exist in the target or be added by the
+    payload; a payload name that differs from the target's is a clash."""
+    target_ns = module.__dict__
+    for code in codes:
+        for name in sorted(needed_globals(code)):
+            if name in provided:
+                continue
+            if name in target_ns:
+                if name in payload_ns and payload_ns[name] is not target_ns[name]:
+                    raise LivepatchError(
+                        "exists",
+                        f"{what}: the payload defines {name!r} but module {module.__name__} already has a different "
+                        f"{name!r}; the new code would see the module's. Rename it in the payload",
+                    )
+                continue
+            raise LivepatchError(
+                "invalid-payload",
+                f"{what}: the new code reads global {name!r}, which module {module.__name__} lacks and the payload "
+                "does not add (pack adds names the payload defines; define or import it in the payload)",
+            )
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+def literal_digest(value: object) -> str | None:
+    """sha256 of a literal value (numbers, strings, bytes, tuples/frozensets of them)."""
+    import hashlib
+
+    from ..payload.fingerprint import _const
+
+    def is_literal(v: object) -> bool:
+        if v is None or v is Ellipsis or isinstance(v, (bool, int, float, complex, str, bytes)):
+            return True
+        if isinstance(v, (tuple, frozenset)):
+            return all(is_literal(x) for x in v)
+        return False
+
+    if not is_literal(value):
+        return None
+    out: list[bytes] = []
+    _const(value, out)
+    return hashlib.sha256(b"".join(out)).hexdigest()
+
+
+def data_value(loaded: LoadedPackage, entry: DataEntry, dt: DataTarget) -> Any:
+    """Evaluate ``value_source`` in the payload; payload functions move to the target's globals."""
+    try:
+        value = eval(compile(entry.value_source, f"<{entry.target} value>", "eval", dont_inherit=True), loaded.namespace)
+    except Exception as exc:
+        raise LivepatchError(
+            "invalid-payload", f"{entry.target}: value_source {entry.value_source!r} raised {type(exc).__name__}: {exc}"
+        ) from None
+    if isinstance(value, types.FunctionType) and value.__module__.startswith(loaded.package):
+        moved = types.FunctionType(value.__code__, dt.module.__dict__, value.__name__, value.__defaults__, value.__closure__)
+        moved.__kwdefaults__ = value.__kwdefaults__
+        moved.__qualname__ = value.__qualname__
+        moved.__doc__ = value.__doc__
+        moved.__dict__.update(value.__dict__)
+        moved.__module__ = dt.module.__name__
+        return moved
+    return value
+
+
+def check_data_expectation(entry: DataEntry, dt: DataTarget, value: Any) -> None:
+    current = dt.current()
+    if entry.expect == "any":
+        return
+    if entry.expect == "absent":
+        if current is not ABSENT and current is not value:
+            raise LivepatchError(
+                "exists",
+                f"{entry.target}: the payload adds {dt.name!r} but it already exists there as a different "
+                f"{type(current).__name__}",
+            )
+        return
+    digest = literal_digest(current) if current is not ABSENT else None
+    if digest != entry.expect[len("literal:") :]:
+        shown = "absent" if current is ABSENT else f"{type(current).__name__} {digest[:12] if digest else '(not a literal)'}"
+        raise LivepatchError(
+            "expectation-failed",
+            f"{entry.target}: expected the value {entry.expect[8:20]}, found {shown}",
+        )

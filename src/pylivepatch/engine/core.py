@@ -1,0 +1,768 @@
+"""The engine: payloads, their life cycle and the actions on them (SPEC §3, §5).
+
+Sans-IO: it opens no socket and starts no thread. An action runs in the caller's
+thread, under one lock (a second caller gets ``busy``), and follows the same shape:
+look up the table, run every check, prepare every swap as data, swap in one pause,
+then commit the bookkeeping. A failure before the pause changes nothing; a failure
+inside it is undone from the snapshot taken just before, so afterwards every touched
+function, attribute and namespace is identical (``is``) to what it was.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import threading
+import time
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import LivepatchError
+from ..payload import archive
+from ..payload.fingerprint import fingerprint, live_object_build_id, python_tag
+from ..payload.manifest import DataEntry, FuncEntry, Manifest
+from . import pause
+from .compile import (
+    LoadedPackage,
+    Variant,
+    check_data_expectation,
+    check_globals,
+    compile_replacement,
+    data_value,
+    load_package,
+    lookup,
+)
+from .events import Event, History
+from .resolve import ABSENT, DataTarget, FunctionTarget, resolve_data, resolve_function
+from .table import FORCE_ONLY, GONE, NOOP, TABLE, Action, State
+
+DEFAULT_TIMEOUT = {"transition": 10.0, "atomic": 1.0, "immediate": 0.0}
+_Triple = tuple[types.CodeType, Any, Any]  # __code__, __defaults__, __kwdefaults__
+
+
+@dataclass
+class FuncPlan:
+    entry: FuncEntry
+    target: FunctionTarget
+    variant: Variant
+
+
+@dataclass
+class DataPlan:
+    entry: DataEntry
+    target: DataTarget
+    value: Any
+
+
+@dataclass
+class Record:
+    """One uploaded payload."""
+
+    manifest: Manifest
+    loaded: LoadedPackage
+    funcs: list[FuncPlan]
+    data: list[DataPlan]
+    state: State = State.CHECKED
+    rc: int = 0
+    error: str | None = None
+    message: str = ""
+    applied_seq: int = 0
+    nodeps: bool = False
+    flags: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def build_id(self) -> str:
+        return self.manifest.build_id
+
+
+@dataclass
+class FuncSlot:
+    """One patched function: its original and the stack of payloads patching it."""
+
+    func: types.FunctionType
+    original: _Triple
+    caches: list[Any]
+    stack: list[tuple[Record, Variant]] = field(default_factory=list)
+
+    def installed(self) -> _Triple:
+        if self.stack:
+            v = self.stack[-1][1]
+            return (v.code, v.defaults, v.kwdefaults)
+        return self.original
+
+
+@dataclass
+class DataSlot:
+    holder: types.ModuleType | type
+    name: str
+    original: Any
+    stack: list[tuple[Record, Any]] = field(default_factory=list)
+
+    def installed(self) -> Any:
+        return self.stack[-1][1] if self.stack else self.original
+
+
+@dataclass(frozen=True)
+class FuncStatus:
+    target: str
+    active: bool  # this payload's code is the one running
+    stack: tuple[str, ...]  # payloads patching the function, bottom first
+    trampoline: bool
+    expect: str | None
+
+
+@dataclass(frozen=True)
+class PayloadStatus:
+    name: str
+    state: str
+    rc: int
+    build_id: str
+    depends: str | None
+    metadata: dict[str, str]
+    version: str
+    description: str
+    consistency: str
+    python: tuple[str, ...]
+    error: str | None
+    message: str
+    funcs: tuple[FuncStatus, ...]
+    data: tuple[str, ...]
+    in_progress: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    action: str
+    name: str
+    state: str | None
+    noop: bool
+    message: str
+    pause_ns: int = 0
+    duration_ns: int = 0
+    consistency: str | None = None
+
+
+class Engine:
+    """The in-process live-patching engine. Use :func:`pylivepatch.engine` for the
+    process-wide one; separate instances exist for tests."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._payloads: dict[str, Record] = {}
+        self._funcs: dict[int, FuncSlot] = {}
+        self._data: dict[tuple[int, str], DataSlot] = {}
+        self._history = History()
+        self._seq = 0
+        self._progress: dict[str, dict[str, Any]] = {}
+
+    # --- queries ------------------------------------------------------------------
+
+    def list(self) -> list[PayloadStatus]:
+        return [self._status(r) for r in list(self._payloads.values())]
+
+    def status(self, name: str) -> PayloadStatus:
+        return self._status(self._get(name))
+
+    def history(self, since: int = 0) -> list[Event]:
+        return self._history.events(since)
+
+    def original_code(self, func: types.FunctionType) -> types.CodeType:
+        """The code ``func`` had before any payload patched it."""
+        slot = self._funcs.get(id(func))
+        return slot.original[0] if slot is not None and slot.func is func else func.__code__
+
+    def _status(self, r: Record) -> PayloadStatus:
+        tag = python_tag()
+        funcs = []
+        for plan in r.funcs:
+            slot = self._funcs.get(id(plan.target.func))
+            stack = tuple(rec.name for rec, _ in slot.stack) if slot else ()
+            funcs.append(
+                FuncStatus(
+                    plan.entry.target,
+                    bool(slot and slot.stack and slot.stack[-1][0] is r),
+                    stack,
+                    plan.variant.impl is not None,
+                    plan.entry.expect.get(tag),
+                )
+            )
+        return PayloadStatus(
+            name=r.name,
+            state=str(r.state),
+            rc=errno.EAGAIN if r.name in self._progress else r.rc,
+            build_id=r.build_id,
+            depends=r.manifest.depends,
+            metadata=dict(r.manifest.metadata),
+            version=r.manifest.version,
+            description=r.manifest.description,
+            consistency=r.manifest.consistency,
+            python=r.manifest.python,
+            error=r.error,
+            message=r.message,
+            funcs=tuple(funcs),
+            data=tuple(p.entry.target for p in r.data),
+            in_progress=dict(self._progress[r.name]) if r.name in self._progress else None,
+        )
+
+    def _get(self, name: str) -> Record:
+        rec = self._payloads.get(name)
+        if rec is None:
+            known = ", ".join(sorted(self._payloads)) or "none"
+            raise LivepatchError("not-found", f"no payload named {name!r} is uploaded (uploaded: {known})")
+        return rec
+
+    # --- the action frame ---------------------------------------------------------
+
+    @contextmanager
+    def _action(self, action: Action, name: str) -> Iterator[_Act]:
+        if not self._lock.acquire(blocking=False):
+            running = ", ".join(f"{v['action']} {k}" for k, v in self._progress.items()) or "another action"
+            raise LivepatchError("busy", f"{action} {name}: {running} is in progress; try again")
+        act = _Act(self, action, name)
+        self._progress[name] = {"action": str(action), "started": time.time(), "blockers": []}
+        act.emit("started")
+        try:
+            yield act
+        except LivepatchError as exc:
+            rec = self._payloads.get(name)
+            if rec is not None and action is not Action.UPLOAD:
+                rec.rc, rec.error, rec.message = exc.errno, exc.code, exc.message
+            act.emit("finished", rc=exc.errno, error=exc.code, message=exc.message, duration_ns=act.elapsed())
+            raise
+        except BaseException as exc:
+            rec = self._payloads.get(name)
+            if rec is not None:
+                rec.rc, rec.error, rec.message = errno.EIO, "internal", repr(exc)
+            act.emit("finished", rc=errno.EIO, error="internal", message=repr(exc), duration_ns=act.elapsed())
+            raise
+        else:
+            rec = self._payloads.get(name)
+            if rec is not None:
+                rec.rc, rec.error, rec.message = 0, None, act.result_message
+            act.emit("finished", rc=0, pause_ns=act.pause_ns, duration_ns=act.elapsed())
+        finally:
+            self._progress.pop(name, None)
+            self._lock.release()
+
+    def _table(self, act: _Act, rec: Record, force: bool = False) -> State | None:
+        action = act.action
+        outcome = TABLE.get((action, rec.state), "wrong")
+        if (action, rec.state) in FORCE_ONLY and not force:
+            outcome = "wrong"
+        if outcome == "wrong":
+            allowed = [str(s) for (a, s) in TABLE if a is action and TABLE[(a, s)] is not NOOP and (a, s) not in FORCE_ONLY]
+            hint = " (only revert --force is accepted for an INCONSISTENT payload)" if rec.state is State.INCONSISTENT else ""
+            raise LivepatchError(
+                "wrong-state",
+                f"{action} {rec.name}: payload is {rec.state}; {action} needs {' or '.join(allowed)}{hint}",
+            )
+        if outcome is NOOP:
+            raise _NoAction(f"{rec.name} is already {rec.state}: no action needed")
+        assert outcome is GONE or isinstance(outcome, State)
+        return outcome
+
+    # --- upload / unload ----------------------------------------------------------
+
+    def upload(
+        self,
+        name: str,
+        source: str | os.PathLike[str] | bytes,
+        *,
+        no_expect: bool = False,
+        no_object_check: bool = False,
+    ) -> ActionResult:
+        """Validate a payload and keep it ``CHECKED``; the process is not changed."""
+        with self._action(Action.UPLOAD, name) as act:
+            data = _read(source)
+            payload = archive.read(data)
+            man = payload.manifest
+            if man.name != name:
+                raise LivepatchError(
+                    "invalid-payload", f"upload {name}: the payload in that file is named {man.name!r}; use that name"
+                )
+            if name in self._payloads:
+                raise LivepatchError("exists", f"a payload named {name} is already uploaded; unload it first")
+            for other in self._payloads.values():
+                if other.build_id == man.build_id:
+                    raise LivepatchError("exists", f"payload {name} has the same build id as uploaded payload {other.name}")
+            if man.replace:
+                raise LivepatchError("invalid-payload", f"payload {name} is a replace payload; replace is not supported yet")
+            flags = tuple(f for f, on in (("no-expect", no_expect), ("no-object-check", no_object_check)) if on)
+            self._check_python(man, no_expect)
+            fplans = [resolve_function(e.target) for e in man.funcs]
+            seen: dict[int, str] = {}
+            for e, ft in zip(man.funcs, fplans):
+                if id(ft.func) in seen:
+                    raise LivepatchError(
+                        "invalid-payload", f"payload {name}: {e.target} and {seen[id(ft.func)]} are the same function"
+                    )
+                seen[id(ft.func)] = e.target
+            dtargets = [resolve_data(e.target) for e in man.data]
+            self._check_objects(man, no_object_check)
+            self._check_expectations(man, fplans, no_expect)
+            loaded = load_package(payload)
+            try:
+                rec = self._prepare(man, loaded, fplans, dtargets)
+            except BaseException:
+                loaded.discard()
+                raise
+            rec.flags = flags
+            self._payloads[name] = rec
+            act.emit("checked", funcs=len(rec.funcs), data=len(rec.data), flags=list(flags))
+            act.result_message = "uploaded"
+            return act.result(State.CHECKED, consistency=man.consistency)
+
+    def _prepare(
+        self, man: Manifest, loaded: LoadedPackage, fts: list[FunctionTarget], dts: list[DataTarget]
+    ) -> Record:
+        funcs = [FuncPlan(e, ft, compile_replacement(loaded, e, ft)) for e, ft in zip(man.funcs, fts)]
+        for kind, symbol in man.hooks.items():
+            if not callable(lookup(loaded, symbol, f"hook {kind}")):
+                raise LivepatchError("invalid-payload", f"payload {man.name}: hook {kind} ({symbol}) is not callable")
+        data = [DataPlan(e, dt, data_value(loaded, e, dt)) for e, dt in zip(man.data, dts)]
+        for plan in data:
+            check_data_expectation(plan.entry, plan.target, plan.value)
+        provided: dict[str, set[str]] = {}
+        for plan in data:
+            if isinstance(plan.target.holder, types.ModuleType):
+                provided.setdefault(plan.target.module.__name__, set()).add(plan.target.name)
+        for fplan in funcs:
+            mod = fplan.target.module
+            codes = [fplan.variant.code] if fplan.variant.impl is None else [fplan.variant.impl.__code__]
+            check_globals(fplan.entry.target, codes, mod, provided.get(mod.__name__, set()), loaded.namespace)
+        for plan in data:
+            if isinstance(plan.value, types.FunctionType) and plan.value.__module__ == plan.target.module.__name__:
+                mod = plan.target.module
+                check_globals(plan.entry.target, [plan.value.__code__], mod, provided.get(mod.__name__, set()), loaded.namespace)
+        return Record(man, loaded, funcs, data)
+
+    def unload(self, name: str) -> ActionResult:
+        """Forget a ``CHECKED`` payload."""
+        with self._action(Action.UNLOAD, name) as act:
+            rec = self._get(name)
+            self._table(act, rec)
+            rec.loaded.discard()
+            del self._payloads[name]
+            act.result_message = "unloaded"
+            return act.result(None)
+
+    def load(
+        self,
+        source: str | os.PathLike[str] | bytes,
+        *,
+        nodeps: bool = False,
+        timeout: float | None = None,
+        force: bool = False,
+        consistency: str | None = None,
+        no_expect: bool = False,
+        no_object_check: bool = False,
+    ) -> ActionResult:
+        """Upload and apply; the payload is unloaded again if the apply fails."""
+        data = _read(source)
+        name = _peek_name(data)
+        self.upload(name, data, no_expect=no_expect, no_object_check=no_object_check)
+        try:
+            return self.apply(
+                name, nodeps=nodeps, timeout=timeout, force=force, consistency=consistency,
+                no_expect=no_expect, no_object_check=no_object_check,
+            )  # fmt: skip
+        except BaseException:
+            try:
+                self.unload(name)
+            except LivepatchError:
+                pass
+            raise
+
+    # --- checks -------------------------------------------------------------------
+
+    def _check_python(self, man: Manifest, no_expect: bool) -> None:
+        tag = python_tag()
+        if tag in man.python or no_expect:
+            return
+        raise LivepatchError(
+            "expectation-failed",
+            f"payload {man.name} was built for Python {', '.join(man.python)} and has no expectations for "
+            f"Python {tag}, which this process runs; pack it with --python {tag} (or pass --no-expect)",
+        )
+
+    def _check_objects(self, man: Manifest, skip: bool) -> None:
+        if skip:
+            return
+        tag = python_tag()
+        for modname, ids in man.objects.items():
+            module = sys.modules.get(modname)
+            if not isinstance(module, types.ModuleType):
+                continue  # checked when it is imported
+            expected = ids.get(tag)
+            if expected is None:
+                raise LivepatchError(
+                    "dependency-mismatch",
+                    f"payload {man.name} names no build id of module {modname} for Python {tag}",
+                )
+            actual, why = live_object_build_id(module, self.original_code)
+            if actual != expected:
+                found = actual[:16] if actual else f"unknown: {why}"
+                raise LivepatchError(
+                    "dependency-mismatch",
+                    f"payload {man.name} was built for module {modname} {expected[:16]}, but this process runs "
+                    f"{found}; build the payload from the code this process runs (or pass --no-object-check)",
+                )
+
+    def _check_expectations(self, man: Manifest, fts: list[FunctionTarget], no_expect: bool) -> None:
+        tag = python_tag()
+        for entry, ft in zip(man.funcs, fts):
+            expected = entry.expect.get(tag)
+            if expected is None:
+                if no_expect:
+                    continue
+                raise LivepatchError(
+                    "expectation-failed", f"payload {man.name}: {entry.target} has no expectation for Python {tag}"
+                )
+            found = fingerprint(self.original_code(ft.func))
+            if found != expected:
+                raise LivepatchError(
+                    "expectation-failed",
+                    f"payload {man.name}: {entry.target} is not the code the payload was built against "
+                    f"(expected fingerprint {expected[:16]}, found {found[:16]})",
+                )
+
+    def _check_depends(self, rec: Record, nodeps: bool) -> None:
+        depends = rec.manifest.depends
+        if depends is None or nodeps:
+            return
+        stacked = [r for r in self._payloads.values() if r.state is State.APPLIED and r.manifest.depends is not None]
+        top = max(stacked, key=lambda r: r.applied_seq, default=None)
+        want = "base" if top is None else top.build_id
+        if depends != want:
+            have = "nothing (the base)" if top is None else f"payload {top.name} ({top.build_id[:16]})"
+            need = "base" if depends == "base" else depends[:16]
+            raise LivepatchError(
+                "dependency-mismatch",
+                f"apply {rec.name}: it stacks on {need}, but the top of the stack is {have}; "
+                "apply in order, or pass --nodeps",
+            )
+
+    def _check_still_there(self, rec: Record) -> None:
+        for plan in rec.funcs:
+            now = resolve_function(plan.entry.target)
+            if now.func is not plan.target.func:
+                raise LivepatchError(
+                    "dependency-mismatch",
+                    f"apply {rec.name}: {plan.entry.target} is another function object than at upload "
+                    "(its module was reloaded?); unload and upload the payload again",
+                )
+
+    # --- apply / revert -------------------------------------------------------------
+
+    def apply(
+        self,
+        name: str,
+        *,
+        nodeps: bool = False,
+        timeout: float | None = None,
+        force: bool = False,
+        consistency: str | None = None,
+        no_expect: bool = False,
+        no_object_check: bool = False,
+    ) -> ActionResult:
+        """Make a ``CHECKED`` payload's code run."""
+        with self._action(Action.APPLY, name) as act:
+            rec = self._get(name)
+            try:
+                self._table(act, rec)
+            except _NoAction as done:
+                return act.noop(rec, str(done))
+            mode = self._mode(rec, consistency)
+            no_expect = no_expect or "no-expect" in rec.flags
+            no_object_check = no_object_check or "no-object-check" in rec.flags
+            self._check_python(rec.manifest, no_expect)
+            self._check_depends(rec, nodeps)
+            self._check_still_there(rec)
+            self._check_objects(rec.manifest, no_object_check)
+            self._check_expectations(rec.manifest, [p.target for p in rec.funcs], no_expect)
+            for plan in rec.data:
+                check_data_expectation(plan.entry, plan.target, plan.value)
+            act.emit("checked", funcs=len(rec.funcs), data=len(rec.data), consistency=mode, nodeps=nodeps)
+
+            slots, dslots = self._slots_for(rec)
+            ops = pause.Ops()
+            blocking: set[int] = set()
+            for plan, slot in zip(rec.funcs, slots):
+                _func_ops(ops, slot, (plan.variant.code, plan.variant.defaults, plan.variant.kwdefaults))
+                blocking.update(id(c) for c in _installed_codes(slot))
+            for plan, dslot in zip(rec.data, dslots):
+                _data_ops(ops, dslot, plan.value)
+            result = self._swap(act, ops, blocking, mode, timeout, force, slots, dslots)
+            for plan, slot in zip(rec.funcs, slots):
+                slot.stack.append((rec, plan.variant))
+            for plan, dslot in zip(rec.data, dslots):
+                dslot.stack.append((rec, plan.value))
+            self._seq += 1
+            rec.applied_seq, rec.nodeps, rec.state = self._seq, nodeps, State.APPLIED
+            act.result_message = "applied"
+            return act.result(State.APPLIED, pause_ns=result.pause_ns, consistency=mode)
+
+    def revert(
+        self, name: str, *, timeout: float | None = None, force: bool = False, consistency: str | None = None
+    ) -> ActionResult:
+        """Make an ``APPLIED`` payload's code stop running; it stays ``CHECKED``."""
+        with self._action(Action.REVERT, name) as act:
+            rec = self._get(name)
+            try:
+                self._table(act, rec, force=force)
+            except _NoAction as done:
+                return act.noop(rec, str(done))
+            for other in self._payloads.values():
+                if other.state is State.APPLIED and other.manifest.depends == rec.build_id and not other.nodeps:
+                    raise LivepatchError(
+                        "busy", f"revert {name}: applied payload {other.name} depends on it; revert {other.name} first"
+                    )
+            mode = self._mode(rec, consistency)
+            act.emit("checked", consistency=mode)
+            slots, dslots = self._slots_for(rec)
+            ops = pause.Ops()
+            blocking: set[int] = set()
+            for slot in slots:
+                if slot.stack and slot.stack[-1][0] is rec:
+                    below = slot.stack[-2][1] if len(slot.stack) > 1 else None
+                    blocking.update(id(c) for c in slot.stack[-1][1].codes())
+                    _func_ops(ops, slot, (below.code, below.defaults, below.kwdefaults) if below else slot.original)
+            for dslot in dslots:
+                if dslot.stack and dslot.stack[-1][0] is rec:
+                    _data_ops(ops, dslot, dslot.stack[-2][1] if len(dslot.stack) > 1 else dslot.original)
+            result = self._swap(act, ops, blocking, mode, timeout, force, slots, dslots)
+            for slot in slots:
+                slot.stack[:] = [(r, v) for r, v in slot.stack if r is not rec]
+                if not slot.stack:
+                    self._funcs.pop(id(slot.func), None)
+            for dslot in dslots:
+                dslot.stack[:] = [(r, v) for r, v in dslot.stack if r is not rec]
+                if not dslot.stack:
+                    self._data.pop((id(dslot.holder), dslot.name), None)
+            rec.state, rec.applied_seq = State.CHECKED, 0
+            act.result_message = "reverted"
+            return act.result(State.CHECKED, pause_ns=result.pause_ns, consistency=mode)
+
+    def action(self, name: str, verb: str, **options: Any) -> ActionResult:
+        """Run ``verb`` (apply, revert, unload) on payload ``name``."""
+        verbs = {"apply": self.apply, "revert": self.revert, "unload": self.unload}
+        if verb not in verbs:
+            raise LivepatchError("invalid-payload", f"unknown action {verb!r}; actions are {', '.join(verbs)}")
+        return verbs[verb](name, **options)
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _mode(self, rec: Record, override: str | None) -> str:
+        mode = override or rec.manifest.consistency
+        if mode not in DEFAULT_TIMEOUT:
+            raise LivepatchError("invalid-payload", f"unknown consistency mode {mode!r}")
+        if mode != "immediate" and pause.gil_disabled():
+            raise LivepatchError(
+                "unsupported-target",
+                f"{rec.name}: this interpreter runs without the GIL and exposes no stop-the-world; "
+                f"{mode} cannot pause it safely (use consistency 'immediate' at your own risk)",
+            )
+        return mode
+
+    def _slots_for(self, rec: Record) -> tuple[list[FuncSlot], list[DataSlot]]:
+        slots = []
+        for plan in rec.funcs:
+            fn = plan.target.func
+            slot = self._funcs.get(id(fn))
+            if slot is None or slot.func is not fn:
+                slot = FuncSlot(fn, (fn.__code__, fn.__defaults__, fn.__kwdefaults__), list(plan.target.caches))
+            slots.append(slot)
+        dslots = []
+        for dplan in rec.data:
+            key = (id(dplan.target.holder), dplan.target.name)
+            dslot = self._data.get(key)
+            if dslot is None or dslot.holder is not dplan.target.holder:
+                dslot = DataSlot(dplan.target.holder, dplan.target.name, dplan.target.current())
+            dslots.append(dslot)
+        return slots, dslots
+
+    def _swap(
+        self,
+        act: _Act,
+        ops: pause.Ops,
+        blocking: set[int],
+        mode: str,
+        timeout: float | None,
+        force: bool,
+        slots: list[FuncSlot],
+        dslots: list[DataSlot],
+    ) -> pause.PauseResult:
+        """Run the pause (retrying until quiescent in atomic mode) and register slots."""
+        for cache in {id(c): c for s in slots for c in s.caches}.values():
+            ops.caches.append(cache)
+            cache.cache_clear()  # most entries die here, outside the pause
+        snapshot = _snapshot(slots, dslots)
+        limit = DEFAULT_TIMEOUT[mode] if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        delay = 0.001
+        waited = False
+        try:
+            while True:
+                result = pause.run(ops, None if mode == "immediate" else blocking)
+                if result.swapped:
+                    break
+                if result.blockers:
+                    self._progress[act.name]["blockers"] = [b.describe() for b in result.blockers]
+                    if not waited:
+                        act.emit("waiting", blockers=[b.describe() for b in result.blockers])
+                        waited = True
+                if time.monotonic() >= deadline:
+                    if force:
+                        act.emit("forced", blockers=[b.describe() for b in result.blockers])
+                        result = pause.run(ops, None)
+                        break
+                    names = "; ".join(b.describe() for b in result.blockers) or "the stacks kept changing"
+                    raise LivepatchError(
+                        "timeout",
+                        f"{act.action} {act.name}: no quiescent moment within {limit:g}s; blocked by {names}",
+                    )
+                if result.blockers:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+                else:
+                    time.sleep(0)  # the stacks moved between the walk and the swap: retry now
+        except LivepatchError:
+            raise
+        except BaseException:
+            _restore(snapshot)
+            raise
+        for slot in slots:
+            self._funcs.setdefault(id(slot.func), slot)
+        for dslot in dslots:
+            self._data.setdefault((id(dslot.holder), dslot.name), dslot)
+        act.pause_ns = result.pause_ns
+        act.emit("swapped", funcs=len(slots), data=len(dslots), pause_ns=result.pause_ns)
+        return result
+
+
+class _NoAction(Exception):
+    pass
+
+
+class _Act:
+    """Book-keeping of one running action."""
+
+    def __init__(self, engine: Engine, action: Action, name: str) -> None:
+        self.engine, self.action, self.name = engine, action, name
+        self.t0 = time.perf_counter_ns()
+        self.pause_ns = 0
+        self.result_message = ""
+
+    def emit(self, kind: str, **detail: Any) -> None:
+        self.engine._history.emit(str(self.action), self.name, kind, **detail)
+
+    def elapsed(self) -> int:
+        return time.perf_counter_ns() - self.t0
+
+    def result(self, state: State | None, *, pause_ns: int = 0, consistency: str | None = None) -> ActionResult:
+        return ActionResult(
+            str(self.action), self.name, str(state) if state else None, False, self.result_message,
+            pause_ns, self.elapsed(), consistency,
+        )  # fmt: skip
+
+    def noop(self, rec: Record, message: str) -> ActionResult:
+        self.result_message = message
+        self.emit("note", message="no action needed")
+        return ActionResult(str(self.action), self.name, str(rec.state), True, message, 0, self.elapsed())
+
+
+def _func_ops(ops: pause.Ops, slot: FuncSlot, triple: _Triple) -> None:
+    fn = slot.func
+    code, defaults, kwdefaults = triple
+    if len(code.co_freevars) != len(fn.__closure__ or ()):
+        raise LivepatchError(
+            "unsupported-target",
+            f"{fn.__module__}:{fn.__qualname__}: new code has {len(code.co_freevars)} free variables, the function "
+            f"{len(fn.__closure__ or ())}",
+        )
+    ops.func_attrs += [(fn, "__code__", code), (fn, "__defaults__", defaults), (fn, "__kwdefaults__", kwdefaults)]
+
+
+def _data_ops(ops: pause.Ops, slot: DataSlot, value: Any) -> None:
+    holder, name = slot.holder, slot.name
+    if isinstance(holder, types.ModuleType):
+        if value is ABSENT:
+            if name in holder.__dict__:
+                ops.dict_dels.append((holder.__dict__, name))
+        else:
+            ops.dict_sets.append((holder.__dict__, name, value))
+    elif value is ABSENT:
+        if name in vars(holder):
+            ops.class_dels.append((holder, name))
+    else:
+        ops.class_sets.append((holder, name, value))
+
+
+def _installed_codes(slot: FuncSlot) -> Iterator[types.CodeType]:
+    from ..payload.fingerprint import nested_code
+
+    if slot.stack:
+        yield from slot.stack[-1][1].codes()
+    else:
+        yield from nested_code(slot.original[0])
+
+
+def _snapshot(slots: list[FuncSlot], dslots: list[DataSlot]) -> list[tuple[Any, ...]]:
+    snap: list[tuple[Any, ...]] = []
+    for s in slots:
+        snap.append(("func", s.func, s.func.__code__, s.func.__defaults__, s.func.__kwdefaults__))
+    for d in dslots:
+        snap.append(("data", d.holder, d.name, vars(d.holder).get(d.name, ABSENT)))
+    return snap
+
+
+def _restore(snapshot: list[tuple[Any, ...]]) -> None:
+    """Put back what ``_snapshot`` saw, after a failure inside the pause."""
+    for item in snapshot:
+        if item[0] == "func":
+            _, fn, code, defaults, kwdefaults = item
+            fn.__code__, fn.__defaults__, fn.__kwdefaults__ = code, defaults, kwdefaults
+        else:
+            _, holder, name, value = item
+            if isinstance(holder, types.ModuleType):
+                if value is ABSENT:
+                    holder.__dict__.pop(name, None)
+                else:
+                    holder.__dict__[name] = value
+            elif value is ABSENT:
+                if name in vars(holder):
+                    type.__delattr__(holder, name)
+            else:
+                type.__setattr__(holder, name, value)
+
+
+def _read(source: str | os.PathLike[str] | bytes) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
+    try:
+        size = os.stat(source).st_size
+        if size > archive.MAX_ARCHIVE_BYTES:
+            raise LivepatchError("invalid-payload", f"{source}: {size} bytes; the limit is {archive.MAX_ARCHIVE_BYTES}")
+        with open(source, "rb") as fh:
+            return fh.read(archive.MAX_ARCHIVE_BYTES + 1)
+    except FileNotFoundError:
+        raise LivepatchError("not-found", f"payload file {source} does not exist") from None
+    except OSError as exc:
+        raise LivepatchError("invalid-payload", f"payload file {source} cannot be read: {exc.strerror}") from None
+
+
+def _peek_name(data: bytes) -> str:
+    return archive.read(data).manifest.name

@@ -1,0 +1,55 @@
+"""Error codes of the contract (SPEC §3) and the one exception that carries them.
+
+Every failure a user can cause ends as a ``LivepatchError`` whose ``code`` is one of
+the strings below and whose message names the payload, the function and the cause.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+#: code -> errno, for exit codes and bindings. Several codes share no errno on
+#: purpose: the string is the contract, the number a convenience for C-minded tools.
+CODES: dict[str, int] = {
+    "invalid-payload": _errno.EINVAL,
+    "signature-required": _errno.ENOKEY,
+    "signature-invalid": _errno.EKEYREJECTED,
+    "exists": _errno.EEXIST,
+    "not-found": _errno.ENOENT,
+    "wrong-state": _errno.EBADFD,
+    "busy": _errno.EBUSY,
+    "dependency-mismatch": _errno.ENOEXEC,
+    "expectation-failed": _errno.EILSEQ,
+    "incompatible-state": _errno.EPROTO,
+    "vetoed": _errno.ECANCELED,
+    "replace-refused": _errno.EOPNOTSUPP,
+    "timeout": _errno.ETIMEDOUT,
+    "unsupported-target": _errno.ENOSYS,
+    "inconsistent": _errno.ENOTRECOVERABLE,
+    "permission-denied": _errno.EACCES,
+}
+
+#: Codes after which the same request may succeed later (exit code 2).
+RETRYABLE = frozenset({"busy", "timeout"})
+
+
+class LivepatchError(Exception):
+    """A refused or failed action. ``code`` is a spec error code, ``errno`` its number."""
+
+    def __init__(self, code: str, message: str) -> None:
+        if code not in CODES:
+            raise ValueError(f"unknown livepatch error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.errno = CODES[code]
+        self.message = message
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in RETRYABLE
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+    def __reduce__(self) -> tuple[type[LivepatchError], tuple[str, str]]:
+        return (type(self), (self.code, self.message))

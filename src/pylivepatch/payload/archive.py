@@ -1,0 +1,153 @@
+"""The payload archive (``*.lpz``): a zip of ``manifest.json``, ``payload/`` and an
+optional ``SIGNATURE``, read with hard limits so hostile input cannot exhaust memory
+or escape its directory, and the payload build id over its content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import stat
+import zipfile
+from dataclasses import dataclass
+
+from ..errors import LivepatchError
+from . import manifest as _manifest
+
+MAX_ARCHIVE_BYTES = 16 * 1024 * 1024
+MAX_FILES = 1000
+MAX_TOTAL_BYTES = 64 * 1024 * 1024
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_RATIO = 200  # uncompressed / compressed, for members above 1 MiB
+MAX_PATH = 255
+
+MANIFEST = "manifest.json"
+SIGNATURE = "SIGNATURE"
+SOURCE_ROOT = "payload/"
+
+
+@dataclass(frozen=True)
+class Payload:
+    """A validated archive: its manifest and files (path -> bytes, without SIGNATURE)."""
+
+    manifest: _manifest.Manifest
+    files: dict[str, bytes]
+    signature: bytes | None = None
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """Python sources under ``payload/``, decoded."""
+        return {p: b.decode("utf-8") for p, b in self.files.items() if p.endswith(".py")}
+
+
+def content_build_id(manifest_without_id: bytes, files: dict[str, bytes]) -> str:
+    """sha256 over the canonical manifest (without ``build_id``) and every file."""
+    h = hashlib.sha256()
+    h.update(b"pylivepatch-payload-1\x00")
+    h.update(len(manifest_without_id).to_bytes(8, "big") + manifest_without_id)
+    for path in sorted(files):
+        data = files[path]
+        h.update(path.encode() + b"\x00" + len(data).to_bytes(8, "big"))
+        h.update(hashlib.sha256(data).digest())
+    return h.hexdigest()
+
+
+def _bad(why: str) -> LivepatchError:
+    return LivepatchError("invalid-payload", why)
+
+
+def _check_path(name: str) -> None:
+    if not name or len(name) > MAX_PATH:
+        raise _bad(f"archive member name {name[:80]!r} is empty or too long")
+    if name.startswith("/") or "\\" in name or ":" in name.split("/")[0]:
+        raise _bad(f"archive member {name!r} has an absolute or foreign path")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
+        raise _bad(f"archive member {name!r} has '..', '.' or an empty path component")
+    if any(ord(c) < 32 for c in name):
+        raise _bad(f"archive member {name!r} has control characters in its name")
+
+
+def read(data: bytes) -> Payload:
+    """Validate an archive's bytes and return its manifest and files."""
+    if len(data) > MAX_ARCHIVE_BYTES:
+        raise _bad(f"payload is {len(data)} bytes; the limit is {MAX_ARCHIVE_BYTES}")
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise _bad(f"payload is not a readable zip archive (truncated or corrupt?): {exc}") from None
+    if len(infos) > MAX_FILES:
+        raise _bad(f"payload has {len(infos)} files; the limit is {MAX_FILES}")
+    files: dict[str, bytes] = {}
+    signature = None
+    total = 0
+    for info in infos:
+        name = info.filename
+        _check_path(name)
+        if info.is_dir():
+            continue
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise _bad(f"archive member {name!r} is a symbolic link")
+        if name in files or (name == SIGNATURE and signature is not None):
+            raise _bad(f"archive member {name!r} appears twice")
+        if name not in (MANIFEST, SIGNATURE) and not name.startswith(SOURCE_ROOT):
+            raise _bad(f"archive member {name!r} is outside payload/ (only manifest.json, SIGNATURE and payload/ are allowed)")
+        if info.file_size > MAX_FILE_BYTES:
+            raise _bad(f"archive member {name!r} is {info.file_size} bytes uncompressed; the limit is {MAX_FILE_BYTES}")
+        total += info.file_size
+        if total > MAX_TOTAL_BYTES:
+            raise _bad(f"payload unpacks to more than {MAX_TOTAL_BYTES} bytes")
+        if info.file_size > 1 << 20 and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            raise _bad(f"archive member {name!r} compresses suspiciously well (a zip bomb?)")
+        try:
+            with zf.open(info) as fh:
+                content = fh.read(MAX_FILE_BYTES + 1)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
+            raise _bad(f"archive member {name!r} cannot be read: {exc}") from None
+        if len(content) != info.file_size:
+            raise _bad(f"archive member {name!r} does not hold the size its header says")
+        if name == SIGNATURE:
+            signature = content
+            continue
+        if name.endswith(".py"):
+            try:
+                content.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _bad(f"source {name!r} is not UTF-8") from None
+        files[name] = content
+    if MANIFEST not in files:
+        raise _bad("payload has no manifest.json")
+    if SOURCE_ROOT + "__init__.py" not in files:
+        raise _bad("payload has no payload/__init__.py")
+    man = _manifest.parse(files[MANIFEST])
+    sources = {p: b for p, b in files.items() if p != MANIFEST}
+    expected = content_build_id(man.canonical(with_build_id=False), sources)
+    if expected != man.build_id:
+        raise _bad(
+            f"payload {man.name}: build_id {man.build_id[:12]} does not match its content ({expected[:12]}); "
+            "the archive was changed after packing: pack it again"
+        )
+    return Payload(man, sources, signature)
+
+
+def write(manifest: _manifest.Manifest, sources: dict[str, bytes]) -> bytes:
+    """Write an archive. ``manifest.build_id`` must already be the content build id."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        entries = {MANIFEST: manifest.canonical() + b"\n", **sources}
+        for path in [MANIFEST, *sorted(sources)]:
+            info = zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = (stat.S_IFREG | 0o644) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            zf.writestr(info, entries[path])
+    return buf.getvalue()
+
+
+def seal(doc: dict[str, object], sources: dict[str, bytes]) -> _manifest.Manifest:
+    """Fill in the build id of a manifest document and validate it."""
+    draft = dict(doc, build_id="0" * 64)
+    man = _manifest.parse(draft)
+    bid = content_build_id(man.canonical(with_build_id=False), sources)
+    return _manifest.parse(dict(man.to_json(), build_id=bid))

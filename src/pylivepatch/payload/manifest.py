@@ -1,0 +1,312 @@
+"""The payload manifest (SPEC §2): fields, strict validation, canonical form.
+
+Validation is strict on purpose: an unknown field, a wrong type or an out-of-range
+value is ``invalid-payload`` with the field named, because a manifest that a newer
+tool wrote for a feature this engine lacks must be refused, not half understood.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import LivepatchError
+
+FORMAT = 1
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,127}$")
+BUILD_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+PYTHON_RE = re.compile(r"^3\.[0-9]{1,2}$")
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+QUALNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+HOOK_KINDS = ("pre_apply", "post_apply", "pre_revert", "post_revert", "apply", "revert")
+CONSISTENCY = ("transition", "atomic", "immediate")
+
+# Limits of what one manifest may hold (documented in docs/payload-format.md).
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+MAX_TEXT = 4096
+MAX_METADATA = 64
+MAX_METADATA_VALUE = 1024
+MAX_ENTRIES = 20_000
+MAX_STATES = 256
+
+_FIELDS = (
+    "format", "name", "version", "description", "build_id", "depends", "objects", "funcs",
+    "data", "hooks", "states", "replace", "consistency", "metadata", "python",
+)  # fmt: skip
+
+
+def invalid(field_name: str, why: str) -> LivepatchError:
+    return LivepatchError("invalid-payload", f"manifest field {field_name!r}: {why}")
+
+
+@dataclass(frozen=True)
+class FuncEntry:
+    target: str
+    new: str
+    expect: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "new": self.new, "expect": dict(sorted(self.expect.items()))}
+
+
+@dataclass(frozen=True)
+class DataEntry:
+    target: str
+    value_source: str
+    expect: str  # "absent", "literal:<sha256>" or "any"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "value_source": self.value_source, "expect": self.expect}
+
+
+@dataclass(frozen=True)
+class StateEntry:
+    id: int
+    version: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "version": self.version}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    build_id: str
+    python: tuple[str, ...]
+    version: str = ""
+    description: str = ""
+    depends: str | None = None
+    objects: dict[str, dict[str, str]] = field(default_factory=dict)
+    funcs: tuple[FuncEntry, ...] = ()
+    data: tuple[DataEntry, ...] = ()
+    hooks: dict[str, str] = field(default_factory=dict)
+    states: tuple[StateEntry, ...] = ()
+    replace: bool = False
+    consistency: str = "transition"
+    metadata: dict[str, str] = field(default_factory=dict)
+    format: int = FORMAT
+
+    def to_json(self, with_build_id: bool = True) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "format": self.format,
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "build_id": self.build_id,
+            "depends": self.depends,
+            "objects": {m: dict(sorted(v.items())) for m, v in sorted(self.objects.items())},
+            "funcs": [f.to_json() for f in self.funcs],
+            "data": [d.to_json() for d in self.data],
+            "hooks": dict(sorted(self.hooks.items())),
+            "states": [s.to_json() for s in self.states],
+            "replace": self.replace,
+            "consistency": self.consistency,
+            "metadata": dict(sorted(self.metadata.items())),
+            "python": list(self.python),
+        }
+        if not with_build_id:
+            del doc["build_id"]
+        return doc
+
+    def canonical(self, with_build_id: bool = True) -> bytes:
+        return canonical_json(self.to_json(with_build_id))
+
+
+def canonical_json(doc: Any) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def split_target(target: str, field_name: str) -> tuple[str, str]:
+    """``"pkg.mod:Class.attr"`` -> (``"pkg.mod"``, ``"Class.attr"``), validated."""
+    if not isinstance(target, str) or target.count(":") != 1:
+        raise invalid(field_name, f"target {target!r} must look like 'package.module:qualname'")
+    module, qualname = target.split(":")
+    if not MODULE_RE.match(module):
+        raise invalid(field_name, f"target {target!r} has a malformed module name {module!r}")
+    if not QUALNAME_RE.match(qualname):
+        raise invalid(
+            field_name,
+            f"target {target!r} has a malformed qualified name {qualname!r} "
+            "(dotted identifiers; functions inside functions are patched through their enclosing function)",
+        )
+    return module, qualname
+
+
+def _str(doc: dict[str, Any], key: str, default: str = "", limit: int = MAX_TEXT) -> str:
+    value = doc.get(key, default)
+    if not isinstance(value, str):
+        raise invalid(key, f"must be a string, not {type(value).__name__}")
+    if len(value) > limit:
+        raise invalid(key, f"is {len(value)} characters long; the limit is {limit}")
+    return value
+
+
+def _list(doc: dict[str, Any], key: str, limit: int = MAX_ENTRIES) -> list[Any]:
+    value = doc.get(key, [])
+    if not isinstance(value, list):
+        raise invalid(key, f"must be a list, not {type(value).__name__}")
+    if len(value) > limit:
+        raise invalid(key, f"has {len(value)} entries; the limit is {limit}")
+    return value
+
+
+def _entry(item: Any, key: str, index: int, allowed: tuple[str, ...]) -> dict[str, Any]:
+    where = f"{key}[{index}]"
+    if not isinstance(item, dict):
+        raise invalid(where, f"must be an object, not {type(item).__name__}")
+    unknown = sorted(set(item) - set(allowed))
+    if unknown:
+        raise invalid(f"{where}.{unknown[0]}", "unknown field")
+    missing = [k for k in allowed if k not in item]
+    if missing:
+        raise invalid(f"{where}.{missing[0]}", "is missing")
+    return item
+
+
+def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
+    """Parse and validate a manifest; raise ``invalid-payload`` naming the field."""
+    if isinstance(raw, (bytes, str)):
+        if len(raw) > MAX_MANIFEST_BYTES:
+            raise invalid("manifest.json", f"is {len(raw)} bytes; the limit is {MAX_MANIFEST_BYTES}")
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise LivepatchError("invalid-payload", f"manifest.json is not valid JSON: {exc}") from None
+    else:
+        doc = raw
+    if not isinstance(doc, dict):
+        raise LivepatchError("invalid-payload", "manifest.json must hold a JSON object")
+    unknown = sorted(set(doc) - set(_FIELDS))
+    if unknown:
+        raise invalid(unknown[0], "unknown field (written by a newer pylivepatch?)")
+
+    fmt = doc.get("format")
+    if fmt != FORMAT or isinstance(fmt, bool):
+        raise invalid("format", f"must be {FORMAT}, not {fmt!r}")
+    name = doc.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise invalid("name", f"{name!r} must be 1-127 characters of A-Z a-z 0-9 . _ -")
+    build_id = doc.get("build_id")
+    if not isinstance(build_id, str) or not BUILD_ID_RE.match(build_id):
+        raise invalid("build_id", "must be 64 lowercase hex digits (sha256)")
+
+    depends = doc.get("depends")
+    if depends is not None and depends != "base" and (
+        not isinstance(depends, str) or not BUILD_ID_RE.match(depends)
+    ):
+        raise invalid("depends", f"{depends!r} must be null, 'base' or a payload build id")
+
+    python = _list(doc, "python", limit=32)
+    if not python:
+        raise invalid("python", "must name at least one interpreter version, e.g. ['3.11']")
+    for i, v in enumerate(python):
+        if not isinstance(v, str) or not PYTHON_RE.match(v):
+            raise invalid(f"python[{i}]", f"{v!r} must look like '3.11'")
+
+    objects_raw = doc.get("objects", {})
+    if not isinstance(objects_raw, dict):
+        raise invalid("objects", f"must be an object, not {type(objects_raw).__name__}")
+    objects: dict[str, dict[str, str]] = {}
+    for mod, ids in objects_raw.items():
+        if not MODULE_RE.match(mod):
+            raise invalid(f"objects.{mod}", "is not a module name")
+        if not isinstance(ids, dict):
+            raise invalid(f"objects.{mod}", "must map interpreter versions to build ids")
+        for ver, bid in ids.items():
+            if not PYTHON_RE.match(ver) or not isinstance(bid, str) or not BUILD_ID_RE.match(bid):
+                raise invalid(f"objects.{mod}.{ver}", "must map '3.X' to a 64-hex build id")
+        objects[mod] = dict(ids)
+
+    funcs = []
+    seen_targets: set[str] = set()
+    for i, item in enumerate(_list(doc, "funcs")):
+        e = _entry(item, "funcs", i, ("target", "new", "expect"))
+        split_target(e["target"], f"funcs[{i}].target")
+        if e["target"] in seen_targets:
+            raise invalid(f"funcs[{i}].target", f"{e['target']} is listed twice")
+        seen_targets.add(e["target"])
+        if not isinstance(e["new"], str) or not QUALNAME_RE.match(e["new"]):
+            raise invalid(f"funcs[{i}].new", f"{e['new']!r} must be a payload symbol name")
+        expect = e["expect"]
+        if not isinstance(expect, dict) or not all(
+            isinstance(k, str) and PYTHON_RE.match(k) and isinstance(v, str) and BUILD_ID_RE.match(v)
+            for k, v in expect.items()
+        ):
+            raise invalid(f"funcs[{i}].expect", "must map '3.X' to a 64-hex fingerprint")
+        funcs.append(FuncEntry(e["target"], e["new"], dict(expect)))
+
+    data = []
+    for i, item in enumerate(_list(doc, "data")):
+        e = _entry(item, "data", i, ("target", "value_source", "expect"))
+        split_target(e["target"], f"data[{i}].target")
+        if e["target"] in seen_targets:
+            raise invalid(f"data[{i}].target", f"{e['target']} is listed twice")
+        seen_targets.add(e["target"])
+        if not isinstance(e["value_source"], str) or not e["value_source"] or len(e["value_source"]) > 65536:
+            raise invalid(f"data[{i}].value_source", "must be a non-empty Python expression")
+        expect = e["expect"]
+        if not isinstance(expect, str) or not (
+            expect in ("absent", "any")
+            or (expect.startswith("literal:") and BUILD_ID_RE.match(expect[8:]))
+        ):
+            raise invalid(f"data[{i}].expect", f"{expect!r} must be 'absent', 'any' or 'literal:<sha256>'")
+        data.append(DataEntry(e["target"], e["value_source"], expect))
+
+    hooks_raw = doc.get("hooks", {})
+    if not isinstance(hooks_raw, dict):
+        raise invalid("hooks", f"must be an object, not {type(hooks_raw).__name__}")
+    for kind, symbol in hooks_raw.items():
+        if kind not in HOOK_KINDS:
+            raise invalid(f"hooks.{kind}", f"unknown hook; hooks are {', '.join(HOOK_KINDS)}")
+        if not isinstance(symbol, str) or not QUALNAME_RE.match(symbol):
+            raise invalid(f"hooks.{kind}", f"{symbol!r} must be a payload symbol name")
+
+    states = []
+    seen_ids: set[int] = set()
+    for i, item in enumerate(_list(doc, "states", limit=MAX_STATES)):
+        e = _entry(item, "states", i, ("id", "version"))
+        for k in ("id", "version"):
+            if not isinstance(e[k], int) or isinstance(e[k], bool) or not 0 <= e[k] < 2**63:
+                raise invalid(f"states[{i}].{k}", f"must be a non-negative integer, not {e[k]!r}")
+        if e["id"] == 0:
+            raise invalid(f"states[{i}].id", "must not be 0")
+        if e["id"] in seen_ids:
+            raise invalid(f"states[{i}].id", f"state {e['id']} is listed twice")
+        seen_ids.add(e["id"])
+        states.append(StateEntry(e["id"], e["version"]))
+
+    replace = doc.get("replace", False)
+    if not isinstance(replace, bool):
+        raise invalid("replace", f"must be true or false, not {replace!r}")
+    consistency = doc.get("consistency", "transition")
+    if consistency not in CONSISTENCY:
+        raise invalid("consistency", f"{consistency!r} must be one of {', '.join(CONSISTENCY)}")
+
+    metadata_raw = doc.get("metadata", {})
+    if not isinstance(metadata_raw, dict) or len(metadata_raw) > MAX_METADATA:
+        raise invalid("metadata", f"must be an object of at most {MAX_METADATA} strings")
+    for k, v in metadata_raw.items():
+        if not isinstance(v, str) or len(k) > 64 or len(v) > MAX_METADATA_VALUE:
+            raise invalid(f"metadata.{k}", f"must be a string of at most {MAX_METADATA_VALUE} characters")
+
+    if not funcs and not data and not hooks_raw:
+        raise LivepatchError("invalid-payload", f"payload {name} has nothing to patch (no funcs, data or hooks)")
+
+    return Manifest(
+        name=name,
+        build_id=build_id,
+        python=tuple(python),
+        version=_str(doc, "version"),
+        description=_str(doc, "description"),
+        depends=depends,
+        objects=objects,
+        funcs=tuple(funcs),
+        data=tuple(data),
+        hooks=dict(hooks_raw),
+        states=tuple(states),
+        replace=replace,
+        consistency=consistency,
+        metadata=dict(metadata_raw),
+    )
