@@ -1,0 +1,1 @@
+"""Tools that write payloads: pack (and the builder)."""

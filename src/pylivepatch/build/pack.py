@@ -1,0 +1,397 @@
+"""``pylivepatch pack``: a hand-written payload module -> a checked ``.lpz`` archive.
+
+Pack runs the payload module, reads its :class:`~pylivepatch.Patch`, and fills in
+what the engine will check: the fingerprint of every target function (its
+*expectation*), the build id of every target module, the names the new code needs that
+the target lacks, and the payload build id. By default the targets are fingerprinted
+as they import in the packing environment; ``against`` names a source tree to compile
+them from instead, without running it. Expectations for other interpreter versions
+come from running the same analysis under those interpreters.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import glob
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..engine import engine as process_engine
+from ..engine.compile import literal_digest, load_sources, lookup
+from ..engine.resolve import ABSENT, resolve_data, resolve_function
+from ..errors import LivepatchError
+from ..payload import archive
+from ..payload.authoring import Patch
+from ..payload.fingerprint import fingerprint, global_names, live_object_build_id, python_tag
+from ..payload.manifest import split_target
+
+_MARK = "@@pylivepatch-pack@@"
+
+
+@dataclass
+class Packed:
+    data: bytes
+    manifest: dict[str, Any]
+    warnings: list[str]
+
+
+def read_sources(path: str | os.PathLike[str]) -> dict[str, str]:
+    """A payload file, or a package directory, as archive paths under ``payload/``."""
+    p = Path(path)
+    if p.is_dir():
+        if not (p / "__init__.py").is_file():
+            raise LivepatchError("invalid-payload", f"{p} is a directory without __init__.py")
+        files = sorted(f for f in p.rglob("*.py") if "__pycache__" not in f.parts)
+        return {"payload/" + f.relative_to(p).as_posix(): f.read_text("utf-8") for f in files}
+    if not p.is_file():
+        raise LivepatchError("not-found", f"payload source {p} does not exist")
+    return {"payload/__init__.py": p.read_text("utf-8")}
+
+
+def _literal_source(value: Any) -> str | None:
+    if literal_digest(value) is None:
+        return None
+    text = repr(value)
+    try:
+        back = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
+    return text if back == value and type(back) is type(value) else None
+
+
+# --- one interpreter's analysis -------------------------------------------------------
+
+
+def analyze(sources: dict[str, str], against: str | None) -> dict[str, Any]:
+    """Everything interpreter-specific pack needs, computed in this interpreter."""
+    if against:
+        sys.path.insert(0, against)
+    loaded = load_sources("pack", "_pylivepatch_pack", sources, "pack")
+    try:
+        patches = [v for v in loaded.namespace.values() if isinstance(v, Patch)]
+        if len(patches) != 1:
+            raise LivepatchError(
+                "invalid-payload", f"the payload module must define exactly one pylivepatch.Patch, found {len(patches)}"
+            )
+        patch = patches[0]
+        tree = _SourceTree(against) if against else None
+        funcs, data, objects, warnings = [], [], {}, []
+        modules: set[str] = set()
+        needs: dict[str, set[str]] = {}
+        for rec in patch.functions:
+            qual = rec.func.__qualname__
+            try:
+                same = lookup(loaded, qual, rec.target) is rec.func
+            except LivepatchError:
+                same = False
+            if not same:
+                raise LivepatchError(
+                    "invalid-payload", f"replacement {qual} for {rec.target} is not reachable by that name in the payload"
+                )
+            modname, qualname = split_target(rec.target, "target")
+            modules.add(modname)
+            expect = tree.function(modname, qualname) if tree else _live_function(rec.target)
+            funcs.append({"target": rec.target, "new": qual, "expect": expect})
+            needs.setdefault(modname, set()).update(global_names(rec.func.__code__))
+        for drec in patch.data_entries:
+            modname, qualname = split_target(drec.target, "target")
+            modules.add(modname)
+            source = _literal_source(drec.value)
+            if source is None:
+                names = [k for k, v in loaded.namespace.items() if v is drec.value and not k.startswith("__")]
+                if not names:
+                    raise LivepatchError(
+                        "invalid-payload",
+                        f"data for {drec.target}: the value must be a literal or an object bound to a name in the payload",
+                    )
+                source = names[0]
+            expect = tree.data(modname, qualname) if tree else _live_data(drec.target)
+            data.append({"target": drec.target, "value_source": source, "expect": expect})
+        # Names the new code reads that the payload defines and the target module lacks.
+        taken = {d["target"] for d in data}
+        pending = [(m, n) for m, names in needs.items() for n in sorted(names)]
+        while pending:
+            modname, name = pending.pop(0)
+            target = f"{modname}:{name}"
+            if target in taken or hasattr(builtins, name) or name not in loaded.namespace:
+                continue
+            present = tree.has_name(modname, name) if tree else name in importlib.import_module(modname).__dict__
+            value = loaded.namespace[name]
+            if present:
+                if not tree and importlib.import_module(modname).__dict__[name] is not value:
+                    raise LivepatchError(
+                        "exists",
+                        f"the payload defines {name!r} but {modname} already has a different {name!r}; "
+                        "the new code would see the module's. Rename it in the payload",
+                    )
+                continue
+            taken.add(target)
+            data.append({"target": target, "value_source": name, "expect": "absent"})
+            if isinstance(value, types.FunctionType):
+                pending += [(modname, n) for n in sorted(global_names(value.__code__))]
+        for modname in sorted(modules):
+            objects[modname] = tree.object_id(modname) if tree else _live_object(modname)
+        return {
+            "python": python_tag(),
+            "patch": {
+                "name": patch.name,
+                "version": patch.version,
+                "description": patch.description,
+                "metadata": patch.metadata,
+                "replace": patch.replace,
+                "depends": patch.depends,
+                "consistency": patch.consistency,
+                "hooks": {k: v.__qualname__ for k, v in patch.hooks.items()},
+                "states": [{"id": i, "version": v} for i, v in patch.states],
+            },
+            "funcs": funcs,
+            "data": data,
+            "objects": objects,
+            "warnings": warnings,
+        }
+    finally:
+        loaded.discard()
+        if against:
+            sys.path.remove(against)
+
+
+def _live_function(target: str) -> str:
+    importlib.import_module(split_target(target, "target")[0])
+    ft = resolve_function(target)
+    return fingerprint(process_engine().original_code(ft.func))
+
+
+def _live_data(target: str) -> str:
+    importlib.import_module(split_target(target, "target")[0])
+    current = resolve_data(target).current()
+    if current is ABSENT:
+        return "absent"
+    digest = literal_digest(current)
+    return f"literal:{digest}" if digest else "any"
+
+
+def _live_object(modname: str) -> str:
+    module = importlib.import_module(modname)
+    bid, why = live_object_build_id(module, process_engine().original_code)
+    if bid is None:
+        raise LivepatchError("dependency-mismatch", f"cannot compute the build id of {modname}: {why}")
+    return bid
+
+
+class _SourceTree:
+    """Targets looked up in a source tree, compiled but never run."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+        self._cache: dict[str, tuple[types.CodeType, ast.Module]] = {}
+
+    def _module(self, modname: str) -> tuple[types.CodeType, ast.Module]:
+        if modname not in self._cache:
+            base = self.root.joinpath(*modname.split("."))
+            path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+            if not path.is_file():
+                raise LivepatchError("not-found", f"module {modname} has no source in {self.root}")
+            text = path.read_text("utf-8")
+            self._cache[modname] = (compile(text, str(path), "exec", dont_inherit=True), ast.parse(text))
+        return self._cache[modname]
+
+    def object_id(self, modname: str) -> str:
+        return fingerprint(self._module(modname)[0])
+
+    def function(self, modname: str, qualname: str) -> str:
+        code, tree = self._module(modname)
+        return fingerprint(source_function(code, tree, qualname, f"{modname}:{qualname}"))
+
+    def _scope(self, modname: str, qualname: str) -> tuple[list[ast.stmt], str]:
+        _, tree = self._module(modname)
+        body: list[ast.stmt] = tree.body
+        *path, last = qualname.split(".")
+        for part in path:
+            classes = [n for n in body if isinstance(n, ast.ClassDef) and n.name == part]
+            if not classes:
+                raise LivepatchError("not-found", f"{modname}:{qualname}: no class {part} in the source")
+            body = classes[-1].body
+        return body, last
+
+    def has_name(self, modname: str, name: str) -> bool:
+        body, _ = self._scope(modname, name)
+        return name in _bound_names(body)
+
+    def data(self, modname: str, qualname: str) -> str:
+        body, last = self._scope(modname, qualname)
+        if last not in _bound_names(body):
+            return "absent"
+        for node in body:
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == last for t in node.targets):
+                try:
+                    digest = literal_digest(ast.literal_eval(node.value))
+                except ValueError:
+                    digest = None
+                return f"literal:{digest}" if digest else "any"
+        return "any"
+
+
+def _bound_names(body: list[ast.stmt]) -> set[str]:
+    names: set[str] = set()
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                names.update(n.id for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            inner: list[ast.stmt] = []
+            for attr in ("body", "orelse", "finalbody"):
+                inner += getattr(node, attr, [])
+            for handler in getattr(node, "handlers", []):
+                inner += handler.body
+            names |= _bound_names(inner)
+    return names
+
+
+def source_function(code: types.CodeType, tree: ast.Module, qualname: str, what: str) -> types.CodeType:
+    """The code object of ``qualname`` in a compiled module, using the AST to tell a
+    property's getter from its setter and an ``@overload`` stub from the real one."""
+    parts = qualname.split(".")
+    role = None
+    if len(parts) > 2 and parts[-1] in ("getter", "setter", "deleter"):
+        role, parts = parts[-1], parts[:-1]
+    body, scope = tree.body, code
+    for part in parts[:-1]:
+        nodes = [n for n in body if isinstance(n, ast.ClassDef) and n.name == part]
+        inner = [c for c in scope.co_consts if isinstance(c, types.CodeType) and c.co_name == part and not c.co_flags & 1]
+        if not nodes or not inner:
+            raise LivepatchError("not-found", f"{what}: no class {part} in the source")
+        body, scope = nodes[-1].body, inner[-1]
+    name = parts[-1]
+    candidates = [n for n in body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name]
+
+    def deco_role(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
+        for d in node.decorator_list:
+            if isinstance(d, ast.Attribute) and d.attr in ("setter", "deleter", "getter"):
+                return d.attr
+            if (isinstance(d, ast.Name) and d.id == "overload") or (isinstance(d, ast.Attribute) and d.attr == "overload"):
+                return "overload"
+        return None
+
+    want = None if role in (None, "getter") else role
+    chosen = [n for n in candidates if deco_role(n) in ((want,) if want else (None, "getter"))]
+    if not chosen:
+        raise LivepatchError("not-found", f"{what}: not defined in the source")
+    node = chosen[-1]
+    first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+    for c in scope.co_consts:
+        if isinstance(c, types.CodeType) and c.co_name == name and c.co_firstlineno in (first, node.lineno):
+            return c
+    raise LivepatchError("not-found", f"{what}: no code for it in the compiled source")
+
+
+# --- several interpreters -------------------------------------------------------------
+
+
+def find_interpreter(version: str) -> str | None:
+    """An interpreter for ``3.X``: this one, ``python3.X`` on PATH, or pyenv's."""
+    if version == python_tag():
+        return sys.executable
+    found = shutil.which(f"python{version}")
+    if found:
+        return found
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    for candidate in sorted(glob.glob(os.path.join(root, "versions", f"{version}.*", "bin", f"python{version}")), reverse=True):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _analyze_in(version: str, sources: dict[str, str], against: str | None) -> dict[str, Any]:
+    exe = find_interpreter(version)
+    if exe is None:
+        raise LivepatchError("not-found", f"no Python {version} interpreter found (looked on PATH and under pyenv)")
+    src_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    extra = [src_root, os.getcwd()] + ([against] if against else [])
+    env["PYTHONPATH"] = os.pathsep.join(extra + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    proc = subprocess.run(
+        [exe, "-c", "from pylivepatch.build.pack import _child; _child()"],
+        input=json.dumps({"sources": sources, "against": against}),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    for line in proc.stdout.splitlines():
+        if line.startswith(_MARK):
+            reply = json.loads(line[len(_MARK) :])
+            if "error" in reply:
+                raise LivepatchError(reply["error"]["code"], f"under Python {version}: {reply['error']['message']}")
+            return dict(reply["result"])
+    raise LivepatchError(
+        "invalid-payload", f"analysis under Python {version} ({exe}) failed: {proc.stderr.strip()[-2000:]}"
+    )
+
+
+def _child() -> None:
+    request = json.loads(sys.stdin.read())
+    try:
+        reply: dict[str, Any] = {"result": analyze(request["sources"], request["against"])}
+    except LivepatchError as exc:
+        reply = {"error": {"code": exc.code, "message": exc.message}}
+    print(_MARK + json.dumps(reply), flush=True)
+
+
+def pack(
+    path: str | os.PathLike[str],
+    *,
+    against: str | None = None,
+    pythons: list[str] | None = None,
+) -> Packed:
+    """Pack a payload module (file or package directory) into archive bytes."""
+    sources = read_sources(path)
+    versions = pythons or [python_tag()]
+    results = []
+    for version in versions:
+        if version == python_tag():
+            results.append(analyze(sources, os.path.abspath(against) if against else None))
+        else:
+            results.append(_analyze_in(version, sources, os.path.abspath(against) if against else None))
+    first = results[0]
+    for other in results[1:]:
+        if [f["target"] for f in other["funcs"]] != [f["target"] for f in first["funcs"]]:
+            raise LivepatchError("invalid-payload", f"the payload defines other targets under Python {other['python']}")
+    funcs = [
+        {"target": f["target"], "new": f["new"], "expect": {r["python"]: r["funcs"][i]["expect"] for r in results}}
+        for i, f in enumerate(first["funcs"])
+    ]
+    objects = {m: {r["python"]: r["objects"][m] for r in results} for m in first["objects"]}
+    p = first["patch"]
+    doc = {
+        "format": 1,
+        "name": p["name"],
+        "version": p["version"],
+        "description": p["description"],
+        "depends": p["depends"],
+        "objects": objects,
+        "funcs": funcs,
+        "data": first["data"],
+        "hooks": p["hooks"],
+        "states": p["states"],
+        "replace": p["replace"],
+        "consistency": p["consistency"],
+        "metadata": {"packed-by": "pylivepatch pack", **p["metadata"]},
+        "python": sorted({r["python"] for r in results}, key=lambda v: tuple(map(int, v.split(".")))),
+    }
+    files = {k: v.encode() for k, v in sources.items()}
+    manifest = archive.seal(doc, files)
+    return Packed(archive.write(manifest, files), manifest.to_json(), [w for r in results for w in r["warnings"]])
