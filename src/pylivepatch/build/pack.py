@@ -17,6 +17,7 @@ import glob
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,11 +72,21 @@ def _literal_source(value: Any) -> str | None:
 # --- one interpreter's analysis -------------------------------------------------------
 
 
-def analyze(sources: dict[str, str], against: str | None) -> dict[str, Any]:
-    """Everything interpreter-specific pack needs, computed in this interpreter."""
-    if against:
-        sys.path.insert(0, against)
-    loaded = load_sources("pack", "_pylivepatch_pack", sources, "pack")
+def analyze(sources: dict[str, str], against: str | None, search: list[str] | None = None) -> dict[str, Any]:
+    """Everything interpreter-specific pack needs, computed in this interpreter.
+
+    Targets and the payload's own imports are found on ``sys.path`` plus ``search``
+    (the payload's directory and the working directory, as ``python FILE`` would) and
+    ``against``.
+    """
+    added = [p for p in ([against] if against else []) + (search or []) if p not in sys.path]
+    sys.path[:0] = added
+    try:
+        loaded = load_sources("pack", "_pylivepatch_pack", sources, "pack")
+    except BaseException:
+        for p in added:
+            sys.path.remove(p)
+        raise
     try:
         patches = [v for v in loaded.namespace.values() if isinstance(v, Patch)]
         if len(patches) != 1:
@@ -124,10 +135,10 @@ def analyze(sources: dict[str, str], against: str | None) -> dict[str, Any]:
             target = f"{modname}:{name}"
             if target in taken or hasattr(builtins, name) or name not in loaded.namespace:
                 continue
-            present = tree.has_name(modname, name) if tree else name in importlib.import_module(modname).__dict__
+            present = tree.has_name(modname, name) if tree else name in _import(modname).__dict__
             value = loaded.namespace[name]
             if present:
-                if not tree and importlib.import_module(modname).__dict__[name] is not value:
+                if not tree and _import(modname).__dict__[name] is not value:
                     raise LivepatchError(
                         "exists",
                         f"the payload defines {name!r} but {modname} already has a different {name!r}; "
@@ -160,18 +171,29 @@ def analyze(sources: dict[str, str], against: str | None) -> dict[str, Any]:
         }
     finally:
         loaded.discard()
-        if against:
-            sys.path.remove(against)
+        for p in added:
+            sys.path.remove(p)
+
+
+def _import(modname: str) -> types.ModuleType:
+    try:
+        return importlib.import_module(modname)
+    except Exception as exc:
+        raise LivepatchError(
+            "not-found",
+            f"cannot import target module {modname} to fingerprint it ({type(exc).__name__}: {exc}); "
+            "run pack where the target imports, or use --against DIR",
+        ) from None
 
 
 def _live_function(target: str) -> str:
-    importlib.import_module(split_target(target, "target")[0])
+    _import(split_target(target, "target")[0])
     ft = resolve_function(target)
     return fingerprint(process_engine().original_code(ft.func))
 
 
 def _live_data(target: str) -> str:
-    importlib.import_module(split_target(target, "target")[0])
+    _import(split_target(target, "target")[0])
     current = resolve_data(target).current()
     if current is ABSENT:
         return "absent"
@@ -180,7 +202,7 @@ def _live_data(target: str) -> str:
 
 
 def _live_object(modname: str) -> str:
-    module = importlib.import_module(modname)
+    module = _import(modname)
     bid, why = live_object_build_id(module, process_engine().original_code)
     if bid is None:
         raise LivepatchError("dependency-mismatch", f"cannot compute the build id of {modname}: {why}")
@@ -305,27 +327,28 @@ def find_interpreter(version: str) -> str | None:
     """An interpreter for ``3.X``: this one, ``python3.X`` on PATH, or pyenv's."""
     if version == python_tag():
         return sys.executable
-    found = shutil.which(f"python{version}")
-    if found:
-        return found
     root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
-    for candidate in sorted(glob.glob(os.path.join(root, "versions", f"{version}.*", "bin", f"python{version}")), reverse=True):
+    pattern = os.path.join(root, "versions", f"{version}.*", "bin", f"python{version}")
+    for candidate in sorted(glob.glob(pattern), reverse=True):
         if os.access(candidate, os.X_OK):
             return candidate
+    found = shutil.which(f"python{version}")
+    if found and os.sep + "shims" + os.sep not in found:  # a pyenv shim may point nowhere
+        return found
     return None
 
 
-def _analyze_in(version: str, sources: dict[str, str], against: str | None) -> dict[str, Any]:
+def _analyze_in(version: str, sources: dict[str, str], against: str | None, search: list[str]) -> dict[str, Any]:
     exe = find_interpreter(version)
     if exe is None:
         raise LivepatchError("not-found", f"no Python {version} interpreter found (looked on PATH and under pyenv)")
     src_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
-    extra = [src_root, os.getcwd()] + ([against] if against else [])
+    extra = [src_root, *search] + ([against] if against else [])
     env["PYTHONPATH"] = os.pathsep.join(extra + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     proc = subprocess.run(
         [exe, "-c", "from pylivepatch.build.pack import _child; _child()"],
-        input=json.dumps({"sources": sources, "against": against}),
+        input=json.dumps({"sources": sources, "against": against, "search": search}),
         capture_output=True,
         text=True,
         env=env,
@@ -345,7 +368,7 @@ def _analyze_in(version: str, sources: dict[str, str], against: str | None) -> d
 def _child() -> None:
     request = json.loads(sys.stdin.read())
     try:
-        reply: dict[str, Any] = {"result": analyze(request["sources"], request["against"])}
+        reply: dict[str, Any] = {"result": analyze(request["sources"], request["against"], request["search"])}
     except LivepatchError as exc:
         reply = {"error": {"code": exc.code, "message": exc.message}}
     print(_MARK + json.dumps(reply), flush=True)
@@ -360,12 +383,18 @@ def pack(
     """Pack a payload module (file or package directory) into archive bytes."""
     sources = read_sources(path)
     versions = pythons or [python_tag()]
+    for v in versions:
+        if not re.match(r"^3\.[0-9]{1,2}$", v) or int(v.split(".")[1]) < 10:
+            raise LivepatchError("invalid-payload", f"--python {v!r}: versions look like 3.11 (3.10 or newer)")
+    home = Path(path).resolve()
+    search = [str(home.parent), os.getcwd()]
+    root = os.path.abspath(against) if against else None
     results = []
-    for version in versions:
+    for version in dict.fromkeys(versions):
         if version == python_tag():
-            results.append(analyze(sources, os.path.abspath(against) if against else None))
+            results.append(analyze(sources, root, search))
         else:
-            results.append(_analyze_in(version, sources, os.path.abspath(against) if against else None))
+            results.append(_analyze_in(version, sources, root, search))
     first = results[0]
     for other in results[1:]:
         if [f["target"] for f in other["funcs"]] != [f["target"] for f in first["funcs"]]:

@@ -1,0 +1,135 @@
+"""The ``pylivepatch`` command line: thin over ``build`` and the engine.
+
+Every error a user can cause is one line ``pylivepatch: CODE: message`` on stderr and
+exit code 1 (2 for ``busy``/``timeout``: try again); never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import LivepatchError
+
+EXIT_OK, EXIT_ERROR, EXIT_RETRY = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pylivepatch",
+        description="Live patching for running Python services.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+
+    p = sub.add_parser("pack", help="pack a payload module into a checked .lpz archive")
+    p.add_argument("file", help="payload module (a .py file or a package directory)")
+    p.add_argument("-o", "--output", required=True, help="archive to write (NAME.lpz)")
+    p.add_argument("--against", metavar="DIR", help="fingerprint targets from this source tree instead of importing them")
+    p.add_argument(
+        "--python",
+        metavar="VERSIONS",
+        help="comma-separated interpreter versions to write expectations for, e.g. 3.11,3.12 (default: this one)",
+    )
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    p = sub.add_parser("inspect", help="show what a payload archive contains")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    p = sub.add_parser("demo", help="live-patch a running demo service and show it before/after")
+    p.add_argument("--json", action="store_true", help="print the steps as JSON lines")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.verb == "pack":
+            return _pack(args)
+        if args.verb == "inspect":
+            return _inspect(args)
+        if args.verb == "demo":
+            from .demo import run_demo
+
+            return run_demo(json_lines=args.json)
+    except LivepatchError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"error": exc.code, "errno": exc.errno, "message": exc.message}))
+        print(f"pylivepatch: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_RETRY if exc.retryable else EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(args.verb)  # pragma: no cover - argparse rejects unknown verbs
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from ..build.pack import pack
+
+    pythons = [v.strip() for v in args.python.split(",") if v.strip()] if args.python else None
+    packed = pack(args.file, against=args.against, pythons=pythons)
+    try:
+        with open(args.output, "wb") as fh:
+            fh.write(packed.data)
+    except OSError as exc:
+        raise LivepatchError("invalid-payload", f"cannot write {args.output}: {exc.strerror}") from None
+    man = packed.manifest
+    if args.json:
+        print(json.dumps(man, indent=2, sort_keys=True))
+    else:
+        print(
+            f"packed {man['name']} -> {args.output}: {len(man['funcs'])} functions, {len(man['data'])} data, "
+            f"python {', '.join(man['python'])}, build id {man['build_id'][:16]}"
+        )
+    for warning in packed.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from ..engine.core import _read
+    from ..payload import archive
+
+    payload = archive.read(_read(args.file))
+    man = payload.manifest
+    if args.json:
+        doc: dict[str, Any] = man.to_json()
+        doc["files"] = {p: len(b) for p, b in sorted(payload.files.items())}
+        doc["signed"] = payload.signature is not None
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return EXIT_OK
+    print(describe(man, payload.files, payload.signature is not None))
+    return EXIT_OK
+
+
+def describe(man: Any, files: dict[str, bytes], signed: bool) -> str:
+    lines = [
+        f"name         {man.name}",
+        f"version      {man.version or '-'}",
+        f"description  {man.description or '-'}",
+        f"build id     {man.build_id}",
+        f"depends      {man.depends if man.depends is not None else 'none (independent)'}",
+        f"python       {', '.join(man.python)}",
+        f"consistency  {man.consistency}",
+        f"replace      {'yes' if man.replace else 'no'}",
+        f"signature    {'signed' if signed else 'unsigned'}",
+    ]
+    for k, v in sorted(man.metadata.items()):
+        lines.append(f"metadata     {k}={v}")
+    for mod, ids in sorted(man.objects.items()):
+        lines.append(f"object       {mod}  " + "  ".join(f"{v}:{i[:12]}" for v, i in sorted(ids.items())))
+    for f in man.funcs:
+        exp = "  ".join(f"{v}:{d[:12]}" for v, d in sorted(f.expect.items()))
+        lines.append(f"function     {f.target} <- {f.new}  expect {exp}")
+    for d in man.data:
+        lines.append(f"data         {d.target} = {d.value_source}  expect {d.expect[:20]}")
+    for kind, symbol in sorted(man.hooks.items()):
+        lines.append(f"hook         {kind}: {symbol}")
+    for s in man.states:
+        lines.append(f"state        id {s.id} version {s.version}")
+    for path, data in sorted(files.items()):
+        lines.append(f"file         {path} ({len(data)} bytes)")
+    return "\n".join(lines)

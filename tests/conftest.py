@@ -1,0 +1,127 @@
+"""Shared fixtures: real target modules on disk, payloads packed by the real ``pack``.
+
+``lab`` gives each test a fresh directory on ``sys.path`` and a fresh ``Engine``;
+``lab.module(name, source)`` writes and imports a target module (unique names per test
+so tests never share targets), ``lab.pack(source)`` packs a payload module with
+``pylivepatch pack``'s code and returns the archive bytes. At the end every payload the
+test left is reverted and unloaded and its modules are removed from ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import sys
+import textwrap
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pylivepatch import Engine, LivepatchError
+from pylivepatch.build.pack import pack
+
+_counter = itertools.count()
+
+
+class Lab:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.engine = Engine()
+        self.modules: list[str] = []
+        self.prefix = f"lpt{next(_counter)}_"
+
+    def name(self, base: str) -> str:
+        """A module name unique to this test: ``lab.name("shop")`` -> ``lpt3_shop``."""
+        return self.prefix + base
+
+    def module(self, base: str, source: str) -> types.ModuleType:
+        name = self.name(base)
+        parts = name.split(".")
+        path = self.root.joinpath(*parts[:-1], parts[-1] + ".py")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for i in range(1, len(parts)):
+            init = self.root.joinpath(*parts[:i], "__init__.py")
+            if not init.exists():
+                init.write_text("")
+        path.write_text(textwrap.dedent(source))
+        importlib.invalidate_caches()
+        module = importlib.import_module(name)
+        self.modules.append(name)
+        return module
+
+    def write(self, filename: str, source: str) -> Path:
+        path = self.root / filename
+        path.write_text(textwrap.dedent(source))
+        return path
+
+    def pack(self, source: str, filename: str | None = None, **options: Any) -> bytes:
+        """Pack a payload module whose text may use ``{m}`` for the test's module prefix."""
+        filename = filename or f"payload_{next(_counter)}.py"
+        path = self.write(filename, textwrap.dedent(source).replace("{m}", self.prefix))
+        return pack(path, **options).data
+
+    def load(self, source: str, **options: Any) -> str:
+        data = self.pack(source)
+        result = self.engine.load(data, **options)
+        return result.name
+
+    def cleanup(self) -> None:
+        applied = sorted(
+            (r for r in self.engine._payloads.values() if str(r.state) == "APPLIED"),
+            key=lambda r: -r.applied_seq,
+        )
+        for rec in applied:
+            try:
+                self.engine.revert(rec.name, force=True, consistency="immediate")
+            except LivepatchError:
+                pass
+        for name in list(self.engine._payloads):
+            try:
+                self.engine.unload(name)
+            except LivepatchError:
+                pass
+        for name in self.modules:
+            sys.modules.pop(name, None)
+
+
+@pytest.fixture
+def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    lab = Lab(tmp_path)
+    try:
+        yield lab
+    finally:
+        lab.cleanup()
+
+
+def snapshot(*objs: Any) -> list[tuple[Any, ...]]:
+    """Everything an action may touch, by identity: functions' code/defaults/kwdefaults,
+    namespaces' items."""
+    out: list[tuple[Any, ...]] = []
+    for obj in objs:
+        if isinstance(obj, types.FunctionType):
+            out.append((obj, obj.__code__, obj.__defaults__, obj.__kwdefaults__))
+        elif isinstance(obj, (types.ModuleType, type)):
+            out.append((obj, tuple((k, v) for k, v in vars(obj).items())))
+        else:
+            raise TypeError(obj)
+    return out
+
+
+def assert_identical(before: list[tuple[Any, ...]], after: list[tuple[Any, ...]]) -> None:
+    assert len(before) == len(after)
+    for b, a in zip(before, after):
+        assert b[0] is a[0]
+        if isinstance(b[0], types.FunctionType):
+            assert a[1] is b[1], f"{b[0].__qualname__}.__code__ changed"
+            assert a[2] is b[2], f"{b[0].__qualname__}.__defaults__ changed"
+            assert a[3] is b[3], f"{b[0].__qualname__}.__kwdefaults__ changed"
+        else:
+            bk, ak = dict(b[1]), dict(a[1])
+            assert bk.keys() == ak.keys(), f"names of {b[0]!r} changed: {set(bk) ^ set(ak)}"
+            for k in bk:
+                assert ak[k] is bk[k], f"{b[0]!r}.{k} changed"
