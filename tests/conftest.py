@@ -1,6 +1,6 @@
 """Shared fixtures: real target modules on disk, payloads packed by the real ``pack``.
 
-``lab`` gives each test a fresh directory on ``sys.path`` and a fresh ``Engine``;
+``lab`` gives each test a fresh directory on ``sys.path`` and the process engine (left clean after each test);
 ``lab.module(name, source)`` writes and imports a target module (unique names per test
 so tests never share targets), ``lab.pack(source)`` packs a payload module with
 ``pylivepatch pack``'s code and returns the archive bytes. At the end every payload the
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from pylivepatch import Engine, LivepatchError
+from pylivepatch import LivepatchError, engine
 from pylivepatch.build.pack import pack
 
 _counter = itertools.count()
@@ -29,7 +29,7 @@ _counter = itertools.count()
 class Lab:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.engine = Engine()
+        self.engine = engine()
         self.modules: list[str] = []
         self.prefix = f"lpt{next(_counter)}_"
 

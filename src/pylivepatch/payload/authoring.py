@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ..errors import LivepatchError
 from .manifest import CONSISTENCY, NAME_RE, split_target
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,7 +63,10 @@ class Patch:
         return f"<Patch {self.name} funcs={len(self.functions)} data={len(self.data_entries)}>"
 
     def _claim(self, target: str) -> None:
-        split_target(target, "target")
+        try:
+            split_target(target, "target")
+        except LivepatchError as exc:
+            raise ValueError(exc.message) from None
         taken = {r.target for r in self.functions} | {r.target for r in self.data_entries}
         if target in taken:
             raise ValueError(f"{target} is patched twice in payload {self.name}")
