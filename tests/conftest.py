@@ -114,7 +114,7 @@ def snapshot(*objs: Any) -> list[tuple[Any, ...]]:
 
 def assert_identical(before: list[tuple[Any, ...]], after: list[tuple[Any, ...]]) -> None:
     assert len(before) == len(after)
-    for b, a in zip(before, after):
+    for b, a in zip(before, after, strict=True):
         assert b[0] is a[0]
         if isinstance(b[0], types.FunctionType):
             assert a[1] is b[1], f"{b[0].__qualname__}.__code__ changed"

@@ -30,7 +30,12 @@ FIX = """
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, str(cwd)]))
     return subprocess.run(
-        [sys.executable, "-m", "pylivepatch", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-m", "pylivepatch", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
 
 
@@ -89,7 +94,9 @@ def test_errors_are_one_line_with_the_code_and_no_traceback(lab):
     assert (out.returncode, out.stderr.split(":")[1].strip()) == (1, "not-found")
     lab.write("fix.py", FIX.replace("{m}", "nowhere_"))
     out = cli("pack", "fix.py", "-o", "x.lpz", cwd=lab.root)
-    assert out.returncode == 1 and out.stderr.startswith("pylivepatch: not-found: cannot import target module")
+    assert out.returncode == 1 and out.stderr.startswith(
+        "pylivepatch: not-found: cannot import target module"
+    )
     out = cli("inspect", "junk.lpz", "--json", cwd=lab.root)
     assert json.loads(out.stdout)["error"] == "invalid-payload"
 

@@ -6,11 +6,12 @@ import errno
 import threading
 
 import pytest
-from conftest import assert_identical, snapshot
 
 from pylivepatch import LivepatchError
 from pylivepatch.engine.table import TABLE, Action, State
 from pylivepatch.payload import archive
+
+from conftest import assert_identical, snapshot
 
 TARGET = """
     LIMIT = 3
@@ -27,7 +28,9 @@ TARGET = """
 """
 
 
-def payload(name: str, tag: str, targets=("price",), depends: str | None = None, consistency="atomic") -> str:
+def payload(
+    name: str, tag: str, targets=("price",), depends: str | None = None, consistency="atomic"
+) -> str:
     lines = [
         "import pylivepatch as lp",
         f"patch = lp.Patch({name!r}, depends={depends!r}, consistency={consistency!r})",
@@ -81,7 +84,9 @@ def test_transcript_upload_apply_revert_unload(lab, shop):
         "unload p1: started",
         "unload p1: finished rc=0",
     ]
-    finished = [ev for ev in e.history() if ev.kind == "finished" and ev.action in ("apply", "revert")]
+    finished = [
+        ev for ev in e.history() if ev.kind == "finished" and ev.action in ("apply", "revert")
+    ]
     assert all(ev.detail["pause_ns"] > 0 for ev in finished), "every swap reports its pause"
 
 

@@ -9,11 +9,12 @@ import sys
 import zipfile
 
 import pytest
-from conftest import assert_identical, snapshot
 
 from pylivepatch import LivepatchError, Patch
 from pylivepatch.payload import archive, manifest
 from pylivepatch.payload.fingerprint import fingerprint, python_tag
+
+from conftest import assert_identical, snapshot
 
 TARGET = """
     def greet(name):
@@ -82,7 +83,9 @@ def test_manifest_fields_and_build_id(lab, target):
     assert func.target == f"{lab.name('greet_mod')}:greet" and func.new == "greet"
     assert func.expect[python_tag()] == fingerprint(target.greet.__code__)
     assert set(man.objects) == {lab.name("greet_mod")}
-    assert man.build_id == archive.content_build_id(man.canonical(with_build_id=False), payload.files)
+    assert man.build_id == archive.content_build_id(
+        man.canonical(with_build_id=False), payload.files
+    )
     # Packing twice gives byte-identical archives: the build id names the content.
     assert lab.pack(FIX) == data
 
@@ -133,7 +136,12 @@ def test_symlink_member(lab, target):
 def test_manifest_with_a_wrong_type(lab, target):
     data = rezip(
         lab.pack(FIX),
-        lambda m: {**m, "manifest.json": json.dumps({**json.loads(m["manifest.json"]), "funcs": "all"}).encode()},
+        lambda m: {
+            **m,
+            "manifest.json": json.dumps(
+                {**json.loads(m["manifest.json"]), "funcs": "all"}
+            ).encode(),
+        },
     )
     err = refused(lab, data, target.greet, target)
     assert "'funcs'" in err.message and "list" in err.message
@@ -142,21 +150,30 @@ def test_manifest_with_a_wrong_type(lab, target):
 def test_unknown_manifest_field(lab, target):
     data = rezip(
         lab.pack(FIX),
-        lambda m: {**m, "manifest.json": json.dumps({**json.loads(m["manifest.json"]), "color": "red"}).encode()},
+        lambda m: {
+            **m,
+            "manifest.json": json.dumps(
+                {**json.loads(m["manifest.json"]), "color": "red"}
+            ).encode(),
+        },
     )
     err = refused(lab, data, target.greet)
     assert "'color'" in err.message and "unknown field" in err.message
 
 
 def test_tampered_content_breaks_the_build_id(lab, target):
-    data = rezip(lab.pack(FIX), lambda m: {**m, "payload/__init__.py": m["payload/__init__.py"] + b"\n# x\n"})
+    data = rezip(
+        lab.pack(FIX), lambda m: {**m, "payload/__init__.py": m["payload/__init__.py"] + b"\n# x\n"}
+    )
     err = refused(lab, data, target.greet)
     assert "build_id" in err.message
 
 
 def test_payload_code_raises_at_import(lab, target):
     def boom(files):
-        files["payload/__init__.py"] = b"raise RuntimeError('not today')\n" + files["payload/__init__.py"]
+        files["payload/__init__.py"] = (
+            b"raise RuntimeError('not today')\n" + files["payload/__init__.py"]
+        )
 
     err = refused(lab, reseal(lab.pack(FIX), edit_files=boom), target.greet, target)
     assert "RuntimeError" in err.message and "not today" in err.message
@@ -164,7 +181,9 @@ def test_payload_code_raises_at_import(lab, target):
 
 def test_replacement_with_a_syntax_error(lab, target):
     def broken(files):
-        files["payload/__init__.py"] = files["payload/__init__.py"].replace(b'return "hi " + name', b"return (")
+        files["payload/__init__.py"] = files["payload/__init__.py"].replace(
+            b'return "hi " + name', b"return ("
+        )
 
     err = refused(lab, reseal(lab.pack(FIX), edit_files=broken), target.greet, target)
     assert "syntax error" in err.message and "payload/__init__.py" in err.message
@@ -184,9 +203,19 @@ def test_missing_target_module_and_function(lab, target):
 
         return edit
 
-    err = refused(lab, reseal(lab.pack(FIX), retarget("no_such_module_xyz:greet")), target.greet, code="not-found")
+    err = refused(
+        lab,
+        reseal(lab.pack(FIX), retarget("no_such_module_xyz:greet")),
+        target.greet,
+        code="not-found",
+    )
     assert "no_such_module_xyz" in err.message
-    err = refused(lab, reseal(lab.pack(FIX), retarget(f"{lab.name('greet_mod')}:nope")), target.greet, code="not-found")
+    err = refused(
+        lab,
+        reseal(lab.pack(FIX), retarget(f"{lab.name('greet_mod')}:nope")),
+        target.greet,
+        code="not-found",
+    )
     assert "'nope'" in err.message
 
 
@@ -218,7 +247,13 @@ def test_payload_for_another_interpreter_is_refused_unless_no_expect(lab, target
     ],
 )
 def test_manifest_validation_names_the_field(field, value, fragment):
-    doc = {"format": 1, "name": "p", "build_id": "0" * 64, "python": ["3.11"], "hooks": {"apply": "f"}}
+    doc = {
+        "format": 1,
+        "name": "p",
+        "build_id": "0" * 64,
+        "python": ["3.11"],
+        "hooks": {"apply": "f"},
+    }
     doc[field] = value
     with pytest.raises(LivepatchError) as err:
         manifest.parse(doc)

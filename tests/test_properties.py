@@ -32,7 +32,9 @@ LAYOUT = {
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("prop")
     modname = "lpprop_target"
-    (root / f"{modname}.py").write_text("".join(f"def {f}():\n    return 'orig'\n\n" for f in FUNCS))
+    (root / f"{modname}.py").write_text(
+        "".join(f"def {f}():\n    return 'orig'\n\n" for f in FUNCS)
+    )
     sys.path.insert(0, str(root))
     importlib.invalidate_caches()
     module = importlib.import_module(modname)
@@ -40,9 +42,13 @@ def world(tmp_path_factory):
     build_ids: dict[str, str] = {}
     for name, (funcs, depends) in LAYOUT.items():
         dep = build_ids.get(depends, depends) if depends else None
-        body = [f"import pylivepatch as lp\npatch = lp.Patch({name!r}, depends={dep!r}, consistency='atomic')\n"]
+        body = [
+            f"import pylivepatch as lp\npatch = lp.Patch({name!r}, depends={dep!r}, consistency='atomic')\n"
+        ]
         for f in funcs:
-            body.append(f"@patch.function('{modname}:{f}')\ndef {f}_{name}():\n    return {name!r}\n")
+            body.append(
+                f"@patch.function('{modname}:{f}')\ndef {f}_{name}():\n    return {name!r}\n"
+            )
         path = root / f"payload_{name}.py"
         path.write_text(textwrap.dedent("\n".join(body)))
         payloads[name] = pack(path).data
@@ -106,13 +112,17 @@ class Model:
 
 
 steps = st.lists(
-    st.tuples(st.sampled_from(["upload", "apply", "revert", "unload"]), st.sampled_from(sorted(LAYOUT))),
+    st.tuples(
+        st.sampled_from(["upload", "apply", "revert", "unload"]), st.sampled_from(sorted(LAYOUT))
+    ),
     min_size=1,
     max_size=25,
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(steps)
 def test_random_action_sequences_match_the_model(world, sequence):
     module, payloads, build_ids, originals = world

@@ -2,10 +2,13 @@ from conftest import assert_identical, snapshot
 
 
 def test_apply_revert_roundtrip(lab):
-    mod = lab.module("shop", """
+    mod = lab.module(
+        "shop",
+        """
         def price(x, rate=2):
             return x * rate
-    """)
+    """,
+    )
     before = snapshot(mod.price, mod)
     name = lab.load("""
         import pylivepatch as lp

@@ -53,7 +53,10 @@ def run_there(version: str, lab, path: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=SRC)
     out = subprocess.run(
         [exe, "-c", APPLY_THERE, str(lab.root), lab.name("geo"), str(path)],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -72,7 +72,9 @@ def _literal_source(value: Any) -> str | None:
 # --- one interpreter's analysis -------------------------------------------------------
 
 
-def analyze(sources: dict[str, str], against: str | None, search: list[str] | None = None) -> dict[str, Any]:
+def analyze(
+    sources: dict[str, str], against: str | None, search: list[str] | None = None
+) -> dict[str, Any]:
     """Everything interpreter-specific pack needs, computed in this interpreter.
 
     Targets and the payload's own imports are found on ``sys.path`` plus ``search``
@@ -91,11 +93,15 @@ def analyze(sources: dict[str, str], against: str | None, search: list[str] | No
         patches = [v for v in loaded.namespace.values() if isinstance(v, Patch)]
         if len(patches) != 1:
             raise LivepatchError(
-                "invalid-payload", f"the payload module must define exactly one pylivepatch.Patch, found {len(patches)}"
+                "invalid-payload",
+                f"the payload module must define exactly one pylivepatch.Patch, found {len(patches)}",
             )
         patch = patches[0]
         tree = _SourceTree(against) if against else None
-        funcs, data, objects, warnings = [], [], {}, []
+        funcs: list[dict[str, Any]] = []
+        data: list[dict[str, Any]] = []
+        objects: dict[str, str] = {}
+        warnings: list[str] = []
         modules: set[str] = set()
         needs: dict[str, set[str]] = {}
         for rec in patch.functions:
@@ -106,7 +112,8 @@ def analyze(sources: dict[str, str], against: str | None, search: list[str] | No
                 same = False
             if not same:
                 raise LivepatchError(
-                    "invalid-payload", f"replacement {qual} for {rec.target} is not reachable by that name in the payload"
+                    "invalid-payload",
+                    f"replacement {qual} for {rec.target} is not reachable by that name in the payload",
                 )
             modname, qualname = split_target(rec.target, "target")
             modules.add(modname)
@@ -118,7 +125,11 @@ def analyze(sources: dict[str, str], against: str | None, search: list[str] | No
             modules.add(modname)
             source = _literal_source(drec.value)
             if source is None:
-                names = [k for k, v in loaded.namespace.items() if v is drec.value and not k.startswith("__")]
+                names = [
+                    k
+                    for k, v in loaded.namespace.items()
+                    if v is drec.value and not k.startswith("__")
+                ]
                 if not names:
                     raise LivepatchError(
                         "invalid-payload",
@@ -205,7 +216,9 @@ def _live_object(modname: str) -> str:
     module = _import(modname)
     bid, why = live_object_build_id(module, process_engine().original_code)
     if bid is None:
-        raise LivepatchError("dependency-mismatch", f"cannot compute the build id of {modname}: {why}")
+        raise LivepatchError(
+            "dependency-mismatch", f"cannot compute the build id of {modname}: {why}"
+        )
     return bid
 
 
@@ -223,7 +236,10 @@ class _SourceTree:
             if not path.is_file():
                 raise LivepatchError("not-found", f"module {modname} has no source in {self.root}")
             text = path.read_text("utf-8")
-            self._cache[modname] = (compile(text, str(path), "exec", dont_inherit=True), ast.parse(text))
+            self._cache[modname] = (
+                compile(text, str(path), "exec", dont_inherit=True),
+                ast.parse(text),
+            )
         return self._cache[modname]
 
     def object_id(self, modname: str) -> str:
@@ -240,7 +256,9 @@ class _SourceTree:
         for part in path:
             classes = [n for n in body if isinstance(n, ast.ClassDef) and n.name == part]
             if not classes:
-                raise LivepatchError("not-found", f"{modname}:{qualname}: no class {part} in the source")
+                raise LivepatchError(
+                    "not-found", f"{modname}:{qualname}: no class {part} in the source"
+                )
             body = classes[-1].body
         return body, last
 
@@ -253,7 +271,9 @@ class _SourceTree:
         if last not in _bound_names(body):
             return "absent"
         for node in body:
-            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == last for t in node.targets):
+            if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == last for t in node.targets
+            ):
                 try:
                     digest = literal_digest(ast.literal_eval(node.value))
                 except ValueError:
@@ -283,7 +303,9 @@ def _bound_names(body: list[ast.stmt]) -> set[str]:
     return names
 
 
-def source_function(code: types.CodeType, tree: ast.Module, qualname: str, what: str) -> types.CodeType:
+def source_function(
+    code: types.CodeType, tree: ast.Module, qualname: str, what: str
+) -> types.CodeType:
     """The code object of ``qualname`` in a compiled module, using the AST to tell a
     property's getter from its setter and an ``@overload`` stub from the real one."""
     parts = qualname.split(".")
@@ -293,18 +315,26 @@ def source_function(code: types.CodeType, tree: ast.Module, qualname: str, what:
     body, scope = tree.body, code
     for part in parts[:-1]:
         nodes = [n for n in body if isinstance(n, ast.ClassDef) and n.name == part]
-        inner = [c for c in scope.co_consts if isinstance(c, types.CodeType) and c.co_name == part and not c.co_flags & 1]
+        inner = [
+            c
+            for c in scope.co_consts
+            if isinstance(c, types.CodeType) and c.co_name == part and not c.co_flags & 1
+        ]
         if not nodes or not inner:
             raise LivepatchError("not-found", f"{what}: no class {part} in the source")
         body, scope = nodes[-1].body, inner[-1]
     name = parts[-1]
-    candidates = [n for n in body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name]
+    candidates = [
+        n for n in body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name
+    ]
 
     def deco_role(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
         for d in node.decorator_list:
             if isinstance(d, ast.Attribute) and d.attr in ("setter", "deleter", "getter"):
                 return d.attr
-            if (isinstance(d, ast.Name) and d.id == "overload") or (isinstance(d, ast.Attribute) and d.attr == "overload"):
+            if (isinstance(d, ast.Name) and d.id == "overload") or (
+                isinstance(d, ast.Attribute) and d.attr == "overload"
+            ):
                 return "overload"
         return None
 
@@ -315,7 +345,11 @@ def source_function(code: types.CodeType, tree: ast.Module, qualname: str, what:
     node = chosen[-1]
     first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
     for c in scope.co_consts:
-        if isinstance(c, types.CodeType) and c.co_name == name and c.co_firstlineno in (first, node.lineno):
+        if (
+            isinstance(c, types.CodeType)
+            and c.co_name == name
+            and c.co_firstlineno in (first, node.lineno)
+        ):
             return c
     raise LivepatchError("not-found", f"{what}: no code for it in the compiled source")
 
@@ -338,14 +372,20 @@ def find_interpreter(version: str) -> str | None:
     return None
 
 
-def _analyze_in(version: str, sources: dict[str, str], against: str | None, search: list[str]) -> dict[str, Any]:
+def _analyze_in(
+    version: str, sources: dict[str, str], against: str | None, search: list[str]
+) -> dict[str, Any]:
     exe = find_interpreter(version)
     if exe is None:
-        raise LivepatchError("not-found", f"no Python {version} interpreter found (looked on PATH and under pyenv)")
+        raise LivepatchError(
+            "not-found", f"no Python {version} interpreter found (looked on PATH and under pyenv)"
+        )
     src_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     extra = [src_root, *search] + ([against] if against else [])
-    env["PYTHONPATH"] = os.pathsep.join(extra + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join(
+        extra + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
     proc = subprocess.run(
         [exe, "-c", "from pylivepatch.build.pack import _child; _child()"],
         input=json.dumps({"sources": sources, "against": against, "search": search}),
@@ -358,17 +398,22 @@ def _analyze_in(version: str, sources: dict[str, str], against: str | None, sear
         if line.startswith(_MARK):
             reply = json.loads(line[len(_MARK) :])
             if "error" in reply:
-                raise LivepatchError(reply["error"]["code"], f"under Python {version}: {reply['error']['message']}")
+                raise LivepatchError(
+                    reply["error"]["code"], f"under Python {version}: {reply['error']['message']}"
+                )
             return dict(reply["result"])
     raise LivepatchError(
-        "invalid-payload", f"analysis under Python {version} ({exe}) failed: {proc.stderr.strip()[-2000:]}"
+        "invalid-payload",
+        f"analysis under Python {version} ({exe}) failed: {proc.stderr.strip()[-2000:]}",
     )
 
 
 def _child() -> None:
     request = json.loads(sys.stdin.read())
     try:
-        reply: dict[str, Any] = {"result": analyze(request["sources"], request["against"], request["search"])}
+        reply: dict[str, Any] = {
+            "result": analyze(request["sources"], request["against"], request["search"])
+        }
     except LivepatchError as exc:
         reply = {"error": {"code": exc.code, "message": exc.message}}
     print(_MARK + json.dumps(reply), flush=True)
@@ -385,7 +430,9 @@ def pack(
     versions = pythons or [python_tag()]
     for v in versions:
         if not re.match(r"^3\.[0-9]{1,2}$", v) or int(v.split(".")[1]) < 10:
-            raise LivepatchError("invalid-payload", f"--python {v!r}: versions look like 3.11 (3.10 or newer)")
+            raise LivepatchError(
+                "invalid-payload", f"--python {v!r}: versions look like 3.11 (3.10 or newer)"
+            )
     home = Path(path).resolve()
     search = [str(home.parent), os.getcwd()]
     root = os.path.abspath(against) if against else None
@@ -398,9 +445,16 @@ def pack(
     first = results[0]
     for other in results[1:]:
         if [f["target"] for f in other["funcs"]] != [f["target"] for f in first["funcs"]]:
-            raise LivepatchError("invalid-payload", f"the payload defines other targets under Python {other['python']}")
+            raise LivepatchError(
+                "invalid-payload",
+                f"the payload defines other targets under Python {other['python']}",
+            )
     funcs = [
-        {"target": f["target"], "new": f["new"], "expect": {r["python"]: r["funcs"][i]["expect"] for r in results}}
+        {
+            "target": f["target"],
+            "new": f["new"],
+            "expect": {r["python"]: r["funcs"][i]["expect"] for r in results},
+        }
         for i, f in enumerate(first["funcs"])
     ]
     objects = {m: {r["python"]: r["objects"][m] for r in results} for m in first["objects"]}
@@ -419,8 +473,14 @@ def pack(
         "replace": p["replace"],
         "consistency": p["consistency"],
         "metadata": {"packed-by": "pylivepatch pack", **p["metadata"]},
-        "python": sorted({r["python"] for r in results}, key=lambda v: tuple(map(int, v.split(".")))),
+        "python": sorted(
+            {r["python"] for r in results}, key=lambda v: tuple(map(int, v.split(".")))
+        ),
     }
     files = {k: v.encode() for k, v in sources.items()}
     manifest = archive.seal(doc, files)
-    return Packed(archive.write(manifest, files), manifest.to_json(), [w for r in results for w in r["warnings"]])
+    return Packed(
+        archive.write(manifest, files),
+        manifest.to_json(),
+        [w for r in results for w in r["warnings"]],
+    )

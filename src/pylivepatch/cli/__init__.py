@@ -28,7 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pack", help="pack a payload module into a checked .lpz archive")
     p.add_argument("file", help="payload module (a .py file or a package directory)")
     p.add_argument("-o", "--output", required=True, help="archive to write (NAME.lpz)")
-    p.add_argument("--against", metavar="DIR", help="fingerprint targets from this source tree instead of importing them")
+    p.add_argument(
+        "--against",
+        metavar="DIR",
+        help="fingerprint targets from this source tree instead of importing them",
+    )
     p.add_argument(
         "--python",
         metavar="VERSIONS",
@@ -75,7 +79,9 @@ def _pack(args: argparse.Namespace) -> int:
         with open(args.output, "wb") as fh:
             fh.write(packed.data)
     except OSError as exc:
-        raise LivepatchError("invalid-payload", f"cannot write {args.output}: {exc.strerror}") from None
+        raise LivepatchError(
+            "invalid-payload", f"cannot write {args.output}: {exc.strerror}"
+        ) from None
     man = packed.manifest
     if args.json:
         print(json.dumps(man, indent=2, sort_keys=True))
@@ -120,7 +126,9 @@ def describe(man: Any, files: dict[str, bytes], signed: bool) -> str:
     for k, v in sorted(man.metadata.items()):
         lines.append(f"metadata     {k}={v}")
     for mod, ids in sorted(man.objects.items()):
-        lines.append(f"object       {mod}  " + "  ".join(f"{v}:{i[:12]}" for v, i in sorted(ids.items())))
+        lines.append(
+            f"object       {mod}  " + "  ".join(f"{v}:{i[:12]}" for v, i in sorted(ids.items()))
+        )
     for f in man.funcs:
         exp = "  ".join(f"{v}:{d[:12]}" for v, d in sorted(f.expect.items()))
         lines.append(f"function     {f.target} <- {f.new}  expect {exp}")

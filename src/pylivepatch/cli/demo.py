@@ -123,13 +123,27 @@ def run_demo(json_lines: bool = False) -> int:
             before = get(10000, "SAVE10")
             say("before the patch", answer=json.dumps(before), expected_price=9000)
             packed = pack(root / "fix_double_discount.py")
-            say("packed fix", name=packed.manifest["name"], build_id=packed.manifest["build_id"][:16])
+            say(
+                "packed fix",
+                name=packed.manifest["name"],
+                build_id=packed.manifest["build_id"][:16],
+            )
             result = engine.load(packed.data)
-            say("applied live", pause_us=f"{result.pause_ns / 1000:.1f}", requests_so_far=len(answers))
+            say(
+                "applied live",
+                pause_us=f"{result.pause_ns / 1000:.1f}",
+                requests_so_far=len(answers),
+            )
             after = get(10000, "SAVE10")
             say("after the patch", answer=json.dumps(after))
             status = engine.status(result.name)
-            say("status", name=status.name, state=status.state, rc=status.rc, ticket=status.metadata.get("ticket"))
+            say(
+                "status",
+                name=status.name,
+                state=status.state,
+                rc=status.rc,
+                ticket=status.metadata.get("ticket"),
+            )
             reverted = engine.revert(result.name)
             again = get(10000, "SAVE10")
             say("reverted", pause_us=f"{reverted.pause_ns / 1000:.1f}", answer=json.dumps(again))

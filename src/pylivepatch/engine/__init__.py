@@ -8,7 +8,16 @@ from .core import ActionResult, Engine, FuncStatus, PayloadStatus
 from .events import Event
 from .table import Action, State
 
-__all__ = ["Action", "ActionResult", "Engine", "Event", "FuncStatus", "PayloadStatus", "State", "engine"]
+__all__ = [
+    "Action",
+    "ActionResult",
+    "Engine",
+    "Event",
+    "FuncStatus",
+    "PayloadStatus",
+    "State",
+    "engine",
+]
 
 _engine: Engine | None = None
 _engine_lock = threading.Lock()

@@ -82,11 +82,13 @@ class _PayloadImporter:
     def __init__(self, modules: dict[str, tuple[str, str, bool]]) -> None:
         self.modules = modules
 
-    def find_spec(self, fullname: str, path: object = None, target: object = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: object = None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname not in self.modules:
             return None
         filename, _, is_pkg = self.modules[fullname]
-        return importlib.util.spec_from_loader(fullname, self, origin=filename, is_package=is_pkg)
+        return importlib.util.spec_from_loader(fullname, self, origin=filename, is_package=is_pkg)  # type: ignore[arg-type]
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
         return None
@@ -125,7 +127,8 @@ def load_sources(name: str, package: str, sources: dict[str, str], tag: str) -> 
             trees[filename] = ast.parse(source, filename)
         except SyntaxError as exc:
             raise LivepatchError(
-                "invalid-payload", f"payload {name}: syntax error in {path} line {exc.lineno}: {exc.msg}"
+                "invalid-payload",
+                f"payload {name}: syntax error in {path} line {exc.lineno}: {exc.msg}",
             ) from None
         modules[modname] = (filename, source, is_pkg)
         filenames[path] = filename
@@ -136,12 +139,15 @@ def load_sources(name: str, package: str, sources: dict[str, str], tag: str) -> 
     try:
         module = importlib.import_module(package)
     except BaseException as exc:
-        loaded.modules = sorted(n for n in sys.modules if n == package or n.startswith(package + "."))
+        loaded.modules = sorted(
+            n for n in sys.modules if n == package or n.startswith(package + ".")
+        )
         loaded.discard()
         if not isinstance(exc, Exception):
             raise
         raise LivepatchError(
-            "invalid-payload", f"payload {name}: importing its code raised {type(exc).__name__}: {exc}"
+            "invalid-payload",
+            f"payload {name}: importing its code raised {type(exc).__name__}: {exc}",
         ) from None
     finally:
         sys.meta_path.remove(importer)
@@ -163,16 +169,23 @@ def lookup(loaded: LoadedPackage, symbol: str, what: str) -> Any:
 # --- replacement functions ---------------------------------------------------------
 
 
-def _def_node(loaded: LoadedPackage, func: types.FunctionType, what: str) -> ast.FunctionDef | ast.AsyncFunctionDef:
+def _def_node(
+    loaded: LoadedPackage, func: types.FunctionType, what: str
+) -> ast.FunctionDef | ast.AsyncFunctionDef:
     code = func.__code__
     tree = loaded.trees.get(code.co_filename)
     if tree is not None:
         for node in ast.walk(tree):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == code.co_name:
+            if (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.name == code.co_name
+            ):
                 first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
                 if code.co_firstlineno in (first, node.lineno):
                     return node
-    raise LivepatchError("invalid-payload", f"{what}: cannot find the source of {func.__qualname__} in the payload")
+    raise LivepatchError(
+        "invalid-payload", f"{what}: cannot find the source of {func.__qualname__} in the payload"
+    )
 
 
 def _future_imports(tree: ast.Module | None) -> list[ast.stmt]:
@@ -188,16 +201,37 @@ def _extract(code: types.CodeType, name: str) -> types.CodeType | None:
     return None
 
 
-def _in_scope(body: list[ast.stmt], classes: Sequence[type], freevars: Sequence[str]) -> list[ast.stmt]:
+def _in_scope(
+    body: list[ast.stmt], classes: Sequence[type], freevars: Sequence[str]
+) -> list[ast.stmt]:
     """Wrap ``body`` in the target's classes and a function that owns its free variables."""
     for cls in reversed(classes):
-        body = [ast.ClassDef(name=cls.__name__, bases=[], keywords=[], body=body, decorator_list=[], **_TYPE_PARAMS)]
+        body = [
+            ast.ClassDef(
+                name=cls.__name__,
+                bases=[],
+                keywords=[],
+                body=body,
+                decorator_list=[],
+                **_TYPE_PARAMS,
+            )
+        ]
     if freevars:
-        assign = ast.Assign(targets=[ast.Name(n, ast.Store()) for n in freevars], value=ast.Constant(None))
+        assign = ast.Assign(
+            targets=[ast.Name(n, ast.Store()) for n in freevars], value=ast.Constant(None)
+        )
         body = [
             ast.FunctionDef(
                 name=_SCOPE,
-                args=ast.arguments(posonlyargs=[], args=[], vararg=None, kwonlyargs=[], kw_defaults=[], kwarg=None, defaults=[]),
+                args=ast.arguments(
+                    posonlyargs=[],
+                    args=[],
+                    vararg=None,
+                    kwonlyargs=[],
+                    kw_defaults=[],
+                    kwarg=None,
+                    defaults=[],
+                ),
                 body=[assign, *body],
                 decorator_list=[],
                 returns=None,
@@ -220,21 +254,31 @@ def compile_replacement(loaded: LoadedPackage, entry: FuncEntry, ft: FunctionTar
     if isinstance(new, (staticmethod, classmethod)):
         new = new.__func__
     if not isinstance(new, types.FunctionType):
-        raise LivepatchError("invalid-payload", f"{what}: replacement {entry.new!r} is a {type(new).__name__}, not a function")
+        raise LivepatchError(
+            "invalid-payload",
+            f"{what}: replacement {entry.new!r} is a {type(new).__name__}, not a function",
+        )
     node = copy.deepcopy(_def_node(loaded, new, what))
     node.decorator_list = []
     tree = loaded.trees.get(new.__code__.co_filename)
     original = ft.func.__code__
     target_free = tuple(n for n in _freevars(ft) if n != "__class__")
-    module = ast.Module(body=_future_imports(tree) + _in_scope([node], ft.classes, target_free), type_ignores=[])
+    module = ast.Module(
+        body=_future_imports(tree) + _in_scope([node], ft.classes, target_free), type_ignores=[]
+    )
     ast.fix_missing_locations(module)
     try:
         top = compile(module, new.__code__.co_filename, "exec", dont_inherit=True)
     except SyntaxError as exc:
-        raise LivepatchError("invalid-payload", f"{what}: replacement does not compile: {exc.msg} (line {exc.lineno})") from None
+        raise LivepatchError(
+            "invalid-payload",
+            f"{what}: replacement does not compile: {exc.msg} (line {exc.lineno})",
+        ) from None
     code = _extract(top, node.name)
     if code is None:  # pragma: no cover - the compiler always emits it
-        raise LivepatchError("invalid-payload", f"{what}: replacement code not found after compiling")
+        raise LivepatchError(
+            "invalid-payload", f"{what}: replacement code not found after compiling"
+        )
     code = _rename(code, original)
     defaults, kwdefaults = new.__defaults__, new.__kwdefaults__
     if code.co_freevars == _freevars(ft):
@@ -249,10 +293,13 @@ def _freevars(ft: FunctionTarget) -> tuple[str, ...]:
 
 
 def _trampoline(
-    ft: FunctionTarget, code: types.CodeType, defaults: tuple[Any, ...] | None, kwdefaults: dict[str, Any] | None
+    ft: FunctionTarget,
+    code: types.CodeType,
+    defaults: tuple[Any, ...] | None,
+    kwdefaults: dict[str, Any] | None,
 ) -> Variant:
     target_free = _freevars(ft)
-    cells = dict(zip(target_free, ft.func.__closure__ or ()))
+    cells = dict(zip(target_free, ft.func.__closure__ or (), strict=True))
     closure = []
     for name in code.co_freevars:
         if name in cells:
@@ -271,7 +318,9 @@ def _trampoline(
     return Variant(trampoline_code(ft, code, impl), defaults, kwdefaults, impl)
 
 
-def trampoline_code(ft: FunctionTarget, code: types.CodeType, impl: types.FunctionType) -> types.CodeType:
+def trampoline_code(
+    ft: FunctionTarget, code: types.CodeType, impl: types.FunctionType
+) -> types.CodeType:
     """A code object with ``code``'s signature and the target's free variables that
     calls ``impl``."""
     flags = code.co_flags
@@ -302,7 +351,12 @@ def trampoline_code(ft: FunctionTarget, code: types.CodeType, impl: types.Functi
     params += kwonly
     if dstar:
         params.append("**" + dstar)
-    args = pos + (["*" + star] if star else []) + [f"{k}={k}" for k in kwonly] + (["**" + dstar] if dstar else [])
+    args = (
+        pos
+        + (["*" + star] if star else [])
+        + [f"{k}={k}" for k in kwonly]
+        + (["**" + dstar] if dstar else [])
+    )
     call = f"{_PLACEHOLDER!r}({', '.join(args)})"
     if flags & CO_COROUTINE:
         head, ret = "async def", f"return await {call}"
@@ -312,14 +366,20 @@ def trampoline_code(ft: FunctionTarget, code: types.CodeType, impl: types.Functi
         head, ret = "def", f"return {call}"
     touch = f"    if False:\n        {'; '.join(freevars)}\n" if freevars else ""
     inner = f"{head} {code.co_name}({', '.join(params)}):\n{touch}    {ret}\n"
-    src = f"def {_SCOPE}():\n    {' = '.join([*freevars, 'None'])}\n" + "".join(
-        "    " + line + "\n" for line in inner.splitlines()
-    ) if freevars else inner
+    src = (
+        f"def {_SCOPE}():\n    {' = '.join([*freevars, 'None'])}\n"
+        + "".join("    " + line + "\n" for line in inner.splitlines())
+        if freevars
+        else inner
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "'str' object is not callable": the placeholder
         top = compile(src, f"<pylivepatch trampoline {ft.target}>", "exec", dont_inherit=True)
     tramp = _extract(top, code.co_name)
-    assert tramp is not None and tramp.co_freevars == freevars, (tramp and tramp.co_freevars, freevars)
+    assert tramp is not None and tramp.co_freevars == freevars, (
+        tramp and tramp.co_freevars,
+        freevars,
+    )
     consts = tuple(impl if c == _PLACEHOLDER else c for c in tramp.co_consts)
     return _rename(tramp.replace(co_consts=consts), ft.func.__code__)
 
@@ -386,13 +446,23 @@ def literal_digest(value: object) -> str | None:
 def data_value(loaded: LoadedPackage, entry: DataEntry, dt: DataTarget) -> Any:
     """Evaluate ``value_source`` in the payload; payload functions move to the target's globals."""
     try:
-        value = eval(compile(entry.value_source, f"<{entry.target} value>", "eval", dont_inherit=True), loaded.namespace)
+        value = eval(
+            compile(entry.value_source, f"<{entry.target} value>", "eval", dont_inherit=True),
+            loaded.namespace,
+        )
     except Exception as exc:
         raise LivepatchError(
-            "invalid-payload", f"{entry.target}: value_source {entry.value_source!r} raised {type(exc).__name__}: {exc}"
+            "invalid-payload",
+            f"{entry.target}: value_source {entry.value_source!r} raised {type(exc).__name__}: {exc}",
         ) from None
     if isinstance(value, types.FunctionType) and value.__module__.startswith(loaded.package):
-        moved = types.FunctionType(value.__code__, dt.module.__dict__, value.__name__, value.__defaults__, value.__closure__)
+        moved = types.FunctionType(
+            value.__code__,
+            dt.module.__dict__,
+            value.__name__,
+            value.__defaults__,
+            value.__closure__,
+        )
         moved.__kwdefaults__ = value.__kwdefaults__
         moved.__qualname__ = value.__qualname__
         moved.__doc__ = value.__doc__
@@ -416,7 +486,11 @@ def check_data_expectation(entry: DataEntry, dt: DataTarget, value: Any) -> None
         return
     digest = literal_digest(current) if current is not ABSENT else None
     if digest != entry.expect[len("literal:") :]:
-        shown = "absent" if current is ABSENT else f"{type(current).__name__} {digest[:12] if digest else '(not a literal)'}"
+        shown = (
+            "absent"
+            if current is ABSENT
+            else f"{type(current).__name__} {digest[:12] if digest else '(not a literal)'}"
+        )
         raise LivepatchError(
             "expectation-failed",
             f"{entry.target}: expected the value {entry.expect[8:20]}, found {shown}",

@@ -10,6 +10,7 @@ function, attribute and namespace is identical (``is``) to what it was.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import os
 import sys
@@ -170,13 +171,13 @@ class Engine:
 
     # --- queries ------------------------------------------------------------------
 
-    def list(self) -> list[PayloadStatus]:
+    def list(self) -> builtins.list[PayloadStatus]:
         return [self._status(r) for r in list(self._payloads.values())]
 
     def status(self, name: str) -> PayloadStatus:
         return self._status(self._get(name))
 
-    def history(self, since: int = 0) -> list[Event]:
+    def history(self, since: int = 0) -> builtins.list[Event]:
         return self._history.events(since)
 
     def original_code(self, func: types.FunctionType) -> types.CodeType:
@@ -221,7 +222,9 @@ class Engine:
         rec = self._payloads.get(name)
         if rec is None:
             known = ", ".join(sorted(self._payloads)) or "none"
-            raise LivepatchError("not-found", f"no payload named {name!r} is uploaded (uploaded: {known})")
+            raise LivepatchError(
+                "not-found", f"no payload named {name!r} is uploaded (uploaded: {known})"
+            )
         return rec
 
     # --- the action frame ---------------------------------------------------------
@@ -229,7 +232,10 @@ class Engine:
     @contextmanager
     def _action(self, action: Action, name: str) -> Iterator[_Act]:
         if not self._lock.acquire(blocking=False):
-            running = ", ".join(f"{v['action']} {k}" for k, v in self._progress.items()) or "another action"
+            running = (
+                ", ".join(f"{v['action']} {k}" for k, v in self._progress.items())
+                or "another action"
+            )
             raise LivepatchError("busy", f"{action} {name}: {running} is in progress; try again")
         act = _Act(self, action, name)
         self._progress[name] = {"action": str(action), "started": time.time(), "blockers": []}
@@ -240,13 +246,25 @@ class Engine:
             rec = self._payloads.get(name)
             if rec is not None and action is not Action.UPLOAD:
                 rec.rc, rec.error, rec.message = exc.errno, exc.code, exc.message
-            act.emit("finished", rc=exc.errno, error=exc.code, message=exc.message, duration_ns=act.elapsed())
+            act.emit(
+                "finished",
+                rc=exc.errno,
+                error=exc.code,
+                message=exc.message,
+                duration_ns=act.elapsed(),
+            )
             raise
         except BaseException as exc:
             rec = self._payloads.get(name)
             if rec is not None:
                 rec.rc, rec.error, rec.message = errno.EIO, "internal", repr(exc)
-            act.emit("finished", rc=errno.EIO, error="internal", message=repr(exc), duration_ns=act.elapsed())
+            act.emit(
+                "finished",
+                rc=errno.EIO,
+                error="internal",
+                message=repr(exc),
+                duration_ns=act.elapsed(),
+            )
             raise
         else:
             rec = self._payloads.get(name)
@@ -263,8 +281,16 @@ class Engine:
         if (action, rec.state) in FORCE_ONLY and not force:
             outcome = "wrong"
         if outcome == "wrong":
-            allowed = [str(s) for (a, s) in TABLE if a is action and TABLE[(a, s)] is not NOOP and (a, s) not in FORCE_ONLY]
-            hint = " (only revert --force is accepted for an INCONSISTENT payload)" if rec.state is State.INCONSISTENT else ""
+            allowed = [
+                str(s)
+                for (a, s) in TABLE
+                if a is action and TABLE[(a, s)] is not NOOP and (a, s) not in FORCE_ONLY
+            ]
+            hint = (
+                " (only revert --force is accepted for an INCONSISTENT payload)"
+                if rec.state is State.INCONSISTENT
+                else ""
+            )
             raise LivepatchError(
                 "wrong-state",
                 f"{action} {rec.name}: payload is {rec.state}; {action} needs {' or '.join(allowed)}{hint}",
@@ -291,23 +317,37 @@ class Engine:
             man = payload.manifest
             if man.name != name:
                 raise LivepatchError(
-                    "invalid-payload", f"upload {name}: the payload in that file is named {man.name!r}; use that name"
+                    "invalid-payload",
+                    f"upload {name}: the payload in that file is named {man.name!r}; use that name",
                 )
             if name in self._payloads:
-                raise LivepatchError("exists", f"a payload named {name} is already uploaded; unload it first")
+                raise LivepatchError(
+                    "exists", f"a payload named {name} is already uploaded; unload it first"
+                )
             for other in self._payloads.values():
                 if other.build_id == man.build_id:
-                    raise LivepatchError("exists", f"payload {name} has the same build id as uploaded payload {other.name}")
+                    raise LivepatchError(
+                        "exists",
+                        f"payload {name} has the same build id as uploaded payload {other.name}",
+                    )
             if man.replace:
-                raise LivepatchError("invalid-payload", f"payload {name} is a replace payload; replace is not supported yet")
-            flags = tuple(f for f, on in (("no-expect", no_expect), ("no-object-check", no_object_check)) if on)
+                raise LivepatchError(
+                    "invalid-payload",
+                    f"payload {name} is a replace payload; replace is not supported yet",
+                )
+            flags = tuple(
+                f
+                for f, on in (("no-expect", no_expect), ("no-object-check", no_object_check))
+                if on
+            )
             self._check_python(man, no_expect)
             fplans = [resolve_function(e.target) for e in man.funcs]
             seen: dict[int, str] = {}
-            for e, ft in zip(man.funcs, fplans):
+            for e, ft in zip(man.funcs, fplans, strict=True):
                 if id(ft.func) in seen:
                     raise LivepatchError(
-                        "invalid-payload", f"payload {name}: {e.target} and {seen[id(ft.func)]} are the same function"
+                        "invalid-payload",
+                        f"payload {name}: {e.target} and {seen[id(ft.func)]} are the same function",
                     )
                 seen[id(ft.func)] = e.target
             dtargets = [resolve_data(e.target) for e in man.data]
@@ -326,13 +366,24 @@ class Engine:
             return act.result(State.CHECKED, consistency=man.consistency)
 
     def _prepare(
-        self, man: Manifest, loaded: LoadedPackage, fts: list[FunctionTarget], dts: list[DataTarget]
+        self,
+        man: Manifest,
+        loaded: LoadedPackage,
+        fts: builtins.list[FunctionTarget],
+        dts: builtins.list[DataTarget],
     ) -> Record:
-        funcs = [FuncPlan(e, ft, compile_replacement(loaded, e, ft)) for e, ft in zip(man.funcs, fts)]
+        funcs = [
+            FuncPlan(e, ft, compile_replacement(loaded, e, ft))
+            for e, ft in zip(man.funcs, fts, strict=True)
+        ]
         for kind, symbol in man.hooks.items():
             if not callable(lookup(loaded, symbol, f"hook {kind}")):
-                raise LivepatchError("invalid-payload", f"payload {man.name}: hook {kind} ({symbol}) is not callable")
-        data = [DataPlan(e, dt, data_value(loaded, e, dt)) for e, dt in zip(man.data, dts)]
+                raise LivepatchError(
+                    "invalid-payload", f"payload {man.name}: hook {kind} ({symbol}) is not callable"
+                )
+        data = [
+            DataPlan(e, dt, data_value(loaded, e, dt)) for e, dt in zip(man.data, dts, strict=True)
+        ]
         for plan in data:
             check_data_expectation(plan.entry, plan.target, plan.value)
         provided: dict[str, set[str]] = {}
@@ -341,12 +392,27 @@ class Engine:
                 provided.setdefault(plan.target.module.__name__, set()).add(plan.target.name)
         for fplan in funcs:
             mod = fplan.target.module
-            codes = [fplan.variant.code] if fplan.variant.impl is None else [fplan.variant.impl.__code__]
-            check_globals(fplan.entry.target, codes, mod, provided.get(mod.__name__, set()), loaded.namespace)
+            codes = (
+                [fplan.variant.code]
+                if fplan.variant.impl is None
+                else [fplan.variant.impl.__code__]
+            )
+            check_globals(
+                fplan.entry.target, codes, mod, provided.get(mod.__name__, set()), loaded.namespace
+            )
         for plan in data:
-            if isinstance(plan.value, types.FunctionType) and plan.value.__module__ == plan.target.module.__name__:
+            if (
+                isinstance(plan.value, types.FunctionType)
+                and plan.value.__module__ == plan.target.module.__name__
+            ):
                 mod = plan.target.module
-                check_globals(plan.entry.target, [plan.value.__code__], mod, provided.get(mod.__name__, set()), loaded.namespace)
+                check_globals(
+                    plan.entry.target,
+                    [plan.value.__code__],
+                    mod,
+                    provided.get(mod.__name__, set()),
+                    loaded.namespace,
+                )
         return Record(man, loaded, funcs, data)
 
     def unload(self, name: str) -> ActionResult:
@@ -421,15 +487,18 @@ class Engine:
                     f"{found}; build the payload from the code this process runs (or pass --no-object-check)",
                 )
 
-    def _check_expectations(self, man: Manifest, fts: list[FunctionTarget], no_expect: bool) -> None:
+    def _check_expectations(
+        self, man: Manifest, fts: builtins.list[FunctionTarget], no_expect: bool
+    ) -> None:
         tag = python_tag()
-        for entry, ft in zip(man.funcs, fts):
+        for entry, ft in zip(man.funcs, fts, strict=True):
             expected = entry.expect.get(tag)
             if expected is None:
                 if no_expect:
                     continue
                 raise LivepatchError(
-                    "expectation-failed", f"payload {man.name}: {entry.target} has no expectation for Python {tag}"
+                    "expectation-failed",
+                    f"payload {man.name}: {entry.target} has no expectation for Python {tag}",
                 )
             found = fingerprint(self.original_code(ft.func))
             if found != expected:
@@ -443,11 +512,17 @@ class Engine:
         depends = rec.manifest.depends
         if depends is None or nodeps:
             return
-        stacked = [r for r in self._payloads.values() if r.state is State.APPLIED and r.manifest.depends is not None]
+        stacked = [
+            r
+            for r in self._payloads.values()
+            if r.state is State.APPLIED and r.manifest.depends is not None
+        ]
         top = max(stacked, key=lambda r: r.applied_seq, default=None)
         want = "base" if top is None else top.build_id
         if depends != want:
-            have = "nothing (the base)" if top is None else f"payload {top.name} ({top.build_id[:16]})"
+            have = (
+                "nothing (the base)" if top is None else f"payload {top.name} ({top.build_id[:16]})"
+            )
             need = "base" if depends == "base" else depends[:16]
             raise LivepatchError(
                 "dependency-mismatch",
@@ -493,30 +568,39 @@ class Engine:
             self._check_still_there(rec)
             self._check_objects(rec.manifest, no_object_check)
             self._check_expectations(rec.manifest, [p.target for p in rec.funcs], no_expect)
-            for plan in rec.data:
-                check_data_expectation(plan.entry, plan.target, plan.value)
-            act.emit("checked", funcs=len(rec.funcs), data=len(rec.data), consistency=mode, nodeps=nodeps)
+            for dplan in rec.data:
+                check_data_expectation(dplan.entry, dplan.target, dplan.value)
+            act.emit(
+                "checked", funcs=len(rec.funcs), data=len(rec.data), consistency=mode, nodeps=nodeps
+            )
 
             slots, dslots = self._slots_for(rec)
             ops = pause.Ops()
             blocking: set[int] = set()
-            for plan, slot in zip(rec.funcs, slots):
-                _func_ops(ops, slot, (plan.variant.code, plan.variant.defaults, plan.variant.kwdefaults))
+            for plan, slot in zip(rec.funcs, slots, strict=True):
+                _func_ops(
+                    ops, slot, (plan.variant.code, plan.variant.defaults, plan.variant.kwdefaults)
+                )
                 blocking.update(id(c) for c in _installed_codes(slot))
-            for plan, dslot in zip(rec.data, dslots):
-                _data_ops(ops, dslot, plan.value)
+            for dplan, dslot in zip(rec.data, dslots, strict=True):
+                _data_ops(ops, dslot, dplan.value)
             result = self._swap(act, ops, blocking, mode, timeout, force, slots, dslots)
-            for plan, slot in zip(rec.funcs, slots):
+            for plan, slot in zip(rec.funcs, slots, strict=True):
                 slot.stack.append((rec, plan.variant))
-            for plan, dslot in zip(rec.data, dslots):
-                dslot.stack.append((rec, plan.value))
+            for dplan, dslot in zip(rec.data, dslots, strict=True):
+                dslot.stack.append((rec, dplan.value))
             self._seq += 1
             rec.applied_seq, rec.nodeps, rec.state = self._seq, nodeps, State.APPLIED
             act.result_message = "applied"
             return act.result(State.APPLIED, pause_ns=result.pause_ns, consistency=mode)
 
     def revert(
-        self, name: str, *, timeout: float | None = None, force: bool = False, consistency: str | None = None
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,
+        force: bool = False,
+        consistency: str | None = None,
     ) -> ActionResult:
         """Make an ``APPLIED`` payload's code stop running; it stays ``CHECKED``."""
         with self._action(Action.REVERT, name) as act:
@@ -526,9 +610,14 @@ class Engine:
             except _NoAction as done:
                 return act.noop(rec, str(done))
             for other in self._payloads.values():
-                if other.state is State.APPLIED and other.manifest.depends == rec.build_id and not other.nodeps:
+                if (
+                    other.state is State.APPLIED
+                    and other.manifest.depends == rec.build_id
+                    and not other.nodeps
+                ):
                     raise LivepatchError(
-                        "busy", f"revert {name}: applied payload {other.name} depends on it; revert {other.name} first"
+                        "busy",
+                        f"revert {name}: applied payload {other.name} depends on it; revert {other.name} first",
                     )
             mode = self._mode(rec, consistency)
             act.emit("checked", consistency=mode)
@@ -539,10 +628,16 @@ class Engine:
                 if slot.stack and slot.stack[-1][0] is rec:
                     below = slot.stack[-2][1] if len(slot.stack) > 1 else None
                     blocking.update(id(c) for c in slot.stack[-1][1].codes())
-                    _func_ops(ops, slot, (below.code, below.defaults, below.kwdefaults) if below else slot.original)
+                    _func_ops(
+                        ops,
+                        slot,
+                        (below.code, below.defaults, below.kwdefaults) if below else slot.original,
+                    )
             for dslot in dslots:
                 if dslot.stack and dslot.stack[-1][0] is rec:
-                    _data_ops(ops, dslot, dslot.stack[-2][1] if len(dslot.stack) > 1 else dslot.original)
+                    _data_ops(
+                        ops, dslot, dslot.stack[-2][1] if len(dslot.stack) > 1 else dslot.original
+                    )
             result = self._swap(act, ops, blocking, mode, timeout, force, slots, dslots)
             for slot in slots:
                 slot.stack[:] = [(r, v) for r, v in slot.stack if r is not rec]
@@ -560,7 +655,9 @@ class Engine:
         """Run ``verb`` (apply, revert, unload) on payload ``name``."""
         verbs = {"apply": self.apply, "revert": self.revert, "unload": self.unload}
         if verb not in verbs:
-            raise LivepatchError("invalid-payload", f"unknown action {verb!r}; actions are {', '.join(verbs)}")
+            raise LivepatchError(
+                "invalid-payload", f"unknown action {verb!r}; actions are {', '.join(verbs)}"
+            )
         return verbs[verb](name, **options)
 
     # --- helpers --------------------------------------------------------------------
@@ -577,13 +674,15 @@ class Engine:
             )
         return mode
 
-    def _slots_for(self, rec: Record) -> tuple[list[FuncSlot], list[DataSlot]]:
+    def _slots_for(self, rec: Record) -> tuple[builtins.list[FuncSlot], builtins.list[DataSlot]]:
         slots = []
         for plan in rec.funcs:
             fn = plan.target.func
             slot = self._funcs.get(id(fn))
             if slot is None or slot.func is not fn:
-                slot = FuncSlot(fn, (fn.__code__, fn.__defaults__, fn.__kwdefaults__), list(plan.target.caches))
+                slot = FuncSlot(
+                    fn, (fn.__code__, fn.__defaults__, fn.__kwdefaults__), list(plan.target.caches)
+                )
             slots.append(slot)
         dslots = []
         for dplan in rec.data:
@@ -602,8 +701,8 @@ class Engine:
         mode: str,
         timeout: float | None,
         force: bool,
-        slots: list[FuncSlot],
-        dslots: list[DataSlot],
+        slots: builtins.list[FuncSlot],
+        dslots: builtins.list[DataSlot],
     ) -> pause.PauseResult:
         """Run the pause (retrying until quiescent in atomic mode) and register slots."""
         for cache in {id(c): c for s in slots for c in s.caches}.values():
@@ -629,7 +728,10 @@ class Engine:
                         act.emit("forced", blockers=[b.describe() for b in result.blockers])
                         result = pause.run(ops, None)
                         break
-                    names = "; ".join(b.describe() for b in result.blockers) or "the stacks kept changing"
+                    names = (
+                        "; ".join(b.describe() for b in result.blockers)
+                        or "the stacks kept changing"
+                    )
                     raise LivepatchError(
                         "timeout",
                         f"{act.action} {act.name}: no quiescent moment within {limit:g}s; blocked by {names}",
@@ -672,7 +774,9 @@ class _Act:
     def elapsed(self) -> int:
         return time.perf_counter_ns() - self.t0
 
-    def result(self, state: State | None, *, pause_ns: int = 0, consistency: str | None = None) -> ActionResult:
+    def result(
+        self, state: State | None, *, pause_ns: int = 0, consistency: str | None = None
+    ) -> ActionResult:
         return ActionResult(
             str(self.action), self.name, str(state) if state else None, False, self.result_message,
             pause_ns, self.elapsed(), consistency,
@@ -681,7 +785,9 @@ class _Act:
     def noop(self, rec: Record, message: str) -> ActionResult:
         self.result_message = message
         self.emit("note", message="no action needed")
-        return ActionResult(str(self.action), self.name, str(rec.state), True, message, 0, self.elapsed())
+        return ActionResult(
+            str(self.action), self.name, str(rec.state), True, message, 0, self.elapsed()
+        )
 
 
 def _func_ops(ops: pause.Ops, slot: FuncSlot, triple: _Triple) -> None:
@@ -693,7 +799,11 @@ def _func_ops(ops: pause.Ops, slot: FuncSlot, triple: _Triple) -> None:
             f"{fn.__module__}:{fn.__qualname__}: new code has {len(code.co_freevars)} free variables, the function "
             f"{len(fn.__closure__ or ())}",
         )
-    ops.func_attrs += [(fn, "__code__", code), (fn, "__defaults__", defaults), (fn, "__kwdefaults__", kwdefaults)]
+    ops.func_attrs += [
+        (fn, "__code__", code),
+        (fn, "__defaults__", defaults),
+        (fn, "__kwdefaults__", kwdefaults),
+    ]
 
 
 def _data_ops(ops: pause.Ops, slot: DataSlot, value: Any) -> None:
@@ -755,13 +865,18 @@ def _read(source: str | os.PathLike[str] | bytes) -> bytes:
     try:
         size = os.stat(source).st_size
         if size > archive.MAX_ARCHIVE_BYTES:
-            raise LivepatchError("invalid-payload", f"{source}: {size} bytes; the limit is {archive.MAX_ARCHIVE_BYTES}")
+            raise LivepatchError(
+                "invalid-payload",
+                f"{source}: {size} bytes; the limit is {archive.MAX_ARCHIVE_BYTES}",
+            )
         with open(source, "rb") as fh:
             return fh.read(archive.MAX_ARCHIVE_BYTES + 1)
     except FileNotFoundError:
         raise LivepatchError("not-found", f"payload file {source} does not exist") from None
     except OSError as exc:
-        raise LivepatchError("invalid-payload", f"payload file {source} cannot be read: {exc.strerror}") from None
+        raise LivepatchError(
+            "invalid-payload", f"payload file {source} cannot be read: {exc.strerror}"
+        ) from None
 
 
 def _peek_name(data: bytes) -> str:

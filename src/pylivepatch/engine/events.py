@@ -22,7 +22,9 @@ class Event:
         """The transcript line: stable text without times or durations."""
         skip = {"pause_ns", "duration_ns", "elapsed_ns"}
         parts = [f"{k}={_short(v)}" for k, v in self.detail.items() if k not in skip]
-        return f"{self.action} {self.payload}: {self.kind}" + (" " + " ".join(parts) if parts else "")
+        return f"{self.action} {self.payload}: {self.kind}" + (
+            " " + " ".join(parts) if parts else ""
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -105,7 +105,9 @@ def _describe(tid: int, frame: types.FrameType) -> Blocker:
     code = frame.f_code
     qual = getattr(code, "co_qualname", code.co_name)
     module = frame.f_globals.get("__name__", "?")
-    return Blocker(tid, names.get(tid, "?"), f"{module}:{qual}", code.co_filename, frame.f_lineno or 0)
+    return Blocker(
+        tid, names.get(tid, "?"), f"{module}:{qual}", code.co_filename, frame.f_lineno or 0
+    )
 
 
 def _inspect(

@@ -48,7 +48,11 @@ class DataTarget:
 
     @property
     def namespace(self) -> dict[str, object]:
-        return self.holder.__dict__ if isinstance(self.holder, types.ModuleType) else dict(vars(self.holder))
+        return (
+            self.holder.__dict__
+            if isinstance(self.holder, types.ModuleType)
+            else dict(vars(self.holder))
+        )
 
     def current(self) -> object:
         return self.namespace.get(self.name, ABSENT)
@@ -64,7 +68,9 @@ def find_module(target: str, field_name: str) -> types.ModuleType:
     except (ImportError, ValueError):
         spec = None
     if spec is None:
-        raise LivepatchError("not-found", f"{target}: module {modname} does not exist in this process")
+        raise LivepatchError(
+            "not-found", f"{target}: module {modname} does not exist in this process"
+        )
     raise LivepatchError(
         "not-found",
         f"{target}: module {modname} is not imported in this process; "
@@ -72,7 +78,9 @@ def find_module(target: str, field_name: str) -> types.ModuleType:
     )
 
 
-def _walk(target: str, module: types.ModuleType, parts: list[str]) -> tuple[list[type], object, str]:
+def _walk(
+    target: str, module: types.ModuleType, parts: list[str]
+) -> tuple[list[type], object, str]:
     """Walk all but the last part through class dicts; return (classes, holder, last)."""
     holder: object = module
     classes: list[type] = []
@@ -108,7 +116,9 @@ def resolve_function(target: str) -> FunctionTarget:
     else:
         namespace = vars(holder)
         if last not in namespace:
-            inherited = isinstance(holder, type) and any(last in vars(k) for k in holder.__mro__[1:])
+            inherited = isinstance(holder, type) and any(
+                last in vars(k) for k in holder.__mro__[1:]
+            )
             hint = " (it is inherited: target the class that defines it)" if inherited else ""
             raise LivepatchError("not-found", f"{target}: {last!r} is not defined there{hint}")
         obj = namespace[last]
@@ -121,7 +131,9 @@ def resolve_function(target: str) -> FunctionTarget:
     while True:
         seen += 1
         if seen > 100:
-            raise LivepatchError("unsupported-target", f"{target}: __wrapped__ chain is too long or cyclic")
+            raise LivepatchError(
+                "unsupported-target", f"{target}: __wrapped__ chain is too long or cyclic"
+            )
         if isinstance(obj, (staticmethod, classmethod)):
             obj = obj.__func__
             continue
@@ -134,7 +146,10 @@ def resolve_function(target: str) -> FunctionTarget:
         break
     if not isinstance(obj, types.FunctionType):
         kind = type(obj).__name__
-        if isinstance(obj, (types.BuiltinFunctionType, types.WrapperDescriptorType, types.MethodDescriptorType)):
+        if isinstance(
+            obj,
+            (types.BuiltinFunctionType, types.WrapperDescriptorType, types.MethodDescriptorType),
+        ):
             why = "a C function; only functions written in Python can be patched"
         elif isinstance(obj, type):
             why = "a class; patch its methods one by one"
@@ -151,12 +166,18 @@ def resolve_data(target: str) -> DataTarget:
     parts = qualname.split(".")
     _, holder, last = _walk(target, module, parts)
     if isinstance(holder, property):
-        raise LivepatchError("unsupported-target", f"{target}: a property part is code; patch it as a function")
+        raise LivepatchError(
+            "unsupported-target", f"{target}: a property part is code; patch it as a function"
+        )
     assert isinstance(holder, (types.ModuleType, type))
     if isinstance(holder, type) and not _writable_class(holder):
-        raise LivepatchError("unsupported-target", f"{target}: class {holder.__qualname__} is immutable (a C type)")
+        raise LivepatchError(
+            "unsupported-target", f"{target}: class {holder.__qualname__} is immutable (a C type)"
+        )
     return DataTarget(target, module, holder, last)
 
 
 def _writable_class(cls: type) -> bool:
-    return not (cls.__flags__ & (1 << 8)) if hasattr(cls, "__flags__") else True  # Py_TPFLAGS_IMMUTABLETYPE
+    return (
+        not (cls.__flags__ & (1 << 8)) if hasattr(cls, "__flags__") else True
+    )  # Py_TPFLAGS_IMMUTABLETYPE

@@ -76,7 +76,9 @@ def read(data: bytes) -> Payload:
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = zf.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise _bad(f"payload is not a readable zip archive (truncated or corrupt?): {exc}") from None
+        raise _bad(
+            f"payload is not a readable zip archive (truncated or corrupt?): {exc}"
+        ) from None
     if len(infos) > MAX_FILES:
         raise _bad(f"payload has {len(infos)} files; the limit is {MAX_FILES}")
     files: dict[str, bytes] = {}
@@ -93,9 +95,13 @@ def read(data: bytes) -> Payload:
         if name in files or (name == SIGNATURE and signature is not None):
             raise _bad(f"archive member {name!r} appears twice")
         if name not in (MANIFEST, SIGNATURE) and not name.startswith(SOURCE_ROOT):
-            raise _bad(f"archive member {name!r} is outside payload/ (only manifest.json, SIGNATURE and payload/ are allowed)")
+            raise _bad(
+                f"archive member {name!r} is outside payload/ (only manifest.json, SIGNATURE and payload/ are allowed)"
+            )
         if info.file_size > MAX_FILE_BYTES:
-            raise _bad(f"archive member {name!r} is {info.file_size} bytes uncompressed; the limit is {MAX_FILE_BYTES}")
+            raise _bad(
+                f"archive member {name!r} is {info.file_size} bytes uncompressed; the limit is {MAX_FILE_BYTES}"
+            )
         total += info.file_size
         if total > MAX_TOTAL_BYTES:
             raise _bad(f"payload unpacks to more than {MAX_TOTAL_BYTES} bytes")
@@ -104,7 +110,14 @@ def read(data: bytes) -> Payload:
         try:
             with zf.open(info) as fh:
                 content = fh.read(MAX_FILE_BYTES + 1)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as exc:
+        except (
+            zipfile.BadZipFile,
+            OSError,
+            ValueError,
+            EOFError,
+            NotImplementedError,
+            RuntimeError,
+        ) as exc:
             raise _bad(f"archive member {name!r} cannot be read: {exc}") from None
         if len(content) != info.file_size:
             raise _bad(f"archive member {name!r} does not hold the size its header says")

@@ -78,7 +78,9 @@ class Patch:
         def record(func: F) -> F:
             qual = getattr(func, "__qualname__", "")
             if "<locals>" in qual:
-                raise ValueError(f"replacement for {target} must be defined at module or class level, not inside a function")
+                raise ValueError(
+                    f"replacement for {target} must be defined at module or class level, not inside a function"
+                )
             for other in self.functions:
                 if getattr(other.func, "__qualname__", None) == qual:
                     raise ValueError(
@@ -123,4 +125,3 @@ class Patch:
 
     def revert(self, func: F) -> F:
         return self._hook("revert", func)
-

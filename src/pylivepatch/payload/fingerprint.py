@@ -157,7 +157,9 @@ def unwrap_function(obj: object) -> types.FunctionType | None:
         if isinstance(obj, (staticmethod, classmethod)):
             obj = obj.__func__
             continue
-        if isinstance(obj, types.FunctionType) and "__wrapped__" not in getattr(obj, "__dict__", {}):
+        if isinstance(obj, types.FunctionType) and "__wrapped__" not in getattr(
+            obj, "__dict__", {}
+        ):
             return obj
         wrapped = getattr(obj, "__wrapped__", None) if not isinstance(obj, type) else None
         if wrapped is None:
@@ -182,7 +184,9 @@ def live_functions(module: types.ModuleType) -> Iterator[tuple[str, types.Functi
         if fn is not None:
             yield fn
 
-    def visit(namespace: dict[str, Any], prefix: str, depth: int) -> Iterator[tuple[str, types.FunctionType]]:
+    def visit(
+        namespace: dict[str, Any], prefix: str, depth: int
+    ) -> Iterator[tuple[str, types.FunctionType]]:
         for value in list(namespace.values()):
             if isinstance(value, type):
                 if depth < 20 and value.__module__ == modname and id(value) not in seen:

@@ -169,11 +169,15 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
     """Parse and validate a manifest; raise ``invalid-payload`` naming the field."""
     if isinstance(raw, (bytes, str)):
         if len(raw) > MAX_MANIFEST_BYTES:
-            raise invalid("manifest.json", f"is {len(raw)} bytes; the limit is {MAX_MANIFEST_BYTES}")
+            raise invalid(
+                "manifest.json", f"is {len(raw)} bytes; the limit is {MAX_MANIFEST_BYTES}"
+            )
         try:
             doc = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise LivepatchError("invalid-payload", f"manifest.json is not valid JSON: {exc}") from None
+            raise LivepatchError(
+                "invalid-payload", f"manifest.json is not valid JSON: {exc}"
+            ) from None
     else:
         doc = raw
     if not isinstance(doc, dict):
@@ -193,8 +197,10 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
         raise invalid("build_id", "must be 64 lowercase hex digits (sha256)")
 
     depends = doc.get("depends")
-    if depends is not None and depends != "base" and (
-        not isinstance(depends, str) or not BUILD_ID_RE.match(depends)
+    if (
+        depends is not None
+        and depends != "base"
+        and (not isinstance(depends, str) or not BUILD_ID_RE.match(depends))
     ):
         raise invalid("depends", f"{depends!r} must be null, 'base' or a payload build id")
 
@@ -231,7 +237,10 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
             raise invalid(f"funcs[{i}].new", f"{e['new']!r} must be a payload symbol name")
         expect = e["expect"]
         if not isinstance(expect, dict) or not all(
-            isinstance(k, str) and PYTHON_RE.match(k) and isinstance(v, str) and BUILD_ID_RE.match(v)
+            isinstance(k, str)
+            and PYTHON_RE.match(k)
+            and isinstance(v, str)
+            and BUILD_ID_RE.match(v)
             for k, v in expect.items()
         ):
             raise invalid(f"funcs[{i}].expect", "must map '3.X' to a 64-hex fingerprint")
@@ -244,14 +253,20 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
         if e["target"] in seen_targets:
             raise invalid(f"data[{i}].target", f"{e['target']} is listed twice")
         seen_targets.add(e["target"])
-        if not isinstance(e["value_source"], str) or not e["value_source"] or len(e["value_source"]) > 65536:
+        if (
+            not isinstance(e["value_source"], str)
+            or not e["value_source"]
+            or len(e["value_source"]) > 65536
+        ):
             raise invalid(f"data[{i}].value_source", "must be a non-empty Python expression")
         expect = e["expect"]
         if not isinstance(expect, str) or not (
             expect in ("absent", "any")
             or (expect.startswith("literal:") and BUILD_ID_RE.match(expect[8:]))
         ):
-            raise invalid(f"data[{i}].expect", f"{expect!r} must be 'absent', 'any' or 'literal:<sha256>'")
+            raise invalid(
+                f"data[{i}].expect", f"{expect!r} must be 'absent', 'any' or 'literal:<sha256>'"
+            )
         data.append(DataEntry(e["target"], e["value_source"], expect))
 
     hooks_raw = doc.get("hooks", {})
@@ -289,10 +304,14 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
         raise invalid("metadata", f"must be an object of at most {MAX_METADATA} strings")
     for k, v in metadata_raw.items():
         if not isinstance(v, str) or len(k) > 64 or len(v) > MAX_METADATA_VALUE:
-            raise invalid(f"metadata.{k}", f"must be a string of at most {MAX_METADATA_VALUE} characters")
+            raise invalid(
+                f"metadata.{k}", f"must be a string of at most {MAX_METADATA_VALUE} characters"
+            )
 
     if not funcs and not data and not hooks_raw:
-        raise LivepatchError("invalid-payload", f"payload {name} has nothing to patch (no funcs, data or hooks)")
+        raise LivepatchError(
+            "invalid-payload", f"payload {name} has nothing to patch (no funcs, data or hooks)"
+        )
 
     return Manifest(
         name=name,
