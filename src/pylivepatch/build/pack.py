@@ -32,7 +32,13 @@ from ..engine.resolve import ABSENT, resolve_data, resolve_function
 from ..errors import LivepatchError
 from ..payload import archive
 from ..payload.authoring import Patch
-from ..payload.fingerprint import fingerprint, global_names, live_object_build_id, python_tag
+from ..payload.fingerprint import (
+    fingerprint,
+    global_names,
+    live_object_build_id,
+    python_tag,
+    unwrap_function,
+)
 from ..payload.manifest import split_target
 
 _MARK = "@@pylivepatch-pack@@"
@@ -104,6 +110,7 @@ def analyze(
         warnings: list[str] = []
         modules: set[str] = set()
         needs: dict[str, set[str]] = {}
+        stands_in: dict[int, types.FunctionType] = {}  # replacement -> the function it patches
         for rec in patch.functions:
             qual = rec.func.__qualname__
             try:
@@ -119,7 +126,10 @@ def analyze(
             modules.add(modname)
             expect = tree.function(modname, qualname) if tree else _live_function(rec.target)
             funcs.append({"target": rec.target, "new": qual, "expect": expect})
-            needs.setdefault(modname, set()).update(global_names(rec.func.__code__))
+            func = getattr(rec.func, "__func__", rec.func)  # a staticmethod/classmethod replacement
+            needs.setdefault(modname, set()).update(global_names(func.__code__))
+            if not tree:
+                stands_in[id(rec.func)] = stands_in[id(func)] = resolve_function(rec.target).func
         for drec in patch.data_entries:
             modname, qualname = split_target(drec.target, "target")
             modules.add(modname)
@@ -149,7 +159,12 @@ def analyze(
             present = tree.has_name(modname, name) if tree else name in _import(modname).__dict__
             value = loaded.namespace[name]
             if present:
-                if not tree and _import(modname).__dict__[name] is not value:
+                theirs = None if tree else _import(modname).__dict__[name]
+                if (
+                    not tree
+                    and theirs is not value
+                    and unwrap_function(theirs) is not stands_in.get(id(value))
+                ):
                     raise LivepatchError(
                         "exists",
                         f"the payload defines {name!r} but {modname} already has a different {name!r}; "

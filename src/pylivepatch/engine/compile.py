@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import LivepatchError
 from ..payload.archive import Payload
-from ..payload.fingerprint import global_names, nested_code
+from ..payload.fingerprint import global_names, nested_code, unwrap_function
 from ..payload.manifest import DataEntry, FuncEntry
 from .resolve import ABSENT, DataTarget, FunctionTarget
 
@@ -397,16 +397,25 @@ def check_globals(
     module: types.ModuleType,
     provided: set[str],
     payload_ns: dict[str, Any],
+    stands_in: dict[int, types.FunctionType],
 ) -> None:
     """Every global the new code reads must exist in the target or be added by the
-    payload; a payload name that differs from the target's is a clash."""
+    payload; a payload name that differs from the target's is a clash, unless the
+    payload's object is the replacement of the target's (``stands_in``: id of a
+    replacement -> the function it patches): the new code then calls the patched
+    function, as the payload's author meant."""
     target_ns = module.__dict__
     for code in codes:
         for name in sorted(needed_globals(code)):
             if name in provided:
                 continue
             if name in target_ns:
-                if name in payload_ns and payload_ns[name] is not target_ns[name]:
+                mine, theirs = payload_ns.get(name, target_ns[name]), target_ns[name]
+                if mine is theirs or (
+                    id(mine) in stands_in and unwrap_function(theirs) is stands_in[id(mine)]
+                ):
+                    continue
+                if name in payload_ns:
                     raise LivepatchError(
                         "exists",
                         f"{what}: the payload defines {name!r} but module {module.__name__} already has a different "

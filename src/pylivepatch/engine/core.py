@@ -386,6 +386,10 @@ class Engine:
         ]
         for plan in data:
             check_data_expectation(plan.entry, plan.target, plan.value)
+        stands_in: dict[int, types.FunctionType] = {}
+        for fplan in funcs:
+            new = lookup(loaded, fplan.entry.new, fplan.entry.target)
+            stands_in[id(new)] = stands_in[id(getattr(new, "__func__", new))] = fplan.target.func
         provided: dict[str, set[str]] = {}
         for plan in data:
             if isinstance(plan.target.holder, types.ModuleType):
@@ -398,7 +402,12 @@ class Engine:
                 else [fplan.variant.impl.__code__]
             )
             check_globals(
-                fplan.entry.target, codes, mod, provided.get(mod.__name__, set()), loaded.namespace
+                fplan.entry.target,
+                codes,
+                mod,
+                provided.get(mod.__name__, set()),
+                loaded.namespace,
+                stands_in,
             )
         for plan in data:
             if (
@@ -412,6 +421,7 @@ class Engine:
                     mod,
                     provided.get(mod.__name__, set()),
                     loaded.namespace,
+                    stands_in,
                 )
         return Record(man, loaded, funcs, data)
 
