@@ -283,3 +283,88 @@ def test_patch_authoring_api_checks_early():
     assert patch.hooks == {"pre_apply": ready}
     with pytest.raises(ValueError):
         patch.pre_apply(ready)
+
+
+RICH_TARGET = '''
+    import functools
+    from typing import overload
+
+    RATE = 3
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            return fn(*a, **k)
+        return wrapper
+
+    class Shop:
+        class Inner:
+            def deep(self):
+                return [lambda: i for i in range(3)]
+
+        @property
+        def size(self):
+            return 1
+
+        @size.setter
+        def size(self, value):
+            self._size = value
+
+        @staticmethod
+        def fmt(x):
+            return f"{x:.2f}"
+
+        @deco
+        def total(self, items):
+            def add(a, b):
+                return a + b
+            return functools.reduce(add, items, 0)
+
+    @overload
+    def conv(x: int) -> int: ...
+    @overload
+    def conv(x: str) -> str: ...
+    def conv(x):
+        return x
+'''
+
+RICH_FIX = """
+    import pylivepatch as lp
+    patch = lp.Patch("rich")
+
+    @patch.function("{m}rich:Shop.Inner.deep")
+    def deep(self):
+        return []
+
+    @patch.function("{m}rich:Shop.size.setter")
+    def size_setter(self, value):
+        self._size = value * 2
+
+    @patch.function("{m}rich:Shop.fmt")
+    def fmt(x):
+        return str(x)
+
+    @patch.function("{m}rich:Shop.total")
+    def total(self, items):
+        return sum(items)
+
+    @patch.function("{m}rich:conv")
+    def conv(x):
+        return x
+"""
+
+
+def test_pack_from_source_equals_pack_from_the_live_process(lab):
+    """Expectations and object build ids are the same whether computed by compiling a
+    source tree (--against) or from the live, imported module."""
+    lab.module("rich", RICH_TARGET)
+    live = archive.read(lab.pack(RICH_FIX)).manifest
+    tree = lab.root / "tree"
+    tree.mkdir()
+    (tree / f"{lab.name('rich')}.py").write_text((lab.root / f"{lab.name('rich')}.py").read_text())
+    source = archive.read(lab.pack(RICH_FIX, against=str(tree))).manifest
+    assert [f.expect for f in live.funcs] == [f.expect for f in source.funcs]
+    assert live.objects == source.objects
+    # and the engine computes the same module build id inside the process
+    lab.engine.upload("rich", lab.pack(RICH_FIX, against=str(tree)))
+    assert lab.engine.status("rich").state == "CHECKED"

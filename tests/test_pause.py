@@ -1,0 +1,127 @@
+"""The pause (SPEC §5): no other thread sees a half-done swap, atomic waits for
+quiescence, immediate does not."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from operator import attrgetter
+
+import pytest
+from test_lifecycle import park
+
+N = 300
+
+
+@pytest.fixture
+def many(lab):
+    src = "".join(f"def f{i}():\n    return 'old'\n\n" for i in range(N))
+    mod = lab.module("many", src)
+    body = ["import pylivepatch as lp", "patch = lp.Patch('many', consistency='atomic')"]
+    for i in range(N):
+        body += [f"@patch.function('{{m}}many:f{i}')", f"def f{i}():", "    return 'new'"]
+    data = lab.pack("\n".join(body) + "\n")
+    return mod, data
+
+
+@pytest.mark.parametrize("mode", ["atomic", "immediate"])
+def test_no_thread_ever_sees_a_half_done_swap(lab, many, mode):
+    """A reader thread snapshots all functions' code objects in one C call, as often as
+    it can, with the interpreter switching threads every microsecond; every snapshot is
+    all old or all new across 20 applies and reverts of a 300-function payload."""
+    mod, data = many
+    funcs = [getattr(mod, f"f{i}") for i in range(N)]
+    old = [f.__code__ for f in funcs]
+    get_code = attrgetter("__code__")
+    stop = threading.Event()
+    seen: dict[str, int] = {"old": 0, "new": 0, "mixed": 0}
+
+    def reader():
+        while not stop.is_set():
+            codes = list(map(get_code, funcs))  # one C-level call: atomic w.r.t. the GIL
+            n_old = sum(map(lambda pair: pair[0] is pair[1], zip(codes, old)))
+            seen["old" if n_old == N else "new" if n_old == 0 else "mixed"] += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    t = threading.Thread(target=reader, name="reader")
+    t.start()
+    try:
+        lab.engine.upload("many", data)
+        for _ in range(20):
+            lab.engine.apply("many", consistency=mode)
+            lab.engine.revert("many", consistency=mode)
+    finally:
+        stop.set()
+        t.join(10)
+        sys.setswitchinterval(interval)
+    assert seen["mixed"] == 0, seen
+    assert seen["old"] > 0
+    assert all(f.__code__ is c for f, c in zip(funcs, old, strict=True))
+
+
+def test_immediate_swaps_under_a_running_call(lab):
+    """immediate: no quiescence check; a thread inside the old code finishes in it."""
+    mod = lab.module("imm", "def price(x):\n    return x * 2\n")
+    data = lab.pack(
+        """
+        import pylivepatch as lp
+        patch = lp.Patch("imm", consistency="immediate")
+        @patch.function("{m}imm:price")
+        def price(x):
+            return x * 3
+        """
+    )
+    parked, t = park(mod.price, "inside")
+    try:
+        result = lab.engine.load(data, timeout=0.01)
+        assert result.consistency == "immediate" and result.pause_ns > 0
+        assert mod.price(2) == 6
+    finally:
+        parked.release.set()
+        t.join(5)
+    assert not any(ev.kind == "waiting" for ev in lab.engine.history() if ev.payload == "imm")
+
+
+def test_consistency_can_be_overridden_per_action(lab):
+    mod = lab.module("ovr", "def price(x):\n    return x * 2\n")
+    data = lab.pack(
+        """
+        import pylivepatch as lp
+        patch = lp.Patch("ovr", consistency="immediate")
+        @patch.function("{m}ovr:price")
+        def price(x):
+            return x * 3
+        """
+    )
+    parked, t = park(mod.price, "inside")
+    try:
+        lab.engine.upload("ovr", data)
+        with pytest.raises(Exception) as err:
+            lab.engine.apply("ovr", consistency="atomic", timeout=0.05)
+        assert getattr(err.value, "code", None) == "timeout"
+        assert mod.price(2) == 4
+    finally:
+        parked.release.set()
+        t.join(5)
+    assert lab.engine.apply("ovr", consistency="atomic").consistency == "atomic"
+    assert mod.price(2) == 6
+
+
+def test_transition_payloads_use_the_atomic_pause_for_now(lab):
+    """Until the transition model lands, 'transition' applies through the atomic pause
+    with the transition's default timeout, and the history names the mode used."""
+    lab.module("tr", "def price(x):\n    return x * 2\n")
+    data = lab.pack(
+        """
+        import pylivepatch as lp
+        patch = lp.Patch("tr")
+        @patch.function("{m}tr:price")
+        def price(x):
+            return x * 3
+        """
+    )
+    result = lab.engine.load(data)
+    assert result.consistency == "transition"
+    checked = [ev for ev in lab.engine.history() if ev.action == "apply" and ev.kind == "checked"]
+    assert checked[-1].detail["consistency"] == "transition"
