@@ -13,6 +13,7 @@ import importlib
 import itertools
 import sys
 import textwrap
+import threading
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,3 +126,23 @@ def assert_identical(before: list[tuple[Any, ...]], after: list[tuple[Any, ...]]
             assert bk.keys() == ak.keys(), f"names of {b[0]!r} changed: {set(bk) ^ set(ak)}"
             for k in bk:
                 assert ak[k] is bk[k], f"{b[0]!r}.{k} changed"
+
+
+class Parked:
+    """An argument whose ``*`` blocks: price(Parked()) parks a thread inside price's code."""
+
+    def __init__(self) -> None:
+        self.inside, self.release = threading.Event(), threading.Event()
+
+    def __mul__(self, other):
+        self.inside.set()
+        self.release.wait(10)
+        return 0
+
+
+def park(func, name: str) -> tuple[Parked, threading.Thread]:
+    arg = Parked()
+    t = threading.Thread(target=func, args=(arg,), name=name, daemon=True)
+    t.start()
+    assert arg.inside.wait(5)
+    return arg, t

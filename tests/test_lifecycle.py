@@ -11,7 +11,7 @@ from pylivepatch import LivepatchError
 from pylivepatch.engine.table import TABLE, Action, State
 from pylivepatch.payload import archive
 
-from conftest import assert_identical, snapshot
+from conftest import assert_identical, park, snapshot
 
 TARGET = """
     LIMIT = 3
@@ -124,26 +124,6 @@ def test_duplicate_name_and_build_id(lab, shop):
     with pytest.raises(LivepatchError) as err:
         e.upload("p1", data)
     assert err.value.code == "exists"
-
-
-class Parked:
-    """An argument whose ``*`` blocks: price(Parked()) parks a thread inside price's code."""
-
-    def __init__(self) -> None:
-        self.inside, self.release = threading.Event(), threading.Event()
-
-    def __mul__(self, other):
-        self.inside.set()
-        self.release.wait(10)
-        return 0
-
-
-def park(func, name: str) -> tuple[Parked, threading.Thread]:
-    arg = Parked()
-    t = threading.Thread(target=func, args=(arg,), name=name, daemon=True)
-    t.start()
-    assert arg.inside.wait(5)
-    return arg, t
 
 
 def test_busy_while_an_action_waits_for_quiescence(lab, shop):

@@ -8,7 +8,8 @@ import threading
 from operator import attrgetter
 
 import pytest
-from test_lifecycle import park
+
+from conftest import park
 
 N = 300
 
@@ -39,7 +40,7 @@ def test_no_thread_ever_sees_a_half_done_swap(lab, many, mode):
     def reader():
         while not stop.is_set():
             codes = list(map(get_code, funcs))  # one C-level call: atomic w.r.t. the GIL
-            n_old = sum(map(lambda pair: pair[0] is pair[1], zip(codes, old)))
+            n_old = sum(map(lambda pair: pair[0] is pair[1], zip(codes, old, strict=True)))
             seen["old" if n_old == N else "new" if n_old == 0 else "mixed"] += 1
 
     interval = sys.getswitchinterval()

@@ -285,7 +285,7 @@ def test_patch_authoring_api_checks_early():
         patch.pre_apply(ready)
 
 
-RICH_TARGET = '''
+RICH_TARGET = """
     import functools
     from typing import overload
 
@@ -326,7 +326,7 @@ RICH_TARGET = '''
     def conv(x: str) -> str: ...
     def conv(x):
         return x
-'''
+"""
 
 RICH_FIX = """
     import pylivepatch as lp
