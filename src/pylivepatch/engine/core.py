@@ -39,7 +39,7 @@ from .compile import (
 )
 from .events import Event, History
 from .resolve import ABSENT, DataTarget, FunctionTarget, resolve_data, resolve_function
-from .table import FORCE_ONLY, GONE, NOOP, TABLE, Action, State
+from .table import FORCE_ONLY, GONE, NOOP, TABLE, Action, State, allowed_from
 
 DEFAULT_TIMEOUT = {"transition": 10.0, "atomic": 1.0, "immediate": 0.0}
 _Triple = tuple[types.CodeType, Any, Any]  # __code__, __defaults__, __kwdefaults__
@@ -281,11 +281,7 @@ class Engine:
         if (action, rec.state) in FORCE_ONLY and not force:
             outcome = "wrong"
         if outcome == "wrong":
-            allowed = [
-                str(s)
-                for (a, s) in TABLE
-                if a is action and TABLE[(a, s)] is not NOOP and (a, s) not in FORCE_ONLY
-            ]
+            allowed = [str(state) for state in allowed_from(action)]
             hint = (
                 " (only revert --force is accepted for an INCONSISTENT payload)"
                 if rec.state is State.INCONSISTENT

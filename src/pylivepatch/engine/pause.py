@@ -56,12 +56,6 @@ class Ops:
     class_dels: list[tuple[type, str]] = field(default_factory=list)
     caches: list[Any] = field(default_factory=list)
 
-    def __len__(self) -> int:
-        return (
-            len(self.func_attrs) + len(self.dict_sets) + len(self.dict_dels)
-            + len(self.class_sets) + len(self.class_dels)
-        )  # fmt: skip
-
     def iterator(self, done: list[bool]) -> Iterator[Any]:
         def cols(rows: list[Any], n: int) -> list[list[Any]]:
             return [[r[i] for r in rows] for i in range(n)] if rows else [[] for _ in range(n)]

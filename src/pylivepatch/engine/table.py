@@ -55,4 +55,9 @@ FORCE_ONLY: frozenset[tuple[Action, State]] = frozenset({(Action.REVERT, State.I
 
 
 def allowed_from(action: Action) -> list[State]:
-    return [s for (a, s), r in TABLE.items() if a is action and r is not NOOP]
+    """States from which ``action`` does something without ``force``."""
+    return [
+        s
+        for (a, s), r in TABLE.items()
+        if a is action and r is not NOOP and (a, s) not in FORCE_ONLY
+    ]

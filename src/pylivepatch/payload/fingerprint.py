@@ -83,23 +83,9 @@ def _fingerprint_bytes(code: types.CodeType) -> bytes:
     return b"\x1e".join(out)
 
 
-_cache: dict[int, tuple[types.CodeType, str]] = {}
-
-
 def fingerprint(code: types.CodeType) -> str:
     """The hex sha256 fingerprint of ``code``, recursive over nested code objects."""
-    hit = _cache.get(id(code))
-    if hit is not None and hit[0] is code:
-        return hit[1]
-    digest = hashlib.sha256(_fingerprint_bytes(code)).hexdigest()
-    if len(_cache) > 50_000:
-        _cache.clear()
-    _cache[id(code)] = (code, digest)
-    return digest
-
-
-def short(digest: str) -> str:
-    return digest[:12]
+    return hashlib.sha256(_fingerprint_bytes(code)).hexdigest()
 
 
 def nested_code(code: types.CodeType) -> Iterator[types.CodeType]:
