@@ -68,6 +68,20 @@ class LoadedPackage:
     modules: list[str]
     filenames: dict[str, str]  # archive path -> code filename
     trees: dict[str, ast.Module] = field(default_factory=dict)
+    _defs: dict[str, dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]]] = field(
+        default_factory=dict
+    )
+
+    def defs(self, filename: str) -> dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]]:
+        """Function definitions of one payload file by name (indexed once)."""
+        if filename not in self._defs:
+            index: dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]] = {}
+            tree = self.trees.get(filename)
+            for node in ast.walk(tree) if tree is not None else ():
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    index.setdefault(node.name, []).append(node)
+            self._defs[filename] = index
+        return self._defs[filename]
 
     def discard(self) -> None:
         for name in self.modules:
@@ -173,25 +187,25 @@ def _def_node(
     loaded: LoadedPackage, func: types.FunctionType, what: str
 ) -> ast.FunctionDef | ast.AsyncFunctionDef:
     code = func.__code__
-    tree = loaded.trees.get(code.co_filename)
-    if tree is not None:
-        for node in ast.walk(tree):
-            if (
-                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-                and node.name == code.co_name
-            ):
-                first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
-                if code.co_firstlineno in (first, node.lineno):
-                    return node
+    for node in loaded.defs(code.co_filename).get(code.co_name, ()):
+        first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+        if code.co_firstlineno in (first, node.lineno):
+            return node
     raise LivepatchError(
-        "invalid-payload", f"{what}: cannot find the source of {func.__qualname__} in the payload"
+        "invalid-payload",
+        f"{what}: cannot find the source of {func.__qualname__} in the payload",
     )
 
 
 def _future_imports(tree: ast.Module | None) -> list[ast.stmt]:
-    if tree is None:
-        return []
-    return [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"]
+    """``from __future__`` imports come first in a module: stop at the first other statement."""
+    found: list[ast.stmt] = []
+    for node in tree.body if tree is not None else ():
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            found.append(node)
+        elif not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            break  # past the docstring and the future imports
+    return found
 
 
 def _extract(code: types.CodeType, name: str) -> types.CodeType | None:
@@ -258,7 +272,7 @@ def compile_replacement(loaded: LoadedPackage, entry: FuncEntry, ft: FunctionTar
             "invalid-payload",
             f"{what}: replacement {entry.new!r} is a {type(new).__name__}, not a function",
         )
-    node = copy.deepcopy(_def_node(loaded, new, what))
+    node = copy.copy(_def_node(loaded, new, what))  # shallow: only decorator_list changes
     node.decorator_list = []
     tree = loaded.trees.get(new.__code__.co_filename)
     original = ft.func.__code__

@@ -55,6 +55,8 @@ class Patch:
         self.depends = depends
         self.consistency = consistency
         self.functions: list[FunctionRecord] = []
+        self._replacement_names: set[str] = set()
+        self._targets: set[str] = set()
         self.data_entries: list[DataRecord] = []
         self.hooks: dict[str, Callable[..., Any]] = {}
         self.states: list[tuple[int, int]] = []
@@ -67,9 +69,9 @@ class Patch:
             split_target(target, "target")
         except LivepatchError as exc:
             raise ValueError(exc.message) from None
-        taken = {r.target for r in self.functions} | {r.target for r in self.data_entries}
-        if target in taken:
+        if target in self._targets:
             raise ValueError(f"{target} is patched twice in payload {self.name}")
+        self._targets.add(target)
 
     def function(self, target: str) -> Callable[[F], F]:
         """Replace the function ``module:qualname`` with the decorated one."""
@@ -81,11 +83,11 @@ class Patch:
                 raise ValueError(
                     f"replacement for {target} must be defined at module or class level, not inside a function"
                 )
-            for other in self.functions:
-                if getattr(other.func, "__qualname__", None) == qual:
-                    raise ValueError(
-                        f"two replacements are named {qual} in payload {self.name}; give them distinct names"
-                    )
+            if qual in self._replacement_names:
+                raise ValueError(
+                    f"two replacements are named {qual} in payload {self.name}; give them distinct names"
+                )
+            self._replacement_names.add(qual)
             self.functions.append(FunctionRecord(target, func))
             return func
 
