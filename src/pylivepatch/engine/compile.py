@@ -83,6 +83,11 @@ class LoadedPackage:
             self._defs[filename] = index
         return self._defs[filename]
 
+    def forget_sources(self) -> None:
+        """Drop the parsed sources once the replacements are compiled."""
+        self.trees.clear()
+        self._defs.clear()
+
     def discard(self) -> None:
         for name in self.modules:
             sys.modules.pop(name, None)

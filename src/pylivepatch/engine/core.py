@@ -331,6 +331,14 @@ class Engine:
                     "invalid-payload",
                     f"payload {name} is a replace payload; replace is not supported yet",
                 )
+            if man.hooks:
+                # Applying such a payload without running its hooks would skip what its
+                # author relies on; refuse it until hooks run (SPEC §4).
+                raise LivepatchError(
+                    "invalid-payload",
+                    f"payload {name} has hooks ({', '.join(sorted(man.hooks))}); running hooks is not "
+                    "supported by this version yet",
+                )
             flags = tuple(
                 f
                 for f, on in (("no-expect", no_expect), ("no-object-check", no_object_check))
@@ -355,6 +363,8 @@ class Engine:
             except BaseException:
                 loaded.discard()
                 raise
+            finally:
+                loaded.forget_sources()  # the ASTs would only make every later GC pass longer
             rec.flags = flags
             self._payloads[name] = rec
             act.emit("checked", funcs=len(rec.funcs), data=len(rec.data), flags=list(flags))
@@ -449,7 +459,7 @@ class Engine:
         try:
             return self.apply(
                 name, nodeps=nodeps, timeout=timeout, force=force, consistency=consistency,
-                no_expect=no_expect, no_object_check=no_object_check,
+                no_expect=no_expect,
             )  # fmt: skip
         except BaseException:
             try:
@@ -557,7 +567,6 @@ class Engine:
         force: bool = False,
         consistency: str | None = None,
         no_expect: bool = False,
-        no_object_check: bool = False,
     ) -> ActionResult:
         """Make a ``CHECKED`` payload's code run."""
         with self._action(Action.APPLY, name) as act:
@@ -568,11 +577,9 @@ class Engine:
                 return act.noop(rec, str(done))
             mode = self._mode(rec, consistency)
             no_expect = no_expect or "no-expect" in rec.flags
-            no_object_check = no_object_check or "no-object-check" in rec.flags
             self._check_python(rec.manifest, no_expect)
             self._check_depends(rec, nodeps)
-            self._check_still_there(rec)
-            self._check_objects(rec.manifest, no_object_check)
+            self._check_still_there(rec)  # objects were checked at upload; a reload is caught here
             self._check_expectations(rec.manifest, [p.target for p in rec.funcs], no_expect)
             for dplan in rec.data:
                 check_data_expectation(dplan.entry, dplan.target, dplan.value)
@@ -757,7 +764,13 @@ class Engine:
         for dslot in dslots:
             self._data.setdefault((id(dslot.holder), dslot.name), dslot)
         act.pause_ns = result.pause_ns
-        act.emit("swapped", funcs=len(slots), data=len(dslots), pause_ns=result.pause_ns)
+        act.emit(
+            "swapped",
+            funcs=len(slots),
+            data=len(dslots),
+            pause_ns=result.pause_ns,
+            pause_start_ns=result.started_ns,
+        )
         return result
 
 

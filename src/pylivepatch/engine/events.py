@@ -20,7 +20,7 @@ class Event:
 
     def line(self) -> str:
         """The transcript line: stable text without times or durations."""
-        skip = {"pause_ns", "duration_ns", "elapsed_ns"}
+        skip = {"pause_ns", "pause_start_ns", "duration_ns", "elapsed_ns"}
         parts = [f"{k}={_short(v)}" for k, v in self.detail.items() if k not in skip]
         return f"{self.action} {self.payload}: {self.kind}" + (
             " " + " ".join(parts) if parts else ""

@@ -92,6 +92,7 @@ class PauseResult:
     swapped: bool
     pause_ns: int = 0
     blockers: tuple[Blocker, ...] = ()
+    started_ns: int = 0  # time.perf_counter_ns() at the first swap
 
 
 def _describe(tid: int, frame: types.FrameType) -> Blocker:
@@ -133,7 +134,13 @@ def run(ops: Ops, blocking: set[int] | None) -> PauseResult:
     pause length, and the blockers found if it did not.
     """
     done: list[bool] = []
-    work = ops.iterator(done)
+    stamps: list[int] = []
+    # The clock is read inside the same C call as the swaps, so the pause length is
+    # exactly the swaps, not a GIL hand-over before or after them.
+    clock = map(stamps.append, starmap(time.perf_counter_ns, ((),)))
+    work = chain(
+        clock, ops.iterator(done), map(stamps.append, starmap(time.perf_counter_ns, ((),)))
+    )
     if blocking is None:
         gated: Iterable[Any] = work
     else:
@@ -149,10 +156,10 @@ def run(ops: Ops, blocking: set[int] | None) -> PauseResult:
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        t0 = time.perf_counter_ns()
         deque(gated, 0)
-        t1 = time.perf_counter_ns()
     finally:
         if was_enabled:
             gc.enable()
-    return PauseResult(bool(done), t1 - t0 if done else 0)
+    if not done:
+        return PauseResult(False)
+    return PauseResult(True, stamps[1] - stamps[0], started_ns=stamps[0])
