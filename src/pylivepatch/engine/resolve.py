@@ -103,12 +103,17 @@ def _walk(
     return classes, holder, parts[-1]
 
 
-def resolve_function(target: str) -> FunctionTarget:
-    """Resolve a ``funcs`` target to the innermost Python function."""
+def _locate(target: str) -> tuple[types.ModuleType, list[type], object, str]:
+    """(module, enclosing classes, holder, last name) of a target."""
     module = find_module(target, "target")
     _, qualname = split_target(target, "target")
-    parts = qualname.split(".")
-    classes, holder, last = _walk(target, module, parts)
+    classes, holder, last = _walk(target, module, qualname.split("."))
+    return module, classes, holder, last
+
+
+def resolve_function(target: str) -> FunctionTarget:
+    """Resolve a ``funcs`` target to the innermost Python function."""
+    module, classes, holder, last = _locate(target)
     if isinstance(holder, property):
         obj = getattr(holder, _PROPERTY_PARTS[last])
         if obj is None:
@@ -161,10 +166,7 @@ def resolve_function(target: str) -> FunctionTarget:
 
 def resolve_data(target: str) -> DataTarget:
     """Resolve a ``data`` target to its holder (module or class) and attribute name."""
-    module = find_module(target, "target")
-    _, qualname = split_target(target, "target")
-    parts = qualname.split(".")
-    _, holder, last = _walk(target, module, parts)
+    module, _, holder, last = _locate(target)
     if isinstance(holder, property):
         raise LivepatchError(
             "unsupported-target", f"{target}: a property part is code; patch it as a function"

@@ -225,14 +225,18 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
                 raise invalid(f"objects.{mod}.{ver}", "must map '3.X' to a 64-hex build id")
         objects[mod] = dict(ids)
 
-    funcs = []
     seen_targets: set[str] = set()
+
+    def claim(key: str, i: int, target: Any) -> None:
+        split_target(target, f"{key}[{i}].target")
+        if target in seen_targets:
+            raise invalid(f"{key}[{i}].target", f"{target} is listed twice")
+        seen_targets.add(target)
+
+    funcs = []
     for i, item in enumerate(_list(doc, "funcs")):
         e = _entry(item, "funcs", i, ("target", "new", "expect"))
-        split_target(e["target"], f"funcs[{i}].target")
-        if e["target"] in seen_targets:
-            raise invalid(f"funcs[{i}].target", f"{e['target']} is listed twice")
-        seen_targets.add(e["target"])
+        claim("funcs", i, e["target"])
         if not isinstance(e["new"], str) or not QUALNAME_RE.match(e["new"]):
             raise invalid(f"funcs[{i}].new", f"{e['new']!r} must be a payload symbol name")
         expect = e["expect"]
@@ -249,10 +253,7 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
     data = []
     for i, item in enumerate(_list(doc, "data")):
         e = _entry(item, "data", i, ("target", "value_source", "expect"))
-        split_target(e["target"], f"data[{i}].target")
-        if e["target"] in seen_targets:
-            raise invalid(f"data[{i}].target", f"{e['target']} is listed twice")
-        seen_targets.add(e["target"])
+        claim("data", i, e["target"])
         if (
             not isinstance(e["value_source"], str)
             or not e["value_source"]
