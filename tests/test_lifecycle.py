@@ -318,3 +318,24 @@ def test_list_and_status_fields(lab, shop):
         assert hasattr(st, field)
     assert (st.name, st.state, st.rc, st.depends) == ("p1", "CHECKED", 0, None)
     assert st.metadata["packed-by"] == "pylivepatch pack"
+
+
+def test_every_error_message_names_the_payload(lab, shop):
+    e = lab.engine
+    with pytest.raises(LivepatchError) as err:
+        e.upload("ghost", lab.root / "missing.lpz")
+    assert err.value.code == "not-found" and err.value.message.startswith("upload ghost: ")
+
+
+def test_apply_after_the_target_module_was_reloaded_is_refused(lab, shop):
+    """The function objects captured at upload must still be the live ones at apply."""
+    import importlib
+
+    e = lab.engine
+    e.upload("p1", lab.pack(payload("p1", "one")))
+    importlib.reload(shop)
+    before = snapshot(shop.price, shop)
+    with pytest.raises(LivepatchError) as err:
+        e.apply("p1")
+    assert err.value.code == "dependency-mismatch" and "reloaded" in err.value.message
+    assert_identical(before, snapshot(shop.price, shop))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import builtins
 import errno
 import os
+import re
 import sys
 import threading
 import time
@@ -243,6 +244,9 @@ class Engine:
         try:
             yield act
         except LivepatchError as exc:
+            if not re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", exc.message):
+                # every message names the payload
+                exc = LivepatchError(exc.code, f"{action} {name}: {exc.message}")
             rec = self._payloads.get(name)
             if rec is not None and action is not Action.UPLOAD:
                 rec.rc, rec.error, rec.message = exc.errno, exc.code, exc.message
@@ -253,7 +257,7 @@ class Engine:
                 message=exc.message,
                 duration_ns=act.elapsed(),
             )
-            raise
+            raise exc from None
         except BaseException as exc:
             rec = self._payloads.get(name)
             if rec is not None:
