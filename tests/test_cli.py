@@ -109,3 +109,34 @@ def test_demo_runs_the_main_job(tmp_path):
     assert json.loads(steps["after the patch"]["answer"])["price"] == 9000
     assert json.loads(steps["reverted"]["answer"])["price"] == 8100
     assert steps["done"]["failed_requests"] == 0
+
+
+def test_pack_warns_about_closures(lab):
+    lab.module(
+        "clos",
+        """
+        def make(rate):
+            def price(x):
+                return x * rate
+            return price
+
+        price = make(2)
+        """,
+    )
+    lab.write(
+        "fix.py",
+        f"""
+import pylivepatch as lp
+patch = lp.Patch("fix-clos")
+
+@patch.function("{lab.prefix}clos:price")
+def price(x):
+    return x * rate + 1
+""",
+    )
+    out = cli("pack", "fix.py", "-o", "fix.lpz", cwd=lab.root)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == (
+        f"warning: {lab.prefix}clos:price is a closure: this function object is patched; other "
+        "functions made by the same enclosing function keep their old code\n"
+    )

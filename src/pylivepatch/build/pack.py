@@ -129,7 +129,13 @@ def analyze(
             func = getattr(rec.func, "__func__", rec.func)  # a staticmethod/classmethod replacement
             needs.setdefault(modname, set()).update(global_names(func.__code__))
             if not tree:
-                stands_in[id(rec.func)] = stands_in[id(func)] = resolve_function(rec.target).func
+                live = resolve_function(rec.target).func
+                stands_in[id(rec.func)] = stands_in[id(func)] = live
+                if set(live.__code__.co_freevars) - {"__class__"}:
+                    warnings.append(
+                        f"{rec.target} is a closure: this function object is patched; other functions "
+                        "made by the same enclosing function keep their old code"
+                    )
         for drec in patch.data_entries:
             modname, qualname = split_target(drec.target, "target")
             modules.add(modname)
