@@ -188,6 +188,7 @@ class Engine:
 
     def _status(self, r: Record) -> PayloadStatus:
         tag = python_tag()
+        progress = self._progress.get(r.name)  # read once: an action may end meanwhile
         funcs = []
         for plan in r.funcs:
             slot = self._funcs.get(id(plan.target.func))
@@ -204,7 +205,7 @@ class Engine:
         return PayloadStatus(
             name=r.name,
             state=str(r.state),
-            rc=errno.EAGAIN if r.name in self._progress else r.rc,
+            rc=errno.EAGAIN if progress is not None else r.rc,
             build_id=r.build_id,
             depends=r.manifest.depends,
             metadata=dict(r.manifest.metadata),
@@ -216,7 +217,9 @@ class Engine:
             message=r.message,
             funcs=tuple(funcs),
             data=tuple(p.entry.target for p in r.data),
-            in_progress=dict(self._progress[r.name]) if r.name in self._progress else None,
+            in_progress=dict(progress, elapsed=time.time() - progress["started"])
+            if progress
+            else None,
         )
 
     def _get(self, name: str) -> Record:
@@ -234,7 +237,7 @@ class Engine:
     def _action(self, action: Action, name: str) -> Iterator[_Act]:
         if not self._lock.acquire(blocking=False):
             running = (
-                ", ".join(f"{v['action']} {k}" for k, v in self._progress.items())
+                ", ".join(f"{v['action']} {k}" for k, v in list(self._progress.items()))
                 or "another action"
             )
             raise LivepatchError("busy", f"{action} {name}: {running} is in progress; try again")
