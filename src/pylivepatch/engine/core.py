@@ -25,7 +25,14 @@ from typing import Any
 
 from ..errors import LivepatchError
 from ..payload import archive
-from ..payload.fingerprint import fingerprint, live_object_build_id, python_tag
+from ..payload.fingerprint import (
+    ModuleSource,
+    compile_module,
+    fingerprint,
+    live_object_build_id,
+    python_tag,
+    source_key,
+)
 from ..payload.manifest import DataEntry, FuncEntry, Manifest
 from . import pause
 from .compile import (
@@ -169,6 +176,7 @@ class Engine:
         self._history = History()
         self._seq = 0
         self._progress: dict[str, dict[str, Any]] = {}
+        self._sources: dict[str, tuple[tuple[str, int, int], ModuleSource]] = {}
 
     # --- queries ------------------------------------------------------------------
 
@@ -501,7 +509,7 @@ class Engine:
                     "dependency-mismatch",
                     f"payload {man.name} names no build id of module {modname} for Python {tag}",
                 )
-            actual, why = live_object_build_id(module, self.original_code)
+            actual, why = live_object_build_id(module, self.original_code, self._source_of(module))
             if actual != expected:
                 found = actual[:16] if actual else f"unknown: {why}"
                 raise LivepatchError(
@@ -509,6 +517,20 @@ class Engine:
                     f"payload {man.name} was built for module {modname} {expected[:16]}, but this process runs "
                     f"{found}; build the payload from the code this process runs (or pass --no-object-check)",
                 )
+
+    def _source_of(self, module: types.ModuleType) -> ModuleSource | None:
+        """The module's compiled source, cached by file path, mtime and size: a large
+        module is compiled once, not at every upload (compiling holds the GIL)."""
+        key = source_key(module)
+        if key is None:
+            return None
+        hit = self._sources.get(module.__name__)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        source = compile_module(module)
+        if source is not None:
+            self._sources[module.__name__] = (key, source)
+        return source
 
     def _check_expectations(
         self, man: Manifest, fts: builtins.list[FunctionTarget], no_expect: bool

@@ -18,9 +18,11 @@ checks it against every function it can reach in the live module (see
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import types
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 # Flags that change how a code object runs. CO_NESTED, CO_NOFREE and the
@@ -211,26 +213,54 @@ def source_object_build_id(code: types.CodeType) -> str:
     return fingerprint(code)
 
 
+@dataclass(frozen=True)
+class ModuleSource:
+    """A module's source as compiled now: its build id and its definitions."""
+
+    build_id: str
+    defs: dict[str, list[str]]
+
+
+def source_key(module: types.ModuleType) -> tuple[str, int, int] | None:
+    """(path, mtime, size) of the file a module was loaded from, to cache its compile."""
+    origin = getattr(getattr(module, "__spec__", None), "origin", None)
+    if not origin:
+        return None
+    try:
+        st = os.stat(origin)
+    except OSError:
+        return None
+    return (origin, st.st_mtime_ns, st.st_size)
+
+
+def compile_module(module: types.ModuleType) -> ModuleSource | None:
+    code = module_code(module)
+    if code is None:
+        return None
+    return ModuleSource(source_object_build_id(code), definitions_in_code(code))
+
+
 def live_object_build_id(
     module: types.ModuleType,
     original_code: Callable[[types.FunctionType], types.CodeType] = lambda fn: fn.__code__,
+    source: ModuleSource | None = None,
 ) -> tuple[str | None, str]:
     """The object build id of a live module, or None with the reason it is unknown.
 
-    The module's source is compiled again and every function reachable in the live
-    module (through ``original_code``, so patched functions count as their original)
-    must be one the source defines under the same qualified name; otherwise the source
-    on disk is not what the process runs and no build id is claimed.
+    The module's source is compiled again (or ``source``, compiled before, is used) and
+    every function reachable in the live module (through ``original_code``, so patched
+    functions count as their original) must be one the source defines under the same
+    qualified name; otherwise the source on disk is not what the process runs and no
+    build id is claimed.
     """
-    code = module_code(module)
-    if code is None:
+    source = source or compile_module(module)
+    if source is None:
         return None, f"module {module.__name__} has no source or code to compute its build id from"
-    defs = definitions_in_code(code)
     for qual, fn in live_functions(module):
         fp = fingerprint(original_code(fn))
-        if fp not in defs.get(qual, ()):
+        if fp not in source.defs.get(qual, ()):
             return None, (
                 f"module {module.__name__}: the running code of {qual} differs from its source file "
                 "(the file changed after import, or the function was made at run time)"
             )
-    return source_object_build_id(code), ""
+    return source.build_id, ""
