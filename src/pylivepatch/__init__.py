@@ -6,7 +6,16 @@ these names only.
 
 from __future__ import annotations
 
-from .engine import ActionResult, Engine, Event, FuncStatus, PayloadStatus, State, engine
+from .engine import (
+    ActionResult,
+    Engine,
+    Event,
+    FuncStatus,
+    PayloadStatus,
+    State,
+    engine,
+    shadow,
+)
 from .errors import LivepatchError
 from .payload.authoring import Patch
 
@@ -23,4 +32,5 @@ __all__ = [
     "State",
     "__version__",
     "engine",
+    "shadow",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from . import shadow
 from .core import ActionResult, Engine, FuncStatus, PayloadStatus
 from .events import Event
 from .table import Action, State
@@ -17,6 +18,7 @@ __all__ = [
     "PayloadStatus",
     "State",
     "engine",
+    "shadow",
 ]
 
 _engine: Engine | None = None
