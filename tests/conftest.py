@@ -34,6 +34,11 @@ class Lab:
         self.modules: list[str] = []
         self.prefix = f"lpt{next(_counter)}_"
 
+    def mark(self) -> int:
+        """The history position now (the process engine's history spans tests)."""
+        events = self.engine.history()
+        return events[-1].seq if events else 0
+
     def name(self, base: str) -> str:
         """A module name unique to this test: ``lab.name("shop")`` -> ``lpt3_shop``."""
         return self.prefix + base
@@ -75,6 +80,7 @@ class Lab:
             key=lambda r: -r.applied_seq,
         )
         for rec in applied:
+            rec.hooks.clear()  # a test's vetoing hook must not keep its payload applied
             try:
                 self.engine.revert(rec.name, force=True, consistency="immediate")
             except LivepatchError:
@@ -129,7 +135,8 @@ def assert_identical(before: list[tuple[Any, ...]], after: list[tuple[Any, ...]]
 
 
 class Parked:
-    """An argument whose ``*`` blocks: price(Parked()) parks a thread inside price's code."""
+    """An argument whose ``*`` (or ``str + it``) blocks: price(Parked()) parks a thread
+    inside price's code."""
 
     def __init__(self) -> None:
         self.inside, self.release = threading.Event(), threading.Event()
@@ -138,6 +145,9 @@ class Parked:
         self.inside.set()
         self.release.wait(10)
         return 0
+
+    def __radd__(self, other):  # "text" + parked blocks too
+        return self.__mul__(other)
 
 
 def park(func, name: str) -> tuple[Parked, threading.Thread]:

@@ -64,12 +64,13 @@ def test_transcript_upload_apply_revert_unload(lab, shop):
     """The events of a basic scenario, line by line (kernel selftest style)."""
     data = lab.pack(payload("p1", "one"))
     e = lab.engine
+    since = lab.mark()
     e.upload("p1", data)
     e.apply("p1")
     assert shop.price(5) == "one"
     e.revert("p1")
     e.unload("p1")
-    assert lines(e) == [
+    assert lines(e, since) == [
         "upload p1: started",
         "upload p1: checked funcs=1 data=0 flags=[]",
         "upload p1: finished rc=0",
@@ -85,7 +86,7 @@ def test_transcript_upload_apply_revert_unload(lab, shop):
         "unload p1: finished rc=0",
     ]
     finished = [
-        ev for ev in e.history() if ev.kind == "finished" and ev.action in ("apply", "revert")
+        ev for ev in e.history(since) if ev.kind == "finished" and ev.action in ("apply", "revert")
     ]
     assert all(ev.detail["pause_ns"] > 0 for ev in finished), "every swap reports its pause"
 
@@ -133,6 +134,7 @@ def test_busy_while_an_action_waits_for_quiescence(lab, shop):
     e.upload("p1", lab.pack(payload("p1", "one")))
     e.upload("p2", lab.pack(payload("p2", "two", targets=("tax",))))
     parked, sitter = park(shop.price, "sitter")
+    since = lab.mark()
     results = {}
 
     def applier():
@@ -161,7 +163,7 @@ def test_busy_while_an_action_waits_for_quiescence(lab, shop):
         sitter.join(10)
     assert not isinstance(results["r"], Exception), results["r"]
     assert shop.price(1) == "one"
-    assert "apply p1: waiting" in " ".join(lines(e))
+    assert "apply p1: waiting" in " ".join(lines(e, since))
 
 
 def test_atomic_timeout_names_the_blocker_and_changes_nothing(lab, shop):
@@ -169,6 +171,7 @@ def test_atomic_timeout_names_the_blocker_and_changes_nothing(lab, shop):
     e = lab.engine
     e.upload("p1", lab.pack(payload("p1", "one")))
     parked, t = park(shop.price, "slow-request")
+    since = lab.mark()
     before = snapshot(shop.price, shop.tax, shop)
     try:
         with pytest.raises(LivepatchError) as err:
@@ -182,7 +185,7 @@ def test_atomic_timeout_names_the_blocker_and_changes_nothing(lab, shop):
         # --force swaps regardless and says so in the history.
         e.apply("p1", timeout=0.05, force=True)
         assert shop.price(2) == "one"
-        assert any(ev.kind == "forced" for ev in e.history())
+        assert any(ev.kind == "forced" for ev in e.history(since))
     finally:
         parked.release.set()
         t.join(5)
@@ -218,9 +221,10 @@ def test_nodeps_skips_the_stack_check(lab, shop):
     d1 = lab.pack(payload("s1", "one", depends="base"))
     d2 = lab.pack(payload("s2", "two", depends=archive.read(d1).manifest.build_id))
     e.upload("s2", d2)
+    since = lab.mark()
     e.apply("s2", nodeps=True)
     assert shop.price(1) == "two"
-    history = [ev for ev in e.history() if ev.kind == "checked" and ev.action == "apply"]
+    history = [ev for ev in e.history(since) if ev.kind == "checked" and ev.action == "apply"]
     assert history[-1].detail["nodeps"] is True
 
 

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +46,9 @@ from .compile import (
     lookup,
 )
 from .events import Event, History
+from .hooks import PAIRS, HookContext, PayloadInfo, run_post, run_pre
 from .resolve import ABSENT, DataTarget, FunctionTarget, resolve_data, resolve_function
+from .state import SystemState, check_compatible
 from .table import FORCE_ONLY, GONE, NOOP, TABLE, Action, State, allowed_from
 
 DEFAULT_TIMEOUT = {"transition": 10.0, "atomic": 1.0, "immediate": 0.0}
@@ -82,6 +84,8 @@ class Record:
     applied_seq: int = 0
     nodeps: bool = False
     flags: tuple[str, ...] = ()
+    hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    states: dict[int, SystemState] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -346,12 +350,13 @@ class Engine:
                     "invalid-payload",
                     f"payload {name} is a replace payload; replace is not supported yet",
                 )
-            if man.hooks:
-                # Applying such a payload without running its hooks would skip what its
-                # author relies on; refuse it until hooks run (SPEC §4).
+            action_hooks = sorted(set(man.hooks) & {"apply", "revert"})
+            if action_hooks:
+                # Applying such a payload without its own swap would skip what its author
+                # relies on; refuse it until action hooks run (SPEC §4).
                 raise LivepatchError(
                     "invalid-payload",
-                    f"payload {name} has hooks ({', '.join(sorted(man.hooks))}); running hooks is not "
+                    f"payload {name} has action hooks ({', '.join(action_hooks)}); they are not "
                     "supported by this version yet",
                 )
             flags = tuple(
@@ -397,11 +402,14 @@ class Engine:
             FuncPlan(e, ft, compile_replacement(loaded, e, ft))
             for e, ft in zip(man.funcs, fts, strict=True)
         ]
+        hooks: dict[str, Callable[..., Any]] = {}
         for kind, symbol in man.hooks.items():
-            if not callable(lookup(loaded, symbol, f"hook {kind}")):
+            hook = lookup(loaded, symbol, f"hook {kind}")
+            if not callable(hook):
                 raise LivepatchError(
                     "invalid-payload", f"payload {man.name}: hook {kind} ({symbol}) is not callable"
                 )
+            hooks[kind] = hook
         data = [
             DataPlan(e, dt, data_value(loaded, e, dt)) for e, dt in zip(man.data, dts, strict=True)
         ]
@@ -444,7 +452,8 @@ class Engine:
                     loaded.namespace,
                     stands_in,
                 )
-        return Record(man, loaded, funcs, data)
+        states = {st.id: SystemState(st.id, st.version, man.name) for st in man.states}
+        return Record(man, loaded, funcs, data, hooks=hooks, states=states)
 
     def unload(self, name: str) -> ActionResult:
         """Forget a ``CHECKED`` payload."""
@@ -612,28 +621,33 @@ class Engine:
             self._check_expectations(rec.manifest, [p.target for p in rec.funcs], no_expect)
             for dplan in rec.data:
                 check_data_expectation(dplan.entry, dplan.target, dplan.value)
+            applied = self._applied(exclude=rec)
+            check_compatible(rec.name, rec.states, [(r.name, r.states) for r in applied], False)
             act.emit(
                 "checked", funcs=len(rec.funcs), data=len(rec.data), consistency=mode, nodeps=nodeps
             )
 
-            slots, dslots = self._slots_for(rec)
-            ops = pause.Ops()
-            blocking: set[int] = set()
-            for plan, slot in zip(rec.funcs, slots, strict=True):
-                _func_ops(
-                    ops, slot, (plan.variant.code, plan.variant.defaults, plan.variant.kwdefaults)
-                )
-                blocking.update(id(c) for c in _installed_codes(slot))
-            for dplan, dslot in zip(rec.data, dslots, strict=True):
-                _data_ops(ops, dslot, dplan.value)
-            result = self._swap(act, ops, blocking, mode, timeout, force, slots, dslots)
-            for plan, slot in zip(rec.funcs, slots, strict=True):
-                slot.stack.append((rec, plan.variant))
-            for dplan, dslot in zip(rec.data, dslots, strict=True):
-                dslot.stack.append((rec, dplan.value))
-            self._seq += 1
-            rec.applied_seq, rec.nodeps, rec.state = self._seq, nodeps, State.APPLIED
-            act.result_message = "applied"
+            def swap() -> pause.PauseResult:
+                slots, dslots = self._slots_for(rec)
+                ops = pause.Ops()
+                blocking: set[int] = set()
+                for plan, slot in zip(rec.funcs, slots, strict=True):
+                    variant = plan.variant
+                    _func_ops(ops, slot, (variant.code, variant.defaults, variant.kwdefaults))
+                    blocking.update(id(c) for c in _installed_codes(slot))
+                for dplan, dslot in zip(rec.data, dslots, strict=True):
+                    _data_ops(ops, dslot, dplan.value)
+                result = self._swap(act, ops, blocking, mode, timeout, force, slots, dslots)
+                for plan, slot in zip(rec.funcs, slots, strict=True):
+                    slot.stack.append((rec, plan.variant))
+                for dplan, dslot in zip(rec.data, dslots, strict=True):
+                    dslot.stack.append((rec, dplan.value))
+                self._seq += 1
+                rec.applied_seq, rec.nodeps, rec.state = self._seq, nodeps, State.APPLIED
+                return result
+
+            result = self._with_hooks(act, rec, "apply", _prev_states(applied), swap)
+            act.result_message = act.result_message or "applied"
             return act.result(State.APPLIED, pause_ns=result.pause_ns, consistency=mode)
 
     def revert(
@@ -663,34 +677,41 @@ class Engine:
                     )
             mode = self._mode(rec, consistency)
             act.emit("checked", consistency=mode)
-            slots, dslots = self._slots_for(rec)
-            ops = pause.Ops()
-            blocking: set[int] = set()
-            for slot in slots:
-                if slot.stack and slot.stack[-1][0] is rec:
-                    below = slot.stack[-2][1] if len(slot.stack) > 1 else None
-                    blocking.update(id(c) for c in slot.stack[-1][1].codes())
-                    _func_ops(
-                        ops,
-                        slot,
-                        (below.code, below.defaults, below.kwdefaults) if below else slot.original,
-                    )
-            for dslot in dslots:
-                if dslot.stack and dslot.stack[-1][0] is rec:
-                    _data_ops(
-                        ops, dslot, dslot.stack[-2][1] if len(dslot.stack) > 1 else dslot.original
-                    )
-            result = self._swap(act, ops, blocking, mode, timeout, force, slots, dslots)
-            for slot in slots:
-                slot.stack[:] = [(r, v) for r, v in slot.stack if r is not rec]
-                if not slot.stack:
-                    self._funcs.pop(id(slot.func), None)
-            for dslot in dslots:
-                dslot.stack[:] = [(r, v) for r, v in dslot.stack if r is not rec]
-                if not dslot.stack:
-                    self._data.pop((id(dslot.holder), dslot.name), None)
-            rec.state, rec.applied_seq = State.CHECKED, 0
-            act.result_message = "reverted"
+
+            def swap() -> pause.PauseResult:
+                slots, dslots = self._slots_for(rec)
+                ops = pause.Ops()
+                blocking: set[int] = set()
+                for slot in slots:
+                    if slot.stack and slot.stack[-1][0] is rec:
+                        below = slot.stack[-2][1] if len(slot.stack) > 1 else None
+                        blocking.update(id(c) for c in slot.stack[-1][1].codes())
+                        _func_ops(
+                            ops,
+                            slot,
+                            (below.code, below.defaults, below.kwdefaults)
+                            if below
+                            else slot.original,
+                        )
+                for dslot in dslots:
+                    if dslot.stack and dslot.stack[-1][0] is rec:
+                        value = dslot.stack[-2][1] if len(dslot.stack) > 1 else dslot.original
+                        _data_ops(ops, dslot, value)
+                result = self._swap(act, ops, blocking, mode, timeout, force, slots, dslots)
+                for slot in slots:
+                    slot.stack[:] = [(r, v) for r, v in slot.stack if r is not rec]
+                    if not slot.stack:
+                        self._funcs.pop(id(slot.func), None)
+                for dslot in dslots:
+                    dslot.stack[:] = [(r, v) for r, v in dslot.stack if r is not rec]
+                    if not dslot.stack:
+                        self._data.pop((id(dslot.holder), dslot.name), None)
+                rec.state, rec.applied_seq = State.CHECKED, 0
+                return result
+
+            earlier = [r for r in self._applied(exclude=rec) if r.applied_seq < rec.applied_seq]
+            result = self._with_hooks(act, rec, "revert", _prev_states(earlier), swap)
+            act.result_message = act.result_message or "reverted"
             return act.result(State.CHECKED, pause_ns=result.pause_ns, consistency=mode)
 
     def action(self, name: str, verb: str, **options: Any) -> ActionResult:
@@ -703,6 +724,64 @@ class Engine:
         return verbs[verb](name, **options)
 
     # --- helpers --------------------------------------------------------------------
+
+    def _applied(self, exclude: Record | None = None) -> builtins.list[Record]:
+        """Applied payloads, oldest first."""
+        found = [
+            r for r in self._payloads.values() if r.state is State.APPLIED and r is not exclude
+        ]
+        return sorted(found, key=lambda r: r.applied_seq)
+
+    def state_of(self, name: str, sid: int) -> SystemState | None:
+        """The state ``sid`` of payload ``name`` (None if it has none)."""
+        rec = self._payloads.get(name)
+        return rec.states.get(sid) if rec is not None else None
+
+    def _with_hooks(
+        self,
+        act: _Act,
+        rec: Record,
+        action: str,
+        prev: dict[int, SystemState],
+        swap: Callable[[], pause.PauseResult],
+    ) -> pause.PauseResult:
+        """Run ``swap`` between the payload's pre and post hooks (SPEC §4)."""
+        pre_kind, post_kind = PAIRS[action]
+        ctx = HookContext(
+            PayloadInfo(rec.name, rec.build_id, dict(rec.manifest.metadata)),
+            action,
+            rec.states,
+            prev,
+            act.emit,
+        )
+        pre, post = rec.hooks.get(pre_kind), rec.hooks.get(post_kind)
+        if pre is not None:
+            try:
+                run_pre(rec.name, pre_kind, pre, ctx)
+            except LivepatchError as exc:
+                act.emit("hook", hook=pre_kind, result="vetoed")
+                raise exc from None
+            act.emit("hook", hook=pre_kind, result="ok")
+        try:
+            result = swap()
+        except LivepatchError as exc:
+            self._post(act, post, post_kind, ctx, exc.errno)
+            raise
+        self._post(act, post, post_kind, ctx, 0)
+        return result
+
+    def _post(
+        self, act: _Act, post: Callable[..., Any] | None, kind: str, ctx: HookContext, rc: int
+    ) -> None:
+        if post is None:
+            return
+        ctx.rc = rc
+        failure = run_post(post, ctx)
+        if failure is None:
+            act.emit("hook", hook=kind, rc=rc, result="ok")
+        else:
+            act.emit("hook", hook=kind, rc=rc, result="failed", error=failure)
+            act.result_message = f"{kind} hook failed: {failure} (the action stands)"
 
     def _mode(self, rec: Record, override: str | None) -> str:
         mode = override or rec.manifest.consistency
@@ -836,6 +915,14 @@ class _Act:
         return ActionResult(
             str(self.action), self.name, str(rec.state), True, message, 0, self.elapsed()
         )
+
+
+def _prev_states(records: list[Record]) -> dict[int, SystemState]:
+    """For each state id, the state of the most recently applied of ``records``."""
+    prev: dict[int, SystemState] = {}
+    for rec in records:  # oldest first: later ones win
+        prev.update(rec.states)
+    return prev
 
 
 def _func_ops(ops: pause.Ops, slot: FuncSlot, triple: _Triple) -> None:
