@@ -370,13 +370,9 @@ def test_pack_from_source_equals_pack_from_the_live_process(lab):
     assert lab.engine.status("rich").state == "CHECKED"
 
 
-def test_action_hooks_and_replace_are_refused_until_they_are_supported(lab, target):
-    """A payload whose action hooks would not run, or a replace payload, is refused at
-    upload rather than applied without what its author relies on."""
+def test_action_hooks_are_refused_until_they_are_supported(lab, target):
+    """A payload whose action hooks would not run is refused at upload rather than
+    applied without what its author relies on."""
     with_hook = FIX + "\n    @patch.apply\n    def swap(ctx):\n        return None\n"
     err = refused(lab, lab.pack(with_hook), target.greet, target)
     assert "action hooks (apply)" in err.message
-    err = refused(
-        lab, lab.pack(FIX.replace('version="2"', 'version="2", replace=True')), target.greet
-    )
-    assert "replace" in err.message

@@ -500,8 +500,9 @@ def data_value(loaded: LoadedPackage, entry: DataEntry, dt: DataTarget) -> Any:
     return value
 
 
-def check_data_expectation(entry: DataEntry, dt: DataTarget, value: Any) -> None:
-    current = dt.current()
+def check_data_expectation(entry: DataEntry, dt: DataTarget, value: Any, current: Any) -> None:
+    """Check a data entry against ``current``: the attribute's original value (what it was
+    before any payload), like function expectations."""
     if entry.expect == "any":
         return
     if entry.expect == "absent":

@@ -193,6 +193,11 @@ class Engine:
     def history(self, since: int = 0) -> builtins.list[Event]:
         return self._history.events(since)
 
+    def _original_value(self, dt: DataTarget) -> Any:
+        """What a data target held before any payload changed it."""
+        slot = self._data.get((id(dt.holder), dt.name))
+        return slot.original if slot is not None and slot.holder is dt.holder else dt.current()
+
     def original_code(self, func: types.FunctionType) -> types.CodeType:
         """The code ``func`` had before any payload patched it."""
         slot = self._funcs.get(id(func))
@@ -345,11 +350,6 @@ class Engine:
                         "exists",
                         f"payload {name} has the same build id as uploaded payload {other.name}",
                     )
-            if man.replace:
-                raise LivepatchError(
-                    "invalid-payload",
-                    f"payload {name} is a replace payload; replace is not supported yet",
-                )
             action_hooks = sorted(set(man.hooks) & {"apply", "revert"})
             if action_hooks:
                 # Applying such a payload without its own swap would skip what its author
@@ -414,7 +414,9 @@ class Engine:
             DataPlan(e, dt, data_value(loaded, e, dt)) for e, dt in zip(man.data, dts, strict=True)
         ]
         for plan in data:
-            check_data_expectation(plan.entry, plan.target, plan.value)
+            check_data_expectation(
+                plan.entry, plan.target, plan.value, self._original_value(plan.target)
+            )
         stands_in: dict[int, types.FunctionType] = {}
         for fplan in funcs:
             new = lookup(loaded, fplan.entry.new, fplan.entry.target)
@@ -613,6 +615,8 @@ class Engine:
                 self._table(act, rec)
             except _NoAction as done:
                 return act.noop(rec, str(done))
+            if rec.manifest.replace:  # a cumulative payload replaces what is applied
+                return self._replace(act, rec, timeout, force, consistency, no_expect)
             mode = self._mode(rec, consistency)
             no_expect = no_expect or "no-expect" in rec.flags
             self._check_python(rec.manifest, no_expect)
@@ -620,7 +624,9 @@ class Engine:
             self._check_still_there(rec)  # objects were checked at upload; a reload is caught here
             self._check_expectations(rec.manifest, [p.target for p in rec.funcs], no_expect)
             for dplan in rec.data:
-                check_data_expectation(dplan.entry, dplan.target, dplan.value)
+                check_data_expectation(
+                    dplan.entry, dplan.target, dplan.value, self._original_value(dplan.target)
+                )
             applied = self._applied(exclude=rec)
             check_compatible(rec.name, rec.states, [(r.name, r.states) for r in applied], False)
             act.emit(
@@ -714,9 +720,130 @@ class Engine:
             act.result_message = act.result_message or "reverted"
             return act.result(State.CHECKED, pause_ns=result.pause_ns, consistency=mode)
 
+    def replace(
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,
+        force: bool = False,
+        consistency: str | None = None,
+        no_expect: bool = False,
+    ) -> ActionResult:
+        """Make ``name`` the only applied payload, in one pause (SPEC §7)."""
+        with self._action(Action.REPLACE, name) as act:
+            rec = self._get(name)
+            try:
+                self._table(act, rec)
+            except _NoAction as done:
+                return act.noop(rec, str(done))
+            return self._replace(act, rec, timeout, force, consistency, no_expect)
+
+    def _replace(
+        self,
+        act: _Act,
+        rec: Record,
+        timeout: float | None,
+        force: bool,
+        consistency: str | None,
+        no_expect: bool,
+    ) -> ActionResult:
+        """Every check first; then one pause installs ``rec`` and returns every function
+        and attribute that only earlier payloads touched to its original ("nop")."""
+        mode = self._mode(rec, consistency)
+        no_expect = no_expect or "no-expect" in rec.flags
+        if rec.manifest.depends not in (None, "base"):
+            raise LivepatchError(
+                "dependency-mismatch",
+                f"replace {rec.name}: a replacing payload must depend on 'base' or nothing, "
+                f"not on {rec.manifest.depends[:16]}",
+            )
+        self._check_python(rec.manifest, no_expect)
+        self._check_still_there(rec)
+        self._check_expectations(rec.manifest, [p.target for p in rec.funcs], no_expect)
+        for dplan in rec.data:
+            check_data_expectation(
+                dplan.entry, dplan.target, dplan.value, self._original_value(dplan.target)
+            )
+        applied = self._applied(exclude=rec)
+        for other in applied:
+            if (
+                set(other.hooks) & {"pre_apply", "post_apply", "pre_revert", "post_revert"}
+                and not other.states
+            ):
+                raise LivepatchError(
+                    "replace-refused",
+                    f"replace {rec.name}: applied payload {other.name} has pre/post hooks but declares "
+                    "no system state, so what its hooks changed would be lost untracked; revert it first",
+                )
+        check_compatible(rec.name, rec.states, [(r.name, r.states) for r in applied], True)
+        act.emit(
+            "checked",
+            funcs=len(rec.funcs),
+            data=len(rec.data),
+            consistency=mode,
+            replaces=[r.name for r in applied],
+        )
+
+        def swap() -> pause.PauseResult:
+            mine, mine_data = self._slots_for(rec)
+            slots: dict[int, FuncSlot] = {id(s.func): s for s in mine}
+            dslots: dict[tuple[int, str], DataSlot] = {(id(d.holder), d.name): d for d in mine_data}
+            for key, slot in self._funcs.items():
+                slots.setdefault(key, slot)
+            for dkey, dslot in self._data.items():
+                dslots.setdefault(dkey, dslot)
+            variants = {id(s.func): p.variant for p, s in zip(rec.funcs, mine, strict=True)}
+            values = {
+                (id(d.holder), d.name): p.value for p, d in zip(rec.data, mine_data, strict=True)
+            }
+            ops = pause.Ops()
+            blocking: set[int] = set()
+            for key, slot in slots.items():
+                blocking.update(id(c) for c in _installed_codes(slot))
+                v = variants.get(key)
+                _func_ops(ops, slot, (v.code, v.defaults, v.kwdefaults) if v else slot.original)
+            for dkey, dslot in dslots.items():
+                _data_ops(
+                    ops,
+                    dslot,
+                    values.get(dkey, dslot.original) if dkey in values else dslot.original,
+                )
+            result = self._swap(
+                act,
+                ops,
+                blocking,
+                mode,
+                timeout,
+                force,
+                list(slots.values()),
+                list(dslots.values()),
+            )
+            for key, slot in slots.items():
+                slot.stack[:] = [(rec, variants[key])] if key in variants else []
+                if not slot.stack:
+                    self._funcs.pop(key, None)
+            for dkey, dslot in dslots.items():
+                dslot.stack[:] = [(rec, values[dkey])] if dkey in values else []
+                if not dslot.stack:
+                    self._data.pop(dkey, None)
+            for other in applied:  # replaced: CHECKED, and their hooks never run
+                other.state, other.applied_seq = State.CHECKED, 0
+            self._seq += 1
+            rec.applied_seq, rec.nodeps, rec.state = self._seq, False, State.APPLIED
+            return result
+
+        result = self._with_hooks(act, rec, "replace", _prev_states(applied), swap)
+        act.result_message = act.result_message or f"replaced {len(applied)} payload(s)"
+        return act.result(State.APPLIED, pause_ns=result.pause_ns, consistency=mode)
+
     def action(self, name: str, verb: str, **options: Any) -> ActionResult:
         """Run ``verb`` (apply, revert, unload) on payload ``name``."""
-        verbs = {"apply": self.apply, "revert": self.revert, "unload": self.unload}
+        verbs = {
+            "apply": self.apply,
+            "revert": self.revert,
+            "replace": self.replace,
+            "unload": self.unload,
+        }
         if verb not in verbs:
             raise LivepatchError(
                 "invalid-payload", f"unknown action {verb!r}; actions are {', '.join(verbs)}"
@@ -745,8 +872,9 @@ class Engine:
         prev: dict[int, SystemState],
         swap: Callable[[], pause.PauseResult],
     ) -> pause.PauseResult:
-        """Run ``swap`` between the payload's pre and post hooks (SPEC §4)."""
-        pre_kind, post_kind = PAIRS[action]
+        """Run ``swap`` between the payload's pre and post hooks (SPEC §4); a replace
+        runs the replacing payload's apply hooks with ``ctx.action == "replace"``."""
+        pre_kind, post_kind = PAIRS["revert" if action == "revert" else "apply"]
         ctx = HookContext(
             PayloadInfo(rec.name, rec.build_id, dict(rec.manifest.metadata)),
             action,
