@@ -268,3 +268,137 @@ def test_an_incompatible_state_downgrade_is_refused(lab, cb):
     assert_identical(before, snapshot(cb.greet, cb))
     e.load(lab.pack(payload("s3", states=[(7, 3)])))  # an upgrade is fine
     e.load(lab.pack(payload("s4")))  # so is a non-replace payload without the state
+
+
+TWO = """
+import pylivepatch as lp
+patch = lp.Patch("act", consistency="atomic")
+
+@patch.function("{m}cb:greet")
+def greet(name):
+    return "act " + name
+
+@patch.function("{m}cb:wave")
+def wave(name):
+    return "act wave " + name
+"""
+
+TARGET_TWO = (
+    TARGET
+    + """
+    def wave(name):
+        return "wave " + name
+"""
+)
+
+
+@pytest.fixture
+def cb2(lab):
+    return lab.module("cb", TARGET_TWO)
+
+
+def test_action_hooks_mark_each_function(lab, cb2):
+    """apply/revert hooks replace the default swap; markers show per function."""
+    g, w = f"{lab.prefix}cb:greet", f"{lab.prefix}cb:wave"
+    hooks = f"""
+@patch.apply
+def do_apply(ctx):
+    ctx.mark_applied({g!r})
+    ctx.log("between the two")
+    ctx.mark_applied({w!r})
+
+@patch.revert
+def do_revert(ctx):
+    ctx.mark_reverted({w!r})
+    ctx.mark_reverted({g!r})
+"""
+    e = lab.engine
+    before = snapshot(cb2.greet, cb2.wave, cb2)
+    since = mark(e)
+    e.load(lab.pack(TWO + hooks))
+    assert (cb2.greet("x"), cb2.wave("x")) == ("act x", "act wave x")
+    assert [f.applied for f in e.status("act").funcs] == [True, True]
+    e.revert("act")
+    assert [f.applied for f in e.status("act").funcs] == [False, False]
+    assert_identical(before, snapshot(cb2.greet, cb2.wave, cb2))
+    assert [ln for ln in transcript(e, since) if ": hook" in ln] == [
+        "apply act: hook-log message=between the two",
+        "apply act: hook hook=apply result=ok",
+        "revert act: hook hook=revert result=ok",
+    ]
+
+
+def test_a_payload_of_hooks_only(lab, cb):
+    e = lab.engine
+    src = """
+import pylivepatch as lp
+patch = lp.Patch("only-hooks")
+SEEN = []
+
+@patch.apply
+def on(ctx):
+    SEEN.append("apply")
+
+@patch.revert
+def off(ctx):
+    SEEN.append("revert")
+"""
+    lab.write("only_hooks.py", src)
+    from pylivepatch.build.pack import pack
+
+    e.load(pack(lab.root / "only_hooks.py").data)
+    assert e.status("only-hooks").state == "APPLIED" and e.status("only-hooks").funcs == ()
+    e.revert("only-hooks")
+    assert e.status("only-hooks").state == "CHECKED"
+
+
+def test_an_apply_hook_that_leaves_a_function_unapplied_is_undone(lab, cb2):
+    """After the hook every function must be applied; else they are put back and the
+    action fails, leaving the process exactly as it was."""
+    g = f"{lab.prefix}cb:greet"
+    hooks = f"""
+@patch.apply
+def half(ctx):
+    ctx.mark_applied({g!r})
+"""
+    e = lab.engine
+    e.upload("act", lab.pack(TWO + hooks))
+    before = snapshot(cb2.greet, cb2.wave, cb2)
+    with pytest.raises(LivepatchError) as err:
+        e.apply("act")
+    assert err.value.code == "inconsistent" and "nothing changed" in err.value.message
+    assert "wave" in err.value.message
+    assert_identical(before, snapshot(cb2.greet, cb2.wave, cb2))
+    assert e.status("act").state == "CHECKED"
+
+
+def test_inconsistent_when_the_opposite_hook_cannot_fix_it_and_revert_force(lab, cb2):
+    """If even the opposite hook leaves a mix, the payload is INCONSISTENT: only
+    revert --force is accepted, and it restores every function exactly."""
+    g = f"{lab.prefix}cb:greet"
+    hooks = f"""
+@patch.apply
+def half(ctx):
+    ctx.mark_applied({g!r})
+    raise RuntimeError("disk full")
+
+@patch.revert
+def stubborn(ctx):
+    pass
+"""
+    e = lab.engine
+    e.upload("act", lab.pack(TWO + hooks))
+    before = snapshot(cb2.greet, cb2.wave, cb2)
+    with pytest.raises(LivepatchError) as err:
+        e.apply("act")
+    assert err.value.code == "inconsistent" and "INCONSISTENT" in err.value.message
+    assert "disk full" in err.value.message
+    assert e.status("act").state == "INCONSISTENT"
+    assert cb2.greet("x") == "act x" and cb2.wave("x") == "wave x"  # the mix, loudly reported
+    for call in (lambda: e.apply("act"), lambda: e.revert("act"), lambda: e.unload("act")):
+        with pytest.raises(LivepatchError) as err:
+            call()
+        assert err.value.code == "wrong-state" and "revert --force" in err.value.message
+    e.revert("act", force=True)
+    assert e.status("act").state == "CHECKED"
+    assert_identical(before, snapshot(cb2.greet, cb2.wave, cb2))

@@ -368,11 +368,3 @@ def test_pack_from_source_equals_pack_from_the_live_process(lab):
     # and the engine computes the same module build id inside the process
     lab.engine.upload("rich", lab.pack(RICH_FIX, against=str(tree)))
     assert lab.engine.status("rich").state == "CHECKED"
-
-
-def test_action_hooks_are_refused_until_they_are_supported(lab, target):
-    """A payload whose action hooks would not run is refused at upload rather than
-    applied without what its author relies on."""
-    with_hook = FIX + "\n    @patch.apply\n    def swap(ctx):\n        return None\n"
-    err = refused(lab, lab.pack(with_hook), target.greet, target)
-    assert "action hooks (apply)" in err.message

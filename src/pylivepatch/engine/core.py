@@ -126,6 +126,7 @@ class DataSlot:
 @dataclass(frozen=True)
 class FuncStatus:
     target: str
+    applied: bool  # the per-function marker: this payload's code is on the function's stack
     active: bool  # this payload's code is the one running
     stack: tuple[str, ...]  # payloads patching the function, bottom first
     trampoline: bool
@@ -213,6 +214,7 @@ class Engine:
             funcs.append(
                 FuncStatus(
                     plan.entry.target,
+                    bool(slot and any(rec is r for rec, _ in slot.stack)),
                     bool(slot and slot.stack and slot.stack[-1][0] is r),
                     stack,
                     plan.variant.impl is not None,
@@ -350,15 +352,6 @@ class Engine:
                         "exists",
                         f"payload {name} has the same build id as uploaded payload {other.name}",
                     )
-            action_hooks = sorted(set(man.hooks) & {"apply", "revert"})
-            if action_hooks:
-                # Applying such a payload without its own swap would skip what its author
-                # relies on; refuse it until action hooks run (SPEC §4).
-                raise LivepatchError(
-                    "invalid-payload",
-                    f"payload {name} has action hooks ({', '.join(action_hooks)}); they are not "
-                    "supported by this version yet",
-                )
             flags = tuple(
                 f
                 for f, on in (("no-expect", no_expect), ("no-object-check", no_object_check))
@@ -635,6 +628,11 @@ class Engine:
 
             def swap() -> pause.PauseResult:
                 slots, dslots = self._slots_for(rec)
+                if "apply" in rec.hooks:
+                    result = self._hooked_swap(act, rec, "apply", slots, dslots)
+                    self._seq += 1
+                    rec.applied_seq, rec.nodeps, rec.state = self._seq, nodeps, State.APPLIED
+                    return result
                 ops = pause.Ops()
                 blocking: set[int] = set()
                 for plan, slot in zip(rec.funcs, slots, strict=True):
@@ -684,8 +682,14 @@ class Engine:
             mode = self._mode(rec, consistency)
             act.emit("checked", consistency=mode)
 
+            recovering = rec.state is State.INCONSISTENT
+
             def swap() -> pause.PauseResult:
                 slots, dslots = self._slots_for(rec)
+                if "revert" in rec.hooks and not recovering:
+                    result = self._hooked_swap(act, rec, "revert", slots, dslots)
+                    rec.state, rec.applied_seq = State.CHECKED, 0
+                    return result
                 ops = pause.Ops()
                 blocking: set[int] = set()
                 for slot in slots:
@@ -716,7 +720,11 @@ class Engine:
                 return result
 
             earlier = [r for r in self._applied(exclude=rec) if r.applied_seq < rec.applied_seq]
-            result = self._with_hooks(act, rec, "revert", _prev_states(earlier), swap)
+            if recovering:  # revert --force of an INCONSISTENT payload: no hooks, default swap
+                act.emit("forced", reason="INCONSISTENT payload reverted without its hooks")
+                result = swap()
+            else:
+                result = self._with_hooks(act, rec, "revert", _prev_states(earlier), swap)
             act.result_message = act.result_message or "reverted"
             return act.result(State.CHECKED, pause_ns=result.pause_ns, consistency=mode)
 
@@ -898,6 +906,118 @@ class Engine:
         self._post(act, post, post_kind, ctx, 0)
         return result
 
+    def _mark(self, rec: Record, plan: FuncPlan, slot: FuncSlot, applied: bool) -> int:
+        """Install (or take back) one function of ``rec`` in its own pause; returns its length."""
+        if any(r is rec for r, _ in slot.stack) == applied:
+            return 0
+        ops = pause.Ops()
+        if applied:
+            v = plan.variant
+            _func_ops(ops, slot, (v.code, v.defaults, v.kwdefaults))
+            result = pause.run(ops, None)
+            self._funcs.setdefault(id(slot.func), slot)
+            slot.stack.append((rec, v))
+            return result.pause_ns
+        was_top = slot.stack[-1][0] is rec
+        slot.stack[:] = [(r, v) for r, v in slot.stack if r is not rec]
+        pause_ns = 0
+        if was_top:
+            _func_ops(ops, slot, slot.installed())
+            pause_ns = pause.run(ops, None).pause_ns
+        if not slot.stack:
+            self._funcs.pop(id(slot.func), None)
+        return pause_ns
+
+    def _hooked_swap(
+        self,
+        act: _Act,
+        rec: Record,
+        action: str,
+        slots: builtins.list[FuncSlot],
+        dslots: builtins.list[DataSlot],
+    ) -> pause.PauseResult:
+        """An ``apply``/``revert`` action hook instead of the default swap (SPEC §4).
+
+        The hook installs functions with ``ctx.mark_applied(target)`` and takes them
+        back with ``ctx.mark_reverted(target)``, each in its own pause; it runs with
+        thread switching held off (the switch interval raised to at least 1 s), so it
+        must not block. Afterwards every function must be in the state the action
+        promises; otherwise the opposite hook (or, without one, the engine) puts them
+        back, and if even that fails the payload is ``INCONSISTENT``."""
+        want = action == "apply"
+        plans = {p.entry.target: (p, s) for p, s in zip(rec.funcs, slots, strict=True)}
+        total = [0]
+
+        def marker(target: str, applied: bool) -> None:
+            if target not in plans:
+                raise LivepatchError(
+                    "not-found", f"{rec.name}: {target} is not a function of this payload"
+                )
+            plan, slot = plans[target]
+            total[0] += self._mark(rec, plan, slot, applied)
+
+        def run(kind: str) -> str | None:
+            ctx = HookContext(
+                PayloadInfo(rec.name, rec.build_id, dict(rec.manifest.metadata)),
+                kind, rec.states, {}, act.emit,
+            )  # fmt: skip
+            ctx._marker = marker
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(max(interval, 1.0))
+            try:
+                rec.hooks[kind](ctx)
+            except Exception as exc:  # noqa: BLE001 - reported; consistency decides
+                failure: str | None = f"{type(exc).__name__}: {exc}"
+            else:
+                failure = None
+            finally:
+                sys.setswitchinterval(interval)
+            act.emit("hook", hook=kind, result="ok" if failure is None else "failed")
+            return failure
+
+        def state_is(on: bool) -> builtins.list[str]:
+            """Targets not in state ``on``."""
+            return [t for t, (_, s) in plans.items() if any(r is rec for r, _ in s.stack) != on]
+
+        failure = run(action)
+        off = state_is(want)
+        if failure is None and not off:
+            ops = pause.Ops()
+            for dplan, dslot in zip(rec.data, dslots, strict=True):
+                _data_ops(ops, dslot, dplan.value if want else _data_below(dslot, rec))
+            result = pause.run(ops, None)
+            for dplan, dslot in zip(rec.data, dslots, strict=True):
+                if want:
+                    self._data.setdefault((id(dslot.holder), dslot.name), dslot)
+                    dslot.stack.append((rec, dplan.value))
+                else:
+                    dslot.stack[:] = [(r, v) for r, v in dslot.stack if r is not rec]
+                    if not dslot.stack:
+                        self._data.pop((id(dslot.holder), dslot.name), None)
+            act.emit(
+                "swapped", funcs=len(slots), data=len(dslots), pause_ns=total[0] + result.pause_ns
+            )
+            return pause.PauseResult(True, total[0] + result.pause_ns)
+        why = failure or f"it left {', '.join(off)} {'unapplied' if want else 'applied'}"
+        opposite = "revert" if want else "apply"
+        if opposite in rec.hooks:
+            run(opposite)
+        else:
+            for plan, slot in plans.values():
+                self._mark(rec, plan, slot, not want)
+        back = state_is(not want)
+        if not back:
+            raise LivepatchError(
+                "inconsistent",
+                f"{action} {rec.name}: the {action} hook failed ({why}); everything was put back, nothing changed",
+            )
+        rec.state = State.INCONSISTENT
+        raise LivepatchError(
+            "inconsistent",
+            f"{action} {rec.name}: the {action} hook failed ({why}) and {', '.join(back)} could not be put "
+            f"back: payload {rec.name} is INCONSISTENT; only revert --force is accepted",
+        )
+
     def _post(
         self, act: _Act, post: Callable[..., Any] | None, kind: str, ctx: HookContext, rc: int
     ) -> None:
@@ -1043,6 +1163,12 @@ class _Act:
         return ActionResult(
             str(self.action), self.name, str(rec.state), True, message, 0, self.elapsed()
         )
+
+
+def _data_below(slot: DataSlot, rec: Record) -> Any:
+    """What a data slot shows once ``rec`` is taken off its stack."""
+    rest = [v for r, v in slot.stack if r is not rec]
+    return rest[-1] if rest else slot.original
 
 
 def _prev_states(records: list[Record]) -> dict[int, SystemState]:
