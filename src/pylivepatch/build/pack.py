@@ -162,10 +162,11 @@ def analyze(
             target = f"{modname}:{name}"
             if target in taken or hasattr(builtins, name) or name not in loaded.namespace:
                 continue
-            present = tree.has_name(modname, name) if tree else name in _import(modname).__dict__
+            # What the module defines itself: names other payloads added do not count.
+            theirs = None if tree else process_engine().original_value(_import(modname), name)
+            present = tree.has_name(modname, name) if tree else theirs is not ABSENT
             value = loaded.namespace[name]
             if present:
-                theirs = None if tree else _import(modname).__dict__[name]
                 if (
                     not tree
                     and theirs is not value
@@ -235,7 +236,8 @@ def _live_data(target: str) -> str:
 
 def _live_object(modname: str) -> str:
     module = _import(modname)
-    bid, why = live_object_build_id(module, process_engine().original_code)
+    engine = process_engine()
+    bid, why = live_object_build_id(module, engine.original_code, is_added=engine.is_added)
     if bid is None:
         raise LivepatchError(
             "dependency-mismatch", f"cannot compute the build id of {modname}: {why}"

@@ -194,10 +194,20 @@ class Engine:
     def history(self, since: int = 0) -> builtins.list[Event]:
         return self._history.events(since)
 
+    def original_value(self, holder: types.ModuleType | type, name: str) -> Any:
+        """What ``holder.name`` held before any payload changed it (``ABSENT`` if nothing)."""
+        slot = self._data.get((id(holder), name))
+        if slot is not None and slot.holder is holder:
+            return slot.original
+        return vars(holder).get(name, ABSENT)
+
+    def is_added(self, holder: object, name: str) -> bool:
+        """Whether ``holder.name`` exists only because a payload added it."""
+        slot = self._data.get((id(holder), name))
+        return slot is not None and slot.holder is holder and slot.original is ABSENT
+
     def _original_value(self, dt: DataTarget) -> Any:
-        """What a data target held before any payload changed it."""
-        slot = self._data.get((id(dt.holder), dt.name))
-        return slot.original if slot is not None and slot.holder is dt.holder else dt.current()
+        return self.original_value(dt.holder, dt.name)
 
     def original_code(self, func: types.FunctionType) -> types.CodeType:
         """The code ``func`` had before any payload patched it."""
@@ -513,7 +523,9 @@ class Engine:
                     "dependency-mismatch",
                     f"payload {man.name} names no build id of module {modname} for Python {tag}",
                 )
-            actual, why = live_object_build_id(module, self.original_code, self._source_of(module))
+            actual, why = live_object_build_id(
+                module, self.original_code, self._source_of(module), self.is_added
+            )
             if actual != expected:
                 found = actual[:16] if actual else f"unknown: {why}"
                 raise LivepatchError(

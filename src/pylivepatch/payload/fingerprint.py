@@ -156,8 +156,14 @@ def unwrap_function(obj: object) -> types.FunctionType | None:
     return None
 
 
-def live_functions(module: types.ModuleType) -> Iterator[tuple[str, types.FunctionType]]:
-    """(qualname, function) for functions defined at module/class level in ``module``."""
+IsAdded = Callable[[object, str], bool]
+
+
+def live_functions(
+    module: types.ModuleType, is_added: IsAdded = lambda holder, name: False
+) -> Iterator[tuple[str, types.FunctionType]]:
+    """(qualname, function) for functions defined at module/class level in ``module``,
+    leaving out the attributes ``is_added(holder, name)`` says a payload added."""
     modname = module.__name__
     seen: set[int] = set()
 
@@ -173,15 +179,17 @@ def live_functions(module: types.ModuleType) -> Iterator[tuple[str, types.Functi
             yield fn
 
     def visit(
-        namespace: dict[str, Any], prefix: str, depth: int
+        holder: object, namespace: dict[str, Any], prefix: str, depth: int
     ) -> Iterator[tuple[str, types.FunctionType]]:
-        for value in list(namespace.values()):
+        for key, value in list(namespace.items()):
+            if is_added(holder, key):
+                continue
             if isinstance(value, type):
                 if depth < 20 and value.__module__ == modname and id(value) not in seen:
                     qual = getattr(value, "__qualname__", "")
                     if qual == prefix + value.__name__:
                         seen.add(id(value))
-                        yield from visit(dict(vars(value)), qual + ".", depth + 1)
+                        yield from visit(value, dict(vars(value)), qual + ".", depth + 1)
                 continue
             for fn in from_value(value):
                 qual = fn.__qualname__
@@ -190,7 +198,7 @@ def live_functions(module: types.ModuleType) -> Iterator[tuple[str, types.Functi
                 seen.add(id(fn))
                 yield qual, fn
 
-    yield from visit(dict(vars(module)), "", 0)
+    yield from visit(module, dict(vars(module)), "", 0)
 
 
 def module_code(module: types.ModuleType) -> types.CodeType | None:
@@ -244,6 +252,7 @@ def live_object_build_id(
     module: types.ModuleType,
     original_code: Callable[[types.FunctionType], types.CodeType] = lambda fn: fn.__code__,
     source: ModuleSource | None = None,
+    is_added: IsAdded = lambda holder, name: False,
 ) -> tuple[str | None, str]:
     """The object build id of a live module, or None with the reason it is unknown.
 
@@ -251,12 +260,12 @@ def live_object_build_id(
     every function reachable in the live module (through ``original_code``, so patched
     functions count as their original) must be one the source defines under the same
     qualified name; otherwise the source on disk is not what the process runs and no
-    build id is claimed.
+    build id is claimed. Attributes a payload added (``is_added``) are not the module's.
     """
     source = source or compile_module(module)
     if source is None:
         return None, f"module {module.__name__} has no source or code to compute its build id from"
-    for qual, fn in live_functions(module):
+    for qual, fn in live_functions(module, is_added):
         fp = fingerprint(original_code(fn))
         if fp not in source.defs.get(qual, ()):
             return None, (

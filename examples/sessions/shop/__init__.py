@@ -1,0 +1,1 @@
+"""A toy shop whose session code has two bugs, for the pylivepatch example."""
