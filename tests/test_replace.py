@@ -162,3 +162,33 @@ def test_a_failed_replace_leaves_the_applied_set_exactly_as_it_was(lab, rp, prob
         "p2": "APPLIED",
         "cum": "CHECKED",
     }
+
+
+def test_replace_refused_for_action_hooks_without_state_and_on_the_replacing_payload(lab, rp):
+    e = lab.engine
+    target = f"{lab.prefix}rp:a"
+    e.load(
+        lab.pack(
+            payload(
+                "p1", ["a"], hooks=f"@patch.apply\ndef on(ctx):\n    ctx.mark_applied({target!r})\n"
+            )
+        )
+    )
+    e.upload("cum", lab.pack(payload("cum", ["b"], replace=True)))
+    with pytest.raises(LivepatchError) as err:
+        e.replace("cum")
+    assert (
+        err.value.code == "replace-refused"
+        and "p1" in err.value.message
+        and "apply" in err.value.message
+    )
+    e.revert("p1")
+    e.upload(
+        "cum2",
+        lab.pack(
+            payload("cum2", ["b"], replace=True, hooks="@patch.apply\ndef on(ctx):\n    pass\n")
+        ),
+    )
+    with pytest.raises(LivepatchError) as err:
+        e.replace("cum2")
+    assert err.value.code == "replace-refused" and "action hooks" in err.value.message

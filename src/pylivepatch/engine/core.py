@@ -785,15 +785,19 @@ class Engine:
                 dplan.entry, dplan.target, dplan.value, self._original_value(dplan.target)
             )
         applied = self._applied(exclude=rec)
+        if set(rec.hooks) & {"apply", "revert"}:
+            raise LivepatchError(
+                "replace-refused",
+                f"replace {rec.name}: a replacing payload cannot have apply/revert action hooks; "
+                "its swap is the engine's one pause",
+            )
         for other in applied:
-            if (
-                set(other.hooks) & {"pre_apply", "post_apply", "pre_revert", "post_revert"}
-                and not other.states
-            ):
+            if set(other.hooks) and not other.states:  # any hook: its mutations are untracked
                 raise LivepatchError(
                     "replace-refused",
-                    f"replace {rec.name}: applied payload {other.name} has pre/post hooks but declares "
-                    "no system state, so what its hooks changed would be lost untracked; revert it first",
+                    f"replace {rec.name}: applied payload {other.name} has hooks "
+                    f"({', '.join(sorted(other.hooks))}) but declares no system state, so what its "
+                    "hooks changed would be lost untracked; revert it first",
                 )
         check_compatible(rec.name, rec.states, [(r.name, r.states) for r in applied], True)
         act.emit(
