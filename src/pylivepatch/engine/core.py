@@ -1010,10 +1010,9 @@ class Engine:
                     dslot.stack[:] = [(r, v) for r, v in dslot.stack if r is not rec]
                     if not dslot.stack:
                         self._data.pop((id(dslot.holder), dslot.name), None)
-            act.emit(
-                "swapped", funcs=len(slots), data=len(dslots), pause_ns=total[0] + result.pause_ns
-            )
-            return pause.PauseResult(True, total[0] + result.pause_ns)
+            act.pause_ns = total[0] + result.pause_ns
+            act.emit("swapped", funcs=len(slots), data=len(dslots), pause_ns=act.pause_ns)
+            return pause.PauseResult(True, act.pause_ns)
         why = failure or f"it left {', '.join(off)} {'unapplied' if want else 'applied'}"
         opposite = "revert" if want else "apply"
         if opposite in rec.hooks:
