@@ -96,9 +96,6 @@ def test_callbacks_target_loaded_before_the_payload(lab, cb):
     ]
 
 
-@pytest.mark.xfail(
-    reason="late objects (a target imported after the payload) land with issue 4", strict=True
-)
 def test_callbacks_target_imported_after_the_payload(lab):
     """test-callbacks #2: the payload's hooks run for a module imported later."""
     import importlib

@@ -68,15 +68,22 @@ class LoadedPackage:
     modules: list[str]
     filenames: dict[str, str]  # archive path -> code filename
     trees: dict[str, ast.Module] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)  # code filename -> source
     _defs: dict[str, dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]]] = field(
         default_factory=dict
     )
+
+    def tree(self, filename: str) -> ast.Module | None:
+        """The parsed source (parsed again after ``forget_sources``)."""
+        if filename not in self.trees and filename in self.texts:
+            self.trees[filename] = ast.parse(self.texts[filename], filename)
+        return self.trees.get(filename)
 
     def defs(self, filename: str) -> dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]]:
         """Function definitions of one payload file by name (indexed once)."""
         if filename not in self._defs:
             index: dict[str, list[ast.FunctionDef | ast.AsyncFunctionDef]] = {}
-            tree = self.trees.get(filename)
+            tree = self.tree(filename)
             for node in ast.walk(tree) if tree is not None else ():
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     index.setdefault(node.name, []).append(node)
@@ -152,7 +159,8 @@ def load_sources(name: str, package: str, sources: dict[str, str], tag: str) -> 
         modules[modname] = (filename, source, is_pkg)
         filenames[path] = filename
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    loaded = LoadedPackage(package, {}, sorted(modules), filenames, trees)
+    texts = {filename: source for filename, source, _ in modules.values()}
+    loaded = LoadedPackage(package, {}, sorted(modules), filenames, trees, texts)
     importer = _PayloadImporter(modules)
     sys.meta_path.insert(0, importer)
     try:
@@ -279,7 +287,7 @@ def compile_replacement(loaded: LoadedPackage, entry: FuncEntry, ft: FunctionTar
         )
     node = copy.copy(_def_node(loaded, new, what))  # shallow: only decorator_list changes
     node.decorator_list = []
-    tree = loaded.trees.get(new.__code__.co_filename)
+    tree = loaded.tree(new.__code__.co_filename)
     original = ft.func.__code__
     target_free = tuple(n for n in _freevars(ft) if n != "__class__")
     module = ast.Module(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import errno
+import importlib.util
 import os
 import re
 import sys
@@ -47,6 +48,7 @@ from .compile import (
 )
 from .events import Event, History
 from .hooks import PAIRS, HookContext, PayloadInfo, run_post, run_pre
+from .late import LateImportHook
 from .resolve import ABSENT, DataTarget, FunctionTarget, resolve_data, resolve_function
 from .state import SystemState, check_compatible
 from .table import FORCE_ONLY, GONE, NOOP, TABLE, Action, State, allowed_from
@@ -86,6 +88,8 @@ class Record:
     flags: tuple[str, ...] = ()
     hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)
     states: dict[int, SystemState] = field(default_factory=dict)
+    # module -> (funcs, data) entries waiting for that module to be imported
+    pending: dict[str, tuple[list[FuncEntry], list[DataEntry]]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -150,6 +154,7 @@ class PayloadStatus:
     funcs: tuple[FuncStatus, ...]
     data: tuple[str, ...]
     in_progress: dict[str, Any] | None = None
+    pending: tuple[str, ...] = ()  # modules the payload waits for (not imported yet)
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -182,6 +187,8 @@ class Engine:
         self._seq = 0
         self._progress: dict[str, dict[str, Any]] = {}
         self._sources: dict[str, tuple[tuple[str, int, int], ModuleSource]] = {}
+        self._owner: int | None = None  # thread running an action
+        self._late = LateImportHook(self._wants_module, self._module_imported)
 
     # --- queries ------------------------------------------------------------------
 
@@ -249,6 +256,7 @@ class Engine:
             in_progress=dict(progress, elapsed=time.time() - progress["started"])
             if progress
             else None,
+            pending=tuple(sorted(r.pending)),
         )
 
     def _get(self, name: str) -> Record:
@@ -270,6 +278,7 @@ class Engine:
                 or "another action"
             )
             raise LivepatchError("busy", f"{action} {name}: {running} is in progress; try again")
+        self._owner = threading.get_ident()
         act = _Act(self, action, name)
         self._progress[name] = {"action": str(action), "started": time.time(), "blockers": []}
         act.emit("started")
@@ -309,6 +318,8 @@ class Engine:
             act.emit("finished", rc=0, pause_ns=act.pause_ns, duration_ns=act.elapsed())
         finally:
             self._progress.pop(name, None)
+            self._sync_import_hook()
+            self._owner = None
             self._lock.release()
 
     def _table(self, act: _Act, rec: Record, force: bool = False) -> State | None:
@@ -368,29 +379,43 @@ class Engine:
                 if on
             )
             self._check_python(man, no_expect)
-            fplans = [resolve_function(e.target) for e in man.funcs]
+            pending = {m for m in _target_modules(man) if not _imported(m) and _importable(m)}
+            fentries = [e for e in man.funcs if _module_of(e.target) not in pending]
+            dentries = [e for e in man.data if _module_of(e.target) not in pending]
+            fplans = [resolve_function(e.target) for e in fentries]
             seen: dict[int, str] = {}
-            for e, ft in zip(man.funcs, fplans, strict=True):
+            for e, ft in zip(fentries, fplans, strict=True):
                 if id(ft.func) in seen:
                     raise LivepatchError(
                         "invalid-payload",
                         f"payload {name}: {e.target} and {seen[id(ft.func)]} are the same function",
                     )
                 seen[id(ft.func)] = e.target
-            dtargets = [resolve_data(e.target) for e in man.data]
+            dtargets = [resolve_data(e.target) for e in dentries]
             self._check_objects(man, no_object_check)
-            self._check_expectations(man, fplans, no_expect)
+            self._check_expectations(man.name, fentries, fplans, no_expect)
             loaded = load_package(payload)
             try:
-                rec = self._prepare(man, loaded, fplans, dtargets)
+                rec = self._prepare(man, loaded, fplans, dtargets, fentries, dentries)
             except BaseException:
                 loaded.discard()
                 raise
             finally:
                 loaded.forget_sources()  # the ASTs would only make every later GC pass longer
             rec.flags = flags
+            for m in sorted(pending):
+                rec.pending[m] = (
+                    [e for e in man.funcs if _module_of(e.target) == m],
+                    [e for e in man.data if _module_of(e.target) == m],
+                )
             self._payloads[name] = rec
-            act.emit("checked", funcs=len(rec.funcs), data=len(rec.data), flags=list(flags))
+            act.emit(
+                "checked",
+                funcs=len(rec.funcs),
+                data=len(rec.data),
+                flags=list(flags),
+                **({"pending": sorted(pending)} if pending else {}),
+            )
             act.result_message = "uploaded"
             return act.result(State.CHECKED, consistency=man.consistency)
 
@@ -400,11 +425,10 @@ class Engine:
         loaded: LoadedPackage,
         fts: builtins.list[FunctionTarget],
         dts: builtins.list[DataTarget],
+        fentries: builtins.list[FuncEntry],
+        dentries: builtins.list[DataEntry],
     ) -> Record:
-        funcs = [
-            FuncPlan(e, ft, compile_replacement(loaded, e, ft))
-            for e, ft in zip(man.funcs, fts, strict=True)
-        ]
+        funcs, data = self._plan(loaded, fentries, fts, dentries, dts)
         hooks: dict[str, Callable[..., Any]] = {}
         for kind, symbol in man.hooks.items():
             hook = lookup(loaded, symbol, f"hook {kind}")
@@ -413,8 +437,25 @@ class Engine:
                     "invalid-payload", f"payload {man.name}: hook {kind} ({symbol}) is not callable"
                 )
             hooks[kind] = hook
+        states = {st.id: SystemState(st.id, st.version, man.name) for st in man.states}
+        return Record(man, loaded, funcs, data, hooks=hooks, states=states)
+
+    def _plan(
+        self,
+        loaded: LoadedPackage,
+        fentries: builtins.list[FuncEntry],
+        fts: builtins.list[FunctionTarget],
+        dentries: builtins.list[DataEntry],
+        dts: builtins.list[DataTarget],
+    ) -> tuple[builtins.list[FuncPlan], builtins.list[DataPlan]]:
+        """Compile the replacements and evaluate the data of some entries, and check
+        every name their new code needs (SPEC §2)."""
+        funcs = [
+            FuncPlan(e, ft, compile_replacement(loaded, e, ft))
+            for e, ft in zip(fentries, fts, strict=True)
+        ]
         data = [
-            DataPlan(e, dt, data_value(loaded, e, dt)) for e, dt in zip(man.data, dts, strict=True)
+            DataPlan(e, dt, data_value(loaded, e, dt)) for e, dt in zip(dentries, dts, strict=True)
         ]
         for plan in data:
             check_data_expectation(
@@ -428,37 +469,23 @@ class Engine:
         for plan in data:
             if isinstance(plan.target.holder, types.ModuleType):
                 provided.setdefault(plan.target.module.__name__, set()).add(plan.target.name)
+        checks: builtins.list[tuple[str, builtins.list[types.CodeType], types.ModuleType]] = []
         for fplan in funcs:
-            mod = fplan.target.module
-            codes = (
-                [fplan.variant.code]
-                if fplan.variant.impl is None
-                else [fplan.variant.impl.__code__]
-            )
-            check_globals(
-                fplan.entry.target,
-                codes,
-                mod,
-                provided.get(mod.__name__, set()),
-                loaded.namespace,
-                stands_in,
-            )
+            impl = fplan.variant.impl
+            code = fplan.variant.code if impl is None else impl.__code__
+            checks.append((fplan.entry.target, [code], fplan.target.module))
         for plan in data:
+            value = plan.value
             if (
-                isinstance(plan.value, types.FunctionType)
-                and plan.value.__module__ == plan.target.module.__name__
+                isinstance(value, types.FunctionType)
+                and value.__module__ == plan.target.module.__name__
             ):
-                mod = plan.target.module
-                check_globals(
-                    plan.entry.target,
-                    [plan.value.__code__],
-                    mod,
-                    provided.get(mod.__name__, set()),
-                    loaded.namespace,
-                    stands_in,
-                )
-        states = {st.id: SystemState(st.id, st.version, man.name) for st in man.states}
-        return Record(man, loaded, funcs, data, hooks=hooks, states=states)
+                checks.append((plan.entry.target, [value.__code__], plan.target.module))
+        for what, codes, mod in checks:
+            check_globals(
+                what, codes, mod, provided.get(mod.__name__, set()), loaded.namespace, stands_in
+            )
+        return funcs, data
 
     def unload(self, name: str) -> ActionResult:
         """Forget a ``CHECKED`` payload."""
@@ -510,10 +537,16 @@ class Engine:
         )
 
     def _check_objects(self, man: Manifest, skip: bool) -> None:
+        self._check_objects_of(man, list(man.objects), skip)
+
+    def _check_objects_of(self, man: Manifest, modules: builtins.list[str], skip: bool) -> None:
         if skip:
             return
         tag = python_tag()
-        for modname, ids in man.objects.items():
+        for modname in modules:
+            ids = man.objects.get(modname)
+            if ids is None:
+                continue
             module = sys.modules.get(modname)
             if not isinstance(module, types.ModuleType):
                 continue  # checked when it is imported
@@ -549,23 +582,27 @@ class Engine:
         return source
 
     def _check_expectations(
-        self, man: Manifest, fts: builtins.list[FunctionTarget], no_expect: bool
+        self,
+        name: str,
+        entries: builtins.list[FuncEntry],
+        fts: builtins.list[FunctionTarget],
+        no_expect: bool,
     ) -> None:
         tag = python_tag()
-        for entry, ft in zip(man.funcs, fts, strict=True):
+        for entry, ft in zip(entries, fts, strict=True):
             expected = entry.expect.get(tag)
             if expected is None:
                 if no_expect:
                     continue
                 raise LivepatchError(
                     "expectation-failed",
-                    f"payload {man.name}: {entry.target} has no expectation for Python {tag}",
+                    f"payload {name}: {entry.target} has no expectation for Python {tag}",
                 )
             found = fingerprint(self.original_code(ft.func))
             if found != expected:
                 raise LivepatchError(
                     "expectation-failed",
-                    f"payload {man.name}: {entry.target} is not the code the payload was built against "
+                    f"payload {name}: {entry.target} is not the code the payload was built against "
                     f"(expected fingerprint {expected[:16]}, found {found[:16]})",
                 )
 
@@ -627,7 +664,9 @@ class Engine:
             self._check_python(rec.manifest, no_expect)
             self._check_depends(rec, nodeps)
             self._check_still_there(rec)  # objects were checked at upload; a reload is caught here
-            self._check_expectations(rec.manifest, [p.target for p in rec.funcs], no_expect)
+            self._check_expectations(
+                rec.name, [p.entry for p in rec.funcs], [p.target for p in rec.funcs], no_expect
+            )
             for dplan in rec.data:
                 check_data_expectation(
                     dplan.entry, dplan.target, dplan.value, self._original_value(dplan.target)
@@ -779,7 +818,9 @@ class Engine:
             )
         self._check_python(rec.manifest, no_expect)
         self._check_still_there(rec)
-        self._check_expectations(rec.manifest, [p.target for p in rec.funcs], no_expect)
+        self._check_expectations(
+            rec.name, [p.entry for p in rec.funcs], [p.target for p in rec.funcs], no_expect
+        )
         for dplan in rec.data:
             check_data_expectation(
                 dplan.entry, dplan.target, dplan.value, self._original_value(dplan.target)
@@ -921,6 +962,124 @@ class Engine:
             raise
         self._post(act, post, post_kind, ctx, 0)
         return result
+
+    # --- objects imported later ------------------------------------------------------
+
+    def _wants_module(self, name: str) -> bool:
+        return any(
+            r.state is State.APPLIED and name in r.pending for r in list(self._payloads.values())
+        )
+
+    def _sync_import_hook(self) -> None:
+        """The import hook is on sys.meta_path exactly while an applied payload waits."""
+        if any(r.state is State.APPLIED and r.pending for r in self._payloads.values()):
+            self._late.install()
+        else:
+            self._late.remove()
+
+    def _module_imported(self, module: types.ModuleType) -> None:
+        """Apply the payloads waiting for ``module``, which has just run its code."""
+        mine = self._owner == threading.get_ident()  # imported from inside an action
+        if not mine:
+            self._lock.acquire()
+            self._owner = threading.get_ident()
+        try:
+            self._apply_late(module)
+        finally:
+            if not mine:
+                self._sync_import_hook()
+                self._owner = None
+                self._lock.release()
+
+    def _apply_late(self, module: types.ModuleType) -> None:
+        name = module.__name__
+        waiting = [r for r in self._applied() if name in r.pending]
+        prepared: builtins.list[
+            tuple[Record, builtins.list[FuncPlan], builtins.list[DataPlan], _Act]
+        ] = []
+
+        def refuse(rec: Record, exc: LivepatchError) -> ImportError:
+            return ImportError(
+                f"pylivepatch: payload {rec.name} refuses module {name}: {exc.message} "
+                f"({exc.code}); the module is not imported",
+                name=name,
+            )
+
+        for rec in waiting:  # every check before anything changes
+            act = _Act(self, Action.APPLY, rec.name)
+            act.emit("late-object", module=name)
+            fentries, dentries = rec.pending[name]
+            try:
+                fts = [resolve_function(e.target) for e in fentries]
+                dts = [resolve_data(e.target) for e in dentries]
+                self._check_objects_of(rec.manifest, [name], "no-object-check" in rec.flags)
+                self._check_expectations(rec.name, fentries, fts, "no-expect" in rec.flags)
+                funcs, data = self._plan(rec.loaded, fentries, fts, dentries, dts)
+            except LivepatchError as exc:
+                act.emit("refused", module=name, error=exc.code, message=exc.message)
+                raise refuse(rec, exc) from None
+            prepared.append((rec, funcs, data, act))
+        ready: builtins.list[tuple[Record, HookContext, _Act]] = []
+        for rec, _, _, act in prepared:
+            ctx = self._late_ctx(rec, act)
+            pre = rec.hooks.get("pre_apply")
+            if pre is not None:
+                try:
+                    run_pre(rec.name, "pre_apply", pre, ctx)
+                except LivepatchError as exc:
+                    act.emit("hook", hook="pre_apply", result="vetoed")
+                    for done, done_ctx, done_act in ready:  # pair the pre hooks that ran
+                        self._post(
+                            done_act,
+                            done.hooks.get("post_apply"),
+                            "post_apply",
+                            done_ctx,
+                            exc.errno,
+                        )
+                    raise refuse(rec, exc) from None
+                act.emit("hook", hook="pre_apply", result="ok")
+            ready.append((rec, ctx, act))
+        for rec, funcs, data, act in prepared:  # in apply order: the last applied ends on top
+            slots = [self._slot_of(p.target.func, p.target.caches) for p in funcs]
+            dslots = [self._dslot_of(p.target) for p in data]
+            ops = pause.Ops()
+            for plan, slot in zip(funcs, slots, strict=True):
+                v = plan.variant
+                _func_ops(ops, slot, (v.code, v.defaults, v.kwdefaults))
+            for dplan, dslot in zip(data, dslots, strict=True):
+                _data_ops(ops, dslot, dplan.value)
+            result = pause.run(ops, None)  # nothing has called the module's functions yet
+            for plan, slot in zip(funcs, slots, strict=True):
+                self._funcs.setdefault(id(slot.func), slot)
+                slot.stack.append((rec, plan.variant))
+            for dplan, dslot in zip(data, dslots, strict=True):
+                self._data.setdefault((id(dslot.holder), dslot.name), dslot)
+                dslot.stack.append((rec, dplan.value))
+            rec.funcs += funcs
+            rec.data += data
+            del rec.pending[name]
+            act.emit("swapped", funcs=len(funcs), data=len(data), pause_ns=result.pause_ns)
+        for rec, ctx, act in ready:
+            self._post(act, rec.hooks.get("post_apply"), "post_apply", ctx, 0)
+
+    def _late_ctx(self, rec: Record, act: _Act) -> HookContext:
+        earlier = [r for r in self._applied(exclude=rec) if r.applied_seq < rec.applied_seq]
+        return HookContext(
+            PayloadInfo(rec.name, rec.build_id, dict(rec.manifest.metadata)),
+            "apply", rec.states, _prev_states(earlier), act.emit,
+        )  # fmt: skip
+
+    def _slot_of(self, fn: types.FunctionType, caches: builtins.list[Any]) -> FuncSlot:
+        slot = self._funcs.get(id(fn))
+        if slot is None or slot.func is not fn:
+            slot = FuncSlot(fn, (fn.__code__, fn.__defaults__, fn.__kwdefaults__), list(caches))
+        return slot
+
+    def _dslot_of(self, dt: DataTarget) -> DataSlot:
+        dslot = self._data.get((id(dt.holder), dt.name))
+        if dslot is None or dslot.holder is not dt.holder:
+            dslot = DataSlot(dt.holder, dt.name, dt.current())
+        return dslot
 
     def _mark(self, rec: Record, plan: FuncPlan, slot: FuncSlot, applied: bool) -> int:
         """Install (or take back) one function of ``rec`` in its own pause; returns its length."""
@@ -1178,6 +1337,25 @@ class _Act:
         return ActionResult(
             str(self.action), self.name, str(rec.state), True, message, 0, self.elapsed()
         )
+
+
+def _module_of(target: str) -> str:
+    return target.split(":", 1)[0]
+
+
+def _target_modules(man: Manifest) -> set[str]:
+    return {_module_of(e.target) for e in man.funcs} | {_module_of(e.target) for e in man.data}
+
+
+def _imported(modname: str) -> bool:
+    return isinstance(sys.modules.get(modname), types.ModuleType)
+
+
+def _importable(modname: str) -> bool:
+    try:
+        return importlib.util.find_spec(modname) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _data_below(slot: DataSlot, rec: Record) -> Any:

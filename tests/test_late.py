@@ -1,0 +1,104 @@
+"""Objects imported later (SPEC §5, Linux klp_module_coming): a payload applied before
+its target module is imported applies to it when it is imported, before the importer
+sees it; a module whose code is not what the payload expects is refused."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+
+import pytest
+
+from conftest import assert_identical, snapshot
+
+TARGET = """
+    RATE = 2
+
+    def price(x):
+        return x * RATE
+"""
+FIX = """
+    import pylivepatch as lp
+    patch = lp.Patch("late-fix", consistency="atomic")
+
+    @patch.function("{m}late:price")
+    def price(x):
+        return x * RATE + 1
+"""
+
+
+def hook_installed(engine) -> bool:
+    return engine._late in sys.meta_path
+
+
+@pytest.fixture
+def late_source(lab):
+    """The target on disk, not imported; payloads are packed against the source tree."""
+    (lab.root / f"{lab.name('late')}.py").write_text(textwrap.dedent(TARGET))
+    lab.modules.append(lab.name("late"))
+    importlib.invalidate_caches()
+    return lab.root
+
+
+def test_applies_when_the_module_is_imported(lab, late_source):
+    e = lab.engine
+    e.upload("late-fix", lab.pack(FIX, against=str(late_source)))
+    assert lab.name("late") not in sys.modules, "upload must not import the target"
+    assert e.status("late-fix").pending == (lab.name("late"),)
+    assert not hook_installed(e), "nothing on the import path while no applied payload waits"
+    e.apply("late-fix")
+    assert hook_installed(e)
+    mod = importlib.import_module(lab.name("late"))
+    assert mod.price(2) == 5
+    assert e.status("late-fix").pending == () and not hook_installed(e)
+    assert [f.applied for f in e.status("late-fix").funcs] == [True]
+    e.revert("late-fix")
+    assert mod.price(2) == 4
+    assert mod.price.__code__ is e.original_code(mod.price)
+
+
+def test_a_module_with_other_code_is_refused_at_import(lab, late_source):
+    e = lab.engine
+    e.load(lab.pack(FIX, against=str(late_source)))
+    (late_source / f"{lab.name('late')}.py").write_text(
+        textwrap.dedent(TARGET).replace("x * RATE", "x * RATE * 10")
+    )
+    importlib.invalidate_caches()
+    with pytest.raises(ImportError) as err:
+        importlib.import_module(lab.name("late"))
+    msg = str(err.value)
+    assert "late-fix" in msg and lab.name("late") in msg
+    assert "expectation-failed" in msg or "dependency-mismatch" in msg
+    assert lab.name("late") not in sys.modules, "known-unpatched code must not be importable"
+    assert e.status("late-fix").pending == (lab.name("late"),) and hook_installed(e)
+
+
+def test_a_late_pre_hook_veto_refuses_the_import(lab, late_source):
+    e = lab.engine
+    veto = FIX + "\n    @patch.pre_apply\n    def no(ctx):\n        return False\n"
+    # The veto must not stop the payload itself (no target is imported at apply time):
+    # make the hook refuse only when the module is there.
+    veto = veto.replace(
+        "return False", f"return {lab.name('late')!r} not in __import__('sys').modules"
+    )
+    e.load(lab.pack(veto, against=str(late_source)))
+    with pytest.raises(ImportError) as err:
+        importlib.import_module(lab.name("late"))
+    assert "vetoed" in str(err.value)
+    assert lab.name("late") not in sys.modules
+
+
+def test_modules_imported_before_are_patched_at_apply_and_later_ones_at_import(lab, late_source):
+    """One payload, two modules: one imported now, one later."""
+    now = lab.module("now", "def tax(x):\n    return x // 10\n")
+    before = snapshot(now.tax, now)
+    src = FIX + ('\n    @patch.function("{m}now:tax")\n    def tax(x):\n        return x // 5\n')
+    e = lab.engine
+    e.load(lab.pack(src, against=str(late_source)))
+    assert now.tax(100) == 20
+    late = importlib.import_module(lab.name("late"))
+    assert late.price(2) == 5
+    e.revert("late-fix")
+    assert_identical(before, snapshot(now.tax, now))
+    assert late.price(2) == 4
