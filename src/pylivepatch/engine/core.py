@@ -54,6 +54,7 @@ from .state import SystemState, check_compatible
 from .table import FORCE_ONLY, GONE, NOOP, TABLE, Action, State, allowed_from
 
 DEFAULT_TIMEOUT = {"transition": 10.0, "atomic": 1.0, "immediate": 0.0}
+LATE_IMPORT_WAIT = 30.0  # seconds an import waits for a running action to end
 _Triple = tuple[types.CodeType, Any, Any]  # __code__, __defaults__, __kwdefaults__
 
 
@@ -981,7 +982,14 @@ class Engine:
         """Apply the payloads waiting for ``module``, which has just run its code."""
         mine = self._owner == threading.get_ident()  # imported from inside an action
         if not mine:
-            self._lock.acquire()
+            # Bounded: an action in another thread that imports this very module would
+            # otherwise wait on the import lock this thread holds.
+            if not self._lock.acquire(timeout=LATE_IMPORT_WAIT):
+                raise ImportError(
+                    f"pylivepatch: payloads wait for module {module.__name__} but another action "
+                    f"kept the engine busy for {LATE_IMPORT_WAIT:g}s; import it again",
+                    name=module.__name__,
+                )
             self._owner = threading.get_ident()
         try:
             self._apply_late(module)
