@@ -102,3 +102,13 @@ def test_modules_imported_before_are_patched_at_apply_and_later_ones_at_import(l
     e.revert("late-fix")
     assert_identical(before, snapshot(now.tax, now))
     assert late.price(2) == 4
+
+
+def test_a_module_imported_between_upload_and_apply_is_patched_at_apply(lab, late_source):
+    e = lab.engine
+    e.upload("late-fix", lab.pack(FIX, against=str(late_source)))
+    mod = importlib.import_module(lab.name("late"))  # imported while the payload is CHECKED
+    assert mod.price(2) == 4
+    e.apply("late-fix")
+    assert mod.price(2) == 5 and e.status("late-fix").pending == ()
+    assert not hook_installed(e)

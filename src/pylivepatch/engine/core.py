@@ -664,6 +664,7 @@ class Engine:
             no_expect = no_expect or "no-expect" in rec.flags
             self._check_python(rec.manifest, no_expect)
             self._check_depends(rec, nodeps)
+            self._adopt_imported(rec)
             self._check_still_there(rec)  # objects were checked at upload; a reload is caught here
             self._check_expectations(
                 rec.name, [p.entry for p in rec.funcs], [p.target for p in rec.funcs], no_expect
@@ -818,6 +819,7 @@ class Engine:
                 f"not on {rec.manifest.depends[:16]}",
             )
         self._check_python(rec.manifest, no_expect)
+        self._adopt_imported(rec)
         self._check_still_there(rec)
         self._check_expectations(
             rec.name, [p.entry for p in rec.funcs], [p.target for p in rec.funcs], no_expect
@@ -1069,6 +1071,20 @@ class Engine:
             act.emit("swapped", funcs=len(funcs), data=len(data), pause_ns=result.pause_ns)
         for rec, ctx, act in ready:
             self._post(act, rec.hooks.get("post_apply"), "post_apply", ctx, 0)
+
+    def _adopt_imported(self, rec: Record) -> None:
+        """Modules a payload waited for that were imported before it was applied are
+        planned now, like the ones imported at upload."""
+        for name in [m for m in rec.pending if _imported(m)]:
+            fentries, dentries = rec.pending[name]
+            fts = [resolve_function(e.target) for e in fentries]
+            dts = [resolve_data(e.target) for e in dentries]
+            self._check_objects_of(rec.manifest, [name], "no-object-check" in rec.flags)
+            self._check_expectations(rec.name, fentries, fts, "no-expect" in rec.flags)
+            funcs, data = self._plan(rec.loaded, fentries, fts, dentries, dts)
+            rec.funcs += funcs
+            rec.data += data
+            del rec.pending[name]
 
     def _late_ctx(self, rec: Record, act: _Act) -> HookContext:
         earlier = [r for r in self._applied(exclude=rec) if r.applied_seq < rec.applied_seq]
