@@ -629,6 +629,20 @@ class Engine:
                 "apply in order, or pass --nodeps",
             )
 
+    def _check_targets(self, rec: Record, no_expect: bool) -> None:
+        """The checks apply and replace share: targets imported since upload are
+        planned, every target is still the object it was, and every expectation holds
+        against the original code and values. (Object build ids were checked at upload.)"""
+        self._adopt_imported(rec)
+        self._check_still_there(rec)
+        self._check_expectations(
+            rec.name, [p.entry for p in rec.funcs], [p.target for p in rec.funcs], no_expect
+        )
+        for dplan in rec.data:
+            check_data_expectation(
+                dplan.entry, dplan.target, dplan.value, self._original_value(dplan.target)
+            )
+
     def _check_still_there(self, rec: Record) -> None:
         for plan in rec.funcs:
             now = resolve_function(plan.entry.target)
@@ -664,15 +678,7 @@ class Engine:
             no_expect = no_expect or "no-expect" in rec.flags
             self._check_python(rec.manifest, no_expect)
             self._check_depends(rec, nodeps)
-            self._adopt_imported(rec)
-            self._check_still_there(rec)  # objects were checked at upload; a reload is caught here
-            self._check_expectations(
-                rec.name, [p.entry for p in rec.funcs], [p.target for p in rec.funcs], no_expect
-            )
-            for dplan in rec.data:
-                check_data_expectation(
-                    dplan.entry, dplan.target, dplan.value, self._original_value(dplan.target)
-                )
+            self._check_targets(rec, no_expect)
             applied = self._applied(exclude=rec)
             check_compatible(rec.name, rec.states, [(r.name, r.states) for r in applied], False)
             act.emit(
@@ -819,15 +825,7 @@ class Engine:
                 f"not on {rec.manifest.depends[:16]}",
             )
         self._check_python(rec.manifest, no_expect)
-        self._adopt_imported(rec)
-        self._check_still_there(rec)
-        self._check_expectations(
-            rec.name, [p.entry for p in rec.funcs], [p.target for p in rec.funcs], no_expect
-        )
-        for dplan in rec.data:
-            check_data_expectation(
-                dplan.entry, dplan.target, dplan.value, self._original_value(dplan.target)
-            )
+        self._check_targets(rec, no_expect)
         applied = self._applied(exclude=rec)
         if set(rec.hooks) & {"apply", "revert"}:
             raise LivepatchError(
@@ -1242,23 +1240,8 @@ class Engine:
         return mode
 
     def _slots_for(self, rec: Record) -> tuple[builtins.list[FuncSlot], builtins.list[DataSlot]]:
-        slots = []
-        for plan in rec.funcs:
-            fn = plan.target.func
-            slot = self._funcs.get(id(fn))
-            if slot is None or slot.func is not fn:
-                slot = FuncSlot(
-                    fn, (fn.__code__, fn.__defaults__, fn.__kwdefaults__), list(plan.target.caches)
-                )
-            slots.append(slot)
-        dslots = []
-        for dplan in rec.data:
-            key = (id(dplan.target.holder), dplan.target.name)
-            dslot = self._data.get(key)
-            if dslot is None or dslot.holder is not dplan.target.holder:
-                dslot = DataSlot(dplan.target.holder, dplan.target.name, dplan.target.current())
-            dslots.append(dslot)
-        return slots, dslots
+        slots = [self._slot_of(p.target.func, p.target.caches) for p in rec.funcs]
+        return slots, [self._dslot_of(p.target) for p in rec.data]
 
     def _swap(
         self,
