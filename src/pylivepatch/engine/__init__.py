@@ -5,8 +5,9 @@ from __future__ import annotations
 import threading
 
 from . import shadow
-from .core import ActionResult, Engine, FuncStatus, PayloadStatus
+from .core import Engine
 from .events import Event
+from .records import ActionResult, FuncStatus, PayloadStatus
 from .table import Action, State
 
 __all__ = [

@@ -21,7 +21,6 @@ import time
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LivepatchError
@@ -38,7 +37,6 @@ from ..payload.manifest import DataEntry, FuncEntry, Manifest
 from . import pause
 from .compile import (
     LoadedPackage,
-    Variant,
     check_data_expectation,
     check_globals,
     compile_replacement,
@@ -49,130 +47,23 @@ from .compile import (
 from .events import Event, History
 from .hooks import PAIRS, HookContext, PayloadInfo, run_post, run_pre
 from .late import LateImportHook
+from .records import (
+    ActionResult,
+    DataPlan,
+    DataSlot,
+    FuncPlan,
+    FuncSlot,
+    FuncStatus,
+    PayloadStatus,
+    Record,
+)
 from .resolve import ABSENT, DataTarget, FunctionTarget, resolve_data, resolve_function
 from .state import SystemState, check_compatible
+from .swap import data_below, data_ops, func_ops, installed_codes, restore, snapshot
 from .table import FORCE_ONLY, GONE, NOOP, TABLE, Action, State, allowed_from
 
 DEFAULT_TIMEOUT = {"transition": 10.0, "atomic": 1.0, "immediate": 0.0}
 LATE_IMPORT_WAIT = 30.0  # seconds an import waits for a running action to end
-_Triple = tuple[types.CodeType, Any, Any]  # __code__, __defaults__, __kwdefaults__
-
-
-@dataclass
-class FuncPlan:
-    entry: FuncEntry
-    target: FunctionTarget
-    variant: Variant
-
-
-@dataclass
-class DataPlan:
-    entry: DataEntry
-    target: DataTarget
-    value: Any
-
-
-@dataclass
-class Record:
-    """One uploaded payload."""
-
-    manifest: Manifest
-    loaded: LoadedPackage
-    funcs: list[FuncPlan]
-    data: list[DataPlan]
-    state: State = State.CHECKED
-    rc: int = 0
-    error: str | None = None
-    message: str = ""
-    applied_seq: int = 0
-    nodeps: bool = False
-    flags: tuple[str, ...] = ()
-    hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)
-    states: dict[int, SystemState] = field(default_factory=dict)
-    # module -> (funcs, data) entries waiting for that module to be imported
-    pending: dict[str, tuple[list[FuncEntry], list[DataEntry]]] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.manifest.name
-
-    @property
-    def build_id(self) -> str:
-        return self.manifest.build_id
-
-
-@dataclass
-class FuncSlot:
-    """One patched function: its original and the stack of payloads patching it."""
-
-    func: types.FunctionType
-    original: _Triple
-    caches: list[Any]
-    stack: list[tuple[Record, Variant]] = field(default_factory=list)
-
-    def installed(self) -> _Triple:
-        if self.stack:
-            v = self.stack[-1][1]
-            return (v.code, v.defaults, v.kwdefaults)
-        return self.original
-
-
-@dataclass
-class DataSlot:
-    holder: types.ModuleType | type
-    name: str
-    original: Any
-    stack: list[tuple[Record, Any]] = field(default_factory=list)
-
-    def installed(self) -> Any:
-        return self.stack[-1][1] if self.stack else self.original
-
-
-@dataclass(frozen=True)
-class FuncStatus:
-    target: str
-    applied: bool  # the per-function marker: this payload's code is on the function's stack
-    active: bool  # this payload's code is the one running
-    stack: tuple[str, ...]  # payloads patching the function, bottom first
-    trampoline: bool
-    expect: str | None
-
-
-@dataclass(frozen=True)
-class PayloadStatus:
-    name: str
-    state: str
-    rc: int
-    build_id: str
-    depends: str | None
-    metadata: dict[str, str]
-    version: str
-    description: str
-    consistency: str
-    python: tuple[str, ...]
-    error: str | None
-    message: str
-    funcs: tuple[FuncStatus, ...]
-    data: tuple[str, ...]
-    in_progress: dict[str, Any] | None = None
-    pending: tuple[str, ...] = ()  # modules the payload waits for (not imported yet)
-
-    def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class ActionResult:
-    action: str
-    name: str
-    state: str | None
-    noop: bool
-    message: str
-    pause_ns: int = 0
-    duration_ns: int = 0
-    consistency: str | None = None
 
 
 class Engine:
@@ -696,10 +587,10 @@ class Engine:
                 blocking: set[int] = set()
                 for plan, slot in zip(rec.funcs, slots, strict=True):
                     variant = plan.variant
-                    _func_ops(ops, slot, (variant.code, variant.defaults, variant.kwdefaults))
-                    blocking.update(id(c) for c in _installed_codes(slot))
+                    func_ops(ops, slot, (variant.code, variant.defaults, variant.kwdefaults))
+                    blocking.update(id(c) for c in installed_codes(slot))
                 for dplan, dslot in zip(rec.data, dslots, strict=True):
-                    _data_ops(ops, dslot, dplan.value)
+                    data_ops(ops, dslot, dplan.value)
                 result = self._swap(act, ops, blocking, mode, timeout, force, slots, dslots)
                 for plan, slot in zip(rec.funcs, slots, strict=True):
                     slot.stack.append((rec, plan.variant))
@@ -755,7 +646,7 @@ class Engine:
                     if slot.stack and slot.stack[-1][0] is rec:
                         below = slot.stack[-2][1] if len(slot.stack) > 1 else None
                         blocking.update(id(c) for c in slot.stack[-1][1].codes())
-                        _func_ops(
+                        func_ops(
                             ops,
                             slot,
                             (below.code, below.defaults, below.kwdefaults)
@@ -765,7 +656,7 @@ class Engine:
                 for dslot in dslots:
                     if dslot.stack and dslot.stack[-1][0] is rec:
                         value = dslot.stack[-2][1] if len(dslot.stack) > 1 else dslot.original
-                        _data_ops(ops, dslot, value)
+                        data_ops(ops, dslot, value)
                 result = self._swap(act, ops, blocking, mode, timeout, force, slots, dslots)
                 for slot in slots:
                     slot.stack[:] = [(r, v) for r, v in slot.stack if r is not rec]
@@ -865,11 +756,11 @@ class Engine:
             ops = pause.Ops()
             blocking: set[int] = set()
             for key, slot in slots.items():
-                blocking.update(id(c) for c in _installed_codes(slot))
+                blocking.update(id(c) for c in installed_codes(slot))
                 v = variants.get(key)
-                _func_ops(ops, slot, (v.code, v.defaults, v.kwdefaults) if v else slot.original)
+                func_ops(ops, slot, (v.code, v.defaults, v.kwdefaults) if v else slot.original)
             for dkey, dslot in dslots.items():
-                _data_ops(
+                data_ops(
                     ops,
                     dslot,
                     values.get(dkey, dslot.original) if dkey in values else dslot.original,
@@ -1053,9 +944,9 @@ class Engine:
             ops = pause.Ops()
             for plan, slot in zip(funcs, slots, strict=True):
                 v = plan.variant
-                _func_ops(ops, slot, (v.code, v.defaults, v.kwdefaults))
+                func_ops(ops, slot, (v.code, v.defaults, v.kwdefaults))
             for dplan, dslot in zip(data, dslots, strict=True):
-                _data_ops(ops, dslot, dplan.value)
+                data_ops(ops, dslot, dplan.value)
             result = pause.run(ops, None)  # nothing has called the module's functions yet
             for plan, slot in zip(funcs, slots, strict=True):
                 self._funcs.setdefault(id(slot.func), slot)
@@ -1110,7 +1001,7 @@ class Engine:
         ops = pause.Ops()
         if applied:
             v = plan.variant
-            _func_ops(ops, slot, (v.code, v.defaults, v.kwdefaults))
+            func_ops(ops, slot, (v.code, v.defaults, v.kwdefaults))
             result = pause.run(ops, None)
             self._funcs.setdefault(id(slot.func), slot)
             slot.stack.append((rec, v))
@@ -1119,7 +1010,7 @@ class Engine:
         slot.stack[:] = [(r, v) for r, v in slot.stack if r is not rec]
         pause_ns = 0
         if was_top:
-            _func_ops(ops, slot, slot.installed())
+            func_ops(ops, slot, slot.installed())
             pause_ns = pause.run(ops, None).pause_ns
         if not slot.stack:
             self._funcs.pop(id(slot.func), None)
@@ -1181,7 +1072,7 @@ class Engine:
         if failure is None and not off:
             ops = pause.Ops()
             for dplan, dslot in zip(rec.data, dslots, strict=True):
-                _data_ops(ops, dslot, dplan.value if want else _data_below(dslot, rec))
+                data_ops(ops, dslot, dplan.value if want else data_below(dslot, rec))
             result = pause.run(ops, None)
             for dplan, dslot in zip(rec.data, dslots, strict=True):
                 if want:
@@ -1258,7 +1149,7 @@ class Engine:
         for cache in {id(c): c for s in slots for c in s.caches}.values():
             ops.caches.append(cache)
             cache.cache_clear()  # most entries die here, outside the pause
-        snapshot = _snapshot(slots, dslots)
+        saved = snapshot(slots, dslots)
         limit = DEFAULT_TIMEOUT[mode] if timeout is None else timeout
         deadline = time.monotonic() + limit
         delay = 0.001
@@ -1294,7 +1185,7 @@ class Engine:
         except LivepatchError:
             raise
         except BaseException:
-            _restore(snapshot)
+            restore(saved)
             raise
         for slot in slots:
             self._funcs.setdefault(id(slot.func), slot)
@@ -1365,87 +1256,12 @@ def _importable(modname: str) -> bool:
         return False
 
 
-def _data_below(slot: DataSlot, rec: Record) -> Any:
-    """What a data slot shows once ``rec`` is taken off its stack."""
-    rest = [v for r, v in slot.stack if r is not rec]
-    return rest[-1] if rest else slot.original
-
-
 def _prev_states(records: list[Record]) -> dict[int, SystemState]:
     """For each state id, the state of the most recently applied of ``records``."""
     prev: dict[int, SystemState] = {}
     for rec in records:  # oldest first: later ones win
         prev.update(rec.states)
     return prev
-
-
-def _func_ops(ops: pause.Ops, slot: FuncSlot, triple: _Triple) -> None:
-    fn = slot.func
-    code, defaults, kwdefaults = triple
-    if len(code.co_freevars) != len(fn.__closure__ or ()):
-        raise LivepatchError(
-            "unsupported-target",
-            f"{fn.__module__}:{fn.__qualname__}: new code has {len(code.co_freevars)} free variables, the function "
-            f"{len(fn.__closure__ or ())}",
-        )
-    ops.func_attrs += [
-        (fn, "__code__", code),
-        (fn, "__defaults__", defaults),
-        (fn, "__kwdefaults__", kwdefaults),
-    ]
-
-
-def _data_ops(ops: pause.Ops, slot: DataSlot, value: Any) -> None:
-    holder, name = slot.holder, slot.name
-    if isinstance(holder, types.ModuleType):
-        if value is ABSENT:
-            if name in holder.__dict__:
-                ops.dict_dels.append((holder.__dict__, name))
-        else:
-            ops.dict_sets.append((holder.__dict__, name, value))
-    elif value is ABSENT:
-        if name in vars(holder):
-            ops.class_dels.append((holder, name))
-    else:
-        ops.class_sets.append((holder, name, value))
-
-
-def _installed_codes(slot: FuncSlot) -> Iterator[types.CodeType]:
-    from ..payload.fingerprint import nested_code
-
-    if slot.stack:
-        yield from slot.stack[-1][1].codes()
-    else:
-        yield from nested_code(slot.original[0])
-
-
-def _snapshot(slots: list[FuncSlot], dslots: list[DataSlot]) -> list[tuple[Any, ...]]:
-    snap: list[tuple[Any, ...]] = []
-    for s in slots:
-        snap.append(("func", s.func, s.func.__code__, s.func.__defaults__, s.func.__kwdefaults__))
-    for d in dslots:
-        snap.append(("data", d.holder, d.name, vars(d.holder).get(d.name, ABSENT)))
-    return snap
-
-
-def _restore(snapshot: list[tuple[Any, ...]]) -> None:
-    """Put back what ``_snapshot`` saw, after a failure inside the pause."""
-    for item in snapshot:
-        if item[0] == "func":
-            _, fn, code, defaults, kwdefaults = item
-            fn.__code__, fn.__defaults__, fn.__kwdefaults__ = code, defaults, kwdefaults
-        else:
-            _, holder, name, value = item
-            if isinstance(holder, types.ModuleType):
-                if value is ABSENT:
-                    holder.__dict__.pop(name, None)
-                else:
-                    holder.__dict__[name] = value
-            elif value is ABSENT:
-                if name in vars(holder):
-                    type.__delattr__(holder, name)
-            else:
-                type.__setattr__(holder, name, value)
 
 
 def _read(source: str | os.PathLike[str] | bytes) -> bytes:

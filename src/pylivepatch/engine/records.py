@@ -1,0 +1,137 @@
+"""What the engine keeps about payloads and patched functions, and what it reports.
+
+A ``Record`` is one uploaded payload; a ``FuncSlot`` is one patched function with its
+original code and the stack of payloads patching it (Linux ``func_stack``), a
+``DataSlot`` the same for an attribute. ``PayloadStatus``/``FuncStatus``/``ActionResult``
+are what ``list``, ``status`` and every action return.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..payload.manifest import DataEntry, FuncEntry, Manifest
+from .compile import LoadedPackage, Variant
+from .resolve import DataTarget, FunctionTarget
+from .state import SystemState
+from .table import State
+
+Triple = tuple[types.CodeType, Any, Any]  # __code__, __defaults__, __kwdefaults__
+
+
+@dataclass
+class FuncPlan:
+    entry: FuncEntry
+    target: FunctionTarget
+    variant: Variant
+
+
+@dataclass
+class DataPlan:
+    entry: DataEntry
+    target: DataTarget
+    value: Any
+
+
+@dataclass
+class Record:
+    """One uploaded payload."""
+
+    manifest: Manifest
+    loaded: LoadedPackage
+    funcs: list[FuncPlan]
+    data: list[DataPlan]
+    state: State = State.CHECKED
+    rc: int = 0
+    error: str | None = None
+    message: str = ""
+    applied_seq: int = 0
+    nodeps: bool = False
+    flags: tuple[str, ...] = ()
+    hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    states: dict[int, SystemState] = field(default_factory=dict)
+    # module -> (funcs, data) entries waiting for that module to be imported
+    pending: dict[str, tuple[list[FuncEntry], list[DataEntry]]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def build_id(self) -> str:
+        return self.manifest.build_id
+
+
+@dataclass
+class FuncSlot:
+    """One patched function: its original and the stack of payloads patching it."""
+
+    func: types.FunctionType
+    original: Triple
+    caches: list[Any]
+    stack: list[tuple[Record, Variant]] = field(default_factory=list)
+
+    def installed(self) -> Triple:
+        if self.stack:
+            v = self.stack[-1][1]
+            return (v.code, v.defaults, v.kwdefaults)
+        return self.original
+
+
+@dataclass
+class DataSlot:
+    holder: types.ModuleType | type
+    name: str
+    original: Any
+    stack: list[tuple[Record, Any]] = field(default_factory=list)
+
+    def installed(self) -> Any:
+        return self.stack[-1][1] if self.stack else self.original
+
+
+@dataclass(frozen=True)
+class FuncStatus:
+    target: str
+    applied: bool  # the per-function marker: this payload's code is on the function's stack
+    active: bool  # this payload's code is the one running
+    stack: tuple[str, ...]  # payloads patching the function, bottom first
+    trampoline: bool
+    expect: str | None
+
+
+@dataclass(frozen=True)
+class PayloadStatus:
+    name: str
+    state: str
+    rc: int
+    build_id: str
+    depends: str | None
+    metadata: dict[str, str]
+    version: str
+    description: str
+    consistency: str
+    python: tuple[str, ...]
+    error: str | None
+    message: str
+    funcs: tuple[FuncStatus, ...]
+    data: tuple[str, ...]
+    in_progress: dict[str, Any] | None = None
+    pending: tuple[str, ...] = ()  # modules the payload waits for (not imported yet)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    action: str
+    name: str
+    state: str | None
+    noop: bool
+    message: str
+    pause_ns: int = 0
+    duration_ns: int = 0
+    consistency: str | None = None

@@ -1,0 +1,87 @@
+"""Swaps as data: the operations a pause performs on functions and attributes, the
+snapshot taken before it and the restore after a failure inside it."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterator
+from typing import Any
+
+from ..errors import LivepatchError
+from ..payload.fingerprint import nested_code
+from . import pause
+from .records import DataSlot, FuncSlot, Record, Triple
+from .resolve import ABSENT
+
+
+def data_below(slot: DataSlot, rec: Record) -> Any:
+    """What a data slot shows once ``rec`` is taken off its stack."""
+    rest = [v for r, v in slot.stack if r is not rec]
+    return rest[-1] if rest else slot.original
+
+
+def func_ops(ops: pause.Ops, slot: FuncSlot, triple: Triple) -> None:
+    fn = slot.func
+    code, defaults, kwdefaults = triple
+    if len(code.co_freevars) != len(fn.__closure__ or ()):
+        raise LivepatchError(
+            "unsupported-target",
+            f"{fn.__module__}:{fn.__qualname__}: new code has {len(code.co_freevars)} free variables, the function "
+            f"{len(fn.__closure__ or ())}",
+        )
+    ops.func_attrs += [
+        (fn, "__code__", code),
+        (fn, "__defaults__", defaults),
+        (fn, "__kwdefaults__", kwdefaults),
+    ]
+
+
+def data_ops(ops: pause.Ops, slot: DataSlot, value: Any) -> None:
+    holder, name = slot.holder, slot.name
+    if isinstance(holder, types.ModuleType):
+        if value is ABSENT:
+            if name in holder.__dict__:
+                ops.dict_dels.append((holder.__dict__, name))
+        else:
+            ops.dict_sets.append((holder.__dict__, name, value))
+    elif value is ABSENT:
+        if name in vars(holder):
+            ops.class_dels.append((holder, name))
+    else:
+        ops.class_sets.append((holder, name, value))
+
+
+def installed_codes(slot: FuncSlot) -> Iterator[types.CodeType]:
+    if slot.stack:
+        yield from slot.stack[-1][1].codes()
+    else:
+        yield from nested_code(slot.original[0])
+
+
+def snapshot(slots: list[FuncSlot], dslots: list[DataSlot]) -> list[tuple[Any, ...]]:
+    snap: list[tuple[Any, ...]] = []
+    for s in slots:
+        snap.append(("func", s.func, s.func.__code__, s.func.__defaults__, s.func.__kwdefaults__))
+    for d in dslots:
+        snap.append(("data", d.holder, d.name, vars(d.holder).get(d.name, ABSENT)))
+    return snap
+
+
+def restore(snapshot: list[tuple[Any, ...]]) -> None:
+    """Put back what ``_snapshot`` saw, after a failure inside the pause."""
+    for item in snapshot:
+        if item[0] == "func":
+            _, fn, code, defaults, kwdefaults = item
+            fn.__code__, fn.__defaults__, fn.__kwdefaults__ = code, defaults, kwdefaults
+        else:
+            _, holder, name, value = item
+            if isinstance(holder, types.ModuleType):
+                if value is ABSENT:
+                    holder.__dict__.pop(name, None)
+                else:
+                    holder.__dict__[name] = value
+            elif value is ABSENT:
+                if name in vars(holder):
+                    type.__delattr__(holder, name)
+            else:
+                type.__setattr__(holder, name, value)
