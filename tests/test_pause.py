@@ -126,3 +126,29 @@ def test_transition_payloads_use_the_atomic_pause_for_now(lab):
     assert result.consistency == "transition"
     checked = [ev for ev in lab.engine.history() if ev.action == "apply" and ev.kind == "checked"]
     assert checked[-1].detail["consistency"] == "transition"
+
+
+def test_without_the_gil_only_immediate_is_accepted(lab, monkeypatch):
+    """Free-threaded builds (no free-threaded interpreter here: the detection is
+    simulated): atomic and transition are refused with a clear error, never raced."""
+    from pylivepatch.engine import pause
+
+    mod = lab.module("ft", "def price(x):\n    return x * 2\n")
+    data = lab.pack(
+        """
+        import pylivepatch as lp
+        patch = lp.Patch("ft", consistency="atomic")
+        @patch.function("{m}ft:price")
+        def price(x):
+            return x * 3
+        """
+    )
+    lab.engine.upload("ft", data)
+    monkeypatch.setattr(pause, "gil_disabled", lambda: True)
+    for mode in ("atomic", "transition"):
+        with pytest.raises(Exception) as err:
+            lab.engine.apply("ft", consistency=mode)
+        assert getattr(err.value, "code", None) == "unsupported-target"
+        assert "without the GIL" in str(err.value) and mod.price(2) == 4
+    lab.engine.apply("ft", consistency="immediate")
+    assert mod.price(2) == 6
