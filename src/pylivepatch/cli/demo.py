@@ -118,8 +118,15 @@ def run_demo(json_lines: bool = False) -> int:
         client = threading.Thread(target=load, name="demo-client", daemon=True)
         client.start()
         engine = lp.engine()
+
+        def wait_for(n: int) -> None:  # let the client's traffic flow for a while
+            deadline = time.monotonic() + 10
+            while len(answers) < n and time.monotonic() < deadline:
+                time.sleep(0.005)
+
         try:
             say("service started", url=f"http://127.0.0.1:{port}/quote?cents=10000&code=SAVE10")
+            wait_for(25)
             before = get(10000, "SAVE10")
             say("before the patch", answer=json.dumps(before), expected_price=9000)
             packed = pack(root / "fix_double_discount.py")
@@ -134,6 +141,7 @@ def run_demo(json_lines: bool = False) -> int:
                 pause_us=f"{result.pause_ns / 1000:.1f}",
                 requests_so_far=len(answers),
             )
+            wait_for(len(answers) + 25)
             after = get(10000, "SAVE10")
             say("after the patch", answer=json.dumps(after))
             status = engine.status(result.name)
@@ -145,6 +153,7 @@ def run_demo(json_lines: bool = False) -> int:
                 ticket=status.metadata.get("ticket"),
             )
             reverted = engine.revert(result.name)
+            wait_for(len(answers) + 25)
             again = get(10000, "SAVE10")
             say("reverted", pause_us=f"{reverted.pause_ns / 1000:.1f}", answer=json.dumps(again))
             engine.unload(result.name)
