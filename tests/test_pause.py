@@ -50,8 +50,9 @@ def test_no_thread_ever_sees_a_half_done_swap(lab, many, mode):
     try:
         lab.engine.upload("many", data)
         for _ in range(20):
-            lab.engine.apply("many", consistency=mode)
-            lab.engine.revert("many", consistency=mode)
+            # a generous timeout: the reader's frames keep moving, so atomic may retry
+            lab.engine.apply("many", consistency=mode, timeout=30)
+            lab.engine.revert("many", consistency=mode, timeout=30)
     finally:
         stop.set()
         t.join(10)
