@@ -59,6 +59,8 @@ class DataTarget:
 
 
 def find_module(target: str, field_name: str) -> types.ModuleType:
+    """The imported module of a target (modules not imported yet are handled by the
+    engine as pending before resolution is asked for)."""
     modname, _ = split_target(target, field_name)
     module = sys.modules.get(modname)
     if isinstance(module, types.ModuleType):
@@ -73,8 +75,7 @@ def find_module(target: str, field_name: str) -> types.ModuleType:
         )
     raise LivepatchError(
         "not-found",
-        f"{target}: module {modname} is not imported in this process; "
-        "import it first (patching modules imported later is not supported yet)",
+        f"{target}: module {modname} is not (or no longer) imported in this process",
     )
 
 
