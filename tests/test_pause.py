@@ -62,18 +62,24 @@ def test_no_thread_ever_sees_a_half_done_swap(lab, many, mode):
     assert all(f.__code__ is c for f, c in zip(funcs, old, strict=True))
 
 
-def test_immediate_swaps_under_a_running_call(lab):
-    """immediate: no quiescence check; a thread inside the old code finishes in it."""
-    mod = lab.module("imm", "def price(x):\n    return x * 2\n")
+def price_payload(lab, name: str, consistency: str):
+    """A module ``name`` with ``price(x) = x * 2`` and a payload making it ``x * 3``."""
+    mod = lab.module(name, "def price(x):\n    return x * 2\n")
     data = lab.pack(
-        """
+        f"""
         import pylivepatch as lp
-        patch = lp.Patch("imm", consistency="immediate")
-        @patch.function("{m}imm:price")
+        patch = lp.Patch({name!r}, consistency={consistency!r})
+        @patch.function("{{m}}{name}:price")
         def price(x):
             return x * 3
         """
     )
+    return mod, data
+
+
+def test_immediate_swaps_under_a_running_call(lab):
+    """immediate: no quiescence check; a thread inside the old code finishes in it."""
+    mod, data = price_payload(lab, "imm", "immediate")
     parked, t = park(mod.price, "inside")
     try:
         result = lab.engine.load(data, timeout=0.01)
@@ -86,16 +92,7 @@ def test_immediate_swaps_under_a_running_call(lab):
 
 
 def test_consistency_can_be_overridden_per_action(lab):
-    mod = lab.module("ovr", "def price(x):\n    return x * 2\n")
-    data = lab.pack(
-        """
-        import pylivepatch as lp
-        patch = lp.Patch("ovr", consistency="immediate")
-        @patch.function("{m}ovr:price")
-        def price(x):
-            return x * 3
-        """
-    )
+    mod, data = price_payload(lab, "ovr", "immediate")
     parked, t = park(mod.price, "inside")
     try:
         lab.engine.upload("ovr", data)
@@ -134,16 +131,7 @@ def test_without_the_gil_only_immediate_is_accepted(lab, monkeypatch):
     simulated): atomic and transition are refused with a clear error, never raced."""
     from pylivepatch.engine import pause
 
-    mod = lab.module("ft", "def price(x):\n    return x * 2\n")
-    data = lab.pack(
-        """
-        import pylivepatch as lp
-        patch = lp.Patch("ft", consistency="atomic")
-        @patch.function("{m}ft:price")
-        def price(x):
-            return x * 3
-        """
-    )
+    mod, data = price_payload(lab, "ft", "atomic")
     lab.engine.upload("ft", data)
     monkeypatch.setattr(pause, "gil_disabled", lambda: True)
     for mode in ("atomic", "transition"):
