@@ -107,10 +107,9 @@ def test_consistency_can_be_overridden_per_action(lab):
     assert mod.price(2) == 6
 
 
-def test_transition_payloads_use_the_atomic_pause_for_now(lab):
-    """Until the transition model lands, 'transition' applies through the atomic pause
-    with the transition's default timeout, and the history names the mode used."""
-    lab.module("tr", "def price(x):\n    return x * 2\n")
+def test_transition_is_the_default_mode(lab):
+    """A payload that names no consistency goes through a transition."""
+    mod = lab.module("tr", "def price(x):\n    return x * 2\n")
     data = lab.pack(
         """
         import pylivepatch as lp
@@ -120,10 +119,18 @@ def test_transition_payloads_use_the_atomic_pause_for_now(lab):
             return x * 3
         """
     )
+    since = lab.mark()
     result = lab.engine.load(data)
-    assert result.consistency == "transition"
-    checked = [ev for ev in lab.engine.history() if ev.action == "apply" and ev.kind == "checked"]
-    assert checked[-1].detail["consistency"] == "transition"
+    assert result.consistency == "transition" and mod.price(2) == 6
+    kinds = [ev.kind for ev in lab.engine.history(since) if ev.action == "apply"]
+    assert kinds == [
+        "started",
+        "checked",
+        "transition",
+        "transition-complete",
+        "swapped",
+        "finished",
+    ]
 
 
 def test_without_the_gil_only_immediate_is_accepted(lab, monkeypatch):

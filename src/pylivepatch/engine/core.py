@@ -59,8 +59,17 @@ from .records import (
 )
 from .resolve import ABSENT, DataTarget, FunctionTarget, resolve_data, resolve_function
 from .state import SystemState, check_compatible
-from .swap import data_below, data_ops, func_ops, installed_codes, restore, snapshot
+from .swap import (
+    data_below,
+    data_ops,
+    func_ops,
+    installed_codes,
+    restore,
+    snapshot,
+    undo_data_ops,
+)
 from .table import FORCE_ONLY, GONE, NOOP, TABLE, Action, State, allowed_from
+from .transition import Transition
 
 DEFAULT_TIMEOUT = {"transition": 10.0, "atomic": 1.0, "immediate": 0.0}
 LATE_IMPORT_WAIT = 30.0  # seconds an import waits for a running action to end
@@ -1151,6 +1160,16 @@ class Engine:
             cache.cache_clear()  # most entries die here, outside the pause
         saved = snapshot(slots, dslots)
         limit = DEFAULT_TIMEOUT[mode] if timeout is None else timeout
+        if mode == "transition":
+            try:
+                result = self._transition(act, ops, limit, force)
+            except LivepatchError:
+                raise
+            except BaseException:
+                restore(saved)
+                raise
+            self._register(act, slots, dslots, result)
+            return result
         deadline = time.monotonic() + limit
         delay = 0.001
         waited = False
@@ -1187,6 +1206,16 @@ class Engine:
         except BaseException:
             restore(saved)
             raise
+        self._register(act, slots, dslots, result)
+        return result
+
+    def _register(
+        self,
+        act: _Act,
+        slots: builtins.list[FuncSlot],
+        dslots: builtins.list[DataSlot],
+        result: pause.PauseResult,
+    ) -> None:
         for slot in slots:
             self._funcs.setdefault(id(slot.func), slot)
         for dslot in dslots:
@@ -1199,7 +1228,100 @@ class Engine:
             pause_ns=result.pause_ns,
             pause_start_ns=result.started_ns,
         )
-        return result
+
+    def _transition(
+        self, act: _Act, ops: pause.Ops, limit: float, force: bool
+    ) -> pause.PauseResult:
+        """SPEC §5 ``transition``: dispatchers, waiting, then the new code in one pause;
+        on timeout the transition is reversed (or, with ``force``, completed)."""
+        changes: dict[int, dict[str, Any]] = {}
+        funcs: dict[int, types.FunctionType] = {}
+        for fn, attr, value in ops.func_attrs:
+            changes.setdefault(id(fn), {})[attr] = value
+            funcs[id(fn)] = fn
+        pairs = [
+            (
+                fn,
+                (fn.__code__, fn.__defaults__, fn.__kwdefaults__),
+                (changes[k]["__code__"], changes[k]["__defaults__"], changes[k]["__kwdefaults__"]),
+            )
+            for k, fn in funcs.items()
+        ]
+        data_first = act.action is not Action.REVERT  # new code may need added names
+        data = pause.Ops(
+            dict_sets=ops.dict_sets, dict_dels=ops.dict_dels,
+            class_sets=ops.class_sets, class_dels=ops.class_dels, caches=ops.caches,
+        )  # fmt: skip
+        trans = Transition(pairs)
+        start = pause.Ops(func_attrs=[], caches=ops.caches)
+        for fn, (code, d, kd) in trans.start_triples():
+            start.func_attrs += [
+                (fn, "__code__", code),
+                (fn, "__defaults__", d),
+                (fn, "__kwdefaults__", kd),
+            ]
+        if data_first:
+            start.dict_sets, start.dict_dels = data.dict_sets, data.dict_dels
+            start.class_sets, start.class_dels = data.class_sets, data.class_dels
+        undo_data = undo_data_ops(data)  # should the transition reverse
+        first = pause.run(start, None)
+        act.emit(
+            "transition", direction="patching" if data_first else "unpatching", funcs=len(pairs)
+        )
+        progress = self._progress[act.name]
+        t0 = time.monotonic()
+        deadline, delay, reversed_ = t0 + limit, 0.001, False
+        first_blockers: builtins.list[str] = []
+        while True:
+            blockers = trans.blockers()
+            progress.update(
+                transition="reversing"
+                if reversed_
+                else ("patching" if data_first else "unpatching"),
+                elapsed=time.monotonic() - t0,
+                blockers=blockers,
+            )
+            if not blockers:
+                break
+            if time.monotonic() >= deadline:
+                if force and not reversed_:
+                    act.emit("forced", blockers=blockers)
+                    break
+                if reversed_:  # the way back is blocked too: finish it regardless
+                    act.emit("forced", blockers=blockers, reason="reverse transition blocked")
+                    break
+                act.emit("reversing", blockers=blockers)
+                first_blockers = blockers
+                trans.reverse()
+                reversed_, deadline = True, time.monotonic() + limit
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        final = pause.Ops(caches=ops.caches)
+        for fn, (code, d, kd) in trans.final_triples():
+            final.func_attrs += [
+                (fn, "__code__", code),
+                (fn, "__defaults__", d),
+                (fn, "__kwdefaults__", kd),
+            ]
+        if reversed_:
+            if data_first:
+                final.dict_sets, final.dict_dels = undo_data.dict_sets, undo_data.dict_dels
+                final.class_sets, final.class_dels = undo_data.class_sets, undo_data.class_dels
+        elif not data_first:
+            final.dict_sets, final.dict_dels = data.dict_sets, data.dict_dels
+            final.class_sets, final.class_dels = data.class_sets, data.class_dels
+        result = pause.run(final, None)
+        if reversed_:
+            act.emit("transition-reversed")
+            raise LivepatchError(
+                "timeout",
+                f"{act.action} {act.name}: the transition did not complete within {limit:g}s and was "
+                f"reversed; blocked by {'; '.join(first_blockers)}",
+            )
+        act.emit("transition-complete", elapsed_ns=int((time.monotonic() - t0) * 1e9))
+        return pause.PauseResult(
+            True, first.pause_ns + result.pause_ns, started_ns=result.started_ns
+        )
 
 
 class _NoAction(Exception):

@@ -85,3 +85,23 @@ def restore(snapshot: list[tuple[Any, ...]]) -> None:
                     type.__delattr__(holder, name)
             else:
                 type.__setattr__(holder, name, value)
+
+
+def undo_data_ops(ops: pause.Ops) -> pause.Ops:
+    """The data operations that put back what ``ops`` is about to change (taken before)."""
+    undo = pause.Ops()
+    for d, key, _ in ops.dict_sets:
+        if key in d:
+            undo.dict_sets.append((d, key, d[key]))
+        else:
+            undo.dict_dels.append((d, key))
+    for d, key in ops.dict_dels:
+        undo.dict_sets.append((d, key, d[key]))
+    for cls, name, _ in ops.class_sets:
+        if name in vars(cls):
+            undo.class_sets.append((cls, name, vars(cls)[name]))
+        else:
+            undo.class_dels.append((cls, name))
+    for cls, name in ops.class_dels:
+        undo.class_sets.append((cls, name, vars(cls)[name]))
+    return undo

@@ -1,0 +1,190 @@
+"""The consistency model (SPEC §5 ``transition``; Linux livepatch, adapted).
+
+A call chain never mixes old and new versions of a payload's functions. While a
+transition runs, every function of the payload runs a *dispatcher*: each call looks at
+its own call stack (which, in a resumed generator or coroutine, includes that frame)
+and runs the old version if any frame there runs old code of the payload, else the new
+one. The transition completes when no thread stack and no suspended generator,
+coroutine or async generator runs old code of the payload; then one pause installs the
+new code directly, so the steady state costs nothing. Checks happen at growing
+intervals (1 ms up to 1 s).
+
+Once no old frame exists anywhere, none can appear again: the dispatchers only pick the
+old version for a call made from an old frame. So the check and the final pause need
+not be atomic together.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+import types
+from collections.abc import Iterator
+from typing import Any
+
+from ..payload.fingerprint import nested_code
+from .compile import FunctionTarget, trampoline_code
+
+Triple = tuple[types.CodeType, Any, Any]
+_SUSPENDABLE = (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)
+
+
+class Dispatch:
+    """Per function: which version a call gets, by its stack."""
+
+    __slots__ = ("transition", "old", "new")
+
+    def __init__(
+        self, transition: Transition, old: types.FunctionType, new: types.FunctionType
+    ) -> None:
+        self.transition = transition
+        self.old = old
+        self.new = new
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        old_ids = self.transition.old_ids
+        frame: types.FrameType | None = sys._getframe(2)  # skip this and the dispatcher
+        while frame is not None:
+            if id(frame.f_code) in old_ids:
+                return self.old(*args, **kwargs)
+            frame = frame.f_back
+        return self.new(*args, **kwargs)
+
+
+def _impl(fn: types.FunctionType, triple: Triple) -> types.FunctionType:
+    code, defaults, kwdefaults = triple
+    impl = types.FunctionType(code, fn.__globals__, fn.__name__, defaults, fn.__closure__)
+    impl.__kwdefaults__ = kwdefaults
+    impl.__qualname__ = fn.__qualname__
+    impl.__module__ = fn.__module__
+    return impl
+
+
+class Transition:
+    """One payload's functions moving from ``source`` to ``target`` triples."""
+
+    def __init__(self, pairs: list[tuple[types.FunctionType, Triple, Triple]]) -> None:
+        self.pairs = pairs
+        self.old_ids: set[int] = set()
+        self._keep: list[types.CodeType] = []  # keeps the ids in old_ids alive
+        self.dispatchers: list[Dispatch] = []
+        self.dispatch_codes: list[types.CodeType] = []
+        for fn, source, target in pairs:
+            old, new = _impl(fn, source), _impl(fn, target)
+            d = Dispatch(self, old, new)
+            self.dispatchers.append(d)
+            self.dispatch_codes.append(_dispatcher_code(fn, source[0], d))
+        self._set_old([source for _, source, _ in pairs])
+
+    def _set_old(self, triples: list[Triple]) -> None:
+        codes = [c for t in triples for c in nested_code(t[0])]
+        for c in list(codes):  # a trampoline's real replacement runs as a constant
+            for const in c.co_consts:
+                if isinstance(const, types.FunctionType):
+                    codes.extend(nested_code(const.__code__))
+        self._keep = codes
+        self.old_ids = {id(c) for c in codes}
+
+    def reverse(self) -> None:
+        """Go back: calls from new frames keep the new version, others get the old."""
+        for d in self.dispatchers:
+            d.old, d.new = d.new, d.old
+        self.pairs = [(fn, target, source) for fn, source, target in self.pairs]
+        self._set_old([source for _, source, _ in self.pairs])
+
+    def start_triples(self) -> list[tuple[types.FunctionType, Triple]]:
+        """What the first pause installs: the dispatchers."""
+        return [
+            (fn, (code, None, None))
+            for (fn, _, _), code in zip(self.pairs, self.dispatch_codes, strict=True)
+        ]
+
+    def final_triples(self) -> list[tuple[types.FunctionType, Triple]]:
+        return [(fn, target) for fn, _, target in self.pairs]
+
+    def blockers(self) -> list[str]:
+        """Threads and suspended generators/coroutines still running old code."""
+        found: list[str] = []
+        names = {t.ident: t.name for t in threading.enumerate()}
+        for tid, top in sys._current_frames().items():
+            f: types.FrameType | None = top
+            while f is not None:
+                if id(f.f_code) in self.old_ids:
+                    found.append(f"thread {names.get(tid, '?')!r} (id {tid}) in {_where(f)}")
+                    break
+                f = f.f_back
+        if found:
+            return found
+        found.extend(_describe_suspended(obj) for obj in _suspended(self.old_ids))
+        return found
+
+
+def _dispatcher_code(fn: types.FunctionType, source: types.CodeType, d: Dispatch) -> types.CodeType:
+    """A code object with ``(*args, **kwargs)``, the function's free variables and its
+    kind that calls ``d``: a coroutine awaits, a generator delegates, so the choice is
+    made when the call actually starts running, on the stack that runs it. (An async
+    generator function is dispatched when it is called.)"""
+    kind = source.co_flags & (0x20 | 0x80)
+    if kind & 0x80:
+        src = f"async def {source.co_name}(*args, **kwargs):\n    pass\n"
+    elif kind & 0x20:
+        src = f"def {source.co_name}(*args, **kwargs):\n    yield\n"
+    else:
+        src = f"def {source.co_name}(*args, **kwargs):\n    pass\n"
+    shape = next(
+        c
+        for c in compile(src, "<pylivepatch dispatcher>", "exec").co_consts
+        if isinstance(c, types.CodeType)
+    )
+    module = sys.modules.get(fn.__module__) or types.ModuleType(fn.__module__)
+    target = FunctionTarget(f"{fn.__module__}:{fn.__qualname__}", module, fn, [])
+    return trampoline_code(target, shape, d)  # type: ignore[arg-type]
+
+
+def _where(frame: types.FrameType) -> str:
+    code = frame.f_code
+    qual = getattr(code, "co_qualname", code.co_name)
+    module = frame.f_globals.get("__name__", "?")
+    return f"{module}:{qual} ({code.co_filename}:{frame.f_lineno})"
+
+
+def _suspended(old_ids: set[int]) -> Iterator[Any]:
+    for obj in gc.get_objects():
+        if isinstance(obj, _SUSPENDABLE):
+            frame = (
+                getattr(obj, "gi_frame", None)
+                or getattr(obj, "cr_frame", None)
+                or getattr(obj, "ag_frame", None)
+            )
+            if frame is not None and id(frame.f_code) in old_ids:
+                yield obj
+
+
+def _describe_suspended(obj: Any) -> str:
+    frame = (
+        getattr(obj, "gi_frame", None)
+        or getattr(obj, "cr_frame", None)
+        or getattr(obj, "ag_frame", None)
+    )
+    kind = type(obj).__name__
+    where = _where(frame) if frame is not None else "?"
+    task = _task_of(obj)
+    return f"{'asyncio task ' + repr(task) + ' ' if task else ''}{kind} suspended in {where}"
+
+
+def _task_of(coro: Any) -> str | None:
+    """The name of the asyncio task whose coroutine chain holds ``coro``, if any."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return None
+    for obj in gc.get_objects():
+        if isinstance(obj, asyncio.Task):
+            c = obj.get_coro()
+            for _ in range(100):
+                if c is coro:
+                    return str(obj.get_name())
+                c = getattr(c, "cr_await", None) or getattr(c, "gi_yieldfrom", None)
+                if c is None:
+                    break
+    return None
