@@ -190,6 +190,110 @@ def pauses(
     return results, stall
 
 
+# --- (d) transitions -------------------------------------------------------------------
+
+
+def transitions(root: Path, threads: int, rounds: int, number: int) -> dict[str, float]:
+    """Time to complete a transition under load, and call costs during and after it."""
+    mod = write_module(
+        root,
+        "bench_tr",
+        """
+        def leaf(x):
+            return x + 1
+
+        def outer(x):
+            return leaf(x) + 1
+
+        def hold():
+            yield 1
+            yield 2
+        """,
+    )
+    src = root / "bench_tr_fix.py"
+    src.write_text(
+        textwrap.dedent(
+            """
+            import pylivepatch as lp
+            patch = lp.Patch("bench-tr")
+
+            @patch.function("bench_tr:leaf")
+            def leaf(x):
+                return x + 1
+
+            @patch.function("bench_tr:outer")
+            def outer(x):
+                return leaf(x) + 1
+
+            @patch.function("bench_tr:hold")
+            def hold():
+                yield 1
+                yield 2
+            """
+        )
+    )
+    data = pack(src).data
+    e = lp.engine()
+    out: dict[str, float] = {}
+
+    # Completion time with `threads` threads calling the patched functions non-stop.
+    stop = threading.Event()
+
+    def spin() -> None:
+        f = mod.outer
+        while not stop.is_set():
+            f(1)
+
+    workers = [threading.Thread(target=spin, daemon=True) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    times = []
+    e.upload("bench-tr", data)
+    for _ in range(rounds):
+        since = e.history()[-1].seq
+        e.apply("bench-tr", timeout=60)
+        done = [ev for ev in e.history(since) if ev.kind == "transition-complete"]
+        times.append(done[-1].detail["elapsed_ns"])
+        e.revert("bench-tr", timeout=60)
+    stop.set()
+    for w in workers:
+        w.join()
+    out["completion median ms"] = statistics.median(times) / 1e6
+    out["completion max ms"] = max(times) / 1e6
+
+    # Call cost during a transition (held open by a generator suspended in old code)
+    # and after it completed, against a function never patched.
+    plain = write_module(
+        root,
+        "bench_tr_plain",
+        "def leaf(x):\n    return x + 1\n\ndef outer(x):\n    return leaf(x) + 1\n",
+    ).outer
+    g = mod.hold()
+    next(g)
+    applier = threading.Thread(target=lambda: e.apply("bench-tr", timeout=60))
+    applier.start()
+    while not (e.status("bench-tr").in_progress or {}).get("blockers"):
+        time.sleep(0.001)
+
+    def timer(f: object) -> float:
+        best = min(timeit.repeat("f(1)", globals={"f": f}, number=number, repeat=rounds))
+        return best / number * 1e9
+
+    out["call during transition ns"] = timer(mod.outer)
+    out["call never patched ns"] = timer(plain)
+    list(g)
+    applier.join()
+    best_after, best_plain = float("inf"), float("inf")
+    for _ in range(rounds):
+        best_after = min(best_after, timer(mod.outer))
+        best_plain = min(best_plain, timer(plain))
+    out["call after completion ns"] = best_after
+    out["call never patched (again) ns"] = best_plain
+    e.revert("bench-tr", consistency="immediate")
+    e.unload("bench-tr")
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (about 15 s)")
@@ -228,6 +332,17 @@ def main() -> int:
                 "     own length to the switch interval. Gaps during the actions also include garbage\n"
                 "     collections that the actions' allocations trigger.)"
             )
+            tr = transitions(root, 32, 5 if args.quick else 15, number // 10)
+            print("\n(d) transitions (32 threads calling the patched functions in a tight loop)")
+            print(
+                f"    completion, median / max             {tr['completion median ms']:.1f} / {tr['completion max ms']:.1f} ms"
+            )
+            print(
+                f"    a call during a transition           {tr['call during transition ns']:.0f} ns (never patched: {tr['call never patched ns']:.0f} ns)"
+            )
+            print(
+                f"    a call after it completed            {tr['call after completion ns']:.1f} ns (never patched: {tr['call never patched (again) ns']:.1f} ns)"
+            )
         finally:
             sys.path.remove(tmp)
     ratio = costs["patched in place"] / base
@@ -238,6 +353,13 @@ def main() -> int:
     )
     print(
         f"    pause, 1,000 functions (max) {p1000 / 1e6:.3f} ms  goal <= 1 ms   {'PASS' if p1000 <= 1e6 else 'MISS'}"
+    )
+    after = tr["call after completion ns"] / tr["call never patched (again) ns"]
+    print(
+        f"    transition completion (median) {tr['completion median ms']:.1f} ms  goal <= 100 ms {'PASS' if tr['completion median ms'] <= 100 else 'MISS'}"
+    )
+    print(
+        f"    after completion / never       x{after:.3f}   goal <= 1.02   {'PASS' if after <= 1.02 else 'MISS'}"
     )
     extra = stall["gap containing a pause"] - stall["gap, main thread busy"]
     print(

@@ -73,6 +73,7 @@ from .transition import Transition
 
 DEFAULT_TIMEOUT = {"transition": 10.0, "atomic": 1.0, "immediate": 0.0}
 LATE_IMPORT_WAIT = 30.0  # seconds an import waits for a running action to end
+TRANSITION_SWITCH_INTERVAL = 0.0005  # seconds; see Engine._transition
 
 
 class Engine:
@@ -1268,6 +1269,30 @@ class Engine:
         act.emit(
             "transition", direction="patching" if data_first else "unpatching", funcs=len(pairs)
         )
+        # A thread preempted inside old code must get the GIL back to leave it: with many
+        # busy threads a round of the default 5 ms switch interval takes long, so the
+        # interval is shortened while the transition waits (and restored after).
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, TRANSITION_SWITCH_INTERVAL))
+        try:
+            return self._wait_transition(
+                act, ops, trans, undo_data, data, first, data_first, limit, force
+            )
+        finally:
+            sys.setswitchinterval(interval)
+
+    def _wait_transition(
+        self,
+        act: _Act,
+        ops: pause.Ops,
+        trans: Transition,
+        undo_data: pause.Ops,
+        data: pause.Ops,
+        first: pause.PauseResult,
+        data_first: bool,
+        limit: float,
+        force: bool,
+    ) -> pause.PauseResult:
         progress = self._progress[act.name]
         t0 = time.monotonic()
         deadline, delay, reversed_ = t0 + limit, 0.001, False

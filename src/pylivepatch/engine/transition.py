@@ -21,13 +21,14 @@ import sys
 import threading
 import types
 from collections.abc import Iterator
+from itertools import compress
 from typing import Any
 
 from ..payload.fingerprint import nested_code
 from .compile import FunctionTarget, trampoline_code
 
 Triple = tuple[types.CodeType, Any, Any]
-_SUSPENDABLE = (types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType)
+_SUSPENDABLE_TYPES = frozenset({types.GeneratorType, types.CoroutineType, types.AsyncGeneratorType})
 
 
 class Dispatch:
@@ -150,15 +151,20 @@ def _where(frame: types.FrameType) -> str:
 
 
 def _suspended(old_ids: set[int]) -> Iterator[Any]:
-    for obj in gc.get_objects():
-        if isinstance(obj, _SUSPENDABLE):
-            frame = (
-                getattr(obj, "gi_frame", None)
-                or getattr(obj, "cr_frame", None)
-                or getattr(obj, "ag_frame", None)
-            )
-            if frame is not None and id(frame.f_code) in old_ids:
-                yield obj
+    # The heap can hold millions of objects: pick the generators and coroutines out of
+    # it in one C-level pass (compress/map/type), not a Python loop that every other
+    # thread would interrupt.
+    objects = gc.get_objects()
+    found = list(compress(objects, map(_SUSPENDABLE_TYPES.__contains__, map(type, objects))))
+    del objects
+    for obj in found:
+        frame = (
+            getattr(obj, "gi_frame", None)
+            or getattr(obj, "cr_frame", None)
+            or getattr(obj, "ag_frame", None)
+        )
+        if frame is not None and id(frame.f_code) in old_ids:
+            yield obj
 
 
 def _describe_suspended(obj: Any) -> str:
