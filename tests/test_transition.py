@@ -205,3 +205,33 @@ def test_revert_runs_the_model_backwards(lab, pair):
     list(g)
     t.join(20)
     assert result["r"].state == "CHECKED" and pair.process([1])[0] == "v1"
+
+
+def test_revert_during_the_transition_reverses_it(lab, pair):
+    """Kernel semantics: disabling a patch in transition reverses the transition."""
+    g = pair.gen()
+    next(g)  # holds the transition open
+    lab.engine.upload("pair-v2", lab.pack(FIX))
+    funcs = [pair.fmt, pair.process, pair.step, pair.handle, pair.gen]
+    before = snapshot(*funcs, pair)
+    outcome = {}
+
+    def applier():
+        try:
+            lab.engine.apply("pair-v2", timeout=30)
+        except LivepatchError as exc:
+            outcome["error"] = exc
+
+    t = threading.Thread(target=applier)
+    t.start()
+    for _ in range(500):
+        st = lab.engine.status("pair-v2")
+        if st.in_progress and st.in_progress.get("transition"):
+            break
+        time.sleep(0.01)
+    result = lab.engine.revert("pair-v2")
+    t.join(30)
+    assert result.state == "CHECKED" and "reversed" in result.message
+    assert outcome["error"].code == "vetoed" and "reversed" in outcome["error"].message
+    assert_identical(before, snapshot(*funcs, pair))
+    del g

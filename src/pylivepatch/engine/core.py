@@ -90,6 +90,7 @@ class Engine:
         self._progress: dict[str, dict[str, Any]] = {}
         self._sources: dict[str, tuple[tuple[str, int, int], ModuleSource]] = {}
         self._owner: int | None = None  # thread running an action
+        self._reverse_requests: dict[str, bool] = {}
         self._late = LateImportHook(self._wants_module, self._module_imported)
 
     # --- queries ------------------------------------------------------------------
@@ -622,7 +623,16 @@ class Engine:
         force: bool = False,
         consistency: str | None = None,
     ) -> ActionResult:
-        """Make an ``APPLIED`` payload's code stop running; it stays ``CHECKED``."""
+        """Make an ``APPLIED`` payload's code stop running; it stays ``CHECKED``.
+
+        A revert of a payload whose apply is still in its transition reverses that
+        transition (Linux semantics) and returns once it is back."""
+        progress = self._progress.get(name)
+        if progress is not None and progress.get("action") == "apply" and "transition" in progress:
+            result = self._reverse_running(name)
+            if result.state != str(State.APPLIED):
+                return result
+            # the transition completed before it saw the request: revert as usual
         with self._action(Action.REVERT, name) as act:
             rec = self._get(name)
             try:
@@ -816,6 +826,19 @@ class Engine:
                 "invalid-payload", f"unknown action {verb!r}; actions are {', '.join(verbs)}"
             )
         return verbs[verb](name, **options)
+
+    def _reverse_running(self, name: str) -> ActionResult:
+        t0 = time.perf_counter_ns()
+        self._reverse_requests[name] = True
+        self._history.emit("revert", name, "note", message="reversing the running transition")
+        while self._progress.get(name, {}).get("action") == "apply":
+            time.sleep(0.001)
+        self._reverse_requests.pop(name, None)
+        state = str(self._get(name).state)  # APPLIED if it completed before seeing us
+        return ActionResult(
+            "revert", name, state, False, "the transition was reversed",
+            0, time.perf_counter_ns() - t0, "transition",
+        )  # fmt: skip
 
     # --- helpers --------------------------------------------------------------------
 
@@ -1297,6 +1320,7 @@ class Engine:
         t0 = time.monotonic()
         deadline, delay, reversed_ = t0 + limit, 0.001, False
         first_blockers: builtins.list[str] = []
+        cancelled = False
         while True:
             blockers = trans.blockers()
             progress.update(
@@ -1308,6 +1332,12 @@ class Engine:
             )
             if not blockers:
                 break
+            if not reversed_ and self._reverse_requests.pop(act.name, False):
+                act.emit("reversing", reason="revert requested during the transition")
+                first_blockers, cancelled = ["a revert of the payload during its transition"], True
+                trans.reverse()
+                reversed_, deadline = True, time.monotonic() + limit
+                continue
             if time.monotonic() >= deadline:
                 if force and not reversed_:
                     act.emit("forced", blockers=blockers)
@@ -1338,6 +1368,12 @@ class Engine:
         result = pause.run(final, None)
         if reversed_:
             act.emit("transition-reversed")
+            if cancelled:
+                raise LivepatchError(
+                    "vetoed",
+                    f"{act.action} {act.name}: a revert during the transition reversed it; "
+                    "nothing changed",
+                )
             raise LivepatchError(
                 "timeout",
                 f"{act.action} {act.name}: the transition did not complete within {limit:g}s and was "
