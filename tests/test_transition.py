@@ -235,3 +235,40 @@ def test_revert_during_the_transition_reverses_it(lab, pair):
     assert outcome["error"].code == "vetoed" and "reversed" in outcome["error"].message
     assert_identical(before, snapshot(*funcs, pair))
     del g
+
+
+def test_a_blocking_asyncio_task_is_named(lab, pair):
+    """The timeout names an asyncio task whose coroutine is suspended in old code."""
+    ready, release = threading.Event(), threading.Event()
+    loop = asyncio.new_event_loop()
+
+    async def waiter():
+        return await pair.handle([1])
+
+    async def main():
+        original_sleep = asyncio.sleep
+
+        async def slow_sleep(delay):  # park the task inside handle() (old code)
+            ready.set()
+            while not release.is_set():
+                await original_sleep(0.01)
+
+        pair.asyncio = type("A", (), {"sleep": staticmethod(slow_sleep)})
+        try:
+            await asyncio.create_task(waiter(), name="checkout-42")
+        finally:
+            pair.asyncio = asyncio
+
+    t = threading.Thread(target=lambda: loop.run_until_complete(main()))
+    t.start()
+    try:
+        assert ready.wait(10)
+        lab.engine.upload("pair-v2", lab.pack(FIX))
+        with pytest.raises(LivepatchError) as err:
+            lab.engine.apply("pair-v2", timeout=0.2)
+        assert err.value.code == "timeout"
+        assert "asyncio task 'checkout-42'" in err.value.message and "handle" in err.value.message
+    finally:
+        release.set()
+        t.join(10)
+        loop.close()
