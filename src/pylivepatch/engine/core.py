@@ -629,9 +629,9 @@ class Engine:
         transition (Linux semantics) and returns once it is back."""
         progress = self._progress.get(name)
         if progress is not None and progress.get("action") == "apply" and "transition" in progress:
-            result = self._reverse_running(name)
-            if result.state != str(State.APPLIED):
-                return result
+            reversal = self._reverse_running(name)
+            if reversal.state != str(State.APPLIED):
+                return reversal
             # the transition completed before it saw the request: revert as usual
         with self._action(Action.REVERT, name) as act:
             rec = self._get(name)
