@@ -210,27 +210,29 @@ def transitions(root: Path, threads: int, rounds: int, number: int) -> dict[str,
             yield 2
         """,
     )
+    body = """
+        import pylivepatch as lp
+        patch = lp.Patch("{name}")
+
+        @patch.function("bench_tr:leaf")
+        def leaf(x):
+            return x + 1
+
+        @patch.function("bench_tr:outer")
+        def outer(x):
+            return leaf(x) + 1
+        """
+    hold = """
+        @patch.function("bench_tr:hold")
+        def hold():
+            yield 1
+            yield 2
+        """
     src = root / "bench_tr_fix.py"
-    src.write_text(
-        textwrap.dedent(
-            """
-            import pylivepatch as lp
-            patch = lp.Patch("bench-tr")
-
-            @patch.function("bench_tr:leaf")
-            def leaf(x):
-                return x + 1
-
-            @patch.function("bench_tr:outer")
-            def outer(x):
-                return leaf(x) + 1
-
-            @patch.function("bench_tr:hold")
-            def hold():
-                yield 1
-                yield 2
-            """
-        )
+    src.write_text(textwrap.dedent(body).replace("{name}", "bench-tr"))
+    held = root / "bench_tr_held.py"
+    held.write_text(
+        textwrap.dedent(body).replace("{name}", "bench-tr-held") + textwrap.dedent(hold)
     )
     data = pack(src).data
     e = lp.engine()
@@ -268,11 +270,13 @@ def transitions(root: Path, threads: int, rounds: int, number: int) -> dict[str,
         "bench_tr_plain",
         "def leaf(x):\n    return x + 1\n\ndef outer(x):\n    return leaf(x) + 1\n",
     ).outer
+    e.unload("bench-tr")
+    e.upload("bench-tr-held", pack(held).data)
     g = mod.hold()
     next(g)
-    applier = threading.Thread(target=lambda: e.apply("bench-tr", timeout=60))
+    applier = threading.Thread(target=lambda: e.apply("bench-tr-held", timeout=60))
     applier.start()
-    while not (e.status("bench-tr").in_progress or {}).get("blockers"):
+    while not (e.status("bench-tr-held").in_progress or {}).get("blockers"):
         time.sleep(0.001)
 
     def timer(f: object) -> float:
@@ -289,8 +293,8 @@ def transitions(root: Path, threads: int, rounds: int, number: int) -> dict[str,
         best_plain = min(best_plain, timer(plain))
     out["call after completion ns"] = best_after
     out["call never patched (again) ns"] = best_plain
-    e.revert("bench-tr", consistency="immediate")
-    e.unload("bench-tr")
+    e.revert("bench-tr-held", consistency="immediate")
+    e.unload("bench-tr-held")
     return out
 
 

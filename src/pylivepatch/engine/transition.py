@@ -86,6 +86,9 @@ class Transition:
                     codes.extend(nested_code(const.__code__))
         self._keep = codes
         self.old_ids = {id(c) for c in codes}
+        # Only code with generator, coroutine or async-generator flags can be suspended:
+        # without any, the heap need not be searched for suspended frames.
+        self.suspendable = any(c.co_flags & (0x20 | 0x80 | 0x100 | 0x200) for c in codes)
 
     def reverse(self) -> None:
         """Go back: calls from new frames keep the new version, others get the old."""
@@ -117,7 +120,8 @@ class Transition:
                 f = f.f_back
         if found:
             return found
-        found.extend(_describe_suspended(obj) for obj in _suspended(self.old_ids))
+        if self.suspendable:
+            found.extend(_describe_suspended(obj) for obj in _suspended(self.old_ids))
         return found
 
 
