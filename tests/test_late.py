@@ -51,11 +51,13 @@ def test_applies_when_the_module_is_imported(lab, late_source):
     assert hook_installed(e)
     mod = importlib.import_module(lab.name("late"))
     assert mod.price(2) == 5
-    assert e.status("late-fix").pending == () and not hook_installed(e)
+    assert e.status("late-fix").pending == ()
+    assert hook_installed(e), "still there while applied: it catches reloads of patched modules"
     assert [f.applied for f in e.status("late-fix").funcs] == [True]
     e.revert("late-fix")
     assert mod.price(2) == 4
     assert mod.price.__code__ is e.original_code(mod.price)
+    assert not hook_installed(e), "nothing on the import path once nothing is applied"
 
 
 def test_a_module_with_other_code_is_refused_at_import(lab, late_source):
@@ -111,4 +113,37 @@ def test_a_module_imported_between_upload_and_apply_is_patched_at_apply(lab, lat
     assert mod.price(2) == 4
     e.apply("late-fix")
     assert mod.price(2) == 5 and e.status("late-fix").pending == ()
-    assert not hook_installed(e)
+
+
+def test_reload_reapplies_to_the_new_function_objects(lab):
+    mod = lab.module("late", TARGET)
+    e = lab.engine
+    old_price = mod.price
+    before = snapshot(old_price)
+    e.load(lab.pack(FIX))
+    importlib.reload(mod)
+    assert mod.price is not old_price, "reload made a new function object"
+    assert mod.price(2) == 5 and old_price(2) == 5, "both the new and the old object are patched"
+    new_price = mod.price
+    e.revert("late-fix")
+    assert new_price(2) == 4 and old_price(2) == 4
+    assert_identical(before, snapshot(old_price))
+    e.apply("late-fix")  # the old plans are stale, not a reason to refuse
+    assert mod.price(2) == 5
+
+
+def test_a_reload_of_other_code_is_refused_and_leaves_the_module_patched(lab):
+    mod = lab.module("late", TARGET)
+    e = lab.engine
+    e.load(lab.pack(FIX))
+    patched = mod.price
+    (lab.root / f"{lab.name('late')}.py").write_text(
+        textwrap.dedent(TARGET).replace("x * RATE", "x * RATE * 10") + "\nNEW = 1\n"
+    )
+    importlib.invalidate_caches()
+    with pytest.raises(ImportError) as err:
+        importlib.reload(mod)
+    msg = str(err.value)
+    assert "late-fix" in msg and ("dependency-mismatch" in msg or "expectation-failed" in msg)
+    assert "keeps its patched code" in msg
+    assert mod.price is patched and mod.price(2) == 5 and not hasattr(mod, "NEW")

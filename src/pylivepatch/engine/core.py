@@ -91,6 +91,8 @@ class Engine:
         self._sources: dict[str, tuple[tuple[str, int, int], ModuleSource]] = {}
         self._owner: int | None = None  # thread running an action
         self._reverse_requests: dict[str, bool] = {}
+        self._waited: frozenset[str] = frozenset()  # modules applied payloads wait for
+        self._patched_modules: frozenset[str] = frozenset()  # modules applied payloads patch
         self._late = LateImportHook(self._wants_module, self._module_imported)
 
     # --- queries ------------------------------------------------------------------
@@ -547,6 +549,8 @@ class Engine:
 
     def _check_still_there(self, rec: Record) -> None:
         for plan in rec.funcs:
+            if plan.stale:
+                continue
             now = resolve_function(plan.entry.target)
             if now.func is not plan.target.func:
                 raise LivepatchError(
@@ -890,14 +894,19 @@ class Engine:
 
     # --- objects imported later ------------------------------------------------------
 
-    def _wants_module(self, name: str) -> bool:
-        return any(
-            r.state is State.APPLIED and name in r.pending for r in list(self._payloads.values())
-        )
+    def _wants_module(self, name: str, reloading: bool) -> bool:
+        return name in self._waited or (reloading and name in self._patched_modules)
 
     def _sync_import_hook(self) -> None:
-        """The import hook is on sys.meta_path exactly while an applied payload waits."""
-        if any(r.state is State.APPLIED and r.pending for r in self._payloads.values()):
+        """The import hook is on sys.meta_path exactly while a payload is applied; the
+        sets it consults are refreshed here, after every action."""
+        applied = self._applied()
+        self._waited = frozenset(m for r in applied for m in r.pending)
+        self._patched_modules = frozenset(
+            {p.target.module.__name__ for r in applied for p in r.funcs}
+            | {d.target.module.__name__ for r in applied for d in r.data}
+        )
+        if applied:
             self._late.install()
         else:
             self._late.remove()
@@ -923,17 +932,28 @@ class Engine:
                 self._owner = None
                 self._lock.release()
 
-    def _apply_late(self, module: types.ModuleType) -> None:
+    def _apply_late(self, module: types.ModuleType, reloading: bool = False) -> None:
+        """Apply payloads to a module that was just imported (it was pending) or
+        reloaded (its functions are new objects; the old ones stay patched)."""
         name = module.__name__
-        waiting = [r for r in self._applied() if name in r.pending]
+        applied = self._applied()
+        waiting = [r for r in applied if name in r.pending]
+        if not waiting:  # a reload
+            self._reapply(module, applied)
+            return
         prepared: builtins.list[
             tuple[Record, builtins.list[FuncPlan], builtins.list[DataPlan], _Act]
         ] = []
 
         def refuse(rec: Record, exc: LivepatchError) -> ImportError:
+            outcome = (
+                "the reload is refused and the module keeps its patched code"
+                if reloading
+                else "the module is not imported"
+            )
             return ImportError(
                 f"pylivepatch: payload {rec.name} refuses module {name}: {exc.message} "
-                f"({exc.code}); the module is not imported",
+                f"({exc.code}); {outcome}",
                 name=name,
             )
 
@@ -993,6 +1013,36 @@ class Engine:
             act.emit("swapped", funcs=len(funcs), data=len(data), pause_ns=result.pause_ns)
         for rec, ctx, act in ready:
             self._post(act, rec.hooks.get("post_apply"), "post_apply", ctx, 0)
+
+    def _reapply(self, module: types.ModuleType, applied: builtins.list[Record]) -> None:
+        """``importlib.reload`` ran the module's code again: its functions are new
+        objects. Patch them like a module imported later; the old objects stay patched
+        (other references may hold them) and their plans are marked stale. Attributes a
+        payload set are set again over what the reload assigned."""
+        name = module.__name__
+        old: dict[int, builtins.list[FuncPlan]] = {}
+        for rec in applied:
+            plans = [p for p in rec.funcs if not p.stale and _module_of(p.entry.target) == name]
+            if plans:
+                old[id(rec)] = plans
+                rec.pending[name] = (list({p.entry.target: p.entry for p in plans}.values()), [])
+        try:
+            self._apply_late(module, reloading=True)
+        finally:
+            for rec in applied:
+                rec.pending.pop(name, None)
+        for rec in applied:
+            for plan in old.get(id(rec), []):
+                if any(p is not plan and p.entry is plan.entry and not p.stale for p in rec.funcs):
+                    plan.stale = True
+        ops = pause.Ops()
+        for dslot in list(self._data.values()):
+            if dslot.holder is module and dslot.stack:
+                fresh = module.__dict__.get(dslot.name, ABSENT)
+                if dslot.original is not ABSENT and fresh is not dslot.stack[-1][1]:
+                    dslot.original = fresh  # what the reloaded code defines
+                data_ops(ops, dslot, dslot.stack[-1][1])
+        pause.run(ops, None)
 
     def _adopt_imported(self, rec: Record) -> None:
         """Modules a payload waited for that were imported before it was applied are

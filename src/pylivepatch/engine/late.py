@@ -1,13 +1,15 @@
-"""Objects imported later (SPEC §5, Linux ``klp_module_coming``).
+"""Objects imported later and reloaded (SPEC §5, Linux ``klp_module_coming``).
 
-A payload may target a module the process has not imported yet. While an applied
-payload waits for such a module — and only then — a finder sits first on
-``sys.meta_path``; for a module some payload waits for it lets the other finders find
-it, wraps the loader, and after the module's code has run (before the importer sees the
-module) hands it to the engine, which applies the waiting payloads to it: expectations,
+A payload may target a module the process has not imported yet. While a payload is
+applied, a finder sits first on ``sys.meta_path``. It answers only for a module an
+applied payload waits for, or for ``importlib.reload`` of a module a payload patches
+(for any other import it costs one set lookup). It lets the other finders find the
+module, wraps the loader, and after the module's code has run (before the importer sees
+the module) hands it to the engine, which applies the payloads to it: expectations,
 hooks and one pause, as for any apply. If a payload refuses the module (its code is not
 what the payload expects, or a pre hook vetoes), the import fails with ``ImportError``
-naming the payload: known-unpatched code never runs.
+naming the payload: known-unpatched code never runs. A refused reload also puts the
+module's namespace back as it was, still patched.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from typing import Any
 
 
 class LateImportHook:
-    """The finder; ``wants(name)`` and ``imported(module)`` come from the engine."""
+    """The finder; ``wants(name, reloading)`` and ``imported(module)`` come from the engine."""
 
     def __init__(
-        self, wants: Callable[[str], bool], imported: Callable[[types.ModuleType], None]
+        self,
+        wants: Callable[[str, bool], bool],
+        imported: Callable[[types.ModuleType], None],
     ) -> None:
         self.wants = wants
         self.imported = imported
@@ -34,7 +38,8 @@ class LateImportHook:
         path: Sequence[str] | None = None,
         target: types.ModuleType | None = None,
     ) -> ModuleSpec | None:
-        if not self.wants(fullname):
+        reloading = target is not None  # importlib.reload passes the module being reloaded
+        if not self.wants(fullname, reloading):
             return None
         for finder in list(sys.meta_path):
             if finder is self or not hasattr(finder, "find_spec"):
@@ -45,7 +50,7 @@ class LateImportHook:
         else:
             return None
         if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _PatchingLoader(spec.loader, self.imported)  # type: ignore[assignment]
+            spec.loader = _PatchingLoader(spec.loader, self.imported, reloading)  # type: ignore[assignment]
         return spec
 
     def install(self) -> None:
@@ -60,17 +65,29 @@ class LateImportHook:
 class _PatchingLoader:
     """The module's own loader, plus the engine's turn right after the code has run."""
 
-    def __init__(self, loader: Any, imported: Callable[[types.ModuleType], None]) -> None:
+    def __init__(
+        self, loader: Any, imported: Callable[[types.ModuleType], None], reloading: bool
+    ) -> None:
         self._loader = loader
         self._imported = imported
+        self._reloading = reloading
 
     def create_module(self, spec: ModuleSpec) -> types.ModuleType | None:
         create = getattr(self._loader, "create_module", None)
         return create(spec) if create is not None else None
 
     def exec_module(self, module: types.ModuleType) -> None:
+        # A reload runs the new code in the module's own namespace: keep what was there,
+        # so that a refused reload leaves the module exactly as it was (still patched).
+        saved = dict(module.__dict__) if self._reloading else None
         self._loader.exec_module(module)
-        self._imported(module)
+        try:
+            self._imported(module)
+        except BaseException:
+            if saved is not None:
+                module.__dict__.clear()
+                module.__dict__.update(saved)
+            raise
 
     def __getattr__(self, name: str) -> Any:  # get_code, get_source, is_package, ...
         return getattr(self._loader, name)

@@ -27,6 +27,7 @@ class FuncPlan:
     entry: FuncEntry
     target: FunctionTarget
     variant: Variant
+    stale: bool = False  # its module was reloaded: the module now holds another function
 
 
 @dataclass
