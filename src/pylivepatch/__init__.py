@@ -6,6 +6,8 @@ these names only.
 
 from __future__ import annotations
 
+from .agent import start
+from .client import Client
 from .engine import (
     ActionResult,
     Engine,
@@ -23,6 +25,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActionResult",
+    "Client",
     "Engine",
     "Event",
     "FuncStatus",
@@ -33,4 +36,5 @@ __all__ = [
     "__version__",
     "engine",
     "shadow",
+    "start",
 ]

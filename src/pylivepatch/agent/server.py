@@ -1,0 +1,197 @@
+"""The agent inside a target process: a control socket over the engine (SPEC §9).
+
+One thread blocks in ``accept`` (no polling: an idle agent costs nothing but that
+thread); each connection gets a short-lived thread with a read timeout, so a slow or
+silent client never holds up another. Peers are checked with ``SO_PEERCRED``: only the
+process's own user and root are served; anyone else is refused and logged. The
+directory is 0700 and the socket 0600. The engine stays sans-IO: this module only
+translates messages into engine calls and results into JSON.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import logging
+import os
+import socket
+import stat
+import struct
+import threading
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from ..engine import engine
+from ..errors import LivepatchError
+from . import protocol
+
+log = logging.getLogger("pylivepatch.agent")
+
+_agent: Agent | None = None
+_agent_lock = threading.Lock()
+
+
+def _peer(sock: socket.socket) -> tuple[int, int]:
+    """(pid, uid) of the peer of a Unix socket."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return pid, uid
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _prepare_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = path.stat()
+    if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        raise LivepatchError(
+            "permission-denied",
+            f"socket directory {path} must belong to uid {os.getuid()} with mode 0700 "
+            f"(it has uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})",
+        )
+
+
+class Agent:
+    """The control socket of this process."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.path = protocol.socket_path(self.pid)
+        _prepare_dir(self.path.parent)
+        if self.path.exists():
+            self.path.unlink()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            self.sock.bind(str(self.path))
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+        self.sock.listen(64)
+        self.thread = threading.Thread(target=self._serve, name="pylivepatch-agent", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        finally:
+            if os.getpid() == self.pid:
+                try:
+                    self.path.unlink()
+                except FileNotFoundError:
+                    pass
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(
+                target=self._handle, args=(conn,), name="pylivepatch-conn", daemon=True
+            ).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            pid, uid = _peer(conn)
+            if uid not in (os.getuid(), 0):
+                log.warning("refused a control connection from pid %s uid %s", pid, uid)
+                self._send(
+                    conn,
+                    {
+                        "ok": False,
+                        "error": _error(
+                            LivepatchError(
+                                "permission-denied",
+                                f"uid {uid} may not control this process (uid {os.getuid()})",
+                            )
+                        ),
+                    },
+                )
+                return
+            conn.settimeout(protocol.READ_TIMEOUT)
+            while True:
+                try:
+                    request = protocol.receive(conn)
+                except (protocol.ProtocolError, OSError) as exc:
+                    self._send(
+                        conn,
+                        {"ok": False, "error": _error(LivepatchError("invalid-payload", str(exc)))},
+                    )
+                    return
+                if request is None:
+                    return
+                self._send(conn, self._answer(request))
+
+    @staticmethod
+    def _send(conn: socket.socket, message: dict[str, Any]) -> None:
+        try:
+            conn.sendall(protocol.encode(message))
+        except OSError:
+            pass
+
+    def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
+        verb, args = request.get("verb"), request.get("args") or {}
+        e = engine()
+        try:
+            if not isinstance(args, dict):
+                raise LivepatchError("invalid-payload", "request args must be an object")
+            if verb == "ping":
+                return {"ok": True, "result": {"pid": os.getpid()}}
+            if verb in ("upload", "load"):
+                data = base64.b64decode(str(args.pop("data", "")), validate=True)
+                result: Any = (
+                    e.upload(args.pop("name"), data, **args)
+                    if verb == "upload"
+                    else e.load(data, **args)
+                )
+            elif verb in ("apply", "revert", "replace", "unload", "status"):
+                result = getattr(e, verb)(args.pop("name"), **args)
+            elif verb == "list":
+                result = e.list()
+            elif verb == "log":
+                result = [ev.to_dict() for ev in e.history(int(args.get("since", 0)))]
+            else:
+                raise LivepatchError("invalid-payload", f"unknown verb {verb!r}")
+            return {"ok": True, "result": _jsonable(result)}
+        except LivepatchError as exc:
+            return {"ok": False, "error": _error(exc)}
+        except (TypeError, KeyError, ValueError) as exc:
+            return {
+                "ok": False,
+                "error": _error(
+                    LivepatchError("invalid-payload", f"bad request for {verb!r}: {exc}")
+                ),
+            }
+
+
+def _error(exc: LivepatchError) -> dict[str, Any]:
+    return {"code": exc.code, "errno": exc.errno, "message": exc.message}
+
+
+def start() -> Agent:
+    """Start this process's agent (once); forked children start their own."""
+    global _agent
+    with _agent_lock:
+        if _agent is None or _agent.pid != os.getpid():
+            _agent = Agent()
+            atexit.register(_agent.close)
+    return _agent
+
+
+def _after_fork() -> None:
+    global _agent
+    if _agent is not None and _agent.pid != os.getpid():
+        _agent.close()  # the parent's listening socket, inherited: not ours to serve
+        _agent = None
+        start()
+
+
+os.register_at_fork(after_in_child=_after_fork)

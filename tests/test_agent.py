@@ -1,0 +1,149 @@
+"""The agent and the Python bindings against a real target process (SPEC §9, §10)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pylivepatch import Client, LivepatchError
+from pylivepatch.agent import protocol
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+TARGET_PROGRAM = """
+import sys
+sys.path[:0] = [{root!r}]
+import pylivepatch
+import {module} as shop
+pylivepatch.start()
+print("ready", flush=True)
+for line in sys.stdin:
+    print(shop.price(2), flush=True)
+"""
+
+FIX = """
+    import pylivepatch as lp
+    patch = lp.Patch("fix-price", consistency="atomic")
+
+    @patch.function("{m}shop:price")
+    def price(x):
+        return x * 3
+"""
+
+
+@pytest.fixture
+def target(lab):
+    lab.module("shop", "def price(x):\n    return x * 2\n")
+    program = TARGET_PROGRAM.format(root=str(lab.root), module=lab.name("shop"))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", program],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=SRC),
+    )  # fmt: skip
+    assert proc.stdout.readline().strip() == "ready"
+
+    def call() -> str:
+        proc.stdin.write("x\n")
+        proc.stdin.flush()
+        return proc.stdout.readline().strip()
+
+    try:
+        yield proc, call
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+
+
+def test_load_status_revert_through_the_socket(lab, target):
+    proc, call = target
+    client = Client(proc.pid)
+    assert client.ping()["pid"] == proc.pid
+    assert call() == "4"
+    result = client.load(lab.pack(FIX))
+    assert result.state == "APPLIED" and result.pause_ns > 0
+    assert call() == "6"
+    (st,) = client.list()
+    assert (st.name, st.state, st.rc) == ("fix-price", "APPLIED", 0)
+    assert client.status("fix-price").funcs[0].active
+    client.action("fix-price", "revert")
+    assert call() == "4"
+    assert any(ev["event"] == "swapped" for ev in client.log())
+
+
+def test_errors_cross_the_socket_as_livepatch_errors(lab, target):
+    proc, _ = target
+    client = Client(proc.pid)
+    with pytest.raises(LivepatchError) as err:
+        client.apply("nope")
+    assert err.value.code == "not-found" and "nope" in err.value.message
+    with pytest.raises(LivepatchError) as err:
+        client.upload("fix-price", b"not a zip")
+    assert err.value.code == "invalid-payload"
+    with pytest.raises(LivepatchError) as err:
+        Client(999_999_999).ping()
+    assert err.value.code == "not-found"
+
+
+def test_socket_directory_and_socket_modes(target):
+    proc, _ = target
+    path = protocol.socket_path(proc.pid)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.parent.stat().st_uid == os.getuid()
+
+
+def test_oversized_and_stalled_clients_do_not_block_others(target):
+    proc, _ = target
+    path = str(protocol.socket_path(proc.pid))
+    big = socket.socket(socket.AF_UNIX)
+    big.connect(path)
+    big.sendall(struct.pack(">I", protocol.MAX_MESSAGE + 1))
+    reply = protocol.receive(big)
+    assert reply and not reply["ok"] and "cap" in reply["error"]["message"]
+    big.close()
+    stalled = socket.socket(socket.AF_UNIX)
+    stalled.connect(path)
+    stalled.sendall(b"\x00\x00")  # half a header, then nothing
+    garbage = socket.socket(socket.AF_UNIX)
+    garbage.connect(path)
+    garbage.sendall(struct.pack(">I", 5) + b"nope!")
+    reply = protocol.receive(garbage)
+    assert reply and reply["error"]["code"] == "invalid-payload"
+    assert Client(proc.pid).ping()["pid"] == proc.pid, "others are served meanwhile"
+    stalled.close()
+    garbage.close()
+
+
+def _python_for_nobody() -> str | None:
+    """An interpreter another user can run (pyenv's under /root may not be)."""
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0 or not shutil.which("setpriv") or _python_for_nobody() is None,
+    reason="needs root, setpriv and a system python3 another user can run",
+)
+def test_another_user_cannot_reach_the_agent(target):
+    proc, _ = target
+    probe = (
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_UNIX)\n"
+        f"try:\n    s.connect({str(protocol.socket_path(proc.pid))!r})\n"
+        "except PermissionError:\n    print('refused')\nelse:\n    print('connected')\n"
+    )
+    out = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", _python_for_nobody(), "-c", probe],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert out.stdout.strip() == "refused", out.stderr
