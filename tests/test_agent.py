@@ -9,6 +9,7 @@ import stat
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,15 @@ import pylivepatch
 import {module} as shop
 pylivepatch.start()
 print("ready", flush=True)
+import os, time
 for line in sys.stdin:
+    if line.strip() == "fork":
+        child = os.fork()
+        if child == 0:  # the child serves its own socket until killed
+            while True:
+                time.sleep(0.1)
+        print(child, flush=True)
+        continue
     print(shop.price(2), flush=True)
 """
 
@@ -147,3 +156,26 @@ def test_another_user_cannot_reach_the_agent(target):
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert out.stdout.strip() == "refused", out.stderr
+
+
+def test_a_forked_child_keeps_the_payload_and_gets_its_own_socket(lab, target):
+    import signal
+
+    proc, call = target
+    Client(proc.pid).load(lab.pack(FIX))
+    proc.stdin.write("fork\n")
+    proc.stdin.flush()
+    child = int(proc.stdout.readline())
+    try:
+        for _ in range(200):
+            if protocol.socket_path(child).exists():
+                break
+            time.sleep(0.01)
+        client = Client(child)
+        assert client.ping()["pid"] == child
+        (st,) = client.list()
+        assert (st.name, st.state) == ("fix-price", "APPLIED")
+        assert Client(proc.pid).ping()["pid"] == proc.pid, "the parent still serves its own socket"
+    finally:
+        os.kill(child, signal.SIGKILL)  # the target reaps it when it exits
+        protocol.socket_path(child).unlink(missing_ok=True)
