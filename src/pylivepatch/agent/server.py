@@ -78,6 +78,16 @@ class Agent:
         self.thread = threading.Thread(target=self._serve, name="pylivepatch-agent", daemon=True)
         self.thread.start()
 
+    def describe(self) -> dict[str, Any]:
+        import sys
+
+        return {
+            "pid": os.getpid(),
+            "app": os.environ.get("PYLIVEPATCH_APP", ""),
+            "python": sys.version.split()[0],
+            "applied": [s.name for s in engine().list() if s.state == "APPLIED"],
+        }
+
     def close(self) -> None:
         try:
             self.sock.close()
@@ -144,7 +154,7 @@ class Agent:
             if not isinstance(args, dict):
                 raise LivepatchError("invalid-payload", "request args must be an object")
             if verb == "ping":
-                return {"ok": True, "result": {"pid": os.getpid()}}
+                return {"ok": True, "result": self.describe()}
             if verb in ("upload", "load"):
                 data = base64.b64decode(str(args.pop("data", "")), validate=True)
                 result: Any = (

@@ -46,6 +46,37 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="live-patch a running demo service and show it before/after")
     p.add_argument("--json", action="store_true", help="print the steps as JSON lines")
+
+    from .remote import add_target
+
+    p = sub.add_parser("ps", help="processes with an agent")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    for verb, helptext in (("list", "payloads of the target processes"), ("log", "their history")):
+        add_target(sub.add_parser(verb, help=helptext))
+    p = sub.add_parser("status", help="one payload in the target processes")
+    p.add_argument("name")
+    add_target(p)
+    p = sub.add_parser("upload", help="upload and check a payload")
+    p.add_argument("name")
+    p.add_argument("file")
+    add_target(p)
+    p = sub.add_parser("load", help="upload and apply a payload (all or nothing)")
+    p.add_argument("file")
+    p.add_argument("--nodeps", action="store_true")
+    p.add_argument("--timeout", type=float)
+    add_target(p)
+    for verb in ("apply", "revert", "replace", "unload"):
+        p = sub.add_parser(verb, help=f"{verb} an uploaded payload")
+        p.add_argument("name")
+        if verb != "unload":
+            p.add_argument("--timeout", type=float)
+            p.add_argument("--force", action="store_true")
+        if verb == "apply":
+            p.add_argument("--nodeps", action="store_true")
+        add_target(p)
+    p = sub.add_parser("run", help="run a command whose Python processes all get an agent")
+    p.add_argument("--app", help="the app name `--app` targets select")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ...")
     return parser
 
 
@@ -60,6 +91,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_demo
 
             return run_demo(json_lines=args.json)
+        from . import remote
+
+        if args.verb == "ps":
+            return remote.ps(args)
+        if args.verb in ("list", "status", "log"):
+            return remote.show(args)
+        if args.verb in ("upload", "load", "apply", "revert", "replace", "unload"):
+            return remote.act(args)
+        if args.verb == "run":
+            from ..agent.run import run
+
+            command = args.command[1:] if args.command[:1] == ["--"] else args.command
+            return run(args.app, command)
     except LivepatchError as exc:
         if getattr(args, "json", False):
             print(json.dumps({"error": exc.code, "errno": exc.errno, "message": exc.message}))
