@@ -5,6 +5,9 @@ no request fails, and a worker killed and respawned by gunicorn comes back patch
 
 from __future__ import annotations
 
+# Loaded here, before client threads: a first lookup of the idna codec racing in several
+# threads can leave it cached as unknown for the whole process (LookupError).
+import encodings.idna  # noqa: F401
 import json
 import os
 import shutil

@@ -4,6 +4,9 @@ of the payload's functions (SPEC §5, transition)."""
 
 from __future__ import annotations
 
+# Loaded here, before client threads: a first lookup of the idna codec racing in several
+# threads can leave it cached as unknown for the whole process (LookupError).
+import encodings.idna  # noqa: F401
 import json
 import threading
 import time

@@ -9,6 +9,9 @@ flowing, shows the fixed answer, reverts, and stops everything it started.
 
 from __future__ import annotations
 
+# Loaded here, before client threads: a first lookup of the idna codec racing in several
+# threads can leave it cached as unknown for the whole process (LookupError).
+import encodings.idna  # noqa: F401
 import importlib
 import json
 import sys
