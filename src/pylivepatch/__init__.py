@@ -1,27 +1,49 @@
 """pylivepatch: live patching for running Python services.
 
 The public API, and nothing else: tests and programs outside the project import
-these names only.
+these names only. They are imported on first use (PEP 562), so that ``import
+pylivepatch`` and the command line do not pay for the engine until they need it.
 """
 
 from __future__ import annotations
 
-from .agent import start
-from .client import Client
-from .engine import (
-    ActionResult,
-    Engine,
-    Event,
-    FuncStatus,
-    PayloadStatus,
-    State,
-    engine,
-    shadow,
-)
-from .errors import LivepatchError
-from .payload.authoring import Patch
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .agent.server import start
+    from .client import Client
+    from .engine import (
+        ActionResult,
+        Engine,
+        Event,
+        FuncStatus,
+        PayloadStatus,
+        State,
+        engine,
+        shadow,
+    )
+    from .errors import LivepatchError
+    from .payload.authoring import Patch
 
 __version__ = "0.1.0"
+
+_WHERE = {
+    "ActionResult": ".engine",
+    "Client": ".client",
+    "Engine": ".engine",
+    "Event": ".engine",
+    "FuncStatus": ".engine",
+    "LivepatchError": ".errors",
+    "Patch": ".payload.authoring",
+    "PayloadStatus": ".engine",
+    "State": ".engine",
+    "engine": ".engine",
+    "shadow": ".engine",
+    "start": ".agent.server",
+}
 
 __all__ = [
     "ActionResult",
@@ -38,3 +60,30 @@ __all__ = [
     "shadow",
     "start",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'pylivepatch' has no attribute {name!r}")
+    value = getattr(importlib.import_module(where, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+class _Package(types.ModuleType):
+    """``pylivepatch.engine`` is the function; importing the ``pylivepatch.engine``
+    subpackage must not rebind it to the module (the import system sets the
+    attribute on the parent package after loading a submodule)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "engine" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -10,8 +10,8 @@ import socket
 from typing import Any
 
 from .agent import protocol
-from .engine.records import ActionResult, FuncStatus, PayloadStatus
 from .errors import LivepatchError
+from .results import ActionResult, FuncStatus, PayloadStatus
 
 
 def _status(doc: dict[str, Any]) -> PayloadStatus:

@@ -1,5 +1,5 @@
-"""The agent: the control socket of a target process (SPEC §9)."""
+"""The agent: the control socket of a target process (SPEC §9).
 
-from .server import Agent, start
-
-__all__ = ["Agent", "start"]
+Import its parts directly (``agent.server``, ``agent.protocol``, ``agent.store``): the
+command line uses the light ones without loading the engine.
+"""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import errno
 import logging
 import os
 import socket
@@ -24,12 +25,18 @@ from typing import Any
 
 from ..engine import engine
 from ..errors import LivepatchError
-from . import protocol
+from . import protocol, store
+from .audit import Audit, requested_by
 
 log = logging.getLogger("pylivepatch.agent")
 
 _agent: Agent | None = None
 _agent_lock = threading.Lock()
+_audit: Audit | None = None
+_started_installed = False  # inherited by forked children: they keep what is applied
+
+#: verbs that change something (audited when refused before reaching the engine)
+ACTIONS = frozenset({"upload", "load", "apply", "revert", "replace", "unload"})
 
 
 def _peer(sock: socket.socket) -> tuple[int, int]:
@@ -61,7 +68,8 @@ def _prepare_dir(path: Path) -> None:
 class Agent:
     """The control socket of this process."""
 
-    def __init__(self) -> None:
+    def __init__(self, app: str | None = None) -> None:
+        self.app = app or ""
         self.pid = os.getpid()
         self.path = protocol.socket_path(self.pid)
         _prepare_dir(self.path.parent)
@@ -83,7 +91,7 @@ class Agent:
 
         return {
             "pid": os.getpid(),
-            "app": os.environ.get("PYLIVEPATCH_APP", ""),
+            "app": self.app,
             "python": sys.version.split()[0],
             "applied": [s.name for s in engine().list() if s.state == "APPLIED"],
         }
@@ -113,6 +121,12 @@ class Agent:
             pid, uid = _peer(conn)
             if uid not in (os.getuid(), 0):
                 log.warning("refused a control connection from pid %s uid %s", pid, uid)
+                if _audit is not None:
+                    with requested_by("socket", uid, pid):
+                        _audit.write(
+                            {"action": "connect", "payload": "", "result": "permission-denied",
+                             "rc": errno.EACCES, "message": f"uid {uid} refused"}
+                        )  # fmt: skip
                 self._send(
                     conn,
                     {
@@ -138,7 +152,8 @@ class Agent:
                     return
                 if request is None:
                     return
-                self._send(conn, self._answer(request))
+                with requested_by("socket", uid, pid):
+                    self._send(conn, self._answer(request))
 
     @staticmethod
     def _send(conn: socket.socket, message: dict[str, Any]) -> None:
@@ -172,6 +187,11 @@ class Agent:
                 raise LivepatchError("invalid-payload", f"unknown verb {verb!r}")
             return {"ok": True, "result": _jsonable(result)}
         except LivepatchError as exc:
+            if exc.code == "busy" and verb in ACTIONS and _audit is not None:
+                _audit.write(  # refused before the engine acted: no engine event
+                    {"action": str(verb), "payload": str(args.get("name", "")),
+                     "result": "busy", "rc": exc.errno, "message": exc.message}
+                )  # fmt: skip
             return {"ok": False, "error": _error(exc)}
         except (TypeError, KeyError, ValueError) as exc:
             return {
@@ -186,22 +206,86 @@ def _error(exc: LivepatchError) -> dict[str, Any]:
     return {"code": exc.code, "errno": exc.errno, "message": exc.message}
 
 
-def start() -> Agent:
-    """Start this process's agent (once); forked children start their own."""
-    global _agent
+def start(app: str | None = None) -> Agent:
+    """Start this process's agent (once); forked children start their own.
+
+    ``app`` (default ``$PYLIVEPATCH_APP``) names the service this process belongs to:
+    ``--app`` targets select by it, its audit log is the app's, and the payloads
+    installed for it (``pylivepatch install``) are applied now, in order, the first
+    time a process starts its agent. Payloads whose modules are not imported yet are
+    applied when those modules are imported.
+    """
+    global _agent, _audit, _started_installed
     with _agent_lock:
         if _agent is None or _agent.pid != os.getpid():
-            _agent = Agent()
+            if app is None:
+                app = os.environ.get("PYLIVEPATCH_APP") or None
+            if app:
+                store.check_app(app)
+            if _audit is None:
+                _audit = Audit(app)
+                engine().add_listener(_audit)
+            _agent = Agent(app)
             atexit.register(_agent.close)
+            if not _started_installed:
+                _started_installed = True
+                if app:
+                    apply_installed(app)
     return _agent
+
+
+def apply_installed(app: str) -> list[tuple[str, LivepatchError | None]]:
+    """Load every payload installed for ``app``, in order (kpatch's ``load --all``).
+
+    A payload that cannot be applied is reported on stderr and in the audit log; the
+    others are still applied and the program runs on.
+    """
+    outcome: list[tuple[str, LivepatchError | None]] = []
+    with requested_by("start", os.getuid(), os.getpid()):
+        try:
+            items = store.installed(app)
+        except LivepatchError as exc:
+            _report_start(app, "", exc, audit=True)
+            return [("", exc)]
+        e = engine()
+        for item in items:
+            try:
+                e.load(item.path.read_bytes(), wait_imports=True)
+                outcome.append((item.name, None))
+            except LivepatchError as exc:
+                _report_start(app, item.name, exc)
+                outcome.append((item.name, exc))
+            except OSError as exc:
+                err = LivepatchError("not-found", f"cannot read {item.path}: {exc.strerror}")
+                _report_start(app, item.name, err, audit=True)
+                outcome.append((item.name, err))
+    return outcome
+
+
+def _report_start(app: str, name: str, exc: LivepatchError, audit: bool = False) -> None:
+    """One line on stderr; with ``audit`` also an audit record (the engine records
+    what it refused itself)."""
+    import sys
+
+    if audit and _audit is not None:
+        _audit.write(
+            {"action": "load", "payload": name, "result": exc.code, "rc": exc.errno,
+             "message": exc.message}
+        )  # fmt: skip
+    what = f"installed payload {name}" if name else "installed payloads"
+    print(
+        f"pylivepatch: {what} of app {app} not applied at start: {exc.code}: {exc.message}",
+        file=sys.stderr,
+    )
 
 
 def _after_fork() -> None:
     global _agent
     if _agent is not None and _agent.pid != os.getpid():
+        app = _agent.app or None
         _agent.close()  # the parent's listening socket, inherited: not ours to serve
         _agent = None
-        start()
+        start(app)
 
 
 os.register_at_fork(after_in_child=_after_fork)

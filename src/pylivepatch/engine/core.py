@@ -106,6 +106,15 @@ class Engine:
     def history(self, since: int = 0) -> builtins.list[Event]:
         return self._history.events(since)
 
+    def add_listener(self, listener: Callable[[Event], None]) -> None:
+        """Call ``listener(event)`` for every event from now on, in the thread that acts
+        (the agent's audit log). It must be quick; what it raises is ignored."""
+        self._history.listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[Event], None]) -> None:
+        if listener in self._history.listeners:
+            self._history.listeners.remove(listener)
+
     def original_value(self, holder: types.ModuleType | type, name: str) -> Any:
         """What ``holder.name`` held before any payload changed it (``ABSENT`` if nothing)."""
         slot = self._data.get((id(holder), name))
@@ -185,6 +194,8 @@ class Engine:
             raise LivepatchError("busy", f"{action} {name}: {running} is in progress; try again")
         self._owner = threading.get_ident()
         act = _Act(self, action, name)
+        before = self._payloads.get(name)
+        act.build_id = before.build_id if before is not None else ""
         self._progress[name] = {"action": str(action), "started": time.time(), "blockers": []}
         act.emit("started")
         try:
@@ -257,8 +268,15 @@ class Engine:
         *,
         no_expect: bool = False,
         no_object_check: bool = False,
+        wait_imports: bool = False,
     ) -> ActionResult:
-        """Validate a payload and keep it ``CHECKED``; the process is not changed."""
+        """Validate a payload and keep it ``CHECKED``; the process is not changed.
+
+        A target module not imported yet is waited for (patched when it is imported) if
+        it can be found on ``sys.path``; with ``wait_imports`` it is waited for even if
+        it cannot be found yet (at interpreter start-up, before the program has put its
+        own directories on ``sys.path``).
+        """
         with self._action(Action.UPLOAD, name) as act:
             data = _read(source)
             payload = archive.read(data)
@@ -284,7 +302,11 @@ class Engine:
                 if on
             )
             self._check_python(man, no_expect)
-            pending = {m for m in _target_modules(man) if not _imported(m) and _importable(m)}
+            pending = {
+                m
+                for m in _target_modules(man)
+                if not _imported(m) and (wait_imports or _importable(m))
+            }
             fentries = [e for e in man.funcs if _module_of(e.target) not in pending]
             dentries = [e for e in man.data if _module_of(e.target) not in pending]
             fplans = [resolve_function(e.target) for e in fentries]
@@ -412,11 +434,15 @@ class Engine:
         consistency: str | None = None,
         no_expect: bool = False,
         no_object_check: bool = False,
+        wait_imports: bool = False,
     ) -> ActionResult:
         """Upload and apply; the payload is unloaded again if the apply fails."""
         data = _read(source)
         name = _peek_name(data)
-        self.upload(name, data, no_expect=no_expect, no_object_check=no_object_check)
+        self.upload(
+            name, data, no_expect=no_expect, no_object_check=no_object_check,
+            wait_imports=wait_imports,
+        )  # fmt: skip
         try:
             return self.apply(
                 name, nodeps=nodeps, timeout=timeout, force=force, consistency=consistency,
@@ -1010,7 +1036,9 @@ class Engine:
             rec.funcs += funcs
             rec.data += data
             del rec.pending[name]
-            act.emit("swapped", funcs=len(funcs), data=len(data), pause_ns=result.pause_ns)
+            act.emit(
+                "swapped", module=name, funcs=len(funcs), data=len(data), pause_ns=result.pause_ns
+            )
         for rec, ctx, act in ready:
             self._post(act, rec.hooks.get("post_apply"), "post_apply", ctx, 0)
 
@@ -1447,8 +1475,12 @@ class _Act:
         self.t0 = time.perf_counter_ns()
         self.pause_ns = 0
         self.result_message = ""
+        self.build_id = ""
 
     def emit(self, kind: str, **detail: Any) -> None:
+        if kind == "finished":
+            rec = self.engine._payloads.get(self.name)
+            detail["build_id"] = rec.build_id if rec is not None else self.build_id
         self.engine._history.emit(str(self.action), self.name, kind, **detail)
 
     def elapsed(self) -> int:

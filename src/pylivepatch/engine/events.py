@@ -5,6 +5,7 @@ transcript that scenario tests compare (like the kernel livepatch selftests' dme
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ class Event:
 
     def line(self) -> str:
         """The transcript line: stable text without times or durations."""
-        skip = {"pause_ns", "pause_start_ns", "duration_ns", "elapsed_ns"}
+        skip = {"pause_ns", "pause_start_ns", "duration_ns", "elapsed_ns", "build_id"}
         parts = [f"{k}={_short(v)}" for k, v in self.detail.items() if k not in skip]
         return f"{self.action} {self.payload}: {self.kind}" + (
             " " + " ".join(parts) if parts else ""
@@ -53,6 +54,7 @@ class History:
         self._events: list[Event] = []
         self._seq = 0
         self._limit = limit
+        self.listeners: list[Callable[[Event], None]] = []
 
     def emit(self, action: str, payload: str, kind: str, **detail: Any) -> Event:
         self._seq += 1
@@ -60,6 +62,11 @@ class History:
         self._events.append(event)
         if len(self._events) > self._limit:
             del self._events[: len(self._events) - self._limit]
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001, S110 - an observer never breaks an action
+                pass
         return event
 
     def events(self, since: int = 0) -> list[Event]:

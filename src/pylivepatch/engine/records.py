@@ -3,21 +3,32 @@
 A ``Record`` is one uploaded payload; a ``FuncSlot`` is one patched function with its
 original code and the stack of payloads patching it (Linux ``func_stack``), a
 ``DataSlot`` the same for an attribute. ``PayloadStatus``/``FuncStatus``/``ActionResult``
-are what ``list``, ``status`` and every action return.
+(in :mod:`pylivepatch.results`) are what ``list``, ``status`` and every action return.
 """
 
 from __future__ import annotations
 
 import types
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..payload.manifest import DataEntry, FuncEntry, Manifest
+from ..results import ActionResult, FuncStatus, PayloadStatus
 from .compile import LoadedPackage, Variant
 from .resolve import DataTarget, FunctionTarget
 from .state import SystemState
 from .table import State
+
+__all__ = [
+    "ActionResult",
+    "DataSlot",
+    "FuncPlan",
+    "FuncSlot",
+    "FuncStatus",
+    "PayloadStatus",
+    "Record",
+]
 
 Triple = tuple[types.CodeType, Any, Any]  # __code__, __defaults__, __kwdefaults__
 
@@ -91,48 +102,3 @@ class DataSlot:
 
     def installed(self) -> Any:
         return self.stack[-1][1] if self.stack else self.original
-
-
-@dataclass(frozen=True)
-class FuncStatus:
-    target: str
-    applied: bool  # the per-function marker: this payload's code is on the function's stack
-    active: bool  # this payload's code is the one running
-    stack: tuple[str, ...]  # payloads patching the function, bottom first
-    trampoline: bool
-    expect: str | None
-
-
-@dataclass(frozen=True)
-class PayloadStatus:
-    name: str
-    state: str
-    rc: int
-    build_id: str
-    depends: str | None
-    metadata: dict[str, str]
-    version: str
-    description: str
-    consistency: str
-    python: tuple[str, ...]
-    error: str | None
-    message: str
-    funcs: tuple[FuncStatus, ...]
-    data: tuple[str, ...]
-    in_progress: dict[str, Any] | None = None
-    pending: tuple[str, ...] = ()  # modules the payload waits for (not imported yet)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class ActionResult:
-    action: str
-    name: str
-    state: str | None
-    noop: bool
-    message: str
-    pause_ns: int = 0
-    duration_ns: int = 0
-    consistency: str | None = None

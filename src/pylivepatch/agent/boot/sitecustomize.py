@@ -1,13 +1,33 @@
-"""Started by ``pylivepatch run``: give this Python process an agent.
+"""Started by ``pylivepatch run``: give this Python process an agent, apply the payloads
+installed for its app, then run the ``sitecustomize`` this module shadows, if any.
 
 Never breaks the program it is loaded into: any failure is reported on stderr once.
 """
 
-try:
-    import pylivepatch
 
-    pylivepatch.start()
-except Exception as exc:  # noqa: BLE001 - the host program must run regardless
+def _boot() -> None:
+    import importlib
+    import os
     import sys
 
-    print(f"pylivepatch: the agent did not start: {type(exc).__name__}: {exc}", file=sys.stderr)
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        import pylivepatch
+
+        pylivepatch.start()
+    except Exception as exc:  # noqa: BLE001 - the host program must run regardless
+        print(f"pylivepatch: the agent did not start: {type(exc).__name__}: {exc}", file=sys.stderr)
+    # Chain to the program's own sitecustomize (a virtualenv's, a distribution's): take
+    # this directory off sys.path so the next one on the path is found and imported.
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    ours = sys.modules.pop("sitecustomize", None)
+    try:
+        importlib.import_module("sitecustomize")  # the shadowed one, run for its effects
+    except ImportError as exc:
+        if exc.name != "sitecustomize":
+            raise
+        if ours is not None:
+            sys.modules["sitecustomize"] = ours
+
+
+_boot()
