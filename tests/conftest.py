@@ -9,9 +9,13 @@ test left is reverted and unloaded and its modules are removed from ``sys.module
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import itertools
+import os
+import shutil
 import sys
+import tempfile
 import textwrap
 import threading
 import types
@@ -25,6 +29,11 @@ from pylivepatch import LivepatchError, engine
 from pylivepatch.build.pack import pack
 
 _counter = itertools.count()
+
+# Installed payloads and audit logs of every process the tests start go to a directory
+# of this test run, never to the user's own state directory.
+os.environ["PYLIVEPATCH_STATE_DIR"] = tempfile.mkdtemp(prefix="pylivepatch-state-")
+atexit.register(shutil.rmtree, os.environ["PYLIVEPATCH_STATE_DIR"], ignore_errors=True)
 
 
 class Lab:

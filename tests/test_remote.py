@@ -101,7 +101,7 @@ def test_run_ps_load_revert_for_a_whole_app(lab, procs):
     assert set(json.loads(out.stdout)["processes"].values()) == {"applied"}
     assert [w.call() for w in workers] == ["6", "6", "6"]
     out = cli("list", "--app", app, cwd=lab.root)
-    assert out.returncode == 0 and out.stdout.count("fix-price  APPLIED") == 3, out.stdout
+    assert out.returncode == 0 and out.stdout.count(" fix-price   APPLIED ") == 3, out.stdout
     out = cli("revert", "fix-price", "--app", app, cwd=lab.root)
     assert out.returncode == 0, out.stdout + out.stderr
     assert [w.call() for w in workers] == ["4", "4", "4"]

@@ -78,7 +78,11 @@ class Audit:
             record["blockers"] = d.get("blockers", [])
             if "reason" in d:
                 record["reason"] = d["reason"]
-        self.write(record, when=event.time)
+        if late:
+            with requested_by("import", os.getuid(), os.getpid()):
+                self.write(record, when=event.time)
+        else:
+            self.write(record, when=event.time)
 
     def write(self, record: dict[str, Any], when: float | None = None) -> None:
         when = time.time() if when is None else when

@@ -31,6 +31,10 @@ def environment(app: str | None, base: dict[str, str] | None = None) -> dict[str
 
 
 def run(app: str | None, command: Sequence[str]) -> int:
+    if app:
+        from .store import check_app
+
+        check_app(app)
     if not command:
         raise LivepatchError("invalid-payload", "run needs a command: pylivepatch run -- CMD ...")
     exe = shutil.which(command[0])

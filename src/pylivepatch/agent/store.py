@@ -59,8 +59,14 @@ def app_dir(app: str | None) -> Path:
 
 
 def _make_private(path: Path) -> Path:
-    """Create ``path`` (and parents) mode 0700 and refuse one others could write."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create ``path`` and the directories between it and the state directory, each
+    mode 0700, and refuse one that others could write."""
+    root = state_dir()
+    chain = [path, *path.parents]
+    for directory in reversed(chain[: chain.index(root) + 1] if root in chain else [path]):
+        if not directory.is_dir():
+            directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            directory.mkdir(mode=0o700, exist_ok=True)
     _check_private(path)
     return path
 

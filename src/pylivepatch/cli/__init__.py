@@ -7,18 +7,27 @@ exit code 1 (2 for ``busy``/``timeout``: try again); never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import LivepatchError
 
 EXIT_OK, EXIT_ERROR, EXIT_RETRY = 0, 1, 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 1 (2 means "try again" for pylivepatch)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_ERROR, f"pylivepatch: usage: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pylivepatch",
         description="Live patching for running Python services.",
     )
@@ -51,8 +60,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ps", help="processes with an agent")
     p.add_argument("--json", action="store_true", help="print JSON")
-    for verb, helptext in (("list", "payloads of the target processes"), ("log", "their history")):
-        add_target(sub.add_parser(verb, help=helptext))
+    p = sub.add_parser("list", help="payloads of the target processes")
+    p.add_argument(
+        "--installed", action="store_true", help="payloads installed for an app (--app) instead"
+    )
+    add_target(p)
+    p = sub.add_parser("log", help="the audit log: every action, who asked, its result")
+    p.add_argument("--events", action="store_true", help="the live event history of processes")
+    p.add_argument("-n", "--last", type=int, metavar="N", help="only the last N records")
+    add_target(p)
     p = sub.add_parser("status", help="one payload in the target processes")
     p.add_argument("name")
     add_target(p)
@@ -74,6 +90,14 @@ def _parser() -> argparse.ArgumentParser:
         if verb == "apply":
             p.add_argument("--nodeps", action="store_true")
         add_target(p)
+    p = sub.add_parser("install", help="install a payload that new processes of an app apply")
+    p.add_argument("file")
+    p.add_argument("--app", required=True, help="the app (`pylivepatch run --app NAME`)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("uninstall", help="stop applying an installed payload in new processes")
+    p.add_argument("name")
+    p.add_argument("--app", required=True)
+    p.add_argument("--json", action="store_true", help="print JSON")
     p = sub.add_parser("run", help="run a command whose Python processes all get an agent")
     p.add_argument("--app", help="the app name `--app` targets select")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ...")
@@ -99,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return remote.show(args)
         if args.verb in ("upload", "load", "apply", "revert", "replace", "unload"):
             return remote.act(args)
+        if args.verb == "install":
+            return remote.install(args)
+        if args.verb == "uninstall":
+            return remote.uninstall(args)
         if args.verb == "run":
             from ..agent.run import run
 
@@ -109,6 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"error": exc.code, "errno": exc.errno, "message": exc.message}))
         print(f"pylivepatch: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_RETRY if exc.retryable else EXIT_ERROR
+    except OSError as exc:  # the state directory, a file named on the command line
+        code = {errno.EACCES: "permission-denied", errno.EPERM: "permission-denied",
+                errno.ENOENT: "not-found"}.get(exc.errno or 0)  # fmt: skip
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"pylivepatch: {code or 'error'}: {exc.strerror}{where}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
     raise AssertionError(args.verb)  # pragma: no cover - argparse rejects unknown verbs

@@ -1478,7 +1478,7 @@ class _Act:
         self.build_id = ""
 
     def emit(self, kind: str, **detail: Any) -> None:
-        if kind == "finished":
+        if kind in ("finished", "forced", "refused", "swapped"):  # audited
             rec = self.engine._payloads.get(self.name)
             detail["build_id"] = rec.build_id if rec is not None else self.build_id
         self.engine._history.emit(str(self.action), self.name, kind, **detail)
