@@ -98,7 +98,7 @@ def test_errors_are_one_line_with_the_code_and_no_traceback(lab):
         "pylivepatch: not-found: cannot import target module"
     )
     out = cli("inspect", "junk.lpz", "--json", cwd=lab.root)
-    assert json.loads(out.stdout)["error"] == "invalid-payload"
+    assert json.loads(out.stdout)["error"]["code"] == "invalid-payload"
 
 
 def test_demo_runs_the_main_job(tmp_path):

@@ -134,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(args.app, command)
     except LivepatchError as exc:
         if getattr(args, "json", False):
-            print(json.dumps({"error": exc.code, "errno": exc.errno, "message": exc.message}))
+            error = {"code": exc.code, "errno": exc.errno, "message": exc.message}
+            print(json.dumps({"ok": False, "error": error}))
         print(f"pylivepatch: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_RETRY if exc.retryable else EXIT_ERROR
     except OSError as exc:  # the state directory, a file named on the command line

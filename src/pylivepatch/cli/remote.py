@@ -205,9 +205,10 @@ def act(args: argparse.Namespace) -> int:
     with render.progress(f"{verb} {name}", len(pids)) as advance:
         for pid in pids:
             try:
-                getattr(Client(pid), verb)(name, **options)
-                done.append(pid)
-                results[pid] = DONE[verb]
+                result = getattr(Client(pid), verb)(name, **options)
+                if not result.noop:  # a process that already was so is not put back
+                    done.append(pid)
+                results[pid] = result.message if result.noop else DONE[verb]
             except LivepatchError as exc:
                 results[pid], failure = f"{exc.code}: {exc.message}", exc
                 break
