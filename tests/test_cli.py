@@ -109,6 +109,12 @@ def test_demo_runs_the_main_job(tmp_path):
     assert json.loads(steps["after the patch"]["answer"])["price"] == 9000
     assert json.loads(steps["reverted"]["answer"])["price"] == 8100
     assert steps["done"]["failed_requests"] == 0
+    # a real service: a master and 3 forked workers, every worker seen in every phase
+    for step, price in (("before the patch", 8100), ("after the patch", 9000), ("reverted", 8100)):
+        assert list(steps[step]["workers"].values()) == [price] * 3, step
+    assert set(steps["load result"]["processes"].values()) == {"applied"}
+    assert len(steps["load result"]["processes"]) == 4
+    assert set(steps["revert result"]["processes"].values()) == {"reverted"}
 
 
 def test_pack_warns_about_closures(lab):

@@ -1,33 +1,49 @@
-"""``pylivepatch demo``: a running HTTP service with a pricing bug, fixed live.
+"""``pylivepatch demo``: a running multi-worker HTTP service with a pricing bug, fixed
+live in every worker, then reverted.
 
-The demo writes a small service module and a fix to a temporary directory, starts the
-service (a real ``ThreadingHTTPServer`` on 127.0.0.1, in this process, with a thread
-per connection and a background client hammering it), shows a request hitting the
-bug, packs the fix with ``pack``, applies it with the engine while requests keep
-flowing, shows the fixed answer, reverts, and stops everything it started.
+The demo writes a small service and a fix to a temporary directory and starts the
+service under ``pylivepatch run`` as its own process tree: a master that binds
+127.0.0.1 and forks three workers serving the shared socket (the pre-fork model of
+gunicorn, with the standard library only, so the demo runs right after ``pip
+install``). It shows every worker answering with the bug, packs the fix, loads it into
+the whole app with the real ``pylivepatch load --app`` while a client keeps sending
+requests, shows every worker answering correctly, reverts, shows the audit log, and
+stops everything it started. State (the audit log) stays in the temporary directory.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 # Loaded here, before client threads: a first lookup of the idna codec racing in several
 # threads can leave it cached as unknown for the whole process (LookupError).
 import encodings.idna  # noqa: F401
-import importlib
+import io
 import json
+import os
+import signal
+import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+WORKERS = 3
+
 SERVICE = '''
-"""demo_shop: a tiny price service. Bug: a discount code is applied twice."""
+"""demo_shop: a tiny pre-fork price service. Bug: a discount code is applied twice."""
 
 import json
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import os
+import signal
+import socket
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 CODES = {"SAVE10": 10, "SAVE25": 25}
 
@@ -47,7 +63,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         _, _, query = self.path.partition("?")
         args = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
-        body = json.dumps(quote(int(args.get("cents", "0")), args.get("code", ""))).encode()
+        answer = quote(int(args.get("cents", "0")), args.get("code", ""))
+        body = json.dumps({**answer, "worker": os.getpid()}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -58,8 +75,31 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-def serve():
-    return ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+def main(workers):
+    listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: serve the shared socket until told to stop
+            signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+            server = HTTPServer(listener.getsockname(), Handler, bind_and_activate=False)
+            server.socket.close()
+            server.socket = listener
+            server.serve_forever(poll_interval=0.5)
+            os._exit(0)
+        children.append(pid)
+
+    def stop(*_):
+        for pid in children:
+            os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            os.waitpid(pid, 0)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    print("listening", listener.getsockname()[1], flush=True)
+    while True:
+        signal.pause()
 '''
 
 FIX = '''
@@ -78,100 +118,183 @@ def quote(cents, code=""):
     return {"list": cents, "code": code, "price": price}
 '''
 
+URL = "http://127.0.0.1:{port}/quote?cents=10000&code=SAVE10"
+
 
 def run_demo(json_lines: bool = False) -> int:
-    import pylivepatch as lp
-    from pylivepatch.build.pack import pack
+    with tempfile.TemporaryDirectory(prefix="pylivepatch-demo-") as tmp:
+        return _Demo(Path(tmp), json_lines).run()
 
-    def say(step: str, **info: Any) -> None:
-        if json_lines:
+
+class _Demo:
+    def __init__(self, root: Path, json_lines: bool) -> None:
+        self.root, self.json_lines = root, json_lines
+        self.app = f"demo-{os.getpid()}"
+        self.answers: list[dict[str, Any]] = []
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+
+    # --- output ------------------------------------------------------------------
+
+    def say(self, step: str, text: str = "", **info: Any) -> None:
+        if self.json_lines:
             print(json.dumps({"step": step, **info}), flush=True)
         else:
-            extra = "  ".join(f"{k}={v}" for k, v in info.items())
-            print(f"== {step}" + (f"  {extra}" if extra else ""), flush=True)
+            print(f"\n== {step}" + (f": {text}" if text else ""), flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="pylivepatch-demo-") as tmp:
-        root = Path(tmp)
-        (root / "demo_shop.py").write_text(textwrap.dedent(SERVICE))
-        (root / "fix_double_discount.py").write_text(textwrap.dedent(FIX))
-        sys.path.insert(0, str(root))
-        importlib.invalidate_caches()
-        shop = importlib.import_module("demo_shop")
-        server = shop.serve()
-        port = server.server_address[1]
-        serving = threading.Thread(target=server.serve_forever, name="demo-http", daemon=True)
-        serving.start()
-        stop = threading.Event()
-        answers: list[int] = []
-        failures: list[str] = []
+    def command(self, *args: str) -> Any:
+        """Run a real ``pylivepatch`` verb in this process and show it like a shell."""
+        from . import main
 
-        def get(cents: int, code: str) -> dict[str, Any]:
-            url = f"http://127.0.0.1:{port}/quote?cents={cents}&code={code}"
-            with urllib.request.urlopen(url, timeout=5) as resp:
-                return dict(json.loads(resp.read()))
+        if self.json_lines:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                rc = main([*args, "--json"])
+            return rc, json.loads(out.getvalue() or "null")
+        print(f"$ pylivepatch {' '.join(args)}", flush=True)
+        return main(list(args)), None
 
-        def load() -> None:
-            deadline = time.monotonic() + 60
-            while not stop.is_set() and time.monotonic() < deadline:
-                try:
-                    answers.append(get(10000, "SAVE10")["price"])
-                except Exception as exc:  # noqa: BLE001 - counted and shown
-                    failures.append(repr(exc))
+    # --- the service ---------------------------------------------------------------
 
-        client = threading.Thread(target=load, name="demo-client", daemon=True)
-        client.start()
-        engine = lp.engine()
+    def get(self) -> dict[str, Any]:
+        with urllib.request.urlopen(URL.format(port=self.port), timeout=10) as resp:
+            return dict(json.loads(resp.read()))
 
-        def wait_for(n: int) -> None:  # let the client's traffic flow for a while
-            deadline = time.monotonic() + 10
-            while len(answers) < n and time.monotonic() < deadline:
-                time.sleep(0.005)
+    def by_worker(self) -> dict[int, int]:
+        """Ask until every worker has answered: worker pid -> price."""
+        seen: dict[int, int] = {}
+        for _ in range(200):
+            answer = self.get()
+            seen[answer["worker"]] = answer["price"]
+            if len(seen) == WORKERS:
+                break
+        return dict(sorted(seen.items()))
 
+    def show_workers(self, step: str, seen: dict[int, int], expected: int) -> None:
+        if self.json_lines:
+            self.say(step, workers=seen, answer=json.dumps(self.get()))
+            return
+        self.say(step, f"GET /quote?cents=10000&code=SAVE10 (a 10% code; right price {expected})")
+        for pid, price in seen.items():
+            verdict = "right" if price == expected else "WRONG"
+            print(f"   worker {pid}: price {price}  {verdict}", flush=True)
+
+    def traffic(self) -> None:
+        deadline = time.monotonic() + 120
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                self.answers.append(self.get())
+            except Exception as exc:  # noqa: BLE001 - counted and shown
+                self.failures.append(repr(exc))
+
+    def wait_for_agents(self) -> None:
+        from .remote import discover
+
+        for _ in range(400):
+            if sum(1 for p in discover() if p["app"] == self.app) == WORKERS + 1:
+                return
+            time.sleep(0.025)
+        raise RuntimeError("the demo service's agents did not come up")
+
+    # --- the tour ------------------------------------------------------------------
+
+    def run(self) -> int:
+        from ..agent.run import environment
+        from ..build.pack import pack
+
+        (self.root / "demo_shop.py").write_text(textwrap.dedent(SERVICE))
+        (self.root / "fix_double_discount.py").write_text(textwrap.dedent(FIX))
+        os.environ["PYLIVEPATCH_STATE_DIR"] = str(self.root / "state")
+        env = environment(self.app)
+        env["PYTHONPATH"] = os.pathsep.join([str(self.root), env["PYTHONPATH"]])
+        service = subprocess.Popen(
+            # imported, not run with -m: a module run as a script is __main__, not demo_shop
+            [sys.executable, "-c", f"import demo_shop; demo_shop.main({WORKERS})"],
+            env=env, cwd=self.root, stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        client = threading.Thread(target=self.traffic, name="demo-client", daemon=True)
+        ok = False
         try:
-            say("service started", url=f"http://127.0.0.1:{port}/quote?cents=10000&code=SAVE10")
-            wait_for(25)
-            before = get(10000, "SAVE10")
-            say("before the patch", answer=json.dumps(before), expected_price=9000)
-            packed = pack(root / "fix_double_discount.py")
-            say(
-                "packed fix",
-                name=packed.manifest["name"],
-                build_id=packed.manifest["build_id"][:16],
-            )
-            result = engine.load(packed.data)
-            say(
-                "applied live",
-                pause_us=f"{result.pause_ns / 1000:.1f}",
-                requests_so_far=len(answers),
-            )
-            wait_for(len(answers) + 25)
-            after = get(10000, "SAVE10")
-            say("after the patch", answer=json.dumps(after))
-            status = engine.status(result.name)
-            say(
-                "status",
-                name=status.name,
-                state=status.state,
-                rc=status.rc,
-                ticket=status.metadata.get("ticket"),
-            )
-            reverted = engine.revert(result.name)
-            wait_for(len(answers) + 25)
-            again = get(10000, "SAVE10")
-            say("reverted", pause_us=f"{reverted.pause_ns / 1000:.1f}", answer=json.dumps(again))
-            engine.unload(result.name)
-            ok = before["price"] == 8100 and after["price"] == 9000 and again["price"] == 8100
+            assert service.stdout is not None
+            line = service.stdout.readline().split()
+            if line[:1] != ["listening"]:
+                raise RuntimeError("the demo service did not start")
+            self.port = int(line[1])
+            self.wait_for_agents()
+            self.say(
+                "service started",
+                f"pylivepatch run --app {self.app} -- python -c 'import demo_shop; "
+                f"demo_shop.main({WORKERS})'  "
+                f"(a master and {WORKERS} forked workers on 127.0.0.1:{self.port})",
+                url=URL.format(port=self.port), app=self.app,
+            )  # fmt: skip
+            if not self.json_lines:
+                self.command("ps")
+            before = self.by_worker()
+            self.show_workers("before the patch", before, 9000)
+            packed = pack(self.root / "fix_double_discount.py", against=str(self.root))
+            fix = self.root / "fix.lpz"
+            fix.write_bytes(packed.data)
+            self.say(
+                "packed the fix",
+                f"pylivepatch pack fix_double_discount.py -o fix.lpz  "
+                f"(build id {packed.manifest['build_id'][:16]})",
+                name=packed.manifest["name"], build_id=packed.manifest["build_id"][:16],
+            )  # fmt: skip
+            client.start()
+            self._wait(lambda: len(self.answers) >= 20)
+            self.say("applied live to every process of the app, under load")
+            rc_load, loaded = self.command("load", str(fix), "--app", self.app)
+            if loaded is not None:
+                self.say("load result", **loaded)
+            after = self.by_worker()
+            self.show_workers("after the patch", after, 9000)
+            if not self.json_lines:
+                self.command("list", "--app", self.app)
+            self._wait(lambda: len(self.answers) >= 60)
+            self.say("reverted live")
+            rc_revert, reverted = self.command("revert", "fix-double-discount", "--app", self.app)
+            if reverted is not None:
+                self.say("revert result", **reverted)
+            again = self.by_worker()
+            self.show_workers("reverted", again, 9000)
+            if not self.json_lines:
+                self.say("the audit log")
+                self.command("log", "--app", self.app, "-n", str(2 * (WORKERS + 1) + WORKERS + 1))
+            ok = (
+                rc_load == 0 and rc_revert == 0
+                and set(before.values()) == {8100} and set(after.values()) == {9000}
+                and set(again.values()) == {8100} and len(after) == WORKERS
+            )  # fmt: skip
+            if loaded is not None:
+                ok = ok and len(loaded["processes"]) == WORKERS + 1
         finally:
-            stop.set()
-            client.join(timeout=10)
-            server.shutdown()
-            server.server_close()
-            sys.path.remove(str(root))
-            sys.modules.pop("demo_shop", None)
-        say(
+            self.stop.set()
+            if client.is_alive():
+                client.join(timeout=15)
+            _stop(service)
+        prices = sorted({a["price"] for a in self.answers})
+        self.say(
             "done",
-            requests=len(answers),
-            failed_requests=len(failures),
-            answers_seen=",".join(str(p) for p in sorted(set(answers))),
-        )
-        return 0 if ok and not failures else 1
+            f"{len(self.answers)} requests during the patch and the revert, "
+            f"{len(self.failures)} failed; prices seen {prices}; service stopped",
+            requests=len(self.answers), failed_requests=len(self.failures),
+            answers_seen=",".join(map(str, prices)),
+        )  # fmt: skip
+        return 0 if ok and not self.failures else 1
+
+    def _wait(self, condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+
+def _stop(service: subprocess.Popen[str]) -> None:
+    try:
+        service.send_signal(signal.SIGTERM)
+        service.wait(10)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(service.pid, signal.SIGKILL)  # anything left of its tree
+    service.wait(10)

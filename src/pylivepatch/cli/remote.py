@@ -209,6 +209,10 @@ def act(args: argparse.Namespace) -> int:
                 if not result.noop:  # a process that already was so is not put back
                     done.append(pid)
                 results[pid] = result.message if result.noop else DONE[verb]
+                if verb == "apply":
+                    waiting = Client(pid).status(name).pending
+                    if waiting:
+                        results[pid] += f"; waits for the import of {', '.join(waiting)}"
             except LivepatchError as exc:
                 results[pid], failure = f"{exc.code}: {exc.message}", exc
                 break
