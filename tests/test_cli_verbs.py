@@ -106,6 +106,7 @@ def session(lab):
 
 
 def test_every_verb_transcript(session):
+    pytest.importorskip("rich", reason="the transcript is of rich tables (the cli extra)")
     s, pid = session, session.pid
     s.run("ps")
     s.run("upload", "fix-price", "fix.lpz", "-p", pid)
