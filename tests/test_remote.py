@@ -145,3 +145,38 @@ def test_one_refusing_process_leaves_none_patched(lab, procs):
 def test_errors_without_a_target_are_one_line(lab):
     out = cli("list", cwd=lab.root)
     assert out.returncode == 1 and out.stderr.startswith("pylivepatch: not-found: name the target")
+
+
+def test_a_terminal_sees_a_progress_bar_for_many_processes(lab, procs):
+    import pty
+    import re
+
+    pytest.importorskip("rich", reason="progress bars come with the cli extra")
+    lab.module("shop", "def price(x):\n    return x * 2\n")
+    app = f"bar-{lab.prefix}"
+    workers = [procs(app, lab.name("shop")) for _ in range(2)]
+    wait_for_agents(lab, app, 2)
+    (lab.root / "fix.lpz").write_bytes(lab.pack(FIX))
+    terminal, stderr = pty.openpty()
+    out = subprocess.run(
+        [sys.executable, "-m", "pylivepatch", "load", "fix.lpz", "--app", app],
+        cwd=lab.root, stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=SRC),
+    )  # fmt: skip
+    os.close(stderr)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 65536)
+        except OSError:  # the other side is closed: everything was read
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(terminal)
+    assert out.returncode == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode())  # without terminal codes
+    for phase in ("upload fix-price", "apply fix-price"):
+        assert re.search(phase + r" ━+ 2/2 processes", text), text
+    assert "RESULT" not in text, "the table goes to stdout, the bar to the terminal's stderr"
+    assert [w.call() for w in workers] == ["6", "6"]
