@@ -179,3 +179,56 @@ def test_a_forked_child_keeps_the_payload_and_gets_its_own_socket(lab, target):
     finally:
         os.kill(child, signal.SIGKILL)  # the target reaps it when it exits
         protocol.socket_path(child).unlink(missing_ok=True)
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0 or not shutil.which("setpriv") or _python_for_nobody() is None,
+    reason="needs root, setpriv and a system python3 another user can run",
+)
+def test_a_peer_of_another_uid_is_refused_by_the_agent_and_audited(lab, monkeypatch):
+    """Behind the file modes, the agent checks SO_PEERCRED itself: open the directory
+    and socket to everyone, and another user still gets only `permission-denied`."""
+    import json
+    import tempfile
+
+    from pylivepatch.agent import store
+
+    runtime = Path(tempfile.mkdtemp(prefix="lp-runtime-"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    lab.module("shop", "def price(x):\n    return x * 2\n")
+    program = TARGET_PROGRAM.format(root=str(lab.root), module=lab.name("shop"))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", program], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True, env=dict(os.environ, PYTHONPATH=SRC),
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        sock = protocol.socket_path(proc.pid)
+        runtime.chmod(0o711)
+        sock.parent.chmod(0o711)
+        sock.chmod(0o666)
+        probe = (
+            "import json, socket, struct\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            f"s.connect({str(sock)!r})\n"
+            "body = json.dumps({'v': 1, 'verb': 'list', 'args': {}}).encode()\n"
+            "s.sendall(struct.pack('>I', len(body)) + body)\n"
+            "head = s.recv(4)\n"
+            "print(s.recv(struct.unpack('>I', head)[0]).decode())\n"
+        )
+        out = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             _python_for_nobody(), "-c", probe],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        reply = json.loads(out.stdout)
+        assert reply["ok"] is False and reply["error"]["code"] == "permission-denied", out
+        assert "uid 65534 may not control this process" in reply["error"]["message"]
+        assert Client(proc.pid).list() == [], "the owner is still served"
+    finally:
+        proc.stdin.close()
+        proc.wait(10)
+        shutil.rmtree(runtime, ignore_errors=True)
+    (refused,) = [r for r in store.read_audit(None) if r["pid"] == proc.pid]
+    assert (refused["action"], refused["result"]) == ("connect", "permission-denied")
+    assert refused["peer"]["uid"] == 65534 and refused["peer"]["via"] == "socket"
