@@ -42,3 +42,39 @@ def run(app: str | None, command: Sequence[str]) -> int:
         raise LivepatchError("not-found", f"command {command[0]!r} not found")
     os.execve(exe, list(command), environment(app))
     return 0  # pragma: no cover - execve does not return
+
+
+def test(payloads: Sequence[str], command: Sequence[str]) -> int:
+    """Run ``command`` with ``payloads`` applied at the start of every Python process it
+    starts; print whether they applied; return the command's exit code."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from . import testing
+
+    if not command:
+        raise LivepatchError(
+            "invalid-payload", "test needs a command: pylivepatch test FILE -- CMD ..."
+        )
+    paths = []
+    for p in payloads:
+        path = Path(p).resolve()
+        if not path.is_file():
+            raise LivepatchError("not-found", f"payload file {p} does not exist")
+        from ..payload import archive
+
+        archive.read(path.read_bytes())  # a damaged payload is refused before CMD runs
+        paths.append(str(path))
+    exe = shutil.which(command[0])
+    if exe is None:
+        raise LivepatchError("not-found", f"command {command[0]!r} not found")
+    with tempfile.TemporaryDirectory(prefix="pylivepatch-test-") as tmp:
+        env = environment(None)
+        env[testing.PAYLOADS] = os.pathsep.join(paths)
+        env[testing.REPORT] = str(Path(tmp) / "report.jsonl")
+        code = subprocess.run([exe, *command[1:]], env=env).returncode
+        lines, _ = testing.summarize(env[testing.REPORT])
+    for line in lines:
+        print(line, file=sys.stderr)
+    return code

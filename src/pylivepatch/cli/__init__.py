@@ -49,6 +49,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
+    p = sub.add_parser("build", help="build a payload from two versions of the source")
+    p.add_argument("old", help="the running version: a directory, sdist, wheel or git revision")
+    p.add_argument("new", help="the fixed version, same kinds")
+    p.add_argument("-o", "--output", help="archive to write (NAME.lpz)")
+    p.add_argument("--repo", metavar="DIR", help="OLD and NEW are git revisions of this repository")
+    p.add_argument("--name", help="payload name (default: the output file's stem)")
+    p.add_argument("--version", default="", help="payload version")
+    p.add_argument("--description", default="")
+    p.add_argument(
+        "--metadata", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    p.add_argument("--replace", action="store_true", help="a cumulative payload (atomic replace)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--depends", metavar="BUILD_ID", help="stack on this payload")
+    group.add_argument("--independent", action="store_true", help="stack on nothing (the default)")
+    p.add_argument(
+        "--consistency", default="transition", choices=("transition", "atomic", "immediate")
+    )
+    p.add_argument("--python", metavar="VERSIONS", help="e.g. 3.11,3.12 (default: this one)")
+    p.add_argument(
+        "--allow", action="append", default=[], metavar="KIND",
+        help="accept a refusal kind that a hook, a state or shadow variables handle",
+    )  # fmt: skip
+    p.add_argument("--emit", metavar="FILE", help="also write the generated payload module")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
     p = sub.add_parser("inspect", help="show what a payload archive contains")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
@@ -98,6 +124,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--app", required=True)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser(
+        "test", help="run a command with payloads applied in all its Python processes"
+    )
+    p.add_argument("file", nargs="+", help="payload archive(s), applied in order; then -- CMD ...")
     p = sub.add_parser("run", help="run a command whose Python processes all get an agent")
     p.add_argument("--app", help="the app name `--app` targets select")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ...")
@@ -105,12 +135,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if argv[:1] == ["test"] and "--" in argv:  # test FILE... -- CMD...: CMD is not ours to parse
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1 :]
     args = _parser().parse_args(argv)
     try:
         if args.verb == "pack":
             return _pack(args)
         if args.verb == "inspect":
             return _inspect(args)
+        if args.verb == "build":
+            from .build import build_command
+
+            return build_command(args)
         if args.verb == "demo":
             from .demo import run_demo
 
@@ -127,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return remote.install(args)
         if args.verb == "uninstall":
             return remote.uninstall(args)
+        if args.verb == "test":
+            from ..agent.run import test
+
+            return test(args.file, command)
         if args.verb == "run":
             from ..agent.run import run
 

@@ -491,21 +491,63 @@ def data_value(loaded: LoadedPackage, entry: DataEntry, dt: DataTarget) -> Any:
             "invalid-payload",
             f"{entry.target}: value_source {entry.value_source!r} raised {type(exc).__name__}: {exc}",
         ) from None
-    if isinstance(value, types.FunctionType) and value.__module__.startswith(loaded.package):
+    return move_to_target(value, loaded.package, dt)
+
+
+def move_to_target(value: Any, package: str, dt: DataTarget) -> Any:
+    """A function, descriptor or class the payload defines, made to run as if the
+    target module defined it: functions get the module's globals (and, added to a
+    class, that class as the ``__class__`` of zero-argument ``super()``); a class the
+    payload defines has its methods moved the same way (the class object is the
+    payload's own, so changing it changes nothing of the process)."""
+    holder = dt.holder if isinstance(dt.holder, type) else None
+
+    def ours(obj: Any) -> bool:
+        return str(getattr(obj, "__module__", "") or "").startswith(package)
+
+    def move(func: types.FunctionType, cls: type | None) -> types.FunctionType:
+        closure = func.__closure__
+        if closure and cls is not None and "__class__" in func.__code__.co_freevars:
+            cells = list(closure)
+            cells[func.__code__.co_freevars.index("__class__")] = types.CellType(cls)
+            closure = tuple(cells)
         moved = types.FunctionType(
-            value.__code__,
-            dt.module.__dict__,
-            value.__name__,
-            value.__defaults__,
-            value.__closure__,
+            func.__code__, dt.module.__dict__, func.__name__, func.__defaults__, closure
         )
-        moved.__kwdefaults__ = value.__kwdefaults__
-        moved.__qualname__ = value.__qualname__
-        moved.__doc__ = value.__doc__
-        moved.__dict__.update(value.__dict__)
+        moved.__kwdefaults__ = func.__kwdefaults__
+        moved.__qualname__ = func.__qualname__
+        moved.__doc__ = func.__doc__
+        moved.__dict__.update(func.__dict__)
         moved.__module__ = dt.module.__name__
+        if cls is not None:  # named as the method of the class it joins
+            moved.__qualname__ = f"{cls.__qualname__}.{dt.name if cls is holder else func.__name__}"
         return moved
-    return value
+
+    def convert(obj: Any, cls: type | None) -> Any:
+        if isinstance(obj, types.FunctionType) and ours(obj):
+            return move(obj, cls)
+        if isinstance(obj, staticmethod) and isinstance(obj.__func__, types.FunctionType):
+            return staticmethod(convert(obj.__func__, cls)) if ours(obj.__func__) else obj
+        if isinstance(obj, classmethod) and isinstance(obj.__func__, types.FunctionType):
+            return classmethod(convert(obj.__func__, cls)) if ours(obj.__func__) else obj
+        if isinstance(obj, property) and any(ours(f) for f in (obj.fget, obj.fset, obj.fdel)):
+            return property(  # type: ignore[call-arg]
+                *(
+                    convert(f, cls) if f is not None else None
+                    for f in (obj.fget, obj.fset, obj.fdel)
+                ),
+                obj.__doc__,
+            )
+        return obj
+
+    if isinstance(value, type) and ours(value):
+        for key, member in list(vars(value).items()):
+            converted = convert(member, value)
+            if converted is not member:
+                setattr(value, key, converted)
+        value.__module__ = dt.module.__name__
+        return value
+    return convert(value, holder)
 
 
 def check_data_expectation(entry: DataEntry, dt: DataTarget, value: Any, current: Any) -> None:

@@ -1,5 +1,6 @@
 """Started by ``pylivepatch run``: give this Python process an agent, apply the payloads
 installed for its app, then run the ``sitecustomize`` this module shadows, if any.
+Under ``pylivepatch test``: apply the payloads under test instead of starting an agent.
 
 Never breaks the program it is loaded into: any failure is reported on stderr once.
 """
@@ -12,9 +13,14 @@ def _boot() -> None:
 
     here = os.path.dirname(os.path.abspath(__file__))
     try:
-        import pylivepatch
+        if os.environ.get("PYLIVEPATCH_TEST_PAYLOADS"):  # pylivepatch test
+            from pylivepatch.agent.testing import apply_test_payloads
 
-        pylivepatch.start()
+            apply_test_payloads()
+        else:
+            import pylivepatch
+
+            pylivepatch.start()
     except Exception as exc:  # noqa: BLE001 - the host program must run regardless
         print(f"pylivepatch: the agent did not start: {type(exc).__name__}: {exc}", file=sys.stderr)
     # Chain to the program's own sitecustomize (a virtualenv's, a distribution's): take

@@ -1,0 +1,546 @@
+"""``pylivepatch build OLD NEW``: a payload from the difference of two versions.
+
+1. Both versions are made directories (:mod:`.sources`); modules are matched by name.
+2. Each changed module is compared (:mod:`.compare`); a new module the new code
+   imports, a changed C source, and constants whose old value was captured at import
+   are refused here, where the whole tree is known.
+3. The payload module is written from the NEW definitions (``ast.unparse``, so string
+   contents are exact) and packed against OLD (:func:`.pack.pack` with ``against``):
+   every expectation is the fingerprint of the OLD code, per interpreter.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import LivepatchError
+from . import sources
+from .compare import REFUSALS, Change, Comparer, ModuleDiff, Refusal, import_time_reads, loads
+from .literals import literal_source
+
+_TYPE_PARAMS: dict[str, Any] = {"type_params": []} if sys.version_info >= (3, 12) else {}
+
+
+@dataclass
+class BuildOptions:
+    name: str = "build"
+    version: str = ""
+    description: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    replace: bool = False
+    depends: str | None = None
+    consistency: str = "transition"
+    pythons: list[str] | None = None
+    allow: frozenset[str] = frozenset()
+    repo: str | None = None
+
+
+@dataclass
+class BuildResult:
+    diffs: list[ModuleDiff]
+    changes: list[Change]
+    refusals: list[Refusal]  # not allowed: the build failed
+    allowed: list[Refusal]  # accepted by --allow: the author must handle them
+    warnings: list[str]
+    source: str = ""  # the payload module
+    data: bytes = b""  # the packed archive
+    manifest: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.refusals and bool(self.changes)
+
+    @property
+    def no_change(self) -> bool:
+        return not self.changes and not self.refusals and not self.allowed
+
+
+def build(old: str, new: str, options: BuildOptions) -> BuildResult:
+    for kind in options.allow:
+        if kind not in REFUSALS:
+            raise LivepatchError(
+                "invalid-payload",
+                f"--allow {kind}: not a refusal kind; kinds are {', '.join(sorted(REFUSALS))}",
+            )
+    with tempfile.TemporaryDirectory(prefix="pylivepatch-build-") as tmp:
+        work = Path(tmp)
+        old_tree = sources.materialize(old, work, "old", options.repo)
+        new_tree = sources.materialize(new, work, "new", options.repo)
+        old_root, new_root = sources.source_root(old_tree), sources.source_root(new_tree)
+        result = compare_trees(old_root, new_root)
+        result.allowed = [r for r in result.refusals if r.kind in options.allow]
+        result.refusals = [r for r in result.refusals if r.kind not in options.allow]
+        if result.refusals or not result.changes:
+            return result
+        result.source = emit(result, options, old_root)
+        payload = work / "payload.py"
+        payload.write_text(result.source)
+        from .pack import pack
+
+        packed = pack(payload, against=str(old_root), pythons=options.pythons)
+        result.data, result.manifest = packed.data, packed.manifest
+        result.warnings += packed.warnings
+        return result
+
+
+def compare_trees(old_root: Path, new_root: Path) -> BuildResult:
+    old_mods, new_mods = sources.modules(old_root), sources.modules(new_root)
+    diffs: list[ModuleDiff] = []
+    warnings: list[str] = []
+    refusals: list[Refusal] = []
+    texts: dict[str, str] = {}
+    for mod, path in sorted(new_mods.items()):
+        new_text = sources.read(path)
+        if mod not in old_mods:
+            continue  # new modules: refused below if the new code imports them
+        old_text = sources.read(old_mods[mod])
+        texts[mod] = old_text
+        if old_text == new_text:
+            continue
+        rel = path.relative_to(new_root).as_posix()
+        diffs.append(Comparer(mod, rel, old_text, new_text).run())
+    for mod in sorted(set(old_mods) - set(new_mods)):
+        warnings.append(f"module {mod} was removed; the payload leaves it in place")
+    added = sorted(set(new_mods) - set(old_mods))
+    for d in diffs:
+        if d.new is None:
+            continue
+        for node in ast.walk(d.new):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            for name in _imported_modules(node, d.module, d.file):
+                hit = next((m for m in added if name == m or name.startswith(m + ".")), None)
+                if hit:
+                    refusals.append(
+                        Refusal(
+                            "new-module", d.file, node.lineno, hit,
+                            f"the new code imports {hit}, a module the old version does not "
+                            "have; a payload patches existing modules (ship the module first)",
+                        )
+                    )  # fmt: skip
+    for rel in sorted(_changed_extensions(old_root, new_root)):
+        refusals.append(
+            Refusal(
+                "c-extension", rel, 0, rel,
+                "C/Cython source changed; compiled code cannot be live-patched",
+            )
+        )  # fmt: skip
+    old_asts = {m: _parse(t) for m, t in texts.items()}
+    for m, path in old_mods.items():
+        if m not in old_asts:
+            old_asts[m] = _parse(sources.read(path))
+    for d in diffs:
+        for c in d.changes:
+            if c.kind == "constant":
+                refusals += _captured(c, d, old_asts)
+    changes = [c for d in diffs for c in d.changes]
+    refusals = [r for d in diffs for r in d.refusals] + refusals
+    warnings += [w for d in diffs for w in d.warnings]
+    for c in changes:
+        if c.kind in ("function", "method") and _makes_closures(c.node):
+            warnings.append(
+                f"{c.file}:{c.line}: {c.target}: functions it creates (closures, lambdas) "
+                "before the patch keep their old code"
+            )
+    return BuildResult(diffs, changes, refusals, [], warnings)
+
+
+def _parse(text: str) -> ast.Module | None:
+    try:
+        return ast.parse(text)
+    except SyntaxError:
+        return None
+
+
+def _imported_modules(node: ast.AST, module: str, file: str) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if isinstance(node, ast.ImportFrom):
+        base = absolute(node, module, file.endswith("__init__.py"))
+        return [base] + [f"{base}.{a.name}" for a in node.names]
+    return []
+
+
+def absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute module name a ``from ... import`` reads from."""
+    if not node.level:
+        return node.module or ""
+    parts = module.split(".")
+    if not is_package:
+        parts = parts[:-1]
+    if node.level > 1:
+        parts = parts[: len(parts) - (node.level - 1)]
+    return ".".join([*parts, *([node.module] if node.module else [])])
+
+
+def _changed_extensions(old_root: Path, new_root: Path) -> set[str]:
+    old, new = sources.extensions(old_root), sources.extensions(new_root)
+    changed = {r for r in set(old) & set(new) if old[r].read_bytes() != new[r].read_bytes()}
+    return changed | (set(new) - set(old))
+
+
+def _makes_closures(node: ast.AST | None) -> bool:
+    if node is None:
+        return False
+    body = getattr(node, "body", [])
+    return any(
+        isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        for stmt in body
+        for n in ast.walk(stmt)
+    )
+
+
+# --- constants captured at import --------------------------------------------------------
+
+
+def _captured(c: Change, d: ModuleDiff, old_asts: dict[str, ast.Module | None]) -> list[Refusal]:
+    """A constant whose old value was copied at import: rebinding it would leave
+    copies old. Also finds the modules that copied it with ``from m import NAME``."""
+    old = old_asts.get(c.module)
+    if old is None:
+        return []
+    out: list[Refusal] = []
+    parts = c.qualname.split(".")
+    name = parts[-1]
+
+    def refuse(where: str, file: str = d.file, line: int = c.line) -> None:
+        out.append(
+            Refusal(
+                "captured-constant", file, line, c.target,
+                f"its old value was captured at import by {where}; rebinding it would leave "
+                "that copy old (patch the code that reads the copy, or use a hook)",
+            )
+        )  # fmt: skip
+
+    functions = _callables(old.body)
+    if len(parts) == 1:
+        for expr, where in import_time_reads(old.body):
+            if isinstance(expr, ast.Assign) and _assigns(expr, name):
+                continue
+            if name in loads(expr):
+                refuse(where)
+                return out
+        for stmt in _module_statements(old.body):
+            built = _calls_reading(stmt, functions, lambda n: name in loads(n))
+            if built:
+                refuse(f"`{_short(stmt)}` (line {stmt.lineno}), which calls {built}")
+                return out
+        for mod, tree in sorted(old_asts.items()):
+            if mod == c.module or tree is None:
+                continue
+            for node in tree.body:
+                if isinstance(node, ast.ImportFrom) and any(
+                    a.name == name and (a.asname or a.name) == name for a in node.names
+                ):
+                    is_pkg = False
+                    if (
+                        absolute(node, mod, is_pkg) == c.module
+                        or absolute(node, mod, True) == c.module
+                    ):
+                        c.importers.append(mod)
+                        for expr, where in import_time_reads(tree.body):
+                            if not isinstance(expr, ast.ImportFrom) and name in loads(expr):
+                                refuse(f"{where} in {mod}", mod.replace(".", "/") + ".py", 0)
+                                return out
+        return out
+    # a class attribute C.NAME
+    cls_path = parts[:-1]
+    cls = _find_class(old.body, cls_path)
+    if cls is None:
+        return out
+    for expr, where in import_time_reads(cls.body):
+        if isinstance(expr, ast.Assign) and _assigns(expr, name):
+            continue
+        if name in loads(expr):
+            refuse(f"{where} in class {cls.name}")
+            return out
+
+    def reads_it(n: ast.AST) -> bool:
+        return name in loads(n) or name in {
+            a.attr for a in ast.walk(n) if isinstance(a, ast.Attribute)
+        }
+
+    methods = {cls.name: cls}
+    for stmt in _module_statements(old.body):
+        built = _calls_reading(stmt, {**functions, **methods}, reads_it)
+        if built:
+            refuse(f"`{_short(stmt)}` (line {stmt.lineno}), which built an object with {built}")
+            return out
+    return out
+
+
+def _assigns(node: ast.Assign, name: str) -> bool:
+    return any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
+
+
+def _callables(body: list[ast.stmt]) -> dict[str, ast.AST]:
+    return {
+        n.name: n
+        for n in body
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+    }
+
+
+def _module_statements(body: list[ast.stmt]) -> list[ast.stmt]:
+    return [
+        n for n in body
+        if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom))
+    ]  # fmt: skip
+
+
+def _calls_reading(stmt: ast.stmt, defs: dict[str, ast.AST], reads: Any) -> str:
+    for n in ast.walk(stmt):
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id in defs:
+            target = defs[n.func.id]
+            if reads(target):
+                return f"{n.func.id}()"
+    return ""
+
+
+def _find_class(body: list[ast.stmt], path: list[str]) -> ast.ClassDef | None:
+    cls = None
+    for part in path:
+        found = [n for n in body if isinstance(n, ast.ClassDef) and n.name == part]
+        if not found:
+            return None
+        cls = found[-1]
+        body = cls.body
+    return cls
+
+
+def _short(node: ast.AST, limit: int = 60) -> str:
+    text = " ".join(ast.unparse(node).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --- the payload module ----------------------------------------------------------------
+
+
+class _Names:
+    """Names the payload module binds, to find collisions between target modules."""
+
+    def __init__(self) -> None:
+        self.bound: dict[str, tuple[str, str]] = {}  # name -> (module, what)
+        self.collisions: list[str] = []
+
+    def bind(self, name: str, module: str, what: str) -> bool:
+        """Record that ``name`` means ``what`` of ``module``; False if already bound the same way."""
+        have = self.bound.get(name)
+        if have is None:
+            self.bound[name] = (module, what)
+            return True
+        if have[1] != what:
+            self.collisions.append(f"{name!r} is {have[1]} for {have[0]} and {what} for {module}")
+        return False
+
+
+def emit(result: BuildResult, options: BuildOptions, old_root: Path) -> str:
+    """The payload module's source."""
+    head = [
+        '"""pylivepatch payload generated by `pylivepatch build`; rebuild, do not edit."""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "import pylivepatch as _lp",
+        "",
+    ]
+    args = [repr(options.name)]
+    for key in ("version", "description"):
+        if getattr(options, key):
+            args.append(f"{key}={getattr(options, key)!r}")
+    if options.metadata:
+        args.append(f"metadata={dict(sorted(options.metadata.items()))!r}")
+    if options.replace:
+        args.append("replace=True")
+    if options.depends is not None:
+        args.append(f"depends={options.depends!r}")
+    args.append(f"consistency={options.consistency!r}")
+    names = _Names()
+    names.bind("_lp", "", "pylivepatch")
+    names.bind("patch", "", "the Patch")
+    imports: list[str] = []
+    body: list[str] = [f"patch = _lp.Patch({', '.join(args)})", ""]
+    for d in result.diffs:
+        if not d.changes:
+            continue
+        assert d.new is not None and d.old is not None
+        ctx = _ModuleContext(d, names, imports)
+        body += [f"# --- {d.module} ({d.file})", ""]
+        for c in sorted(d.changes, key=lambda c: c.line):
+            body += ctx.emit(c)
+    if names.collisions:
+        raise LivepatchError(
+            "invalid-payload",
+            "the changes of several modules need one name for different things: "
+            + "; ".join(names.collisions)
+            + " (build one payload per module, or rename in the new version)",
+        )
+    return "\n".join([*head, *imports, "", *body]).rstrip() + "\n"
+
+
+class _ModuleContext:
+    def __init__(self, d: ModuleDiff, names: _Names, imports: list[str]) -> None:
+        assert d.new is not None and d.old is not None
+        self.d, self.names, self.imports = d, names, imports
+        self.module = d.module
+        self.is_package = d.file.endswith("__init__.py")
+        self.new_imports = {
+            (a.asname or a.name.split(".")[0]): (n, a)
+            for n in d.new.body if isinstance(n, (ast.Import, ast.ImportFrom))
+            for a in n.names if a.name != "*"
+        }  # fmt: skip
+        self.old_names = _bound(d.old.body)
+        self.holder = "_" + self.module.replace(".", "_")
+        self.emitted_new: set[str] = set()
+
+    # names a module-level expression of the payload needs at import
+    def need(self, nodes: list[ast.AST]) -> None:
+        for name in sorted(loads(nodes)):
+            if hasattr(builtins, name) or name in self.emitted_new:
+                continue
+            if name in self.new_imports:
+                node, alias = self.new_imports[name]
+                line = self._import_line(node, alias)
+                if self.names.bind(name, self.module, line):
+                    self.imports.append(line)
+            elif name in self.old_names:
+                line = f"from {self.module} import {name}"
+                if self.names.bind(name, self.module, f"{self.module}.{name}"):
+                    self.imports.append(line)
+
+    def _import_line(self, node: ast.Import | ast.ImportFrom, alias: ast.alias) -> str:
+        asname = f" as {alias.asname}" if alias.asname else ""
+        if isinstance(node, ast.Import):
+            return f"import {alias.name}{asname}"
+        base = absolute(node, self.module, self.is_package)
+        return f"from {base} import {alias.name}{asname}"
+
+    def emit(self, c: Change) -> list[str]:
+        out = [f"# {c.file}:{c.line}: {c.kind}: {c.target}"]
+        node = c.node
+        if c.kind in ("function", "method"):
+            assert isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            out += self.replacement(c, node)
+        elif c.kind == "descriptor":
+            assert isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            out += self.added_function(c, node, f"{self.holder}__{c.qualname.replace('.', '__')}")
+        elif c.kind in ("new function", "new method"):
+            assert isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            local = node.name if c.kind == "new function" else (
+                f"{self.holder}__{c.qualname.replace('.', '__')}"
+            )  # fmt: skip
+            out += self.added_function(c, node, local)
+        elif c.kind == "new class":
+            assert isinstance(node, ast.ClassDef)
+            self.need([*node.bases, *node.keywords, *node.decorator_list, *_class_time(node)])
+            self.names.bind(node.name, self.module, f"class {c.target}")
+            self.emitted_new.add(node.name)
+            out += [ast.unparse(node), f"patch.data({c.target!r}, {node.name})"]
+        elif c.kind == "new import":
+            assert isinstance(node, (ast.Import, ast.ImportFrom))
+            name = c.qualname.rsplit(".", 1)[-1]
+            self.need([ast.Name(id=name, ctx=ast.Load())])
+            out.append(f"patch.data({c.target!r}, {name})")
+        elif c.kind == "new name":
+            assert isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None
+            name = c.qualname.rsplit(".", 1)[-1]
+            value = _module_name_literal(node.value, self.module)
+            if "." in c.qualname:  # a class attribute: literals only (compare.py)
+                out.append(f"patch.data({c.target!r}, {ast.unparse(value)})")
+            else:
+                self.need([value])
+                local = name
+                if not self.names.bind(name, self.module, f"new {c.target}"):
+                    local = f"{self.holder}__{name}"
+                self.emitted_new.add(name)
+                out += [f"{local} = {ast.unparse(value)}", f"patch.data({c.target!r}, {local})"]
+        elif c.kind == "constant":
+            source = literal_source(c.value)
+            for target in [c.target, *(f"{m}:{c.qualname}" for m in c.importers)]:
+                out.append(f"patch.data({target!r}, {source})")
+        out.append("")
+        return out
+
+    def _strip(
+        self, node: ast.FunctionDef | ast.AsyncFunctionDef, name: str, keep: set[str]
+    ) -> ast.AST:
+        clone = ast.parse(ast.unparse(node)).body[0]
+        assert isinstance(clone, (ast.FunctionDef, ast.AsyncFunctionDef))
+        clone.name = name
+        clone.decorator_list = [
+            d for d in clone.decorator_list if isinstance(d, ast.Name) and d.id in keep
+        ]
+        return clone
+
+    def replacement(self, c: Change, node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
+        a = node.args
+        self.need([*a.defaults, *[k for k in a.kw_defaults if k is not None]])
+        local = node.name if "." not in c.qualname and c.role is None else (
+            f"{self.holder}__{c.qualname.replace('.', '__')}"
+        )  # fmt: skip
+        if not self.names.bind(local, self.module, f"replacement of {c.target}"):
+            local = f"{self.holder}__{c.qualname.replace('.', '__')}"
+            self.names.bind(local, self.module, f"replacement of {c.target}")
+        clone = self._strip(node, local, {"staticmethod", "classmethod"})
+        target = c.target if c.role in (None, "getter") else c.target  # role is in the qualname
+        return [f"@patch.function({target!r})", ast.unparse(clone)]
+
+    def added_function(
+        self, c: Change, node: ast.FunctionDef | ast.AsyncFunctionDef, local: str
+    ) -> list[str]:
+        a = node.args
+        self.need([*a.defaults, *[k for k in a.kw_defaults if k is not None]])
+        self.names.bind(local, self.module, f"new {c.target}")
+        *classes, name = c.qualname.split(".")
+        keep = {"staticmethod", "classmethod", "property"}
+        if not classes:
+            self.emitted_new.add(local)
+            clone = self._strip(node, local, keep)
+            return [ast.unparse(clone), f"patch.data({c.target!r}, {local})"]
+        # A method is written inside classes named like the target's, so that private
+        # names are mangled as there and super() has a __class__ cell (the engine
+        # points it at the target class).
+        holder = f"{local}__holder"
+        self.names.bind(holder, self.module, f"holder of {c.target}")
+        inner: ast.stmt = self._strip(node, name, keep)  # type: ignore[assignment]
+        for cls in reversed(classes):
+            inner = ast.ClassDef(cls, [], [], [inner], [], **_TYPE_PARAMS)
+        outer = ast.ClassDef(holder, [], [], [inner], [], **_TYPE_PARAMS)
+        ast.fix_missing_locations(outer)
+        path = ".".join([holder, *classes])
+        return [
+            ast.unparse(outer),
+            f"{local} = {path}.__dict__[{name!r}]",
+            f"patch.data({c.target!r}, {local})",
+        ]
+
+
+def _bound(body: list[ast.stmt]) -> set[str]:
+    from .pack import _bound_names
+
+    return _bound_names(body)
+
+
+def _class_time(node: ast.ClassDef) -> list[ast.AST]:
+    """What a class body evaluates when it runs (not its methods' bodies)."""
+    return [expr for expr, _ in import_time_reads(node.body)]
+
+
+def _module_name_literal(node: ast.expr, module: str) -> ast.expr:
+    """``__name__`` in a new module-level value means the target module's name."""
+
+    class Swap(ast.NodeTransformer):
+        def visit_Name(self, n: ast.Name) -> ast.AST:
+            if n.id == "__name__" and isinstance(n.ctx, ast.Load):
+                return ast.copy_location(ast.Constant(module), n)
+            return n
+
+    import copy
+
+    return Swap().visit(copy.deepcopy(node))

@@ -1,0 +1,722 @@
+"""Comparing two versions of a module and classifying every change (SPEC §8) — what
+``create-diff-object`` is to kpatch.
+
+Definitions are matched by name, scope by scope: module functions, classes, methods
+(a property's getter/setter/deleter apart), class and module attributes, imports.
+Functions are compared by the fingerprint of their compiled code with docstrings
+removed, so comments, formatting, docstrings and annotations produce nothing; nested
+functions are part of their enclosing function's code. Every other change is either
+something a payload can do (a :class:`Change`) or a :class:`Refusal` naming the file,
+the line, the kind and the reason.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import copy
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..payload.fingerprint import fingerprint
+from .literals import NOT_LITERAL, literal_value
+
+#: refusal kinds, each with what ``--allow KIND`` means
+REFUSALS: dict[str, str] = {
+    "decorator": "a changed decorator (other than staticmethod/classmethod/property)",
+    "class-bases": "changed base classes",
+    "metaclass": "a changed metaclass or class keyword",
+    "slots": "changed __slots__",
+    "dataclass-fields": "changed dataclass/attrs fields",
+    "mutable-data": "a changed mutable module or class attribute",
+    "computed-data": "a changed computed module or class attribute",
+    "side-effect": "a changed module-level statement with side effects",
+    "captured-constant": "a constant whose old value was captured at import",
+    "instance-state": "new or retyped instance attributes set up by __init__",
+    "removed-referenced": "a removed definition the new code still uses",
+    "new-module": "a new module the new code imports",
+    "c-extension": "a changed C extension source",
+    "syntax": "a module that does not parse",
+    "name-collision": "two modules of one payload need different objects under one name",
+}
+
+#: supported change kinds
+CHANGES = (
+    "function", "method", "new function", "new method", "new class", "new import",
+    "new name", "constant", "descriptor",
+)  # fmt: skip
+
+_DESCRIPTORS = ("staticmethod", "classmethod", "property")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    kind: str
+    file: str
+    line: int
+    target: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.kind}: {self.target}: {self.reason}"
+
+
+@dataclass
+class Change:
+    """One supported change; ``node`` is the NEW definition or statement."""
+
+    kind: str
+    module: str
+    qualname: str
+    file: str
+    line: int
+    node: ast.AST | None = None
+    value: Any = None  # a constant's new value
+    role: str | None = None  # property accessor: getter/setter/deleter
+    descriptor: str | None = None  # staticmethod/classmethod (new or changed descriptor)
+    importers: list[str] = field(default_factory=list)  # modules that copied a constant
+
+    @property
+    def target(self) -> str:
+        return f"{self.module}:{self.qualname}"
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.kind}: {self.target}"
+
+
+@dataclass
+class ModuleDiff:
+    module: str
+    file: str
+    old: ast.Module | None
+    new: ast.Module | None
+    changes: list[Change] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    cosmetic: bool = False  # changed text, no functional change
+
+
+# --- scopes ---------------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    """A name bound in a scope by one kind of statement."""
+
+    kind: str  # function | class | assign | import | annotation
+    node: ast.stmt
+    alias: ast.alias | None = None
+
+
+def _decorator_name(d: ast.expr) -> str:
+    target = d.func if isinstance(d, ast.Call) else d
+    if isinstance(target, ast.Name):
+        return target.id
+    if isinstance(target, ast.Attribute):
+        return target.attr
+    return ""
+
+
+def _role(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
+    """``overload`` for a typing stub, ``setter``/``deleter`` for property accessors."""
+    for d in node.decorator_list:
+        name = _decorator_name(d)
+        if name == "overload":
+            return "overload"
+        if isinstance(d, ast.Attribute) and d.attr in ("setter", "deleter", "getter"):
+            return d.attr
+    return None
+
+
+def is_type_checking(node: ast.stmt) -> bool:
+    if not isinstance(node, ast.If):
+        return False
+    t = node.test
+    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
+    )
+
+
+def is_docstring(node: ast.stmt) -> bool:
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )
+
+
+def scope_entries(body: list[ast.stmt]) -> tuple[dict[str, Entry], list[ast.stmt]]:
+    """Names bound by definitions in ``body`` (the last binding wins, as at run time)
+    and the remaining statements, in order."""
+    entries: dict[str, Entry] = {}
+    others: list[ast.stmt] = []
+    for i, node in enumerate(body):
+        if i == 0 and is_docstring(node):
+            continue
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            role = _role(node)
+            if role == "overload":
+                continue
+            key = node.name if role in (None, "getter") else f"{node.name}.{role}"
+            entries[key] = Entry("function", node)
+        elif isinstance(node, ast.ClassDef):
+            entries[node.name] = Entry("class", node)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name == "*":
+                    others.append(node)
+                    continue
+                name = alias.asname or alias.name.split(".")[0]
+                entries[name] = Entry("import", node, alias)
+        elif (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
+            entries[node.targets[0].id] = Entry("assign", node)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            entries[node.target.id] = Entry("assign" if node.value else "annotation", node)
+        elif is_type_checking(node) or isinstance(node, ast.Pass):
+            continue
+        else:
+            others.append(node)
+    return entries, others
+
+
+def _dump(node: ast.AST | list[Any] | None) -> str:
+    if node is None:
+        return ""
+    if isinstance(node, list):
+        return "[" + ", ".join(_dump(n) for n in node) + "]"
+    return ast.dump(node, annotate_fields=False, include_attributes=False)
+
+
+def strip_docstrings(tree: ast.Module) -> ast.Module:
+    """A copy without docstrings (each replaced by ``pass`` on the same line)."""
+    tree = copy.deepcopy(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and is_docstring(body[0]):
+                body[0] = ast.copy_location(ast.Pass(), body[0])
+    return tree
+
+
+class CodeIndex:
+    """Code objects of a compiled module, found by definition node."""
+
+    def __init__(self, tree: ast.Module, filename: str) -> None:
+        self.code = compile(strip_docstrings(tree), filename, "exec", dont_inherit=True)
+
+    def scope(self, path: list[ast.ClassDef]) -> types.CodeType | None:
+        code: types.CodeType | None = self.code
+        for cls in path:
+            code = self._find(code, cls.name, _first_line(cls)) if code else None
+        return code
+
+    def function(self, path: list[ast.ClassDef], node: ast.stmt) -> types.CodeType | None:
+        scope = self.scope(path)
+        if scope is None or not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return None
+        return self._find(scope, node.name, _first_line(node))
+
+    @staticmethod
+    def _find(scope: types.CodeType, name: str, line: int) -> types.CodeType | None:
+        for c in scope.co_consts:
+            if isinstance(c, types.CodeType) and c.co_name == name and c.co_firstlineno == line:
+                return c
+        return None
+
+
+def _first_line(node: ast.stmt) -> int:
+    decorators = getattr(node, "decorator_list", [])
+    return decorators[0].lineno if decorators else node.lineno
+
+
+# --- names read ------------------------------------------------------------------------
+
+
+def loads(node: ast.AST | list[ast.AST]) -> set[str]:
+    nodes = node if isinstance(node, list) else [node]
+    return {
+        n.id
+        for top in nodes
+        for n in ast.walk(top)
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+    }
+
+
+def attr_loads(node: ast.AST) -> set[str]:
+    return {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+
+
+def import_time_reads(body: list[ast.stmt]) -> Iterator[tuple[ast.AST, str]]:
+    """Expressions of ``body`` evaluated when it runs (module or class body): defaults
+    and decorators of functions, class bases and bodies, statements — not function
+    bodies. Yields (expression, where)."""
+    for node in body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            for d in [*a.defaults, *[k for k in a.kw_defaults if k is not None]]:
+                yield d, f"a default value of {node.name}() (line {node.lineno})"
+            for d in node.decorator_list:
+                yield d, f"a decorator of {node.name}() (line {d.lineno})"
+        elif isinstance(node, ast.ClassDef):
+            for b in [*node.bases, *node.keywords, *node.decorator_list]:
+                yield b, f"the definition of class {node.name} (line {node.lineno})"
+            yield from import_time_reads(node.body)
+        elif (
+            is_type_checking(node)
+            or is_docstring(node)
+            or isinstance(node, (ast.Import, ast.ImportFrom))
+        ):
+            continue
+        else:
+            yield node, f"the module-level statement at line {node.lineno}"
+
+
+# --- comparing ------------------------------------------------------------------------
+
+
+class Comparer:
+    """Compare one module's OLD and NEW source."""
+
+    def __init__(self, module: str, file: str, old_text: str | None, new_text: str | None) -> None:
+        self.module, self.file = module, file
+        self.diff = ModuleDiff(module, file, None, None)
+        self.old_text, self.new_text = old_text, new_text
+
+    def refuse(self, kind: str, line: int, qualname: str, reason: str) -> None:
+        target = f"{self.module}:{qualname}" if qualname else self.module
+        self.diff.refusals.append(Refusal(kind, self.file, line, target, reason))
+
+    def change(self, kind: str, qualname: str, node: ast.AST | None, **more: Any) -> Change:
+        line = getattr(node, "lineno", 0)
+        c = Change(kind, self.module, qualname, self.file, line, node, **more)
+        self.diff.changes.append(c)
+        return c
+
+    def run(self) -> ModuleDiff:
+        d = self.diff
+        try:
+            d.old = ast.parse(self.old_text or "", self.file)
+            d.new = ast.parse(self.new_text or "", self.file)
+        except SyntaxError as exc:
+            self.refuse("syntax", exc.lineno or 0, "", f"does not parse: {exc.msg}")
+            return d
+        self.old_codes = CodeIndex(d.old, self.file)
+        self.new_codes = CodeIndex(d.new, self.file)
+        if fingerprint(self.old_codes.code) == fingerprint(self.new_codes.code):
+            d.cosmetic = True  # comments, docstrings, formatting: nothing to do
+            return d
+        self.scope(d.old.body, d.new.body, [], [])
+        if not d.changes and not d.refusals:
+            d.cosmetic = True  # annotations only
+        return d
+
+    # a scope is the module body or a class body; paths are the enclosing classes
+    def scope(
+        self,
+        old_body: list[ast.stmt],
+        new_body: list[ast.stmt],
+        old_path: list[ast.ClassDef],
+        new_path: list[ast.ClassDef],
+    ) -> None:
+        old, old_other = scope_entries(old_body)
+        new, new_other = scope_entries(new_body)
+        prefix = "".join(c.name + "." for c in new_path)
+        in_class = bool(new_path)
+        if _dump(old_other) != _dump(new_other):
+            self.statements(old_other, new_other, prefix)
+        for name, entry in new.items():
+            qual = prefix + name
+            before = old.get(name)
+            if before is None:
+                self.added(name, qual, entry, new_path, in_class)
+            elif before.kind != entry.kind:
+                self.refuse(
+                    "computed-data", entry.node.lineno, qual,
+                    f"was a {before.kind}, is now a {entry.kind}; a payload cannot change what "
+                    "kind of object a name holds",
+                )  # fmt: skip
+            elif entry.kind == "function":
+                self.function(before, entry, qual, old_path, new_path, in_class)
+            elif entry.kind == "class":
+                self.klass(before, entry, qual, old_path, new_path)
+            elif entry.kind == "assign":
+                self.assign(before, entry, qual, in_class, old_body)
+            elif entry.kind == "import" and _import_key(before) != _import_key(entry):
+                self.refuse(
+                        "computed-data", entry.node.lineno, qual,
+                        f"{name!r} is now imported from another place "
+                        f"({_import_text(before)} -> {_import_text(entry)})",
+                    )  # fmt: skip
+        for name, entry in old.items():
+            if name in new:
+                continue
+            qual = prefix + name
+            used = self.new_uses(name, in_class, new_path)
+            if used:
+                self.refuse(
+                    "removed-referenced", entry.node.lineno, qual,
+                    f"removed, but the new code still uses it ({used})",
+                )  # fmt: skip
+            elif entry.kind != "annotation":
+                self.diff.warnings.append(
+                    f"{self.file}:{entry.node.lineno}: {self.module}:{qual} was removed; the "
+                    "payload leaves it in place (the new code does not use it)"
+                )
+
+    def statements(self, old: list[ast.stmt], new: list[ast.stmt], prefix: str) -> None:
+        olds = {_dump(s) for s in old}
+        for s in new:
+            if _dump(s) not in olds:
+                self.refuse(
+                    "side-effect", s.lineno, prefix.rstrip("."),
+                    f"the {'class body' if prefix else 'module-level'} statement "
+                    f"`{_short(s)}` is new or changed; it ran at import and cannot run again",
+                )  # fmt: skip
+                return
+        news = {_dump(s) for s in new}
+        for s in old:
+            if _dump(s) not in news:
+                self.refuse(
+                    "side-effect", s.lineno, prefix.rstrip("."),
+                    f"the statement `{_short(s)}` was removed; its effects at import stay",
+                )  # fmt: skip
+                return
+
+    def new_uses(self, name: str, in_class: bool, path: list[ast.ClassDef]) -> str:
+        """Where the NEW module reads ``name`` (a global, or ``self.name``/``cls.name``)."""
+        assert self.diff.new is not None
+        scope: list[ast.stmt] = path[-1].body if in_class else self.diff.new.body
+        for node in scope:
+            if in_class and name in attr_loads(node):
+                return f"line {node.lineno}"
+            if not in_class and name in loads(node):
+                return f"line {node.lineno}"
+        return ""
+
+    def added(
+        self, name: str, qual: str, entry: Entry, path: list[ast.ClassDef], in_class: bool
+    ) -> None:
+        node = entry.node
+        if entry.kind == "function":
+            assert isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            kinds = [_decorator_name(d) for d in node.decorator_list]
+            other = [k for k in kinds if k not in _DESCRIPTORS]
+            if other or "." in name:
+                self.refuse(
+                    "decorator", node.lineno, qual,
+                    f"a new function with decorators ({', '.join('@' + k for k in kinds)}) cannot "
+                    "be added: only staticmethod, classmethod and property are rebuilt",
+                )  # fmt: skip
+                return
+            descriptor = next((k for k in kinds if k in _DESCRIPTORS), None)
+            self.change(
+                "new method" if in_class else "new function", qual, node, descriptor=descriptor
+            )
+        elif entry.kind == "class":
+            assert isinstance(node, ast.ClassDef)
+            self.change("new class", qual, node)
+        elif entry.kind == "import":
+            self.change("new import", qual, node)
+        elif entry.kind == "assign":
+            value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+            if in_class and literal_value(value) is NOT_LITERAL:
+                self.refuse(
+                    "computed-data", node.lineno, qual,
+                    "a new class attribute that is not an immutable literal cannot be added "
+                    "(instances and subclasses were built without it); use a property or a "
+                    "module-level name",
+                )  # fmt: skip
+                return
+            self.change("new name", qual, node)
+
+    def function(
+        self,
+        before: Entry,
+        entry: Entry,
+        qual: str,
+        old_path: list[ast.ClassDef],
+        new_path: list[ast.ClassDef],
+        in_class: bool,
+    ) -> None:
+        old_node, new_node = before.node, entry.node
+        assert isinstance(old_node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        assert isinstance(new_node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        role = _role(new_node)
+        old_decos = [_dump(d) for d in old_node.decorator_list]
+        new_decos = [_dump(d) for d in new_node.decorator_list]
+        if old_decos != new_decos:
+            plain_old = [
+                x for x, d in zip(old_decos, old_node.decorator_list, strict=True)
+                if _decorator_name(d) not in _DESCRIPTORS
+            ]  # fmt: skip
+            plain_new = [
+                x for x, d in zip(new_decos, new_node.decorator_list, strict=True)
+                if _decorator_name(d) not in _DESCRIPTORS
+            ]  # fmt: skip
+            kinds_old = {_decorator_name(d) for d in old_node.decorator_list} & {*_DESCRIPTORS}
+            kinds_new = {_decorator_name(d) for d in new_node.decorator_list} & {*_DESCRIPTORS}
+            if plain_old != plain_new or "property" in kinds_old | kinds_new or not in_class:
+                self.refuse(
+                    "decorator", new_node.lineno, qual,
+                    f"decorators changed ({_decos(old_node)} -> {_decos(new_node)}); the "
+                    "function is wrapped by them at import and only its code can be swapped",
+                )  # fmt: skip
+                return
+            descriptor = next(iter(kinds_new), None)
+            self.change("descriptor", qual, new_node, descriptor=descriptor)
+            return
+        old_code = self.old_codes.function(old_path, old_node)
+        new_code = self.new_codes.function(new_path, new_node)
+        same_code = (
+            old_code is not None
+            and new_code is not None
+            and fingerprint(old_code) == fingerprint(new_code)
+        )
+        a, b = old_node.args, new_node.args
+        same_defaults = _dump([*a.defaults, *a.kw_defaults]) == _dump([*b.defaults, *b.kw_defaults])
+        if same_code and same_defaults:
+            return
+        target = qual if role in (None, "getter") else qual  # key already holds the role
+        self.change("method" if in_class else "function", target, new_node, role=role)
+
+    def klass(
+        self,
+        before: Entry,
+        entry: Entry,
+        qual: str,
+        old_path: list[ast.ClassDef],
+        new_path: list[ast.ClassDef],
+    ) -> None:
+        old, new = before.node, entry.node
+        assert isinstance(old, ast.ClassDef) and isinstance(new, ast.ClassDef)
+        if _dump(old.bases) != _dump(new.bases):
+            self.refuse(
+                "class-bases", new.lineno, qual,
+                f"base classes changed ({', '.join(map(ast.unparse, old.bases)) or 'object'} -> "
+                f"{', '.join(map(ast.unparse, new.bases)) or 'object'}); the MRO of the class "
+                "and of its instances is fixed",
+            )  # fmt: skip
+        if _dump(old.keywords) != _dump(new.keywords):
+            self.refuse(
+                "metaclass",
+                new.lineno,
+                qual,
+                "the metaclass or class keywords changed; the class object was built by them",
+            )
+        if _dump(old.decorator_list) != _dump(new.decorator_list):
+            self.refuse(
+                "decorator",
+                new.lineno,
+                qual,
+                f"class decorators changed ({_decos(old)} -> {_decos(new)}); they ran at import",
+            )
+        dataclass_like = any(
+            _decorator_name(d) in ("dataclass", "define", "frozen", "attrs", "s", "mutable")
+            for d in new.decorator_list
+        )
+        old_entries, _ = scope_entries(old.body)
+        new_entries, _ = scope_entries(new.body)
+        if dataclass_like:
+            fields_old = [
+                _dump(e.node) for e in old_entries.values() if isinstance(e.node, ast.AnnAssign)
+            ]
+            fields_new = [
+                _dump(e.node) for e in new_entries.values() if isinstance(e.node, ast.AnnAssign)
+            ]
+            if fields_old != fields_new:
+                self.refuse(
+                    "dataclass-fields", new.lineno, qual,
+                    "dataclass fields changed; __init__, __eq__ and __repr__ were generated from "
+                    "them at import",
+                )  # fmt: skip
+        if "__slots__" in old_entries or "__slots__" in new_entries:
+            a, b = old_entries.get("__slots__"), new_entries.get("__slots__")
+            either = b or a
+            if either is not None and _dump(a.node if a else None) != _dump(b.node if b else None):
+                self.refuse(
+                    "slots", either.node.lineno, qual + ".__slots__",
+                    "__slots__ changed; the layout of existing instances is fixed",
+                )  # fmt: skip
+                return
+        before_count = len(self.diff.changes)
+        self.scope(old.body, new.body, [*old_path, old], [*new_path, new])
+        if len(self.diff.changes) > before_count:
+            self.instance_state(old, new, qual)
+
+    def instance_state(self, old: ast.ClassDef, new: ast.ClassDef, qual: str) -> None:
+        """A new attribute set up by ``__init__`` (or one whose initial value changes
+        type) breaks objects that already exist, if the new code reads it."""
+        old_attrs = _init_attrs(old)
+        new_attrs = _init_attrs(new)
+        class_level = set(scope_entries(new.body)[0]) | set(scope_entries(old.body)[0])
+        set_anywhere_old = _self_assigned(old)
+        changed = {c.qualname for c in self.diff.changes if c.qualname.startswith(qual + ".")}
+        readers: dict[str, str] = {}
+        for node in new.body:
+            if (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and f"{qual}.{node.name}" in changed
+            ):
+                for attr in _self_reads(node):
+                    readers.setdefault(attr, node.name)
+        for attr, (line, kind) in new_attrs.items():
+            if attr in class_level:
+                continue  # instances without it fall back to the class attribute
+            if attr not in old_attrs and attr not in set_anywhere_old and attr in readers:
+                self.refuse(
+                    "instance-state", line, f"{qual}.__init__",
+                    f"__init__ now sets self.{attr}, which {qual}.{readers[attr]} reads; "
+                    "instances created before the patch do not have it (set it up with a "
+                    "shadow variable or give the class a default, and --allow instance-state)",
+                )  # fmt: skip
+            elif (
+                attr in old_attrs
+                and old_attrs[attr][1] != kind
+                and "?" not in (kind, old_attrs[attr][1])
+            ):
+                self.refuse(
+                    "instance-state", line, f"{qual}.__init__",
+                    f"self.{attr} starts as a {kind} instead of a {old_attrs[attr][1]}; instances "
+                    "created before the patch hold the old type",
+                )  # fmt: skip
+
+    def assign(
+        self, before: Entry, entry: Entry, qual: str, in_class: bool, old_body: list[ast.stmt]
+    ) -> None:
+        old_node, new_node = before.node, entry.node
+        assert isinstance(old_node, (ast.Assign, ast.AnnAssign))
+        assert isinstance(new_node, (ast.Assign, ast.AnnAssign))
+        if _dump(old_node.value) == _dump(new_node.value):
+            return
+        name = qual.rsplit(".", 1)[-1]
+        if name == "__all__":
+            self.diff.warnings.append(
+                f"{self.file}:{new_node.lineno}: {self.module}:{qual} changed; only "
+                "`from module import *` reads it, and the payload leaves it"
+            )
+            return
+        old_value, new_value = literal_value(old_node.value), literal_value(new_node.value)
+        if old_value is NOT_LITERAL or new_value is NOT_LITERAL:
+            mutable = isinstance(
+                new_node.value,
+                (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp),
+            )
+            self.refuse(
+                "mutable-data" if mutable else "computed-data", new_node.lineno, qual,
+                f"the value changed and is not an immutable literal "
+                f"(`{_short(old_node.value)}` -> `{_short(new_node.value)}`); code and objects "
+                "that hold the old object would keep it (use a hook or a state)",
+            )  # fmt: skip
+            return
+        self.change("constant", qual, new_node, value=new_value)
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+
+def _import_key(entry: Entry) -> tuple[Any, ...]:
+    node, alias = entry.node, entry.alias
+    assert alias is not None
+    if isinstance(node, ast.ImportFrom):
+        return ("from", node.module, node.level, alias.name, alias.asname)
+    return ("import", alias.name, alias.asname)
+
+
+def _import_text(entry: Entry) -> str:
+    node, alias = entry.node, entry.alias
+    assert alias is not None
+    asname = f" as {alias.asname}" if alias.asname else ""
+    if isinstance(node, ast.ImportFrom):
+        return f"from {'.' * node.level}{node.module or ''} import {alias.name}{asname}"
+    return f"import {alias.name}{asname}"
+
+
+def _decos(node: ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) -> str:
+    return " ".join("@" + ast.unparse(d) for d in node.decorator_list) or "none"
+
+
+def _short(node: ast.AST | None, limit: int = 60) -> str:
+    text = " ".join(ast.unparse(node).split()) if node is not None else ""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _value_kind(node: ast.expr) -> str:
+    if isinstance(node, ast.Constant):
+        return "None" if node.value is None else type(node.value).__name__
+    for kind, types_ in (
+        ("list", (ast.List, ast.ListComp)), ("dict", (ast.Dict, ast.DictComp)),
+        ("set", (ast.Set, ast.SetComp)), ("tuple", (ast.Tuple,)), ("str", (ast.JoinedStr,)),
+    ):  # fmt: skip
+        if isinstance(node, types_):
+            return kind
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id
+        in (
+            "list",
+            "dict",
+            "set",
+            "tuple",
+            "frozenset",
+            "str",
+            "int",
+            "float",
+            "bytes",
+            "bytearray",
+        )
+    ):
+        return node.func.id
+    return "?"
+
+
+def _init_attrs(cls: ast.ClassDef) -> dict[str, tuple[int, str]]:
+    """``self.X = value`` in ``__init__``: X -> (line, kind of the initial value)."""
+    out: dict[str, tuple[int, str]] = {}
+    for node in cls.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "__init__":
+            for n in ast.walk(node):
+                if isinstance(n, (ast.Assign, ast.AnnAssign)):
+                    targets = n.targets if isinstance(n, ast.Assign) else [n.target]
+                    for t in targets:
+                        if _is_self_attr(t):
+                            assert isinstance(t, ast.Attribute)
+                            kind = _value_kind(n.value) if n.value is not None else "?"
+                            out.setdefault(t.attr, (n.lineno, kind))
+    return out
+
+
+def _is_self_attr(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    )
+
+
+def _self_assigned(cls: ast.ClassDef) -> set[str]:
+    return {
+        n.attr
+        for n in ast.walk(cls)
+        if _is_self_attr(n) and isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)
+    }
+
+
+def _self_reads(func: ast.AST) -> set[str]:
+    return {
+        n.attr
+        for n in ast.walk(func)
+        if _is_self_attr(n) and isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load)
+    }
+
+
+def free_names(nodes: list[ast.AST]) -> set[str]:
+    """Global names an expression or statement list reads when evaluated at import,
+    without builtins."""
+    return {n for n in loads(nodes) if not hasattr(builtins, n)}

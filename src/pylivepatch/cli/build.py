@@ -1,0 +1,105 @@
+"""``pylivepatch build`` and its report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..build.builder import BuildOptions, BuildResult, build
+from ..errors import LivepatchError
+
+
+def build_command(args: argparse.Namespace) -> int:
+    metadata: dict[str, str] = {}
+    for item in args.metadata:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LivepatchError("invalid-payload", f"--metadata {item!r}: use KEY=VALUE")
+        metadata[key] = value
+    name = args.name or (Path(args.output).stem if args.output else None)
+    if not name:
+        raise LivepatchError("invalid-payload", "build needs --name or -o OUT.lpz")
+    options = BuildOptions(
+        name=name, version=args.version, description=args.description, metadata=metadata,
+        replace=args.replace, depends=args.depends, consistency=args.consistency,
+        pythons=[v.strip() for v in args.python.split(",") if v.strip()] if args.python else None,
+        allow=frozenset(args.allow), repo=args.repo,
+    )  # fmt: skip
+    result = build(args.old, args.new, options)
+    if result.source and args.emit:
+        Path(args.emit).write_text(result.source)
+    if result.data and args.output:
+        Path(args.output).write_bytes(result.data)
+    if args.json:
+        print(json.dumps(report_json(result, args.output), indent=2))
+    else:
+        print_report(result, args.old, args.new, args.output, name)
+    if result.refusals:
+        if not args.json:
+            kinds = sorted({r.kind for r in result.refusals})
+            print(
+                f"pylivepatch: build: {len(result.refusals)} change(s) cannot be live-patched "
+                f"({', '.join(kinds)}); nothing written. --allow KIND accepts a kind that a hook, "
+                "a state or shadow variables handle (see docs/patch-author-guide.md)",
+                file=sys.stderr,
+            )
+        return 1
+    if result.no_change:
+        if not args.json:
+            print("pylivepatch: build: no functional changes found", file=sys.stderr)
+        return 1
+    return 0
+
+
+def report_json(result: BuildResult, output: str | None) -> dict[str, Any]:
+    return {
+        "ok": result.ok,
+        "output": output if result.data else None,
+        "no_functional_change": result.no_change,
+        "changes": [
+            {"kind": c.kind, "target": c.target, "file": c.file, "line": c.line}
+            for c in result.changes
+        ],
+        "refusals": [
+            {"kind": r.kind, "target": r.target, "file": r.file, "line": r.line, "reason": r.reason}
+            for r in result.refusals
+        ],
+        "allowed": [
+            {"kind": r.kind, "target": r.target, "file": r.file, "line": r.line, "reason": r.reason}
+            for r in result.allowed
+        ],
+        "warnings": result.warnings,
+        "manifest": result.manifest,
+    }
+
+
+def print_report(result: BuildResult, old: str, new: str, output: str | None, name: str) -> None:
+    print(f"build {name}: {old} -> {new}")
+    cosmetic = [d.module for d in result.diffs if d.cosmetic]
+    for c in result.changes:
+        print(f"  patch    {c.file}:{c.line}  {c.kind:<13} {c.target}")
+        for m in c.importers:
+            print(
+                f"  patch    {'':<{len(c.file) + len(str(c.line)) + 1}}  {'constant':<13} {m}:{c.qualname}  (imported it)"
+            )
+    for r in result.refusals:
+        print(f"  REFUSED  {r.file}:{r.line}  {r.kind}  {r.target}: {r.reason}")
+    for r in result.allowed:
+        print(
+            f"  allowed  {r.file}:{r.line}  {r.kind}  {r.target}: {r.reason}  -- handle it in a hook, a state or shadow variables"
+        )
+    for w in result.warnings:
+        print(f"  warning  {w}")
+    if cosmetic:
+        print(
+            f"  nothing  {', '.join(cosmetic)}: comments, docstrings, formatting or annotations only"
+        )
+    if result.data and result.manifest:
+        man: dict[str, Any] = result.manifest
+        print(
+            f"packed {man['name']} -> {output}: {len(man['funcs'])} functions, {len(man['data'])} data, "
+            f"python {', '.join(man['python'])}, build id {man['build_id'][:16]}"
+        )
