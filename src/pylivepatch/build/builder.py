@@ -114,16 +114,19 @@ def compare_trees(old_root: Path, new_root: Path) -> BuildResult:
         for node in ast.walk(d.new):
             if not isinstance(node, (ast.Import, ast.ImportFrom)):
                 continue
-            for name in _imported_modules(node, d.module, d.file):
-                hit = next((m for m in added if name == m or name.startswith(m + ".")), None)
-                if hit:
-                    refusals.append(
-                        Refusal(
-                            "new-module", d.file, node.lineno, hit,
-                            f"the new code imports {hit}, a module the old version does not "
-                            "have; a payload patches existing modules (ship the module first)",
-                        )
-                    )  # fmt: skip
+            names = _imported_modules(node, d.module, d.file)
+            hit = next(
+                (m for name in names for m in added if name == m or name.startswith(m + ".")),
+                None,
+            )
+            if hit:  # one refusal per import statement
+                refusals.append(
+                    Refusal(
+                        "new-module", d.file, node.lineno, hit,
+                        f"the new code imports {hit}, a module the old version does not "
+                        "have; a payload patches existing modules (ship the module first)",
+                    )
+                )  # fmt: skip
     for rel in sorted(_changed_extensions(old_root, new_root)):
         refusals.append(
             Refusal(
@@ -132,13 +135,14 @@ def compare_trees(old_root: Path, new_root: Path) -> BuildResult:
             )
         )  # fmt: skip
     old_asts = {m: _parse(t) for m, t in texts.items()}
+    files = {m: p.relative_to(old_root).as_posix() for m, p in old_mods.items()}
     for m, path in old_mods.items():
         if m not in old_asts:
             old_asts[m] = _parse(sources.read(path))
     for d in diffs:
         for c in d.changes:
             if c.kind == "constant":
-                refusals += _captured(c, d, old_asts)
+                refusals += _captured(c, d, old_asts, files)
     changes = [c for d in diffs for c in d.changes]
     refusals = [r for d in diffs for r in d.refusals] + refusals
     warnings += [w for d in diffs for w in d.warnings]
@@ -199,7 +203,9 @@ def _makes_closures(node: ast.AST | None) -> bool:
 # --- constants captured at import --------------------------------------------------------
 
 
-def _captured(c: Change, d: ModuleDiff, old_asts: dict[str, ast.Module | None]) -> list[Refusal]:
+def _captured(
+    c: Change, d: ModuleDiff, old_asts: dict[str, ast.Module | None], files: dict[str, str]
+) -> list[Refusal]:
     """A constant whose old value was copied at import: rebinding it would leave
     copies old. Also finds the modules that copied it with ``from m import NAME``."""
     old = old_asts.get(c.module)
@@ -245,8 +251,11 @@ def _captured(c: Change, d: ModuleDiff, old_asts: dict[str, ast.Module | None]) 
                     ):
                         c.importers.append(mod)
                         for expr, where in import_time_reads(tree.body):
-                            if not isinstance(expr, ast.ImportFrom) and name in loads(expr):
-                                refuse(f"{where} in {mod}", mod.replace(".", "/") + ".py", 0)
+                            if isinstance(expr, ast.Assign) and _assigns(expr, name):
+                                continue  # NAME = NAME: the name itself, patched with it
+                            if name in loads(expr):
+                                line = getattr(expr, "lineno", 0)
+                                refuse(f"{where} in {mod}", files.get(mod, mod), line)
                                 return out
         return out
     # a class attribute C.NAME
@@ -462,6 +471,11 @@ class _ModuleContext:
                 out += [f"{local} = {ast.unparse(value)}", f"patch.data({c.target!r}, {local})"]
         elif c.kind == "constant":
             source = literal_source(c.value)
+            if not _plain_literal(source):  # frozenset(...): bound to a name in the payload
+                local = f"{self.holder}__{c.qualname.replace('.', '__')}"
+                self.names.bind(local, self.module, f"value of {c.target}")
+                out.append(f"{local} = {source}")
+                source = local
             for target in [c.target, *(f"{m}:{c.qualname}" for m in c.importers)]:
                 out.append(f"patch.data({target!r}, {source})")
         out.append("")
@@ -544,3 +558,11 @@ def _module_name_literal(node: ast.expr, module: str) -> ast.expr:
     import copy
 
     return Swap().visit(copy.deepcopy(node))
+
+
+def _plain_literal(source: str) -> bool:
+    try:
+        ast.literal_eval(source)
+    except (ValueError, SyntaxError):
+        return False
+    return True

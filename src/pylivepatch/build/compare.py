@@ -392,11 +392,17 @@ class Comparer:
         """Where the NEW module reads ``name`` (a global, or ``self.name``/``cls.name``)."""
         assert self.diff.new is not None
         scope: list[ast.stmt] = path[-1].body if in_class else self.diff.new.body
-        for node in scope:
-            if in_class and name in attr_loads(node):
-                return f"line {node.lineno}"
-            if not in_class and name in loads(node):
-                return f"line {node.lineno}"
+        for top in scope:
+            for n in ast.walk(top):
+                if in_class and isinstance(n, ast.Attribute) and n.attr == name:
+                    return f"line {n.lineno}"
+                if (
+                    not in_class
+                    and isinstance(n, ast.Name)
+                    and n.id == name
+                    and isinstance(n.ctx, ast.Load)
+                ):
+                    return f"line {n.lineno}"
         return ""
 
     def added(
@@ -571,7 +577,7 @@ class Comparer:
             if attr not in old_attrs and attr not in set_anywhere_old and attr in readers:
                 self.refuse(
                     "instance-state", line, f"{qual}.__init__",
-                    f"__init__ now sets self.{attr}, which {qual}.{readers[attr]} reads; "
+                    f"__init__ now sets self.{attr}, which {self.module}:{qual}.{readers[attr]} reads; "
                     "instances created before the patch do not have it (set it up with a "
                     "shadow variable or give the class a default, and --allow instance-state)",
                 )  # fmt: skip
@@ -709,10 +715,14 @@ def _self_assigned(cls: ast.ClassDef) -> set[str]:
 
 
 def _self_reads(func: ast.AST) -> set[str]:
+    """``self.X`` read (``self.X += 1`` reads it too)."""
+    augmented = {id(n.target) for n in ast.walk(func) if isinstance(n, ast.AugAssign)}
     return {
         n.attr
         for n in ast.walk(func)
-        if _is_self_attr(n) and isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load)
+        if _is_self_attr(n)
+        and isinstance(n, ast.Attribute)
+        and (isinstance(n.ctx, ast.Load) or id(n) in augmented)
     }
 
 

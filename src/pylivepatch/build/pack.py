@@ -297,10 +297,10 @@ class _SourceTree:
             if isinstance(node, ast.Assign) and any(
                 isinstance(t, ast.Name) and t.id == last for t in node.targets
             ):
-                try:
-                    digest = literal_digest(ast.literal_eval(node.value))
-                except ValueError:
-                    digest = None
+                from .literals import NOT_LITERAL, literal_value
+
+                value = literal_value(node.value)
+                digest = literal_digest(value) if value is not NOT_LITERAL else None
                 return f"literal:{digest}" if digest else "any"
         return "any"
 
