@@ -5,15 +5,17 @@ identical objects) or refused (with the exact file, line, kind and reason)."""
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import assert_identical, snapshot
 
 from pylivepatch.build.builder import BuildOptions, BuildResult, build
+
+from conftest import assert_identical, snapshot
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -319,7 +321,7 @@ def test_constants_and_the_modules_that_imported_them(lab, versions):
             class Policy:
                 STRIP = frozenset(["Cookie"])
 
-                def strip(self, name):
+                def drops(self, name):
                     return name in self.STRIP
             """,
         },
@@ -335,7 +337,7 @@ def test_constants_and_the_modules_that_imported_them(lab, versions):
             class Policy:
                 STRIP = frozenset(["Cookie", "Authorization"])
 
-                def strip(self, name):
+                def drops(self, name):
                     return name in self.STRIP
             """,
         },
@@ -350,10 +352,10 @@ def test_constants_and_the_modules_that_imported_them(lab, versions):
     assert {c.qualname: c.importers for c in result.changes}["__version__"] == [f"{v.pkg}.api"]
     name = lab.engine.load(result.data).name
     assert api.describe() == ("1.1", (1, 2, 3))
-    assert headers.Policy().strip("Authorization")
+    assert headers.Policy().drops("Authorization")
     lab.engine.revert(name)
     assert api.describe() == ("1.0", (1, 2))
-    assert not headers.Policy().strip("Authorization")
+    assert not headers.Policy().drops("Authorization")
 
 
 def test_docstrings_comments_annotations_and_overloads_produce_nothing(versions):
@@ -634,3 +636,115 @@ def test_allow_names_only_refusal_kinds(versions):
         v.build("everything")
     assert err.value.code == "invalid-payload"
     assert err.value.message.startswith("--allow everything: not a refusal kind; kinds are ")
+
+
+# --- sources, the command line and `pylivepatch test` -------------------------------------
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "pylivepatch", *args], cwd=cwd, capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=SRC), timeout=300,
+    )  # fmt: skip
+
+
+FIXED = {"calc.py": "def div(a, b):\n    if b == 0:\n        return None\n    return a / b\n"}
+BROKEN = {"calc.py": "def div(a, b):\n    return a / b\n"}
+SUITE = """
+from {pkg}.calc import div
+
+def test_div_by_zero_is_none():
+    assert div(1, 0) is None
+
+def test_div():
+    assert div(6, 3) == 2
+"""
+
+
+def test_build_from_git_revisions_sdists_and_wheels(lab, versions):
+    import tarfile
+    import zipfile
+
+    v = versions(BROKEN, FIXED)
+    repo = lab.root / "repo"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    for rev, tree in (("v1", v.old), ("v2", v.new)):
+        dest = repo / v.pkg
+        if dest.exists():
+            for f in dest.iterdir():
+                f.unlink()
+        dest.mkdir(exist_ok=True)
+        for f in (tree / v.pkg).iterdir():
+            (dest / f.name).write_bytes(f.read_bytes())
+        subprocess.run([*git, "add", "-A"], check=True)
+        subprocess.run([*git, "commit", "-qm", rev], check=True)
+        subprocess.run([*git, "tag", rev], check=True)
+    sdists, wheels = [], []
+    for tag, tree in (("1.0", v.old), ("1.1", v.new)):
+        sdist = lab.root / f"{v.pkg}-{tag}.tar.gz"
+        with tarfile.open(sdist, "w:gz") as tf:
+            tf.add(tree / v.pkg, arcname=f"{v.pkg}-{tag}/src/{v.pkg}")
+        sdists.append(str(sdist))
+        wheel = lab.root / f"{v.pkg}-{tag}-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+            for f in (tree / v.pkg).iterdir():
+                zf.write(f, f"{v.pkg}/{f.name}")
+        wheels.append(str(wheel))
+    manifests = []
+    for old, new, extra in (
+        ("v1", "v2", ["--repo", str(repo)]), (*sdists, []), (*wheels, []),
+        (str(v.old), str(v.new), []),
+    ):  # fmt: skip
+        out = _cli("build", old, new, "-o", "fix.lpz", "--json", *extra, cwd=lab.root)
+        assert out.returncode == 0, out.stdout + out.stderr
+        report = json.loads(out.stdout)
+        assert [(c["kind"], c["target"]) for c in report["changes"]] == [
+            ("function", f"{v.pkg}.calc:div")
+        ]
+        manifests.append(report["manifest"]["funcs"])
+    assert all(m == manifests[0] for m in manifests), "the same payload from every kind of source"
+    out = _cli("build", "v1", "nope", "-o", "x.lpz", "--repo", str(repo), cwd=lab.root)
+    assert out.returncode == 1 and out.stderr.startswith(
+        "pylivepatch: not-found: git revision 'nope' of "
+    )
+
+
+def test_pylivepatch_test_runs_a_suite_against_the_old_version_with_the_payload(lab, versions):
+    v = versions(BROKEN, FIXED)
+    (lab.root / "test_calc.py").write_text(textwrap.dedent(SUITE.format(pkg=v.pkg)))
+    out = _cli(
+        "build", str(v.old), str(v.new), "-o", "fix.lpz", "--name", "fix-div",
+        "--metadata", "ticket=CALC-1", cwd=lab.root,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert (
+        out.stdout.splitlines()[1]
+        == f"  patch    {v.pkg}/calc.py:1  function      {v.pkg}.calc:div"
+    )
+    import os
+
+    def run_suite(*payloads: str) -> subprocess.CompletedProcess[str]:
+        prefix = ["test", *payloads, "--"] if payloads else []
+        return subprocess.run(
+            [sys.executable, "-m", "pylivepatch", *prefix, sys.executable, "-m", "pytest", "-q",
+             "-p", "no:cacheprovider", "test_calc.py"] if payloads else
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_calc.py"],
+            cwd=lab.root, capture_output=True, text=True, timeout=300,
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, str(v.old)])),
+        )  # fmt: skip
+
+    without = run_suite()
+    assert without.returncode == 1 and "1 failed, 1 passed" in without.stdout
+    with_fix = run_suite("fix.lpz")
+    assert with_fix.returncode == 0, with_fix.stdout + with_fix.stderr
+    assert "2 passed" in with_fix.stdout
+    assert with_fix.stderr.splitlines() == [
+        "pylivepatch test: fix-div applied at start in 1 of 1 Python processes"
+    ]
+    (lab.root / "bad.lpz").write_bytes(b"not a zip")
+    bad = run_suite("bad.lpz")
+    assert bad.returncode == 1 and bad.stderr.startswith("pylivepatch: invalid-payload: ")
