@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import copy
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -406,6 +407,9 @@ class _ModuleContext:
         }  # fmt: skip
         self.old_names = _bound(d.old.body)
         self.holder = "_" + self.module.replace(".", "_")
+        self.changed_constants = {
+            c.qualname: c.value for c in d.changes if c.kind == "constant" and "." not in c.qualname
+        }
         self.emitted_new: set[str] = set()
 
     # names a module-level expression of the payload needs at import
@@ -459,7 +463,7 @@ class _ModuleContext:
         elif c.kind == "new name":
             assert isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None
             name = c.qualname.rsplit(".", 1)[-1]
-            value = _module_name_literal(node.value, self.module)
+            value = self.new_values(_module_name_literal(node.value, self.module))
             if "." in c.qualname:  # a class attribute: literals only (compare.py)
                 out.append(f"patch.data({c.target!r}, {ast.unparse(value)})")
             else:
@@ -484,17 +488,36 @@ class _ModuleContext:
     def _strip(
         self, node: ast.FunctionDef | ast.AsyncFunctionDef, name: str, keep: set[str]
     ) -> ast.AST:
+        """A copy named ``name``, with only the decorators in ``keep``, whose default
+        values read the new value of constants this build changes."""
         clone = ast.parse(ast.unparse(node)).body[0]
         assert isinstance(clone, (ast.FunctionDef, ast.AsyncFunctionDef))
         clone.name = name
         clone.decorator_list = [
             d for d in clone.decorator_list if isinstance(d, ast.Name) and d.id in keep
         ]
+        a = clone.args
+        a.defaults = [self.new_values(d) for d in a.defaults]
+        a.kw_defaults = [self.new_values(d) if d is not None else None for d in a.kw_defaults]
+        self.need([*a.defaults, *[k for k in a.kw_defaults if k is not None]])
         return clone
 
+    def new_values(self, node: ast.expr) -> ast.expr:
+        """``node`` evaluated at the payload's import: a constant this build changes is
+        read as its new value (the payload must not bind the module's name itself)."""
+        constants = self.changed_constants
+
+        class Swap(ast.NodeTransformer):
+            def visit_Name(self, n: ast.Name) -> ast.AST:
+                if n.id in constants and isinstance(n.ctx, ast.Load):
+                    value = ast.parse(literal_source(constants[n.id]), mode="eval").body
+                    return ast.copy_location(value, n)
+                return n
+
+        swapped: ast.expr = Swap().visit(copy.deepcopy(node))
+        return ast.fix_missing_locations(swapped)
+
     def replacement(self, c: Change, node: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
-        a = node.args
-        self.need([*a.defaults, *[k for k in a.kw_defaults if k is not None]])
         local = node.name if "." not in c.qualname and c.role is None else (
             f"{self.holder}__{c.qualname.replace('.', '__')}"
         )  # fmt: skip
@@ -508,8 +531,6 @@ class _ModuleContext:
     def added_function(
         self, c: Change, node: ast.FunctionDef | ast.AsyncFunctionDef, local: str
     ) -> list[str]:
-        a = node.args
-        self.need([*a.defaults, *[k for k in a.kw_defaults if k is not None]])
         self.names.bind(local, self.module, f"new {c.target}")
         *classes, name = c.qualname.split(".")
         keep = {"staticmethod", "classmethod", "property"}
@@ -554,8 +575,6 @@ def _module_name_literal(node: ast.expr, module: str) -> ast.expr:
             if n.id == "__name__" and isinstance(n.ctx, ast.Load):
                 return ast.copy_location(ast.Constant(module), n)
             return n
-
-    import copy
 
     return Swap().visit(copy.deepcopy(node))
 
