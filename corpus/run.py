@@ -1,0 +1,360 @@
+"""Run the builder on real release pairs of PyPI packages and check the payloads.
+
+    python corpus/run.py [--only NAME[==OLD]] [--fast] [--work DIR] [--out docs/corpus.md]
+
+For every pair of ``corpus/pairs.tsv`` (releases where the newer one fixes a security
+bug): download both sdists, make a virtualenv with the OLD release and its test
+dependencies installed, build the payload OLD -> NEW with ``pylivepatch build``, and:
+
+- if it builds: run the acceptance check (a probe script, or the NEW release's tests
+  that the fix added) and the NEW release's own test suite against the OLD installed
+  release, once with the payload applied via ``pylivepatch test`` and once without;
+- if it is refused: record the reasons, and whether refusing was expected.
+
+Results go to a JSON file and a Markdown table (``--out``). ``--fast`` runs only the
+pairs CI runs (small, quick to install). Every run is bounded by a timeout; the OLD
+side of a denial-of-service check is expected to be slow and is cut at the timeout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SRC = ROOT / "src"
+FAST = {"tqdm", "idna", "urllib3==1.26.18"}  # what CI runs: quick installs, quick suites
+CONFIG = ("pyproject.toml", "setup.cfg", "tox.ini", "pytest.ini", "conftest.py")
+PACKAGE_DIRS = {"python-multipart": ["python_multipart", "multipart"]}
+
+
+@dataclass
+class Outcome:
+    package: str
+    old: str
+    new: str
+    expected: str
+    built: str = ""  # built | refused | error
+    reasons: list[str] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)
+    build_seconds: float = 0.0
+    acceptance_with: str = ""
+    acceptance_without: str = ""
+    suite_with: dict[str, int] = field(default_factory=dict)
+    suite_without: dict[str, int] = field(default_factory=dict)
+    verdict: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def sh(
+    cmd: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+            env=dict(os.environ, **(env or {})),
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+        return subprocess.CompletedProcess(cmd, 124, out, f"timed out after {timeout:.0f}s")
+
+
+def summary(text: str) -> dict[str, int]:
+    """pytest's closing counts."""
+    counts: dict[str, int] = {}
+    lines = [ln for ln in text.splitlines() if re.search(r"\d+ (passed|failed|error)", ln)]
+    if lines:
+        for n, word in re.findall(
+            r"(\d+) (passed|failed|skipped|errors?|xfailed|xpassed)", lines[-1]
+        ):
+            counts["error" if word.startswith("error") else word] = int(n)
+    return counts
+
+
+class Pair:
+    def __init__(self, row: dict[str, str], work: Path, python: str) -> None:
+        self.row = row
+        self.name, self.old, self.new = row["package"], row["old"], row["new"]
+        self.dir = work / f"{self.name}-{self.old}-{self.new}"
+        self.python = python
+        self.out = Outcome(self.name, self.old, self.new, row["expected"])
+
+    @property
+    def venv_python(self) -> str:
+        return str(self.dir / "venv" / "bin" / "python")
+
+    def log(self, msg: str) -> None:
+        print(f"[{self.name} {self.old}->{self.new}] {msg}", flush=True)
+
+    def run(self) -> Outcome:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.prepare()
+            self.build()
+            if self.out.built == "built":
+                self.install_test_deps()
+                self.check()
+        except RuntimeError as exc:
+            self.out.built = self.out.built or "error"
+            self.out.notes.append(str(exc))
+        self.out.verdict = self.verdict()
+        self.log(f"verdict: {self.out.verdict}")
+        return self.out
+
+    def prepare(self) -> None:
+        if not Path(self.venv_python).exists():
+            r = sh([self.python, "-m", "venv", str(self.dir / "venv")], self.dir, 300)
+            if r.returncode:
+                raise RuntimeError(f"venv: {r.stderr.strip()[-300:]}")
+        pip = self.pip = [self.venv_python, "-m", "pip", "-q", "--disable-pip-version-check"]
+        self.env = {"TORNADO_EXTENSION": "0"}
+        for version in (self.old, self.new):
+            if not list(self.dir.glob(f"*-{version}.tar.gz")) and not list(
+                self.dir.glob(f"*-{version}.zip")
+            ):
+                r = sh([*pip, "download", "--no-deps", "--no-binary", ":all:",
+                        f"{self.name}=={version}", "-d", str(self.dir)], self.dir, 600)  # fmt: skip
+                if r.returncode:
+                    raise RuntimeError(f"download {version}: {r.stderr.strip()[-300:]}")
+        self.sdists = {v: self._sdist(v) for v in (self.old, self.new)}
+        self.trees = {v: self._unpack(self.sdists[v]) for v in (self.old, self.new)}
+        self.log("installing the old release")
+        r = sh([*self.pip, "install", str(self.sdists[self.old])], self.dir, 1200, self.env)
+        if r.returncode:
+            raise RuntimeError(f"install: {r.stderr.strip()[-500:]}")
+
+    def install_test_deps(self) -> None:
+        deps = self.row.get("test_deps", "").split()
+        deps = [str(self.trees[self.new] / d) if d.startswith("requirements") else d for d in deps]
+        self.log("installing the test dependencies")
+        if deps:
+            r = sh([*self.pip, "install", *deps], self.dir, 1200, self.env)
+            if r.returncode:
+                raise RuntimeError(f"install test dependencies: {r.stderr.strip()[-500:]}")
+        # a test requirement may have pulled in another version of the package itself
+        r = sh([*self.pip, "install", "--no-deps", "--force-reinstall", str(self.sdists[self.old])],
+               self.dir, 600, self.env)  # fmt: skip
+        if r.returncode:
+            raise RuntimeError(f"install old: {r.stderr.strip()[-500:]}")
+
+    def _sdist(self, version: str) -> Path:
+        for pattern in (f"*-{version}.tar.gz", f"*-{version}.zip"):
+            found = sorted(self.dir.glob(pattern))
+            if found:
+                return found[0]
+        raise RuntimeError(f"no sdist for {version}")
+
+    def _unpack(self, sdist: Path) -> Path:
+        dest = self.dir / sdist.name.replace(".tar.gz", "").replace(".zip", "")
+        if not dest.exists():
+            with tarfile.open(sdist) as tf:
+                if sys.version_info >= (3, 12):
+                    tf.extractall(self.dir, filter="data")
+                else:  # an sdist from PyPI, named on our own list
+                    tf.extractall(self.dir)  # noqa: S202
+        return dest
+
+    def build(self) -> None:
+        env = {"PYTHONPATH": str(SRC), "TORNADO_EXTENSION": "0"}
+        t0 = time.perf_counter()
+        r = sh(
+            [self.venv_python, "-m", "pylivepatch", "build", str(self.sdists[self.old]),
+             str(self.sdists[self.new]), "-o", str(self.dir / "fix.lpz"), "--json",
+             "--name", f"{self.name}-{self.new}-fix", "--metadata", f"advisory={self.row['advisory']}"],
+            self.dir, 600, env,
+        )  # fmt: skip
+        self.out.build_seconds = round(time.perf_counter() - t0, 2)
+        try:
+            report = json.loads(r.stdout)
+        except ValueError:
+            self.out.built = "error"
+            raise RuntimeError(f"build: {r.stderr.strip()[-500:]}") from None
+        if "changes" not in report:
+            self.out.built = "error"
+            raise RuntimeError(f"build: {report.get('error')}")
+        self.out.changes = [f"{c['kind']} {c['target']}" for c in report["changes"]]
+        self.out.reasons = [
+            f"{x['file']}:{x['line']}: {x['kind']}: {x['target']}: {x['reason']}"
+            for x in report["refusals"]
+        ]
+        self.out.built = "built" if r.returncode == 0 else "refused"
+        self.log(
+            f"{self.out.built} in {self.out.build_seconds}s: {len(self.out.changes)} changes, {len(self.out.reasons)} refusals"
+        )
+
+    def check(self) -> None:
+        run = self.dir / "run"
+        if run.exists():
+            shutil.rmtree(run)
+        run.mkdir()
+        new_tree = self.trees[self.new]
+        for d in self.row["test_dirs"].split():
+            if (new_tree / d).exists():
+                shutil.copytree(new_tree / d, run / d)
+        for f in CONFIG:
+            if (new_tree / f).is_file():
+                shutil.copy(new_tree / f, run / f)
+        for probe in (HERE / "probes").glob("*.py"):
+            shutil.copy(probe, run / probe.name)
+        env = {"TORNADO_EXTENSION": "0", "PYTHONPATH": str(SRC), "PYTHONDONTWRITEBYTECODE": "1"}
+        acceptance = self.row["acceptance"].split(" (")[0].split()
+        fix = str(self.dir / "fix.lpz")
+
+        def with_payload(cmd: list[str]) -> list[str]:
+            return [self.venv_python, "-m", "pylivepatch", "test", fix, "--", *cmd]
+
+        if acceptance and acceptance[0].startswith("probes/"):
+            probe = [self.venv_python, acceptance[0].split("/", 1)[1]]
+            a = sh(with_payload(probe), run, 300, env)
+            b = sh(probe, run, 120, env)
+            self.out.acceptance_with = (a.stdout.strip().splitlines() or [a.stderr.strip()[-200:]])[
+                -1
+            ]
+            self.out.acceptance_without = (
+                b.stdout.strip().splitlines() or [b.stderr.strip()[-200:]]
+            )[-1]
+        elif acceptance and "::" in acceptance[0]:
+            cmd = [
+                self.venv_python,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--import-mode=importlib",
+                *acceptance,
+            ]
+            a = sh(with_payload(cmd), run, 600, env)
+            b = sh(cmd, run, 300, env)
+            self.out.acceptance_with = json.dumps(summary(a.stdout))
+            self.out.acceptance_without = (
+                json.dumps(summary(b.stdout)) if b.returncode != 124 else "timed out"
+            )
+        else:
+            self.out.notes.append(f"no acceptance check shipped: {self.row['acceptance']}")
+        command = shlex.split(self.row["test_command"])
+        if command[:1] == ["python"]:
+            command = [self.venv_python, *command[1:]]
+        if "pytest" in command:
+            command[command.index("pytest") + 1 : command.index("pytest") + 1] = [
+                "-p", "no:cacheprovider", "--import-mode=importlib",
+            ]  # fmt: skip
+        self.log("running the new release's suite with the payload")
+        a = sh(with_payload(command), run, 1800, env)
+        self.out.suite_with = summary(a.stdout)
+        self.log("and without it")
+        b = sh(command, run, 1800, env)
+        self.out.suite_without = summary(b.stdout)
+        applied = [ln for ln in a.stderr.splitlines() if ln.startswith("pylivepatch test:")]
+        self.out.notes += applied[:3]
+
+    def verdict(self) -> str:
+        o = self.out
+        if o.built == "error":
+            return "ERROR"
+        if o.expected == "refuse":
+            return (
+                "ok: refused as expected" if o.built == "refused" else "WRONG: built, should refuse"
+            )
+        if o.built != "built":
+            return "WRONG: refused, should build"
+        good = {"FIXED", "fast"}
+        if o.acceptance_with:
+            if o.acceptance_with.split(":")[0].split()[0] in good or (
+                o.acceptance_with.startswith("{")
+                and not json.loads(o.acceptance_with).get("failed")
+                and json.loads(o.acceptance_with).get("passed")
+            ):
+                acc = "acceptance passes with the payload"
+            else:
+                return f"WRONG: acceptance with the payload: {o.acceptance_with}"
+        else:
+            acc = "no acceptance check"
+        fails_with = o.suite_with.get("failed", 0) + o.suite_with.get("error", 0)
+        fails_without = o.suite_without.get("failed", 0) + o.suite_without.get("error", 0)
+        return f"ok: {acc}; suite failures {fails_without} without -> {fails_with} with"
+
+
+def write_markdown(outcomes: list[Outcome], path: Path) -> None:
+    lines = [
+        "# The builder on real release pairs",
+        "",
+        "Generated by `python corpus/run.py` (see its docstring). Each pair is a PyPI release",
+        "and the next one, which fixes a security bug. *Acceptance* is the check that the fix",
+        "works (a probe, or the tests the fix added), run against the OLD release installed,",
+        "with the payload (`pylivepatch test`) and without. *Suite* is the NEW release's whole",
+        "test suite against the OLD release: failed+errors / passed.",
+        "",
+        "| package | old → new | expected | result | build s | changes / refusals | acceptance without → with payload | suite without → with payload | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for o in outcomes:
+        detail = "<br>".join(o.reasons) if o.reasons else f"{len(o.changes)} changes"
+
+        def suite(c: dict[str, int]) -> str:
+            if not c:
+                return "-"
+            return f"{c.get('failed', 0) + c.get('error', 0)} / {c.get('passed', 0)}"
+
+        lines.append(
+            f"| {o.package} | {o.old} → {o.new} | {o.expected} | {o.built} | {o.build_seconds} | "
+            f"{detail} | {o.acceptance_without or '-'} → {o.acceptance_with or '-'} | "
+            f"{suite(o.suite_without)} → {suite(o.suite_with)} | {o.verdict} |"
+        )
+    lines.append("")
+    for o in outcomes:
+        if o.changes or o.notes:
+            lines += [f"## {o.package} {o.old} → {o.new}", ""]
+            lines += [f"- {c}" for c in o.changes]
+            lines += [f"- note: {n}" for n in o.notes]
+            lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--pairs", default=str(HERE / "pairs.tsv"))
+    ap.add_argument("--only", action="append", default=[], help="NAME or NAME==OLD")
+    ap.add_argument("--fast", action="store_true", help="only the pairs CI runs")
+    ap.add_argument("--work", default=str(ROOT / ".corpus"))
+    ap.add_argument("--out", help="Markdown table to write (e.g. docs/corpus.md)")
+    ap.add_argument("--json", help="JSON results to write")
+    ap.add_argument("--python", default=sys.executable, help="interpreter for the virtualenvs")
+    args = ap.parse_args()
+    with open(args.pairs) as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    wanted = []
+    for row in rows:
+        key = f"{row['package']}=={row['old']}"
+        if args.only and row["package"] not in args.only and key not in args.only:
+            continue
+        if args.fast and row["package"] not in FAST and key not in FAST:
+            continue
+        if args.fast and row["package"] == "urllib3" and key not in FAST:
+            continue
+        wanted.append(row)
+    work = Path(args.work)
+    outcomes = [Pair(row, work, args.python).run() for row in wanted]
+    for o in outcomes:
+        print(f"{o.package:10} {o.old:>9} -> {o.new:<9} {o.built:8} {o.verdict}")
+    if args.out:
+        write_markdown(outcomes, Path(args.out))
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(o) for o in outcomes], indent=2))
+    return 0 if all(o.verdict.startswith("ok") for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
