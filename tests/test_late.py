@@ -147,3 +147,45 @@ def test_a_reload_of_other_code_is_refused_and_leaves_the_module_patched(lab):
     assert "late-fix" in msg and ("dependency-mismatch" in msg or "expectation-failed" in msg)
     assert "keeps its patched code" in msg
     assert mod.price is patched and mod.price(2) == 5 and not hasattr(mod, "NEW")
+
+
+DATACLASS_MODULE = """
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Point:
+        x: int
+        y: int
+
+    def norm(p):
+        return abs(p.x) + abs(p.y)
+"""
+
+
+@pytest.mark.parametrize("imported_first", [True, False])
+def test_code_generated_at_import_does_not_hide_the_module_build_id(lab, imported_first):
+    """dataclasses writes ``Point.__init__`` with exec: it is the module's function but
+    not the file's code. The object build id check must leave it out, at upload and
+    when the module is imported later (werkzeug's sansio.multipart has such classes)."""
+    name = lab.name("geom")
+    (lab.root / f"{name}.py").write_text(textwrap.dedent(DATACLASS_MODULE))
+    importlib.invalidate_caches()
+    fix = lab.pack(
+        """
+        import pylivepatch as lp
+        patch = lp.Patch("fix-norm", consistency="atomic")
+
+        @patch.function("{m}geom:norm")
+        def norm(p):
+            return p.x * p.x + p.y * p.y
+        """
+    )
+    lab.modules.append(name)
+    if imported_first:
+        mod = importlib.import_module(name)
+        lab.engine.load(fix)
+    else:
+        sys.modules.pop(name, None)
+        lab.engine.load(fix, wait_imports=True)
+        mod = importlib.import_module(name)
+    assert mod.norm(mod.Point(3, 4)) == 25
