@@ -73,38 +73,63 @@ def build(old: str, new: str, options: BuildOptions) -> BuildResult:
         work = Path(tmp)
         old_tree = sources.materialize(old, work, "old", options.repo)
         new_tree = sources.materialize(new, work, "new", options.repo)
-        old_root, new_root = sources.source_root(old_tree), sources.source_root(new_tree)
-        result = compare_trees(old_root, new_root)
+        result = compare_trees(old_tree, new_tree)
         result.allowed = [r for r in result.refusals if r.kind in options.allow]
         result.refusals = [r for r in result.refusals if r.kind not in options.allow]
         if result.refusals or not result.changes:
             return result
-        result.source = emit(result, options, old_root)
+        result.source = emit(result, options)
         payload = work / "payload.py"
         payload.write_text(result.source)
         from .pack import pack
 
+        old_root = old_tree.write(work / "old", _needed_on_disk(old_tree, result))
         packed = pack(payload, against=str(old_root), pythons=options.pythons)
         result.data, result.manifest = packed.data, packed.manifest
         result.warnings += packed.warnings
         return result
 
 
-def compare_trees(old_root: Path, new_root: Path) -> BuildResult:
-    old_mods, new_mods = sources.modules(old_root), sources.modules(new_root)
+def _needed_on_disk(tree: sources.Tree, result: BuildResult) -> set[str]:
+    """The OLD files packing reads: the modules the payload targets with their
+    packages' ``__init__`` files, and whole packages the payload imports from."""
+    mods = tree.modules()
+    wanted = {c.module for c in result.changes} | {m for c in result.changes for m in c.importers}
+    rels = set()
+    for m in wanted:
+        parts = m.split(".")
+        for i in range(1, len(parts) + 1):
+            rel = mods.get(".".join(parts[:i]))
+            if rel:
+                rels.add(rel)
+    tops = {m.split(".")[0] for m in mods}
+    payload = ast.parse(result.source)
+    for node in ast.walk(payload):
+        names = (
+            [a.name for a in node.names] if isinstance(node, ast.Import)
+            else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        )  # fmt: skip
+        for name in names:
+            top = name.split(".")[0]
+            if top in tops:
+                rels |= {r for m, r in mods.items() if m == top or m.startswith(top + ".")}
+    return rels
+
+
+def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult:
+    old_mods, new_mods = old_tree.modules(), new_tree.modules()
     diffs: list[ModuleDiff] = []
     warnings: list[str] = []
     refusals: list[Refusal] = []
     texts: dict[str, str] = {}
-    for mod, path in sorted(new_mods.items()):
-        new_text = sources.read(path)
+    for mod, rel in sorted(new_mods.items()):
         if mod not in old_mods:
             continue  # new modules: refused below if the new code imports them
-        old_text = sources.read(old_mods[mod])
-        texts[mod] = old_text
-        if old_text == new_text:
+        old_bytes, new_bytes = old_tree.read_bytes(old_mods[mod]), new_tree.read_bytes(rel)
+        if old_bytes == new_bytes:
             continue
-        rel = path.relative_to(new_root).as_posix()
+        old_text, new_text = old_tree.read(old_mods[mod]), new_tree.read(rel)
+        texts[mod] = old_text
         diffs.append(Comparer(mod, rel, old_text, new_text).run())
     for mod in sorted(set(old_mods) - set(new_mods)):
         warnings.append(f"module {mod} was removed; the payload leaves it in place")
@@ -128,22 +153,25 @@ def compare_trees(old_root: Path, new_root: Path) -> BuildResult:
                         "have; a payload patches existing modules (ship the module first)",
                     )
                 )  # fmt: skip
-    for rel in sorted(_changed_extensions(old_root, new_root)):
+    for rel in sorted(_changed_extensions(old_tree, new_tree)):
         refusals.append(
             Refusal(
                 "c-extension", rel, 0, rel,
                 "C/Cython source changed; compiled code cannot be live-patched",
             )
         )  # fmt: skip
-    old_asts = {m: _parse(t) for m, t in texts.items()}
-    files = {m: p.relative_to(old_root).as_posix() for m, p in old_mods.items()}
-    for m, path in old_mods.items():
-        if m not in old_asts:
-            old_asts[m] = _parse(sources.read(path))
-    for d in diffs:
-        for c in d.changes:
-            if c.kind == "constant":
-                refusals += _captured(c, d, old_asts, files)
+    files = dict(old_mods)
+    constants = [(c, d) for d in diffs for c in d.changes if c.kind == "constant"]
+    if constants:
+        # Only modules whose text mentions a changed constant can have copied it.
+        constant_names = {c.qualname.rsplit(".", 1)[-1] for c, _ in constants}
+        old_asts: dict[str, ast.Module | None] = {}
+        for m, rel in old_mods.items():
+            text = texts.get(m) or old_tree.read(rel)
+            if any(n in text for n in constant_names):
+                old_asts[m] = _parse(text)
+        for c, d in constants:
+            refusals += _captured(c, d, old_asts, files)
     changes = [c for d in diffs for c in d.changes]
     refusals = [r for d in diffs for r in d.refusals] + refusals
     warnings += [w for d in diffs for w in d.warnings]
@@ -184,9 +212,9 @@ def absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
     return ".".join([*parts, *([node.module] if node.module else [])])
 
 
-def _changed_extensions(old_root: Path, new_root: Path) -> set[str]:
-    old, new = sources.extensions(old_root), sources.extensions(new_root)
-    changed = {r for r in set(old) & set(new) if old[r].read_bytes() != new[r].read_bytes()}
+def _changed_extensions(old_tree: sources.Tree, new_tree: sources.Tree) -> set[str]:
+    old, new = old_tree.extensions(), new_tree.extensions()
+    changed = {r for r in set(old) & set(new) if old_tree.read_bytes(r) != new_tree.read_bytes(r)}
     return changed | (set(new) - set(old))
 
 
@@ -350,7 +378,7 @@ class _Names:
         return False
 
 
-def emit(result: BuildResult, options: BuildOptions, old_root: Path) -> str:
+def emit(result: BuildResult, options: BuildOptions) -> str:
     """The payload module's source."""
     head = [
         '"""pylivepatch payload generated by `pylivepatch build`; rebuild, do not edit."""',
