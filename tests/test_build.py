@@ -748,3 +748,29 @@ def test_pylivepatch_test_runs_a_suite_against_the_old_version_with_the_payload(
     (lab.root / "bad.lpz").write_bytes(b"not a zip")
     bad = run_suite("bad.lpz")
     assert bad.returncode == 1 and bad.stderr.startswith("pylivepatch: invalid-payload: ")
+
+
+def test_refused_syntax_errors_and_name_collisions(versions):
+    from pylivepatch import LivepatchError
+
+    v = versions(
+        {"a.py": "def f():\n    return 1\n", "b.py": "def g():\n    return 1\n", "c.py": "X = 1\n"},
+        {
+            "a.py": "def _h():\n    return 'a'\n\ndef f():\n    return _h()\n",
+            "b.py": "def _h():\n    return 'b'\n\ndef g():\n    return _h()\n",
+            "c.py": "X = (\n",
+        },
+    )
+    assert v.refusals() == [
+        "pkg/c.py:1: syntax: pkg.c: does not parse: '(' was never closed",
+    ]
+    (v.new / v.pkg / "c.py").write_text("X = 1\n")
+    assert v.refusals() == [
+        "pkg/b.py:1: name-collision: pkg.b:_h: the payload needs '_h' as new pkg.b:_h, and as "
+        "new pkg.a:_h for pkg.a; build one payload per module, or rename it in the new version",
+    ]
+    with pytest.raises(LivepatchError) as err:
+        v.build("name-collision")
+    assert (
+        err.value.message == "--allow name-collision: no payload can be written with such a change"
+    )

@@ -41,6 +41,8 @@ REFUSALS: dict[str, str] = {
     "syntax": "a module that does not parse",
     "name-collision": "two modules of one payload need different objects under one name",
 }
+#: kinds no hook can make up for: ``--allow`` refuses them
+UNALLOWABLE = frozenset({"syntax", "name-collision"})
 
 #: supported change kinds
 CHANGES = (
