@@ -54,6 +54,8 @@ class Outcome:
     acceptance_without: str = ""
     suite_with: dict[str, int] = field(default_factory=dict)
     suite_without: dict[str, int] = field(default_factory=dict)
+    failing_with: list[str] = field(default_factory=list)  # test ids
+    failing_without: list[str] = field(default_factory=list)
     verdict: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -69,6 +71,11 @@ def sh(
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
         return subprocess.CompletedProcess(cmd, 124, out, f"timed out after {timeout:.0f}s")
+
+
+def failing(text: str) -> list[str]:
+    """Test ids pytest's -rfE summary lists as FAILED or ERROR."""
+    return sorted({m for m in re.findall(r"^(?:FAILED|ERROR) (\S+)", text, re.M)})
 
 
 def summary(text: str) -> dict[str, int]:
@@ -269,9 +276,11 @@ class Pair:
         self.log("running the new release's suite with the payload")
         a = sh(with_payload(command), run, 1800, env)
         self.out.suite_with = summary(a.stdout)
+        self.out.failing_with = failing(a.stdout)
         self.log("and without it")
         b = sh(command, run, 1800, env)
         self.out.suite_without = summary(b.stdout)
+        self.out.failing_without = failing(b.stdout)
         applied = [ln for ln in a.stderr.splitlines() if ln.startswith("pylivepatch test:")]
         self.out.notes += applied[:3]
 
@@ -299,6 +308,9 @@ class Pair:
             acc = "no acceptance check"
         fails_with = o.suite_with.get("failed", 0) + o.suite_with.get("error", 0)
         fails_without = o.suite_without.get("failed", 0) + o.suite_without.get("error", 0)
+        new = sorted(set(o.failing_with) - set(o.failing_without))
+        if new:
+            return f"WRONG: fails only with the payload: {', '.join(new[:5])}"
         return f"ok: {acc}; suite failures {fails_without} without -> {fails_with} with"
 
 
@@ -334,6 +346,12 @@ def write_markdown(outcomes: list[Outcome], path: Path) -> None:
             lines += [f"## {o.package} {o.old} → {o.new}", ""]
             lines += [f"- {c}" for c in o.changes]
             lines += [f"- note: {n}" for n in o.notes]
+            fixed = sorted(set(o.failing_without) - set(o.failing_with))
+            still = sorted(set(o.failing_with) & set(o.failing_without))
+            if fixed:
+                lines.append(f"- fail without the payload, pass with it: {', '.join(fixed)}")
+            if still:
+                lines.append(f"- fail with and without it (the environment): {', '.join(still)}")
             lines.append("")
     path.write_text("\n".join(lines))
 
