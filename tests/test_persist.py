@@ -47,13 +47,15 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def run_app(lab, app: str, program: str, *extra_path: str) -> subprocess.Popen[str]:
-    path = os.pathsep.join([SRC, str(lab.root), *extra_path])
+def run_app(lab, app: str, program: str, *first_path: str) -> subprocess.Popen[str]:
+    """``first_path`` comes before the lab's directory (and is the working directory:
+    ``python -c`` puts that first on ``sys.path``)."""
+    path = os.pathsep.join([SRC, *first_path, str(lab.root)])
     return subprocess.Popen(
         [sys.executable, "-m", "pylivepatch", "run", "--app", app, "--", sys.executable, "-c",
          program],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONPATH=path), cwd=lab.root,
+        env=dict(os.environ, PYTHONPATH=path), cwd=first_path[0] if first_path else lab.root,
     )  # fmt: skip
 
 
@@ -276,3 +278,50 @@ def test_every_action_is_audited_with_its_peer(lab):
         ["apply", "nope", "-"],
         ["revert", "fix-price", apply["build_id"][:12]],
     ]
+
+
+def test_load_after_install_leaves_processes_that_applied_it_at_start_alone(lab):
+    """Install first, then load: a process started in between already has the payload
+    (no action needed), and if another process refuses, the rollback takes back only
+    what this load did."""
+    lab.module("shop", SHOP)
+    app = f"both-{lab.prefix}"
+    program = PROGRAM.format(module=lab.name("shop"))
+    early = run_app(lab, app, program)
+    assert early.stdout.readline().split() == ["False", "4"]
+    (lab.root / "fix.lpz").write_bytes(lab.pack(FIX))
+    assert cli("install", "fix.lpz", "--app", app, cwd=lab.root).returncode == 0
+    late = run_app(lab, app, program)
+    assert late.stdout.readline().split() == ["False", "6"]
+    procs = [early, late]
+    try:
+        out = cli("load", "fix.lpz", "--app", app, "--json", cwd=lab.root)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert json.loads(out.stdout)["processes"] == {
+            str(early.pid): "applied",
+            str(late.pid): "fix-price is already APPLIED: no action needed",
+        }
+        assert cli("revert", "fix-price", "-p", str(early.pid), cwd=lab.root).returncode == 0
+        assert cli("unload", "fix-price", "-p", str(early.pid), cwd=lab.root).returncode == 0
+        # a third process runs other code under the module's name: the load is refused
+        odd_dir = lab.root / "odd"
+        odd_dir.mkdir()
+        (odd_dir / f"{lab.name('shop')}.py").write_text("def price(x):\n    return x * 2 + 0\n")
+        assert cli("uninstall", "fix-price", "--app", app, cwd=lab.root).returncode == 0
+        odd = run_app(lab, app, program, str(odd_dir))
+        procs.append(odd)
+        assert odd.stdout.readline().split() == ["False", "4"]
+        out = cli("load", "fix.lpz", "--app", app, "--json", cwd=lab.root)
+        assert out.returncode == 1
+        report = json.loads(out.stdout)["processes"]
+        assert report[str(late.pid)] == "already uploaded"
+        assert report[str(odd.pid)].startswith("dependency-mismatch: ")
+        for proc, price in ((early, "4"), (late, "6"), (odd, "4")):
+            proc.stdin.write("x\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == price
+        assert [s.name for s in Client(early.pid).list()] == [], "the rollback unloaded it"
+        assert [(s.name, s.state) for s in Client(late.pid).list()] == [("fix-price", "APPLIED")]
+    finally:
+        for proc in procs:
+            finish(proc)

@@ -180,10 +180,11 @@ def act(args: argparse.Namespace) -> int:
     name = getattr(args, "name", None)
     failure: LivepatchError | None = None
     data = b""
+    uploaded: list[int] = []
     if args.verb in ("upload", "load"):
         data = _payload_bytes(args.file)
-        name = archive.read(data).manifest.name if args.verb == "load" else args.name
-        uploaded: list[int] = []
+        manifest = archive.read(data).manifest
+        name = manifest.name if args.verb == "load" else args.name
         with render.progress(f"upload {name}", len(pids)) as advance:
             for pid in pids:  # upload and check on all first
                 try:
@@ -191,6 +192,12 @@ def act(args: argparse.Namespace) -> int:
                     uploaded.append(pid)
                     results[pid] = "uploaded"
                 except LivepatchError as exc:
+                    if exc.code == "exists" and _has(pid, name, manifest.build_id):
+                        # the same payload is there already (installed, applied at start):
+                        # not ours to unload if another process refuses
+                        results[pid] = "already uploaded"
+                        advance()
+                        continue
                     results[pid], failure = f"{exc.code}: {exc.message}", exc
                     break
                 advance()
@@ -222,7 +229,7 @@ def act(args: argparse.Namespace) -> int:
             _quietly(Client(pid).revert, name)
             results[pid] = f"{DONE[verb]}, then reverted (another process refused)"
         if args.verb == "load":
-            for pid in pids:
+            for pid in uploaded:  # only what this action uploaded
                 _quietly(Client(pid).unload, name)
     if failure is None and (args.app or args.tree) and verb in ("apply", "revert"):
         pids += _newcomers(args, pids, name, verb, data, results)
@@ -276,6 +283,13 @@ def _payload_bytes(path: str) -> bytes:
         raise LivepatchError(
             "not-found", f"cannot read payload file {path}: {exc.strerror}"
         ) from None
+
+
+def _has(pid: int, name: str, build_id: str) -> bool:
+    try:
+        return Client(pid).status(name).build_id == build_id
+    except LivepatchError:
+        return False
 
 
 def _quietly(call: Any, *args: Any) -> None:
