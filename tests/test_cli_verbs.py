@@ -150,9 +150,9 @@ PID RESULT
 PID uploaded
 [exit 0]
 $ pylivepatch list -p PID
-PID NAME STATE RC BUILD ID DEPENDS VERSION METADATA TRANSITION
+PID NAME STATE RC BUILD ID DEPENDS VERSION METADATA SIGNATURE TRANSITION
 ───
-PID fix-price CHECKED 0 BUILDID - 1 cve=CVE-2026-0001, packed-by=pylivepatch pack -
+PID fix-price CHECKED 0 BUILDID - 1 cve=CVE-2026-0001, packed-by=pylivepatch pack unsigned -
 [exit 0]
 $ pylivepatch apply fix-price -p PID
 PID RESULT
@@ -160,7 +160,7 @@ PID RESULT
 PID applied
 [exit 0]
 $ pylivepatch status fix-price -p PID
-process PID: fix-price APPLIED rc=0 build BUILDID consistency atomic
+process PID: fix-price APPLIED rc=0 build BUILDID consistency atomic unsigned
 FUNCTION MARKER ACTIVE STACK
 ───
 M_shop:price applied yes fix-price
@@ -176,10 +176,10 @@ PID RESULT
 PID applied
 [exit 0]
 $ pylivepatch list --app APP
-PID NAME STATE RC BUILD ID DEPENDS VERSION METADATA TRANSITION
+PID NAME STATE RC BUILD ID DEPENDS VERSION METADATA SIGNATURE TRANSITION
 ───
-PID fix-price CHECKED 0 BUILDID - 1 cve=CVE-2026-0001, packed-by=pylivepatch pack -
-PID fix-price-all APPLIED 0 BUILDID - 2 packed-by=pylivepatch pack -
+PID fix-price CHECKED 0 BUILDID - 1 cve=CVE-2026-0001, packed-by=pylivepatch pack unsigned -
+PID fix-price-all APPLIED 0 BUILDID - 2 packed-by=pylivepatch pack unsigned -
 [exit 0]
 $ pylivepatch revert fix-price-all --app APP
 PID RESULT

@@ -35,6 +35,7 @@ class PayloadStatus:
     data: tuple[str, ...]
     in_progress: dict[str, Any] | None = None
     pending: tuple[str, ...] = ()  # modules the payload waits for (not imported yet)
+    signature: str = "unsigned"  # "unsigned", "verified KEYID", "signed by KEYID (not verified...)"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -63,6 +63,7 @@ class Audit:
             "payload": event.payload,
             "event": "late-apply" if late else event.kind,
             "build_id": d.get("build_id", ""),
+            "signature": d.get("signature", ""),
             "result": d.get("error") or ("refused" if event.kind == "refused" else "ok"),
             "rc": d.get("rc", 0),
         }

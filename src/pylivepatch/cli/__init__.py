@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="VERSIONS",
         help="comma-separated interpreter versions to write expectations for, e.g. 3.11,3.12 (default: this one)",
     )
+    p.add_argument("--sign", metavar="KEY", help="sign with this private key (pylivepatch keygen)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
     p = sub.add_parser("build", help="build a payload from two versions of the source")
@@ -73,7 +74,24 @@ def _parser() -> argparse.ArgumentParser:
         help="accept a refusal kind that a hook, a state or shadow variables handle",
     )  # fmt: skip
     p.add_argument("--emit", metavar="FILE", help="also write the generated payload module")
+    p.add_argument("--sign", metavar="KEY", help="sign with this private key (pylivepatch keygen)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p = sub.add_parser("keygen", help="make an Ed25519 key pair for signing payloads")
+    p.add_argument("-o", "--output", required=True, metavar="KEY", help="writes KEY and KEY.pub")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("sign", help="sign a payload archive (in place, or -o OUT)")
+    p.add_argument("file")
+    p.add_argument("--key", required=True, help="private key from pylivepatch keygen")
+    p.add_argument("-o", "--output", help="write the signed archive here instead")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("verify", help="check a payload's signature against trusted keys")
+    p.add_argument("file")
+    p.add_argument(
+        "--keys", metavar="PATH", help="a public key or a directory of *.pub (default: "
+        "$PYLIVEPATCH_TRUSTED_KEYS)",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("inspect", help="show what a payload archive contains")
     p.add_argument("file")
@@ -150,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .build import build_command
 
             return build_command(args)
+        if args.verb in ("keygen", "sign", "verify"):
+            from . import sign
+
+            return int(getattr(sign, args.verb)(args))
         if args.verb == "demo":
             from .demo import run_demo
 
@@ -197,9 +219,14 @@ def _pack(args: argparse.Namespace) -> int:
 
     pythons = [v.strip() for v in args.python.split(",") if v.strip()] if args.python else None
     packed = pack(args.file, against=args.against, pythons=pythons)
+    data = packed.data
+    if args.sign:
+        from .sign import sign_bytes
+
+        data = sign_bytes(data, args.sign)
     try:
         with open(args.output, "wb") as fh:
-            fh.write(packed.data)
+            fh.write(data)
     except OSError as exc:
         raise LivepatchError(
             "invalid-payload", f"cannot write {args.output}: {exc.strerror}"

@@ -31,6 +31,10 @@ def build_command(args: argparse.Namespace) -> int:
     result = build(args.old, args.new, options)
     if result.source and args.emit:
         Path(args.emit).write_text(result.source)
+    if result.data and args.sign:
+        from .sign import sign_bytes
+
+        result.data = sign_bytes(result.data, args.sign)
     if result.data and args.output:
         Path(args.output).write_bytes(result.data)
     if args.json:

@@ -128,7 +128,7 @@ def show(args: argparse.Namespace) -> int:
         rows = [
             [pid, s["name"], s["state"], s["rc"], s["build_id"][:16], (s["depends"] or "")[:16],
              s["version"], ", ".join(f"{k}={v}" for k, v in sorted(s["metadata"].items())),
-             _transition(s)]
+             s.get("signature", ""), _transition(s)]
             for pid, payloads in out.items() for s in payloads
         ]  # fmt: skip
         if not rows:
@@ -136,7 +136,7 @@ def show(args: argparse.Namespace) -> int:
             return 0
         render.table(
             ["PID", "NAME", "STATE", "RC", "BUILD ID", "DEPENDS", "VERSION", "METADATA",
-             "TRANSITION"],
+             "SIGNATURE", "TRANSITION"],
             rows,
         )  # fmt: skip
     elif args.verb == "status":
@@ -144,7 +144,8 @@ def show(args: argparse.Namespace) -> int:
             error = f"  error {s['error']}: {s['message']}" if s["error"] else ""
             render.line(
                 f"process {key}: {s['name']} {s['state']} rc={s['rc']} "
-                f"build {s['build_id'][:16]} consistency {s['consistency']}{error}"
+                f"build {s['build_id'][:16]} consistency {s['consistency']} "
+                f"{s.get('signature', '')}{error}"
             )
             if _transition(s):
                 render.line(f"  transition: {_transition(s)}")

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import LivepatchError
-from ..payload import archive
+from ..payload import archive, signing
 from ..payload.fingerprint import (
     ModuleSource,
     compile_module,
@@ -171,6 +171,7 @@ class Engine:
             if progress
             else None,
             pending=tuple(sorted(r.pending)),
+            signature=r.signature,
         )
 
     def _get(self, name: str) -> Record:
@@ -279,7 +280,7 @@ class Engine:
         """
         with self._action(Action.UPLOAD, name) as act:
             data = _read(source)
-            payload = archive.read(data)
+            payload = archive.read(data, check_signature=signing.Policy.from_env().check)
             man = payload.manifest
             if man.name != name:
                 raise LivepatchError(
@@ -330,6 +331,7 @@ class Engine:
             finally:
                 loaded.forget_sources()  # the ASTs would only make every later GC pass longer
             rec.flags = flags
+            rec.signature = payload.signature_status
             for m in sorted(pending):
                 rec.pending[m] = (
                     [e for e in man.funcs if _module_of(e.target) == m],
@@ -1481,6 +1483,8 @@ class _Act:
         if kind in ("finished", "forced", "refused", "swapped"):  # audited
             rec = self.engine._payloads.get(self.name)
             detail["build_id"] = rec.build_id if rec is not None else self.build_id
+            if rec is not None:
+                detail["signature"] = rec.signature
         self.engine._history.emit(str(self.action), self.name, kind, **detail)
 
     def elapsed(self) -> int:

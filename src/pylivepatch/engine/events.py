@@ -21,7 +21,7 @@ class Event:
 
     def line(self) -> str:
         """The transcript line: stable text without times or durations."""
-        skip = {"pause_ns", "pause_start_ns", "duration_ns", "elapsed_ns", "build_id"}
+        skip = {"pause_ns", "pause_start_ns", "duration_ns", "elapsed_ns", "build_id", "signature"}
         parts = [f"{k}={_short(v)}" for k, v in self.detail.items() if k not in skip]
         return f"{self.action} {self.payload}: {self.kind}" + (
             " " + " ".join(parts) if parts else ""

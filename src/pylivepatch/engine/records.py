@@ -63,6 +63,7 @@ class Record:
     applied_seq: int = 0
     nodeps: bool = False
     flags: tuple[str, ...] = ()
+    signature: str = "unsigned"  # what the signature policy said at upload
     hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)
     states: dict[int, SystemState] = field(default_factory=dict)
     # module -> (funcs, data) entries waiting for that module to be imported

@@ -9,6 +9,7 @@ import hashlib
 import io
 import stat
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import LivepatchError
@@ -33,11 +34,16 @@ class Payload:
     manifest: _manifest.Manifest
     files: dict[str, bytes]
     signature: bytes | None = None
+    signature_status: str = "unsigned"  # what the signature policy said (signing.Policy)
 
     @property
     def sources(self) -> dict[str, str]:
         """Python sources under ``payload/``, decoded."""
         return {p: b.decode("utf-8") for p, b in self.files.items() if p.endswith(".py")}
+
+
+#: (payload name, every member but SIGNATURE, SIGNATURE or None) -> status, or raises
+SignatureCheck = Callable[[str, dict[str, bytes], "bytes | None"], str]
 
 
 def content_build_id(manifest_without_id: bytes, files: dict[str, bytes]) -> str:
@@ -68,8 +74,11 @@ def _check_path(name: str) -> None:
         raise _bad(f"archive member {name!r} has control characters in its name")
 
 
-def read(data: bytes) -> Payload:
-    """Validate an archive's bytes and return its manifest and files."""
+def read(data: bytes, check_signature: SignatureCheck | None = None) -> Payload:
+    """Validate an archive's bytes and return its manifest and files.
+
+    ``check_signature`` runs on the raw members before the manifest is trusted, so a
+    payload changed after signing is ``signature-invalid`` whatever else is wrong."""
     if len(data) > MAX_ARCHIVE_BYTES:
         raise _bad(f"payload is {len(data)} bytes; the limit is {MAX_ARCHIVE_BYTES}")
     try:
@@ -130,6 +139,9 @@ def read(data: bytes) -> Payload:
             except UnicodeDecodeError:
                 raise _bad(f"source {name!r} is not UTF-8") from None
         files[name] = content
+    status = "unsigned"
+    if check_signature is not None:
+        status = check_signature(_peek_name(files), files, signature)
     if MANIFEST not in files:
         raise _bad("payload has no manifest.json")
     if SOURCE_ROOT + "__init__.py" not in files:
@@ -142,15 +154,37 @@ def read(data: bytes) -> Payload:
             f"payload {man.name}: build_id {man.build_id[:12]} does not match its content ({expected[:12]}); "
             "the archive was changed after packing: pack it again"
         )
-    return Payload(man, sources, signature)
+    return Payload(man, sources, signature, status)
 
 
-def write(manifest: _manifest.Manifest, sources: dict[str, bytes]) -> bytes:
+def _peek_name(files: dict[str, bytes]) -> str:
+    """The payload's name for messages, before the manifest is validated."""
+    import json
+
+    try:
+        name = json.loads(files.get(MANIFEST, b"{}")).get("name")
+    except (ValueError, AttributeError):
+        name = None
+    return name if isinstance(name, str) and len(name) < 128 else "(unnamed)"
+
+
+def members(manifest: _manifest.Manifest, sources: dict[str, bytes]) -> dict[str, bytes]:
+    """Every member an archive of this payload holds, but ``SIGNATURE``."""
+    return {MANIFEST: manifest.canonical() + b"\n", **sources}
+
+
+def write(
+    manifest: _manifest.Manifest, sources: dict[str, bytes], signature: bytes | None = None
+) -> bytes:
     """Write an archive. ``manifest.build_id`` must already be the content build id."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        entries = {MANIFEST: manifest.canonical() + b"\n", **sources}
-        for path in [MANIFEST, *sorted(sources)]:
+        entries = members(manifest, sources)
+        order = [MANIFEST, *sorted(sources)]
+        if signature is not None:
+            entries[SIGNATURE] = signature
+            order.append(SIGNATURE)
+        for path in order:
             info = zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0))
             info.external_attr = (stat.S_IFREG | 0o644) << 16
             info.compress_type = zipfile.ZIP_DEFLATED
