@@ -265,11 +265,10 @@ def live_object_build_id(
     source = source or compile_module(module)
     if source is None:
         return None, f"module {module.__name__} has no source or code to compute its build id from"
-    origin = getattr(module, "__file__", None)
     for qual, fn in live_functions(module, is_added):
         code = original_code(fn)
-        if origin and code.co_filename != origin:
-            continue  # generated at import (dataclasses' __init__) or borrowed: not the file's
+        if code.co_filename.startswith("<"):
+            continue  # made from a string at import (dataclasses' __init__): not the file's
         fp = fingerprint(code)
         if fp not in source.defs.get(qual, ()):
             return None, (
