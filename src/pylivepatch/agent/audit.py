@@ -16,10 +16,12 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..engine import Event
 from . import store
+
+if TYPE_CHECKING:
+    from ..engine.events import Event
 
 _context = threading.local()
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from ..engine import engine
+from .. import process_engine
 from ..errors import LivepatchError
 from . import protocol, store
 from .audit import Audit, requested_by
@@ -93,7 +93,9 @@ class Agent:
             "pid": os.getpid(),
             "app": self.app,
             "python": sys.version.split()[0],
-            "applied": [s.name for s in engine().list() if s.state == "APPLIED"],
+            "applied": [s.name for s in e.list() if s.state == "APPLIED"]
+            if (e := process_engine.created()) is not None
+            else [],
         }
 
     def close(self) -> None:
@@ -164,12 +166,12 @@ class Agent:
 
     def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
         verb, args = request.get("verb"), request.get("args") or {}
-        e = engine()
         try:
             if not isinstance(args, dict):
                 raise LivepatchError("invalid-payload", "request args must be an object")
             if verb == "ping":
                 return {"ok": True, "result": self.describe()}
+            e = process_engine.get()
             if verb in ("upload", "load"):
                 data = base64.b64decode(str(args.pop("data", "")), validate=True)
                 result: Any = (
@@ -224,7 +226,7 @@ def start(app: str | None = None) -> Agent:
                 store.check_app(app)
             if _audit is None:
                 _audit = Audit(app)
-                engine().add_listener(_audit)
+                process_engine.when_created(lambda e: e.add_listener(_audit))
             _agent = Agent(app)
             atexit.register(_agent.close)
             if not _started_installed:
@@ -247,8 +249,9 @@ def apply_installed(app: str) -> list[tuple[str, LivepatchError | None]]:
         except LivepatchError as exc:
             _report_start(app, "", exc, audit=True)
             return [("", exc)]
-        e = engine()
+        e = process_engine.get() if items else None
         for item in items:
+            assert e is not None
             try:
                 e.load(item.path.read_bytes(), wait_imports=True)
                 outcome.append((item.name, None))

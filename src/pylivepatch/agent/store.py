@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LivepatchError
-from ..payload import archive
 
 APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 NO_APP = "_none"  # cannot collide: app names start with a letter or digit
@@ -135,6 +134,8 @@ def installed(app: str) -> list[Installed]:
         seq, _, name = path.stem.partition("-")
         _check_private(path)
         st = path.stat()
+        from ..payload import archive
+
         try:
             man = archive.read(path.read_bytes()).manifest
         except LivepatchError as exc:
@@ -152,6 +153,8 @@ def apps() -> list[str]:
 
 def install(app: str, data: bytes) -> Installed:
     """Store a payload for ``app``; new processes of the app apply it at start."""
+    from ..payload import archive
+
     man = archive.read(data).manifest
     with _locked(check_app(app)) as directory:
         present = installed(app)

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -186,21 +187,30 @@ def act(args: argparse.Namespace) -> int:
         data = _payload_bytes(args.file)
         manifest = archive.read(data).manifest
         name = manifest.name if args.verb == "load" else args.name
-        with render.progress(f"upload {name}", len(pids)) as advance:
-            for pid in pids:  # upload and check on all first
-                try:
-                    Client(pid)._call("upload", name=name, data=base64.b64encode(data).decode())
+        encoded = base64.b64encode(data).decode()
+
+        def upload_to(pid: int) -> tuple[str, LivepatchError | None]:
+            try:
+                Client(pid)._call("upload", name=name, data=encoded)
+                return "uploaded", None
+            except LivepatchError as exc:
+                if exc.code == "exists" and _has(pid, name, manifest.build_id):
+                    # the same payload is there already (installed, applied at start):
+                    # not ours to unload if another process refuses
+                    return "already uploaded", None
+                return f"{exc.code}: {exc.message}", exc
+
+        # Uploads only check and change nothing: they run side by side in every process.
+        with (
+            render.progress(f"upload {name}", len(pids)) as advance,
+            ThreadPoolExecutor(max_workers=min(16, len(pids))) as pool,
+        ):
+            for pid, (text, exc) in zip(pids, pool.map(upload_to, pids), strict=True):
+                results[pid] = text
+                if text == "uploaded":
                     uploaded.append(pid)
-                    results[pid] = "uploaded"
-                except LivepatchError as exc:
-                    if exc.code == "exists" and _has(pid, name, manifest.build_id):
-                        # the same payload is there already (installed, applied at start):
-                        # not ours to unload if another process refuses
-                        results[pid] = "already uploaded"
-                        advance()
-                        continue
-                    results[pid], failure = f"{exc.code}: {exc.message}", exc
-                    break
+                if exc is not None and failure is None:
+                    failure = exc
                 advance()
         if failure is not None or args.verb == "upload":
             if failure is not None:

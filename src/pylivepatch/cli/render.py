@@ -1,6 +1,6 @@
-"""Tables and progress for the command line: rich when it is installed (the ``cli``
-extra), plain aligned text otherwise. Output that is not a terminal has no colours and
-is as wide as ``$COLUMNS`` (default 200), so scripts and transcripts see stable text.
+"""Tables and progress for the command line: rich on a terminal when it is installed
+(the ``cli`` extra), plain aligned text otherwise — in pipes, scripts and transcripts,
+which see stable text (``PYLIVEPATCH_RICH=1`` forces rich, as wide as ``$COLUMNS``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,18 @@ def _width() -> int:
         return 200
 
 
+def fancy() -> bool:
+    """Rich tables on a terminal (or with ``PYLIVEPATCH_RICH=1``); plain aligned text
+    for pipes and scripts, which also spares the command the import of rich."""
+    return sys.stdout.isatty() or os.environ.get("PYLIVEPATCH_RICH") == "1"
+
+
 def table(header: Sequence[str], rows: Sequence[Row], title: str | None = None) -> None:
     """Print a table; every cell is shown whole (no wrapping)."""
     cells = [[("-" if c is None or c == "" else str(c)) for c in row] for row in rows]
+    if not fancy():
+        _plain(header, cells, title)
+        return
     try:
         from rich import box
         from rich.console import Console

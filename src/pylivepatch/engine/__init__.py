@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 from . import shadow
 from .core import Engine
 from .events import Event
@@ -22,15 +20,9 @@ __all__ = [
     "shadow",
 ]
 
-_engine: Engine | None = None
-_engine_lock = threading.Lock()
-
 
 def engine() -> Engine:
     """The process-wide engine (created on first use)."""
-    global _engine
-    if _engine is None:
-        with _engine_lock:
-            if _engine is None:
-                _engine = Engine()
-    return _engine
+    from ..process_engine import get
+
+    return get()
