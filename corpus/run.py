@@ -281,6 +281,16 @@ class Pair:
         b = sh(command, run, 1800, env)
         self.out.suite_without = summary(b.stdout)
         self.out.failing_without = failing(b.stdout)
+        # A test failing only with the payload is run again (with it) before it counts:
+        # timing tests fail now and then on a busy machine.
+        for test_id in sorted(set(self.out.failing_with) - set(self.out.failing_without))[:10]:
+            again = sh(with_payload([*command[: command.index("pytest") + 1], "-q", "-p",
+                                     "no:cacheprovider", *mode, test_id]), run, 600, env)  # fmt: skip
+            if again.returncode == 0:
+                self.out.failing_with.remove(test_id)
+                self.out.notes.append(
+                    f"flaky: {test_id} failed once with the payload, passed again"
+                )
         applied = [ln for ln in a.stderr.splitlines() if ln.startswith("pylivepatch test:")]
         self.out.notes += applied[:3]
 
