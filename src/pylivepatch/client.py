@@ -35,7 +35,7 @@ class Client:
         sock.settimeout(self.timeout)
         try:
             try:
-                sock.connect(str(self.path))
+                self._connect(sock)
             except FileNotFoundError:
                 raise LivepatchError(
                     "not-found", f"process {self.pid} has no pylivepatch agent ({self.path})"
@@ -63,6 +63,21 @@ class Client:
                 str(err.get("code", "invalid-payload")), str(err.get("message", ""))
             )
         return reply.get("result")
+
+    def _connect(self, sock: socket.socket) -> None:
+        """Connect; a full listen queue (EAGAIN) is waited out for up to the timeout."""
+        import errno
+        import time
+
+        deadline = time.monotonic() + min(self.timeout, 10.0)
+        while True:
+            try:
+                sock.connect(str(self.path))
+                return
+            except BlockingIOError as exc:
+                if exc.errno != errno.EAGAIN or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     @staticmethod
     def _read(path: str | os.PathLike[str] | bytes) -> str:

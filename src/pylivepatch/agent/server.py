@@ -35,6 +35,10 @@ _agent_lock = threading.Lock()
 _audit: Audit | None = None
 _started_installed = False  # inherited by forked children: they keep what is applied
 
+#: connections served at once; more are answered ``busy`` (each waits at most
+#: ``protocol.READ_TIMEOUT`` for its request)
+MAX_CONNECTIONS = 128
+
 #: verbs that change something (audited when refused before reaching the engine)
 ACTIONS = frozenset({"upload", "load", "apply", "revert", "replace", "unload"})
 
@@ -109,16 +113,34 @@ class Agent:
                     pass
 
     def _serve(self) -> None:
+        slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         while True:
             try:
                 conn, _ = self.sock.accept()
             except OSError:
                 return  # closed
-            threading.Thread(
-                target=self._handle, args=(conn,), name="pylivepatch-conn", daemon=True
-            ).start()
+            if not slots.acquire(blocking=False):
+                # Too many open connections: answer busy at once, without a thread.
+                conn.settimeout(0.1)
+                self._send(conn, {"ok": False, "error": _error(LivepatchError(
+                    "busy", f"the agent has {MAX_CONNECTIONS} connections open; try again"))})  # fmt: skip
+                conn.close()
+                continue
+            try:
+                threading.Thread(
+                    target=self._handle, args=(conn, slots), name="pylivepatch-conn", daemon=True
+                ).start()
+            except RuntimeError:  # no thread to be had
+                slots.release()
+                conn.close()
 
-    def _handle(self, conn: socket.socket) -> None:
+    def _handle(self, conn: socket.socket, slots: threading.BoundedSemaphore) -> None:
+        try:
+            self._handle_one(conn)
+        finally:
+            slots.release()
+
+    def _handle_one(self, conn: socket.socket) -> None:
         with conn:
             pid, uid = _peer(conn)
             if uid not in (os.getuid(), 0):

@@ -9,6 +9,7 @@ import hashlib
 import io
 import stat
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -121,6 +122,7 @@ def read(data: bytes, check_signature: SignatureCheck | None = None) -> Payload:
                 content = fh.read(MAX_FILE_BYTES + 1)
         except (
             zipfile.BadZipFile,
+            zlib.error,
             OSError,
             ValueError,
             EOFError,
