@@ -571,8 +571,8 @@ class _ModuleContext:
             local = f"{self.holder}__{c.qualname.replace('.', '__')}"
             self.names.bind(local, self.module, f"replacement of {c.target}")
         clone = self._strip(node, local, {"staticmethod", "classmethod"})
-        target = c.target if c.role in (None, "getter") else c.target  # role is in the qualname
-        return [f"@patch.function({target!r})", ast.unparse(clone)]
+        # a setter/deleter's target already ends in .setter/.deleter (its scope key)
+        return [f"@patch.function({c.target!r})", ast.unparse(clone)]
 
     def added_function(
         self, c: Change, node: ast.FunctionDef | ast.AsyncFunctionDef, local: str

@@ -348,7 +348,7 @@ class Comparer:
             elif entry.kind == "class":
                 self.klass(before, entry, qual, old_path, new_path)
             elif entry.kind == "assign":
-                self.assign(before, entry, qual, in_class, old_body)
+                self.assign(before, entry, qual)
             elif entry.kind == "import" and _import_key(before) != _import_key(entry):
                 self.refuse(
                         "computed-data", entry.node.lineno, qual,
@@ -490,8 +490,8 @@ class Comparer:
         same_defaults = _dump([*a.defaults, *a.kw_defaults]) == _dump([*b.defaults, *b.kw_defaults])
         if same_code and same_defaults:
             return
-        target = qual if role in (None, "getter") else qual  # key already holds the role
-        self.change("method" if in_class else "function", target, new_node, role=role)
+        # a setter/deleter's qualname already ends in .setter/.deleter (its scope key)
+        self.change("method" if in_class else "function", qual, new_node, role=role)
 
     def klass(
         self,
@@ -594,9 +594,7 @@ class Comparer:
                     "created before the patch hold the old type",
                 )  # fmt: skip
 
-    def assign(
-        self, before: Entry, entry: Entry, qual: str, in_class: bool, old_body: list[ast.stmt]
-    ) -> None:
+    def assign(self, before: Entry, entry: Entry, qual: str) -> None:
         old_node, new_node = before.node, entry.node
         assert isinstance(old_node, (ast.Assign, ast.AnnAssign))
         assert isinstance(new_node, (ast.Assign, ast.AnnAssign))
