@@ -220,3 +220,17 @@ def test_many_clients_at_once_match_some_sequential_order(lab, target):  # noqa:
     expected = str(2 * (3 + int(stack[-1][-1]))) if stack else "4"
     assert call() == expected, "the function runs the code of the last payload applied"
     json.dumps(outcomes)  # the record of what happened is plain data
+
+
+def test_an_archive_asking_for_a_newer_zip_version_is_an_invalid_payload(lab):
+    """Found by fuzz/run.py: zipfile raises NotImplementedError for a member whose
+    "version needed to extract" is too high."""
+    raw = bytearray(_valid(lab))
+    at = raw.index(b"PK\x01\x02")  # the first central directory entry
+    raw[at + 6 : at + 8] = (255).to_bytes(2, "little")
+    try:
+        archive.read(bytes(raw))
+    except LivepatchError as exc:
+        assert exc.code == "invalid-payload" and "not a readable zip" in exc.message
+    else:
+        raise AssertionError("accepted")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import stat
+import struct
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -85,7 +86,10 @@ def read(data: bytes, check_signature: SignatureCheck | None = None) -> Payload:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
         infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+    except (
+        zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError,
+        zlib.error, struct.error, UnicodeDecodeError,
+    ) as exc:  # fmt: skip
         raise _bad(
             f"payload is not a readable zip archive (truncated or corrupt?): {exc}"
         ) from None
