@@ -8,6 +8,7 @@ no links, bounded sizes.
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import tarfile
 import zipfile
@@ -34,11 +35,17 @@ class Tree:
         self._files = files
         self._root = root
         if root is not None:
-            self.paths = sorted(
-                p.relative_to(root).as_posix()
-                for p in root.rglob("*")
-                if p.suffix in WANTED and p.is_file() and "__pycache__" not in p.parts
-            )
+            self.paths = []
+            for here, dirs, names in os.walk(root):
+                # virtualenvs, caches and hidden directories hold no module of the project
+                dirs[:] = sorted(
+                    d for d in dirs
+                    if not d.startswith(".") and d not in ("__pycache__", "venv", "node_modules")
+                )  # fmt: skip
+                rel = Path(here).relative_to(root).as_posix()
+                prefix = "" if rel == "." else rel + "/"
+                self.paths += [prefix + n for n in names if n.endswith(WANTED)]
+            self.paths.sort()
         else:
             self.paths = sorted(files or {})
         self.prefix = ""
