@@ -27,6 +27,10 @@ CODES: dict[str, int] = {
     "unsupported-target": _errno.ENOSYS,
     "inconsistent": _errno.ENOTRECOVERABLE,
     "permission-denied": _errno.EACCES,
+    # Not in the spec's list: an unexpected failure inside pylivepatch (a bug, an
+    # injected fault, MemoryError). The action was undone like any other failure; the
+    # audit record and the message carry the cause.
+    "internal": _errno.EIO,
 }
 
 #: Codes after which the same request may succeed later (exit code 2).

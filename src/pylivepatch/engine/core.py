@@ -59,17 +59,10 @@ from .records import (
 )
 from .resolve import ABSENT, DataTarget, FunctionTarget, resolve_data, resolve_function
 from .state import SystemState, check_compatible
-from .swap import (
-    data_below,
-    data_ops,
-    func_ops,
-    installed_codes,
-    restore,
-    snapshot,
-    undo_data_ops,
-)
+from .swap import data_below, data_ops, func_ops, installed_codes, undo_data_ops
 from .table import FORCE_ONLY, GONE, NOOP, TABLE, Action, State, allowed_from
 from .transition import Transition
+from .undo import Undo
 
 DEFAULT_TIMEOUT = {"transition": 10.0, "atomic": 1.0, "immediate": 0.0}
 LATE_IMPORT_WAIT = 30.0  # seconds an import waits for a running action to end
@@ -94,6 +87,9 @@ class Engine:
         self._waited: frozenset[str] = frozenset()  # modules applied payloads wait for
         self._patched_modules: frozenset[str] = frozenset()  # modules applied payloads patch
         self._late = LateImportHook(self._wants_module, self._module_imported)
+        self._undo: Undo | None = None  # the undo log of the running action
+        # fault injection (engine/faults.py): None except while a test arms a point
+        self._inject: Callable[[str, pause.Ops | None], None] | None = None
 
     # --- queries ------------------------------------------------------------------
 
@@ -195,6 +191,7 @@ class Engine:
             raise LivepatchError("busy", f"{action} {name}: {running} is in progress; try again")
         self._owner = threading.get_ident()
         act = _Act(self, action, name)
+        act.undo = self._undo = Undo(self)
         before = self._payloads.get(name)
         act.build_id = before.build_id if before is not None else ""
         self._progress[name] = {"action": str(action), "started": time.time(), "blockers": []}
@@ -202,6 +199,7 @@ class Engine:
         try:
             yield act
         except LivepatchError as exc:
+            act.rollback()
             if not re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", exc.message):
                 # every message names the payload
                 exc = LivepatchError(exc.code, f"{action} {name}: {exc.message}")
@@ -217,16 +215,27 @@ class Engine:
             )
             raise exc from None
         except BaseException as exc:
+            # Not a refusal: a bug, MemoryError, an injected fault, KeyboardInterrupt.
+            # Undone like any failure; an Exception becomes the ``internal`` error (its
+            # cause chained), anything else goes on as it is.
+            act.rollback()
+            internal = LivepatchError(
+                "internal",
+                f"{action} {name}: failed inside pylivepatch ({type(exc).__name__}: {exc}); "
+                "the action was undone and nothing changed; please report it",
+            )
             rec = self._payloads.get(name)
-            if rec is not None:
-                rec.rc, rec.error, rec.message = errno.EIO, "internal", repr(exc)
+            if rec is not None and action is not Action.UPLOAD:
+                rec.rc, rec.error, rec.message = internal.errno, internal.code, internal.message
             act.emit(
                 "finished",
-                rc=errno.EIO,
-                error="internal",
-                message=repr(exc),
+                rc=internal.errno,
+                error=internal.code,
+                message=internal.message,
                 duration_ns=act.elapsed(),
             )
+            if isinstance(exc, Exception):
+                raise internal from exc
             raise
         else:
             rec = self._payloads.get(name)
@@ -236,8 +245,28 @@ class Engine:
         finally:
             self._progress.pop(name, None)
             self._sync_import_hook()
+            self._undo = None
             self._owner = None
             self._lock.release()
+
+    def _at(self, point: str) -> None:
+        """A named step of an action (engine/faults.py): where a test may make it fail."""
+        if self._inject is not None:
+            self._inject(point, None)
+
+    def _pause(self, point: str, ops: pause.Ops, blocking: set[int] | None) -> pause.PauseResult:
+        """:func:`pause.run`, as the fault point ``point`` (armed, it fails half-way).
+        The caller has noted in the undo log what ``ops`` touches."""
+        if self._inject is not None:
+            self._inject(point, ops)
+        return pause.run(ops, blocking)
+
+    def _touch(
+        self, undo: Undo | None, slots: builtins.list[FuncSlot], dslots: builtins.list[DataSlot]
+    ) -> None:
+        """Note in the undo log(s) what a pause is about to change."""
+        for log in {id(u): u for u in (undo, self._undo) if u is not None}.values():
+            log.touch(slots, dslots)
 
     def _table(self, act: _Act, rec: Record, force: bool = False) -> State | None:
         action = act.action
@@ -281,6 +310,7 @@ class Engine:
         with self._action(Action.UPLOAD, name) as act:
             data = _read(source)
             payload = archive.read(data, check_signature=signing.Policy.from_env().check)
+            self._at("upload.read")
             man = payload.manifest
             if man.name != name:
                 raise LivepatchError(
@@ -320,23 +350,28 @@ class Engine:
                     )
                 seen[id(ft.func)] = e.target
             dtargets = [resolve_data(e.target) for e in dentries]
+            self._at("upload.resolve")
             self._check_objects(man, no_object_check)
             self._check_expectations(man.name, fentries, fplans, no_expect)
+            self._at("upload.check")
             loaded = load_package(payload)
             try:
-                rec = self._prepare(man, loaded, fplans, dtargets, fentries, dentries)
+                try:
+                    rec = self._prepare(man, loaded, fplans, dtargets, fentries, dentries)
+                finally:
+                    loaded.forget_sources()  # the ASTs would only make every GC pass longer
+                self._at("upload.compile")
+                rec.flags = flags
+                rec.signature = payload.signature_status
+                for m in sorted(pending):
+                    rec.pending[m] = (
+                        [e for e in man.funcs if _module_of(e.target) == m],
+                        [e for e in man.data if _module_of(e.target) == m],
+                    )
+                self._at("upload.commit")
             except BaseException:
                 loaded.discard()
                 raise
-            finally:
-                loaded.forget_sources()  # the ASTs would only make every later GC pass longer
-            rec.flags = flags
-            rec.signature = payload.signature_status
-            for m in sorted(pending):
-                rec.pending[m] = (
-                    [e for e in man.funcs if _module_of(e.target) == m],
-                    [e for e in man.data if _module_of(e.target) == m],
-                )
             self._payloads[name] = rec
             act.emit(
                 "checked",
@@ -398,6 +433,11 @@ class Engine:
         for plan in data:
             if isinstance(plan.target.holder, types.ModuleType):
                 provided.setdefault(plan.target.module.__name__, set()).add(plan.target.name)
+        for dslot in self._data.values():  # what this payload already set (a reload)
+            if isinstance(dslot.holder, types.ModuleType) and any(
+                r.loaded is loaded for r, _ in dslot.stack
+            ):
+                provided.setdefault(dslot.holder.__name__, set()).add(dslot.name)
         checks: builtins.list[tuple[str, builtins.list[types.CodeType], types.ModuleType]] = []
         for fplan in funcs:
             impl = fplan.variant.impl
@@ -421,8 +461,9 @@ class Engine:
         with self._action(Action.UNLOAD, name) as act:
             rec = self._get(name)
             self._table(act, rec)
-            rec.loaded.discard()
+            self._at("unload.forget")
             del self._payloads[name]
+            rec.loaded.discard()
             act.result_message = "unloaded"
             return act.result(None)
 
@@ -618,6 +659,7 @@ class Engine:
             act.emit(
                 "checked", funcs=len(rec.funcs), data=len(rec.data), consistency=mode, nodeps=nodeps
             )
+            self._at("apply.check")
 
             def swap() -> pause.PauseResult:
                 slots, dslots = self._slots_for(rec)
@@ -634,7 +676,9 @@ class Engine:
                     blocking.update(id(c) for c in installed_codes(slot))
                 for dplan, dslot in zip(rec.data, dslots, strict=True):
                     data_ops(ops, dslot, dplan.value)
+                self._at("apply.prepare")
                 result = self._swap(act, ops, blocking, mode, timeout, force, slots, dslots)
+                # Committed: from here on only assignments of values prepared above.
                 for plan, slot in zip(rec.funcs, slots, strict=True):
                     slot.stack.append((rec, plan.variant))
                 for dplan, dslot in zip(rec.data, dslots, strict=True):
@@ -683,6 +727,7 @@ class Engine:
                     )
             mode = self._mode(rec, consistency)
             act.emit("checked", consistency=mode)
+            self._at("revert.check")
 
             recovering = rec.state is State.INCONSISTENT
 
@@ -709,7 +754,9 @@ class Engine:
                     if dslot.stack and dslot.stack[-1][0] is rec:
                         value = dslot.stack[-2][1] if len(dslot.stack) > 1 else dslot.original
                         data_ops(ops, dslot, value)
+                self._at("revert.prepare")
                 result = self._swap(act, ops, blocking, mode, timeout, force, slots, dslots)
+                # Committed: from here on only bookkeeping of what was prepared above.
                 for slot in slots:
                     slot.stack[:] = [(r, v) for r, v in slot.stack if r is not rec]
                     if not slot.stack:
@@ -792,6 +839,7 @@ class Engine:
             consistency=mode,
             replaces=[r.name for r in applied],
         )
+        self._at("replace.check")
 
         def swap() -> pause.PauseResult:
             mine, mine_data = self._slots_for(rec)
@@ -817,6 +865,7 @@ class Engine:
                     dslot,
                     values.get(dkey, dslot.original) if dkey in values else dslot.original,
                 )
+            self._at("replace.prepare")
             result = self._swap(
                 act,
                 ops,
@@ -914,8 +963,10 @@ class Engine:
             act.emit("hook", hook=pre_kind, result="ok")
         try:
             result = swap()
-        except LivepatchError as exc:
-            self._post(act, post, post_kind, ctx, exc.errno)
+        except BaseException as exc:
+            act.rollback()  # the post hook sees the process as it is again
+            rc = exc.errno if isinstance(exc, LivepatchError) else errno.EIO
+            self._post(act, post, post_kind, ctx, rc)
             raise
         self._post(act, post, post_kind, ctx, 0)
         return result
@@ -952,33 +1003,38 @@ class Engine:
                     name=module.__name__,
                 )
             self._owner = threading.get_ident()
+        undo = Undo(self)
         try:
-            self._apply_late(module)
+            self._apply_late(module, undo)
+        except BaseException:
+            undo.restore(self)
+            raise
         finally:
             if not mine:
                 self._sync_import_hook()
                 self._owner = None
                 self._lock.release()
 
-    def _apply_late(self, module: types.ModuleType, reloading: bool = False) -> None:
+    def _apply_late(self, module: types.ModuleType, undo: Undo, reloading: bool = False) -> None:
         """Apply payloads to a module that was just imported (it was pending) or
-        reloaded (its functions are new objects; the old ones stay patched)."""
+        reloaded (its functions are new objects; the old ones stay patched). Any
+        failure becomes an ``ImportError`` naming the payload; the caller undoes."""
         name = module.__name__
         applied = self._applied()
         waiting = [r for r in applied if name in r.pending]
         if not waiting:  # a reload
-            self._reapply(module, applied)
+            self._reapply(module, applied, undo)
             return
         prepared: builtins.list[
             tuple[Record, builtins.list[FuncPlan], builtins.list[DataPlan], _Act]
         ] = []
+        outcome = (
+            "the reload is refused and the module keeps its patched code"
+            if reloading
+            else "the module is not imported"
+        )
 
         def refuse(rec: Record, exc: LivepatchError) -> ImportError:
-            outcome = (
-                "the reload is refused and the module keeps its patched code"
-                if reloading
-                else "the module is not imported"
-            )
             return ImportError(
                 f"pylivepatch: payload {rec.name} refuses module {name}: {exc.message} "
                 f"({exc.code}); {outcome}",
@@ -987,6 +1043,7 @@ class Engine:
 
         for rec in waiting:  # every check before anything changes
             act = _Act(self, Action.APPLY, rec.name)
+            act.undo = undo
             act.emit("late-object", module=name)
             fentries, dentries = rec.pending[name]
             try:
@@ -996,55 +1053,78 @@ class Engine:
                 self._check_expectations(rec.name, fentries, fts, "no-expect" in rec.flags)
                 funcs, data = self._plan(rec.loaded, fentries, fts, dentries, dts)
             except LivepatchError as exc:
-                act.emit("refused", module=name, error=exc.code, message=exc.message)
+                act.emit("refused", module=name, error=exc.code, rc=exc.errno, message=exc.message)
                 raise refuse(rec, exc) from None
             prepared.append((rec, funcs, data, act))
         ready: builtins.list[tuple[Record, HookContext, _Act]] = []
-        for rec, _, _, act in prepared:
-            ctx = self._late_ctx(rec, act)
-            pre = rec.hooks.get("pre_apply")
-            if pre is not None:
-                try:
-                    run_pre(rec.name, "pre_apply", pre, ctx)
-                except LivepatchError as exc:
-                    act.emit("hook", hook="pre_apply", result="vetoed")
-                    for done, done_ctx, done_act in ready:  # pair the pre hooks that ran
-                        self._post(
-                            done_act,
-                            done.hooks.get("post_apply"),
-                            "post_apply",
-                            done_ctx,
-                            exc.errno,
-                        )
-                    raise refuse(rec, exc) from None
-                act.emit("hook", hook="pre_apply", result="ok")
-            ready.append((rec, ctx, act))
-        for rec, funcs, data, act in prepared:  # in apply order: the last applied ends on top
-            slots = [self._slot_of(p.target.func, p.target.caches) for p in funcs]
-            dslots = [self._dslot_of(p.target) for p in data]
-            ops = pause.Ops()
-            for plan, slot in zip(funcs, slots, strict=True):
-                v = plan.variant
-                func_ops(ops, slot, (v.code, v.defaults, v.kwdefaults))
-            for dplan, dslot in zip(data, dslots, strict=True):
-                data_ops(ops, dslot, dplan.value)
-            result = pause.run(ops, None)  # nothing has called the module's functions yet
-            for plan, slot in zip(funcs, slots, strict=True):
-                self._funcs.setdefault(id(slot.func), slot)
-                slot.stack.append((rec, plan.variant))
-            for dplan, dslot in zip(data, dslots, strict=True):
-                self._data.setdefault((id(dslot.holder), dslot.name), dslot)
-                dslot.stack.append((rec, dplan.value))
-            rec.funcs += funcs
-            rec.data += data
-            del rec.pending[name]
-            act.emit(
-                "swapped", module=name, funcs=len(funcs), data=len(data), pause_ns=result.pause_ns
-            )
+        rc = errno.EIO  # what the post hooks of a failed late apply see
+        try:
+            self._at("late.check")
+            for rec, _, _, act in prepared:
+                ctx = self._late_ctx(rec, act)
+                pre = rec.hooks.get("pre_apply")
+                if pre is not None:
+                    try:
+                        run_pre(rec.name, "pre_apply", pre, ctx)
+                    except LivepatchError as exc:
+                        act.emit("hook", hook="pre_apply", result="vetoed")
+                        rc = exc.errno
+                        act.emit("refused", module=name, error=exc.code, rc=rc, message=exc.message)
+                        raise refuse(rec, exc) from None
+                    act.emit("hook", hook="pre_apply", result="ok")
+                ready.append((rec, ctx, act))
+            self._at("late.prepare")
+            for rec, funcs, data, act in prepared:  # in apply order: the last applied on top
+                slots = [self._slot_of(p.target.func, p.target.caches) for p in funcs]
+                dslots = [self._dslot_of(p.target) for p in data]
+                ops = pause.Ops()
+                for plan, slot in zip(funcs, slots, strict=True):
+                    v = plan.variant
+                    func_ops(ops, slot, (v.code, v.defaults, v.kwdefaults))
+                for dplan, dslot in zip(data, dslots, strict=True):
+                    data_ops(ops, dslot, dplan.value)
+                self._touch(undo, slots, dslots)
+                result = self._pause("pause:late", ops, None)  # nothing has called them yet
+                for plan, slot in zip(funcs, slots, strict=True):
+                    self._funcs.setdefault(id(slot.func), slot)
+                    slot.stack.append((rec, plan.variant))
+                for dplan, dslot in zip(data, dslots, strict=True):
+                    self._data.setdefault((id(dslot.holder), dslot.name), dslot)
+                    dslot.stack.append((rec, dplan.value))
+                rec.funcs += funcs
+                rec.data += data
+                del rec.pending[name]
+                act.emit(
+                    "swapped",
+                    module=name,
+                    funcs=len(funcs),
+                    data=len(data),
+                    pause_ns=result.pause_ns,
+                )
+        except BaseException as exc:
+            undo.restore(self)  # before the post hooks look
+            if isinstance(exc, ImportError):
+                failed: BaseException = exc
+            else:
+                names = ", ".join(r.name for r, _, _, _ in prepared) or "?"
+                failed = ImportError(
+                    f"pylivepatch: patching module {name} for payload {names} failed inside "
+                    f"pylivepatch ({type(exc).__name__}: {exc}); nothing was patched and {outcome}",
+                    name=name,
+                )
+                for _, _, _, act in prepared:
+                    act.emit("refused", module=name, error="internal", rc=rc, message=str(failed))
+            for done, done_ctx, done_act in ready:  # pair the pre hooks that ran
+                self._post(done_act, done.hooks.get("post_apply"), "post_apply", done_ctx, rc)
+            if failed is exc or not isinstance(exc, Exception):
+                raise
+            raise failed from exc
         for rec, ctx, act in ready:
             self._post(act, rec.hooks.get("post_apply"), "post_apply", ctx, 0)
 
-    def _reapply(self, module: types.ModuleType, applied: builtins.list[Record]) -> None:
+    def _reapply(
+        self, module: types.ModuleType, applied: builtins.list[Record], undo: Undo
+    ) -> None:
         """``importlib.reload`` ran the module's code again: its functions are new
         objects. Patch them like a module imported later; the old objects stay patched
         (other references may hold them) and their plans are marked stale. Attributes a
@@ -1057,7 +1137,7 @@ class Engine:
                 old[id(rec)] = plans
                 rec.pending[name] = (list({p.entry.target: p.entry for p in plans}.values()), [])
         try:
-            self._apply_late(module, reloading=True)
+            self._apply_late(module, undo, reloading=True)
         finally:
             for rec in applied:
                 rec.pending.pop(name, None)
@@ -1066,13 +1146,32 @@ class Engine:
                 if any(p is not plan and p.entry is plan.entry and not p.stale for p in rec.funcs):
                     plan.stale = True
         ops = pause.Ops()
-        for dslot in list(self._data.values()):
-            if dslot.holder is module and dslot.stack:
-                fresh = module.__dict__.get(dslot.name, ABSENT)
-                if dslot.original is not ABSENT and fresh is not dslot.stack[-1][1]:
-                    dslot.original = fresh  # what the reloaded code defines
-                data_ops(ops, dslot, dslot.stack[-1][1])
-        pause.run(ops, None)
+        dslots = [d for d in self._data.values() if d.holder is module and d.stack]
+        for dslot in dslots:
+            fresh = module.__dict__.get(dslot.name, ABSENT)
+            if dslot.original is not ABSENT and fresh is not dslot.stack[-1][1]:
+                dslot.original = fresh  # what the reloaded code defines
+            data_ops(ops, dslot, dslot.stack[-1][1])
+        self._touch(undo, [], dslots)
+        try:
+            self._pause("pause:reload", ops, None)
+        except Exception as exc:
+            owners = [r for r in applied if any(d.holder is module for d in self._dslots_of(r))]
+            failed = ImportError(
+                f"pylivepatch: setting the data of payload {', '.join(r.name for r in owners)} "
+                f"again after the reload of {name} failed inside pylivepatch "
+                f"({type(exc).__name__}: {exc}); the reload is refused and the module keeps "
+                "its patched code",
+                name=name,
+            )
+            for rec in owners:
+                _Act(self, Action.APPLY, rec.name).emit(
+                    "refused", module=name, error="internal", rc=errno.EIO, message=str(failed)
+                )
+            raise failed from exc
+
+    def _dslots_of(self, rec: Record) -> builtins.list[DataSlot]:
+        return [d for d in self._data.values() if any(r is rec for r, _ in d.stack)]
 
     def _adopt_imported(self, rec: Record) -> None:
         """Modules a payload waited for that were imported before it was applied are
@@ -1107,15 +1206,16 @@ class Engine:
             dslot = DataSlot(dt.holder, dt.name, dt.current())
         return dslot
 
-    def _mark(self, rec: Record, plan: FuncPlan, slot: FuncSlot, applied: bool) -> int:
+    def _mark(self, act: _Act, rec: Record, plan: FuncPlan, slot: FuncSlot, applied: bool) -> int:
         """Install (or take back) one function of ``rec`` in its own pause; returns its length."""
         if any(r is rec for r, _ in slot.stack) == applied:
             return 0
+        self._touch(act.undo, [slot], [])
         ops = pause.Ops()
         if applied:
             v = plan.variant
             func_ops(ops, slot, (v.code, v.defaults, v.kwdefaults))
-            result = pause.run(ops, None)
+            result = self._pause("pause:mark", ops, None)
             self._funcs.setdefault(id(slot.func), slot)
             slot.stack.append((rec, v))
             return result.pause_ns
@@ -1124,7 +1224,7 @@ class Engine:
         pause_ns = 0
         if was_top:
             func_ops(ops, slot, slot.installed())
-            pause_ns = pause.run(ops, None).pause_ns
+            pause_ns = self._pause("pause:mark", ops, None).pause_ns
         if not slot.stack:
             self._funcs.pop(id(slot.func), None)
         return pause_ns
@@ -1155,7 +1255,7 @@ class Engine:
                     "not-found", f"{rec.name}: {target} is not a function of this payload"
                 )
             plan, slot = plans[target]
-            total[0] += self._mark(rec, plan, slot, applied)
+            total[0] += self._mark(act, rec, plan, slot, applied)
 
         def run(kind: str) -> str | None:
             ctx = HookContext(
@@ -1180,13 +1280,21 @@ class Engine:
             """Targets not in state ``on``."""
             return [t for t, (_, s) in plans.items() if any(r is rec for r, _ in s.stack) != on]
 
+        self._at(f"{action}.prepare")
         failure = run(action)
         off = state_is(want)
         if failure is None and not off:
             ops = pause.Ops()
             for dplan, dslot in zip(rec.data, dslots, strict=True):
                 data_ops(ops, dslot, dplan.value if want else data_below(dslot, rec))
-            result = pause.run(ops, None)
+            self._touch(act.undo, [], dslots)
+            try:
+                result = self._pause("pause:hook-data", ops, None)
+            except BaseException:
+                opposite = "revert" if want else "apply"
+                if opposite in rec.hooks:  # undo what the hook did beyond its marks
+                    run(opposite)
+                raise  # and the undo log puts back the functions and data
             for dplan, dslot in zip(rec.data, dslots, strict=True):
                 if want:
                     self._data.setdefault((id(dslot.holder), dslot.name), dslot)
@@ -1204,7 +1312,7 @@ class Engine:
             run(opposite)
         else:
             for plan, slot in plans.values():
-                self._mark(rec, plan, slot, not want)
+                self._mark(act, rec, plan, slot, not want)
         back = state_is(not want)
         if not back:
             raise LivepatchError(
@@ -1262,54 +1370,41 @@ class Engine:
         for cache in {id(c): c for s in slots for c in s.caches}.values():
             ops.caches.append(cache)
             cache.cache_clear()  # most entries die here, outside the pause
-        saved = snapshot(slots, dslots)
+        self._touch(act.undo, slots, dslots)  # a failure from here on is undone from the log
         limit = DEFAULT_TIMEOUT[mode] if timeout is None else timeout
         if mode == "transition":
-            try:
-                result = self._transition(act, ops, limit, force)
-            except LivepatchError:
-                raise
-            except BaseException:
-                restore(saved)
-                raise
+            result = self._transition(act, ops, limit, force)
             self._register(act, slots, dslots, result)
             return result
         deadline = time.monotonic() + limit
         delay = 0.001
         waited = False
-        try:
-            while True:
-                result = pause.run(ops, None if mode == "immediate" else blocking)
-                if result.swapped:
+        while True:
+            result = self._pause("pause:swap", ops, None if mode == "immediate" else blocking)
+            if result.swapped:
+                break
+            if result.blockers:
+                self._progress[act.name]["blockers"] = [b.describe() for b in result.blockers]
+                if not waited:
+                    act.emit("waiting", blockers=[b.describe() for b in result.blockers])
+                    waited = True
+            if time.monotonic() >= deadline:
+                if force:
+                    act.emit("forced", blockers=[b.describe() for b in result.blockers])
+                    result = pause.run(ops, None)
                     break
-                if result.blockers:
-                    self._progress[act.name]["blockers"] = [b.describe() for b in result.blockers]
-                    if not waited:
-                        act.emit("waiting", blockers=[b.describe() for b in result.blockers])
-                        waited = True
-                if time.monotonic() >= deadline:
-                    if force:
-                        act.emit("forced", blockers=[b.describe() for b in result.blockers])
-                        result = pause.run(ops, None)
-                        break
-                    names = (
-                        "; ".join(b.describe() for b in result.blockers)
-                        or "the stacks kept changing"
-                    )
-                    raise LivepatchError(
-                        "timeout",
-                        f"{act.action} {act.name}: no quiescent moment within {limit:g}s; blocked by {names}",
-                    )
-                if result.blockers:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.05)
-                else:
-                    time.sleep(0)  # the stacks moved between the walk and the swap: retry now
-        except LivepatchError:
-            raise
-        except BaseException:
-            restore(saved)
-            raise
+                names = (
+                    "; ".join(b.describe() for b in result.blockers) or "the stacks kept changing"
+                )
+                raise LivepatchError(
+                    "timeout",
+                    f"{act.action} {act.name}: no quiescent moment within {limit:g}s; blocked by {names}",
+                )
+            if result.blockers:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+            else:
+                time.sleep(0)  # the stacks moved between the walk and the swap: retry now
         self._register(act, slots, dslots, result)
         return result
 
@@ -1357,18 +1452,22 @@ class Engine:
             class_sets=ops.class_sets, class_dels=ops.class_dels, caches=ops.caches,
         )  # fmt: skip
         trans = Transition(pairs)
-        start = pause.Ops(func_attrs=[], caches=ops.caches)
-        for fn, (code, d, kd) in trans.start_triples():
-            start.func_attrs += [
-                (fn, "__code__", code),
-                (fn, "__defaults__", d),
-                (fn, "__kwdefaults__", kd),
-            ]
+        start = pause.Ops(func_attrs=_func_attrs(trans.start_triples()), caches=ops.caches)
+        dispatchers = pause.Ops(func_attrs=list(start.func_attrs))  # to put them back
         if data_first:
             start.dict_sets, start.dict_dels = data.dict_sets, data.dict_dels
             start.class_sets, start.class_dels = data.class_sets, data.class_dels
         undo_data = undo_data_ops(data)  # should the transition reverse
-        first = pause.run(start, None)
+        try:
+            first = self._pause("pause:transition-start", start, None)
+        except BaseException:  # stopped half-way: back at once, before any call can mix
+            back = pause.Ops(func_attrs=_func_attrs([(fn, source) for fn, source, _ in pairs]))
+            if data_first:
+                back.dict_sets, back.dict_dels = undo_data.dict_sets, undo_data.dict_dels
+                back.class_sets, back.class_dels = undo_data.class_sets, undo_data.class_dels
+            pause.run(back, None)
+            raise
+        trans.arm()
         act.emit(
             "transition", direction="patching" if data_first else "unpatching", funcs=len(pairs)
         )
@@ -1379,7 +1478,7 @@ class Engine:
         sys.setswitchinterval(min(interval, TRANSITION_SWITCH_INTERVAL))
         try:
             return self._wait_transition(
-                act, ops, trans, undo_data, data, first, data_first, limit, force
+                act, ops, trans, undo_data, data, dispatchers, first, data_first, limit, force
             )
         finally:
             sys.setswitchinterval(interval)
@@ -1391,63 +1490,93 @@ class Engine:
         trans: Transition,
         undo_data: pause.Ops,
         data: pause.Ops,
+        dispatchers: pause.Ops,
         first: pause.PauseResult,
         data_first: bool,
         limit: float,
         force: bool,
     ) -> pause.PauseResult:
+        """Wait until no old frame is left, then end the transition in one pause.
+
+        A failure while waiting or in the final pause (a bug, an injected fault) is
+        handled like a timeout, so the consistency model holds on the way back too: the
+        dispatchers are put back on every function (the final pause may have stopped
+        half-way), the transition is reversed, and once no frame of the new code is left
+        the old code is installed; then the failure is raised."""
         progress = self._progress[act.name]
         t0 = time.monotonic()
         deadline, delay, reversed_ = t0 + limit, 0.001, False
         first_blockers: builtins.list[str] = []
         cancelled = False
+        failure: Exception | None = None
         while True:
-            blockers = trans.blockers()
-            progress.update(
-                transition="reversing"
-                if reversed_
-                else ("patching" if data_first else "unpatching"),
-                elapsed=time.monotonic() - t0,
-                blockers=blockers,
-            )
-            if not blockers:
+            try:
+                self._at("transition.wait")
+                blockers = trans.blockers()
+                progress.update(
+                    transition="reversing"
+                    if reversed_
+                    else ("patching" if data_first else "unpatching"),
+                    elapsed=time.monotonic() - t0,
+                    blockers=blockers,
+                )
+                if blockers and not reversed_ and self._reverse_requests.pop(act.name, False):
+                    act.emit("reversing", reason="revert requested during the transition")
+                    first_blockers, cancelled = (
+                        ["a revert of the payload during its transition"],
+                        True,
+                    )
+                    trans.reverse()
+                    reversed_, deadline = True, time.monotonic() + limit
+                    continue
+                if blockers and time.monotonic() >= deadline:
+                    if force and not reversed_:
+                        act.emit("forced", blockers=blockers)
+                        blockers = []
+                    elif reversed_:  # the way back is blocked too: finish it regardless
+                        act.emit("forced", blockers=blockers, reason="reverse transition blocked")
+                        blockers = []
+                    else:
+                        act.emit("reversing", blockers=blockers)
+                        first_blockers = blockers
+                        trans.reverse()
+                        reversed_, deadline = True, time.monotonic() + limit
+                if blockers:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                final = pause.Ops(caches=ops.caches, func_attrs=_func_attrs(trans.final_triples()))
+                if reversed_:
+                    if data_first:
+                        final.dict_sets, final.dict_dels = undo_data.dict_sets, undo_data.dict_dels
+                        final.class_sets, final.class_dels = (
+                            undo_data.class_sets,
+                            undo_data.class_dels,
+                        )
+                elif not data_first:
+                    final.dict_sets, final.dict_dels = data.dict_sets, data.dict_dels
+                    final.class_sets, final.class_dels = data.class_sets, data.class_dels
+                back = undo_data_ops(final)  # its data as it is now, should it stop half-way
+                back.func_attrs = dispatchers.func_attrs
+                try:
+                    result = self._pause("pause:transition-final", final, None)
+                except BaseException:
+                    pause.run(back, None)  # plain values put back: cannot fail
+                    raise
                 break
-            if not reversed_ and self._reverse_requests.pop(act.name, False):
-                act.emit("reversing", reason="revert requested during the transition")
-                first_blockers, cancelled = ["a revert of the payload during its transition"], True
-                trans.reverse()
-                reversed_, deadline = True, time.monotonic() + limit
-                continue
-            if time.monotonic() >= deadline:
-                if force and not reversed_:
-                    act.emit("forced", blockers=blockers)
-                    break
-                if reversed_:  # the way back is blocked too: finish it regardless
-                    act.emit("forced", blockers=blockers, reason="reverse transition blocked")
-                    break
-                act.emit("reversing", blockers=blockers)
-                first_blockers = blockers
-                trans.reverse()
-                reversed_, deadline = True, time.monotonic() + limit
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-        final = pause.Ops(caches=ops.caches)
-        for fn, (code, d, kd) in trans.final_triples():
-            final.func_attrs += [
-                (fn, "__code__", code),
-                (fn, "__defaults__", d),
-                (fn, "__kwdefaults__", kd),
-            ]
-        if reversed_:
-            if data_first:
-                final.dict_sets, final.dict_dels = undo_data.dict_sets, undo_data.dict_dels
-                final.class_sets, final.class_dels = undo_data.class_sets, undo_data.class_dels
-        elif not data_first:
-            final.dict_sets, final.dict_dels = data.dict_sets, data.dict_dels
-            final.class_sets, final.class_dels = data.class_sets, data.class_dels
-        result = pause.run(final, None)
+            except Exception as exc:  # noqa: BLE001 - reversed, then raised below
+                if failure is not None:
+                    raise  # failing again on the way back: the undo log restores at once
+                failure = exc
+                act.emit("reversing", reason=f"{type(exc).__name__}: {exc}")
+                if not reversed_:
+                    trans.reverse()
+                    reversed_ = True
+                deadline, delay = time.monotonic() + limit, 0.001
         if reversed_:
             act.emit("transition-reversed")
+            if failure is not None:
+                raise failure
             if cancelled:
                 raise LivepatchError(
                     "vetoed",
@@ -1478,6 +1607,12 @@ class _Act:
         self.pause_ns = 0
         self.result_message = ""
         self.build_id = ""
+        self.undo: Undo | None = None
+
+    def rollback(self) -> None:
+        """Undo what this action changed (once; see :mod:`.undo`)."""
+        if self.undo is not None:
+            self.undo.restore(self.engine)
 
     def emit(self, kind: str, **detail: Any) -> None:
         if kind in ("finished", "forced", "refused", "swapped"):  # audited
@@ -1504,6 +1639,17 @@ class _Act:
         return ActionResult(
             str(self.action), self.name, str(rec.state), True, message, 0, self.elapsed()
         )
+
+
+def _func_attrs(
+    triples: list[tuple[types.FunctionType, tuple[Any, Any, Any]]],
+) -> list[tuple[types.FunctionType, str, Any]]:
+    """The attribute swaps that give each function its triple."""
+    return [
+        (fn, attr, value)
+        for fn, triple in triples
+        for attr, value in zip(("__code__", "__defaults__", "__kwdefaults__"), triple, strict=True)
+    ]
 
 
 def _module_of(target: str) -> str:

@@ -50,7 +50,11 @@ class LateImportHook:
         else:
             return None
         if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _PatchingLoader(spec.loader, self.imported, reloading)  # type: ignore[assignment]
+            # A reload sets the module's __spec__ and __loader__ before it runs the new
+            # code in the module's own namespace: keep the namespace as it is now, so
+            # that a refused reload leaves the module exactly as it was (still patched).
+            saved = dict(target.__dict__) if target is not None else None
+            spec.loader = _PatchingLoader(spec.loader, self.imported, saved)  # type: ignore[assignment]
         return spec
 
     def install(self) -> None:
@@ -66,20 +70,21 @@ class _PatchingLoader:
     """The module's own loader, plus the engine's turn right after the code has run."""
 
     def __init__(
-        self, loader: Any, imported: Callable[[types.ModuleType], None], reloading: bool
+        self,
+        loader: Any,
+        imported: Callable[[types.ModuleType], None],
+        saved: dict[str, Any] | None,
     ) -> None:
         self._loader = loader
         self._imported = imported
-        self._reloading = reloading
+        self._saved = saved  # a reload: the namespace before it
 
     def create_module(self, spec: ModuleSpec) -> types.ModuleType | None:
         create = getattr(self._loader, "create_module", None)
         return create(spec) if create is not None else None
 
     def exec_module(self, module: types.ModuleType) -> None:
-        # A reload runs the new code in the module's own namespace: keep what was there,
-        # so that a refused reload leaves the module exactly as it was (still patched).
-        saved = dict(module.__dict__) if self._reloading else None
+        saved = self._saved
         self._loader.exec_module(module)
         try:
             self._imported(module)

@@ -65,7 +65,7 @@ class Ops:
         return chain(
             map(setattr, *fa),
             map(operator.setitem, *ds),
-            map(dict.pop, *dd),
+            map(dict.pop, *dd, repeat(None)),  # a name already gone is no failure
             map(type.__setattr__, *cs),
             map(type.__delattr__, *cd),
             map(operator.methodcaller("cache_clear"), self.caches),

@@ -1,5 +1,5 @@
-"""Swaps as data: the operations a pause performs on functions and attributes, the
-snapshot taken before it and the restore after a failure inside it."""
+"""Swaps as data: the operations a pause performs on functions and attributes (the
+undo of a failed action is in :mod:`.undo`)."""
 
 from __future__ import annotations
 
@@ -58,35 +58,6 @@ def installed_codes(slot: FuncSlot) -> Iterator[types.CodeType]:
         yield from nested_code(slot.original[0])
 
 
-def snapshot(slots: list[FuncSlot], dslots: list[DataSlot]) -> list[tuple[Any, ...]]:
-    snap: list[tuple[Any, ...]] = []
-    for s in slots:
-        snap.append(("func", s.func, s.func.__code__, s.func.__defaults__, s.func.__kwdefaults__))
-    for d in dslots:
-        snap.append(("data", d.holder, d.name, vars(d.holder).get(d.name, ABSENT)))
-    return snap
-
-
-def restore(snapshot: list[tuple[Any, ...]]) -> None:
-    """Put back what ``_snapshot`` saw, after a failure inside the pause."""
-    for item in snapshot:
-        if item[0] == "func":
-            _, fn, code, defaults, kwdefaults = item
-            fn.__code__, fn.__defaults__, fn.__kwdefaults__ = code, defaults, kwdefaults
-        else:
-            _, holder, name, value = item
-            if isinstance(holder, types.ModuleType):
-                if value is ABSENT:
-                    holder.__dict__.pop(name, None)
-                else:
-                    holder.__dict__[name] = value
-            elif value is ABSENT:
-                if name in vars(holder):
-                    type.__delattr__(holder, name)
-            else:
-                type.__setattr__(holder, name, value)
-
-
 def undo_data_ops(ops: pause.Ops) -> pause.Ops:
     """The data operations that put back what ``ops`` is about to change (taken before)."""
     undo = pause.Ops()
@@ -96,12 +67,14 @@ def undo_data_ops(ops: pause.Ops) -> pause.Ops:
         else:
             undo.dict_dels.append((d, key))
     for d, key in ops.dict_dels:
-        undo.dict_sets.append((d, key, d[key]))
+        if key in d:
+            undo.dict_sets.append((d, key, d[key]))
     for cls, name, _ in ops.class_sets:
         if name in vars(cls):
             undo.class_sets.append((cls, name, vars(cls)[name]))
         else:
             undo.class_dels.append((cls, name))
     for cls, name in ops.class_dels:
-        undo.class_sets.append((cls, name, vars(cls)[name]))
+        if name in vars(cls):
+            undo.class_sets.append((cls, name, vars(cls)[name]))
     return undo

@@ -34,23 +34,27 @@ _SUSPENDABLE_TYPES = frozenset({types.GeneratorType, types.CoroutineType, types.
 class Dispatch:
     """Per function: which version a call gets, by its stack."""
 
-    __slots__ = ("transition", "old", "new")
+    __slots__ = ("transition", "source", "target")
 
     def __init__(
-        self, transition: Transition, old: types.FunctionType, new: types.FunctionType
+        self, transition: Transition, source: types.FunctionType, target: types.FunctionType
     ) -> None:
         self.transition = transition
-        self.old = old
-        self.new = new
+        self.source = source  # the version the transition leaves
+        self.target = target  # the version it goes to
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        old_ids = self.transition.old_ids
+        # One read: a reversal flips every dispatcher at the same instant.
+        armed, old_ids, back = self.transition.view
+        older, newer = (self.target, self.source) if back else (self.source, self.target)
+        if not armed:  # not every function has its dispatcher yet
+            return older(*args, **kwargs)
         frame: types.FrameType | None = sys._getframe(2)  # skip this and the dispatcher
         while frame is not None:
             if id(frame.f_code) in old_ids:
-                return self.old(*args, **kwargs)
+                return older(*args, **kwargs)
             frame = frame.f_back
-        return self.new(*args, **kwargs)
+        return newer(*args, **kwargs)
 
 
 def _impl(fn: types.FunctionType, triple: Triple) -> types.FunctionType:
@@ -63,39 +67,51 @@ def _impl(fn: types.FunctionType, triple: Triple) -> types.FunctionType:
 
 
 class Transition:
-    """One payload's functions moving from ``source`` to ``target`` triples."""
+    """One payload's functions moving from ``source`` to ``target`` triples.
+
+    ``view`` is what every dispatcher reads, as one tuple so that it changes for all of
+    them with one store: (armed, ids of the code being left, reversed). Not armed until
+    the pause that installs the dispatchers has installed all of them: until then every
+    call gets the old version, so a pause that fails half-way never lets new code call
+    a function that has no dispatcher yet."""
 
     def __init__(self, pairs: list[tuple[types.FunctionType, Triple, Triple]]) -> None:
         self.pairs = pairs
-        self.old_ids: set[int] = set()
-        self._keep: list[types.CodeType] = []  # keeps the ids in old_ids alive
         self.dispatchers: list[Dispatch] = []
         self.dispatch_codes: list[types.CodeType] = []
         for fn, source, target in pairs:
-            old, new = _impl(fn, source), _impl(fn, target)
-            d = Dispatch(self, old, new)
+            d = Dispatch(self, _impl(fn, source), _impl(fn, target))
             self.dispatchers.append(d)
             self.dispatch_codes.append(_dispatcher_code(fn, source[0], d))
-        self._set_old([source for _, source, _ in pairs])
+        self.view: tuple[bool, set[int], bool] = (False, self._ids_of(pairs), False)
 
-    def _set_old(self, triples: list[Triple]) -> None:
-        codes = [c for t in triples for c in nested_code(t[0])]
+    def _ids_of(self, pairs: list[tuple[types.FunctionType, Triple, Triple]]) -> set[int]:
+        """Ids of the code (nested code too) the pairs leave."""
+        codes = [c for _, source, _ in pairs for c in nested_code(source[0])]
         for c in list(codes):  # a trampoline's real replacement runs as a constant
             for const in c.co_consts:
                 if isinstance(const, types.FunctionType):
                     codes.extend(nested_code(const.__code__))
-        self._keep = codes
-        self.old_ids = {id(c) for c in codes}
+        self._keep = codes  # keeps the ids alive
         # Only code with generator, coroutine or async-generator flags can be suspended:
         # without any, the heap need not be searched for suspended frames.
         self.suspendable = any(c.co_flags & (0x20 | 0x80 | 0x100 | 0x200) for c in codes)
+        return {id(c) for c in codes}
+
+    @property
+    def old_ids(self) -> set[int]:
+        return self.view[1]
+
+    def arm(self) -> None:
+        """Every dispatcher is installed: calls may now get the new version."""
+        _, ids, back = self.view
+        self.view = (True, ids, back)
 
     def reverse(self) -> None:
-        """Go back: calls from new frames keep the new version, others get the old."""
-        for d in self.dispatchers:
-            d.old, d.new = d.new, d.old
+        """Go back: calls from frames of the new code keep it, others get the old."""
+        armed, _, back = self.view
         self.pairs = [(fn, target, source) for fn, source, target in self.pairs]
-        self._set_old([source for _, source, _ in self.pairs])
+        self.view = (armed, self._ids_of(self.pairs), not back)
 
     def start_triples(self) -> list[tuple[types.FunctionType, Triple]]:
         """What the first pause installs: the dispatchers."""

@@ -1,0 +1,138 @@
+"""The undo log of one action: how "everything or nothing" (SPEC §3) is kept.
+
+An action begins by noting the engine's bookkeeping (the payloads, their states and
+plans, the stack of every patched function and attribute). Before each pause it notes
+the live objects the pause will touch (a function's code, defaults and keyword
+defaults; an attribute's value), the first time it sees each. If the action fails at
+any step before it commits, :meth:`Undo.restore` puts the live objects back in one
+pause and the bookkeeping back as data, so every touched function, attribute and
+namespace is identical (``is``) to what it was, whatever step failed and however
+far the failing pause got.
+
+Nothing is copied deeply: the log holds references to the same objects, so noting is
+cheap (a few list copies per patched function) and restoring restores identity.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import TYPE_CHECKING, Any
+
+from . import pause
+from .resolve import ABSENT
+from .table import State
+
+if TYPE_CHECKING:
+    from .core import Engine
+    from .records import DataSlot, FuncSlot, Record
+
+
+class Undo:
+    """What to put back if the action that took it fails."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._payloads = dict(engine._payloads)
+        self._records = [_note_record(r) for r in engine._payloads.values()]
+        self._funcs = dict(engine._funcs)
+        self._func_stacks = [(s, list(s.stack)) for s in engine._funcs.values()]
+        self._data = dict(engine._data)
+        self._data_stacks = [(d, list(d.stack), d.original) for d in engine._data.values()]
+        self._seq = engine._seq
+        self._live_funcs: dict[int, tuple[FuncSlot, tuple[Any, Any, Any]]] = {}
+        self._live_data: dict[tuple[int, str], tuple[DataSlot, Any]] = {}
+        self.restored = False
+
+    def touch(self, slots: list[FuncSlot], dslots: list[DataSlot]) -> None:
+        """Note the live state of what a pause is about to change (first sight wins)."""
+        for s in slots:
+            fn = s.func
+            self._live_funcs.setdefault(
+                id(fn), (s, (fn.__code__, fn.__defaults__, fn.__kwdefaults__))
+            )
+        for d in dslots:
+            self._live_data.setdefault(
+                (id(d.holder), d.name), (d, vars(d.holder).get(d.name, ABSENT))
+            )
+
+    def restore(self, engine: Engine) -> None:
+        """Put the live objects back in one pause, then the bookkeeping."""
+        if self.restored:
+            return
+        self.restored = True
+        if any(
+            r.state is State.INCONSISTENT and was is not State.INCONSISTENT
+            for r, was, *_ in self._records
+        ):
+            # An action hook left a half state its own opposite could not fix: that is
+            # kept, and said loudly, for ``revert --force`` (SPEC §3).
+            return
+        ops = pause.Ops()
+        caches: dict[int, Any] = {}
+        for slot, (code, defaults, kwdefaults) in self._live_funcs.values():
+            fn = slot.func
+            ops.func_attrs += [
+                (fn, "__code__", code),
+                (fn, "__defaults__", defaults),
+                (fn, "__kwdefaults__", kwdefaults),
+            ]
+            caches.update((id(c), c) for c in slot.caches)
+        for dslot, value in self._live_data.values():
+            holder, name = dslot.holder, dslot.name
+            if isinstance(holder, types.ModuleType):
+                if value is ABSENT:
+                    ops.dict_dels.append((holder.__dict__, name))
+                else:
+                    ops.dict_sets.append((holder.__dict__, name, value))
+            elif value is ABSENT:
+                if name in vars(holder):
+                    ops.class_dels.append((holder, name))
+            else:
+                ops.class_sets.append((holder, name, value))
+        ops.caches = list(caches.values())  # results the new code cached
+        pause.run(ops, None)
+        engine._payloads.clear()
+        engine._payloads.update(self._payloads)
+        for note in self._records:
+            _restore_record(*note)
+        engine._funcs.clear()
+        engine._funcs.update(self._funcs)
+        for slot, stack in self._func_stacks:
+            slot.stack[:] = stack
+        engine._data.clear()
+        engine._data.update(self._data)
+        for dslot, dstack, original in self._data_stacks:
+            dslot.stack[:] = dstack
+            dslot.original = original
+        engine._seq = self._seq
+
+
+def _note_record(r: Record) -> tuple[Any, ...]:
+    return (
+        r,
+        r.state,
+        r.applied_seq,
+        r.nodeps,
+        list(r.funcs),
+        list(r.data),
+        dict(r.pending),
+        [p.stale for p in r.funcs],
+    )
+
+
+def _restore_record(
+    r: Record,
+    state: Any,
+    applied_seq: int,
+    nodeps: bool,
+    funcs: list[Any],
+    data: list[Any],
+    pending: dict[str, Any],
+    stale: list[bool],
+) -> None:
+    r.state, r.applied_seq, r.nodeps = state, applied_seq, nodeps
+    r.funcs[:] = funcs
+    r.data[:] = data
+    r.pending.clear()
+    r.pending.update(pending)
+    for plan, was in zip(funcs, stale, strict=True):
+        plan.stale = was
