@@ -6,6 +6,17 @@ silent client never holds up another. Peers are checked with ``SO_PEERCRED``: on
 process's own user and root are served; anyone else is refused and logged. The
 directory is 0700 and the socket 0600. The engine stays sans-IO: this module only
 translates messages into engine calls and results into JSON.
+
+An action runs to its end even if its client disconnects meanwhile: each action is all
+or nothing by itself, so the agent never cancels one half-way (that would only add a
+second way for it to fail). If the reply then cannot be delivered, the agent adds a
+``reply-lost`` record after the action's own in the audit log, where the operator who
+lost the answer finds the outcome (and ``status`` shows the state it left).
+
+Anything other than a ``LivepatchError`` escaping an engine call (a bug, MemoryError,
+an injected fault) is answered with the ``internal`` error and logged with its
+traceback (and audited, for an action); the connection ends normally and the agent
+serves on.
 """
 
 from __future__ import annotations
@@ -13,20 +24,26 @@ from __future__ import annotations
 import atexit
 import base64
 import errno
+import functools
 import logging
 import os
 import socket
 import stat
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import process_engine
 from ..errors import LivepatchError
 from . import protocol, store
 from .audit import Audit, requested_by
+
+if TYPE_CHECKING:
+    from ..engine.core import Engine
+    from ..engine.events import Event
 
 log = logging.getLogger("pylivepatch.agent")
 
@@ -41,6 +58,24 @@ MAX_CONNECTIONS = 128
 
 #: verbs that change something (audited when refused before reaching the engine)
 ACTIONS = frozenset({"upload", "load", "apply", "revert", "replace", "unload"})
+
+
+class _Seen(threading.local):
+    """What the engine recorded in this thread while the agent served one request
+    (engine listeners run in the thread that acts)."""
+
+    payload = ""  # the payload of the last action started (a ``load`` names it so)
+    internal = False  # the engine audited an action ending with the ``internal`` error
+
+
+_seen = _Seen()
+
+
+def _notice(event: Event) -> None:
+    if event.kind == "started":
+        _seen.payload = event.payload
+    elif event.kind == "finished" and event.detail.get("error") == "internal":
+        _seen.internal = True
 
 
 def _peer(sock: socket.socket) -> tuple[int, int]:
@@ -137,6 +172,8 @@ class Agent:
     def _handle(self, conn: socket.socket, slots: threading.BoundedSemaphore) -> None:
         try:
             self._handle_one(conn)
+        except Exception:  # noqa: BLE001 - a connection's failure never reaches the thread
+            log.exception("pylivepatch agent: a control connection failed")
         finally:
             slots.release()
 
@@ -176,54 +213,133 @@ class Agent:
                     return
                 if request is None:
                     return
+                verb, args = request.get("verb"), request.get("args")
+                name = str(args.get("name", "")) if isinstance(args, dict) else ""
                 with requested_by("socket", uid, pid):
-                    self._send(conn, self._answer(request))
+                    reply = self._answer(request)
+                    if not self._send(conn, reply):
+                        if isinstance(verb, str) and verb in ACTIONS:
+                            _reply_lost(verb, name or _seen.payload, reply)
+                        return
 
     @staticmethod
-    def _send(conn: socket.socket, message: dict[str, Any]) -> None:
+    def _send(conn: socket.socket, message: dict[str, Any]) -> bool:
+        """Send one message; False if the peer is gone (the reply is lost)."""
         try:
-            conn.sendall(protocol.encode(message))
+            data = protocol.encode(message)
+        except (TypeError, ValueError, protocol.ProtocolError) as exc:
+            # A result JSON cannot carry (a bug): the request itself ran, so do not
+            # answer as if it had failed.
+            log.exception("pylivepatch agent: cannot encode a reply")
+            data = protocol.encode({"ok": False, "error": _error(LivepatchError(
+                "internal", f"the agent could not encode its reply ({type(exc).__name__}: "
+                f"{exc}); the request itself ran: see status and the audit log"))})  # fmt: skip
+        try:
+            conn.sendall(data)
         except OSError:
-            pass
+            return False
+        return True
 
     def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
         verb, args = request.get("verb"), request.get("args") or {}
+        name = str(args.get("name", "")) if isinstance(args, dict) else ""
+        _seen.payload, _seen.internal = "", False
         try:
             if not isinstance(args, dict):
                 raise LivepatchError("invalid-payload", "request args must be an object")
-            if verb == "ping":
-                return {"ok": True, "result": self.describe()}
-            e = process_engine.get()
-            if verb in ("upload", "load"):
-                data = base64.b64decode(str(args.pop("data", "")), validate=True)
-                result: Any = (
-                    e.upload(args.pop("name"), data, **args)
-                    if verb == "upload"
-                    else e.load(data, **args)
-                )
-            elif verb in ("apply", "revert", "replace", "unload", "status"):
-                result = getattr(e, verb)(args.pop("name"), **args)
-            elif verb == "list":
-                result = e.list()
-            elif verb == "log":
-                result = [ev.to_dict() for ev in e.history(int(args.get("since", 0)))]
-            else:
-                raise LivepatchError("invalid-payload", f"unknown verb {verb!r}")
-            return {"ok": True, "result": _jsonable(result)}
+            call = self._bind(verb, args)
         except LivepatchError as exc:
-            if exc.code == "busy" and verb in ACTIONS and _audit is not None:
-                _audit.write(  # refused before the engine acted: no engine event
-                    {"action": str(verb), "payload": str(args.get("name", "")),
-                     "result": "busy", "rc": exc.errno, "message": exc.message}
-                )  # fmt: skip
             return {"ok": False, "error": _error(exc)}
-        except (TypeError, KeyError, ValueError) as exc:
+        except (TypeError, KeyError, ValueError) as exc:  # the request's arguments
             return {
                 "ok": False,
                 "error": _error(
                     LivepatchError("invalid-payload", f"bad request for {verb!r}: {exc}")
                 ),
             }
+        try:
+            result = call()
+        except LivepatchError as exc:
+            if exc.code == "busy" and verb in ACTIONS and _audit is not None:
+                _audit.write(  # refused before the engine acted: no engine event
+                    {"action": str(verb), "payload": name, "result": "busy",
+                     "rc": exc.errno, "message": exc.message}
+                )  # fmt: skip
+            elif exc.code == "internal":  # the engine caught it: keep the cause's traceback
+                log.error("pylivepatch agent: %s", exc.message, exc_info=exc)
+            return {"ok": False, "error": _error(exc)}
+        except BaseException as exc:  # noqa: BLE001 - answered: the agent serves on
+            return {"ok": False, "error": _error(_internal(str(verb), name, exc))}
+        return {"ok": True, "result": _jsonable(result)}
+
+    def _bind(self, verb: object, args: dict[str, Any]) -> Callable[[], Any]:
+        """The call that answers ``verb``, its arguments checked now: a bad request
+        fails here (TypeError, KeyError, ValueError), before the engine acts; what
+        fails inside the call is the engine's own failure."""
+        if verb == "ping":
+            return self.describe
+        e = process_engine.get()
+        if verb in ("upload", "load"):
+            data = base64.b64decode(str(args.pop("data", "")), validate=True)
+            if verb == "upload":
+                return _bound(e.upload, args.pop("name"), data, **args)
+            return _bound(e.load, data, **args)
+        if verb in ("apply", "revert", "replace", "unload", "status"):
+            return _bound(getattr(e, verb), args.pop("name"), **args)
+        if verb == "list":
+            return e.list
+        if verb == "log":
+            return functools.partial(_history, e, int(args.get("since", 0)))
+        raise LivepatchError("invalid-payload", f"unknown verb {verb!r}")
+
+
+def _bound(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[], Any]:
+    """``method`` with these arguments, after checking them against its signature."""
+    import inspect  # only when serving: an idle agent does not pay for it
+
+    inspect.signature(method).bind(*args, **kwargs)
+    return functools.partial(method, *args, **kwargs)
+
+
+def _history(e: Engine, since: int) -> list[dict[str, Any]]:
+    return [ev.to_dict() for ev in e.history(since)]
+
+
+def _internal(verb: str, name: str, exc: BaseException) -> LivepatchError:
+    """The answer to an unexpected exception out of an engine call, logged and, for an
+    action, audited (by the agent if the engine had not recorded it)."""
+    what = f"{verb} {name or _seen.payload}".strip()
+    done = (
+        "the action was undone and nothing changed; the audit log has the record"
+        if verb in ACTIONS
+        else "nothing changed"
+    )
+    err = LivepatchError(
+        "internal",
+        f"{what}: failed inside pylivepatch ({type(exc).__name__}: {exc}); {done}; "
+        "please report it",
+    )
+    log.error("pylivepatch agent: %s", err.message, exc_info=exc)
+    if verb in ACTIONS and not _seen.internal and _audit is not None:
+        _audit.write(  # it never reached the engine's own record of the action
+            {"action": verb, "payload": name or _seen.payload, "result": err.code,
+             "rc": err.errno, "message": err.message}
+        )  # fmt: skip
+    return err
+
+
+def _reply_lost(verb: str, name: str, reply: dict[str, Any]) -> None:
+    """Record that the client of an action left before its reply (the action stands)."""
+    error = reply.get("error") if not reply.get("ok") else None
+    result = str(error.get("code", "")) if isinstance(error, dict) else "ok"
+    rc = int(error.get("errno", 0)) if isinstance(error, dict) else 0
+    message = "the client disconnected before the reply; the action stands as recorded above"
+    log.warning("pylivepatch agent: %s %s (%s): %s", verb, name, result, message)
+    if _audit is not None:
+        _audit.write(
+            {"action": verb, "payload": name, "event": "reply-lost", "result": result,
+             "rc": rc, "message": message}
+        )  # fmt: skip
 
 
 def _error(exc: LivepatchError) -> dict[str, Any]:
@@ -249,6 +365,7 @@ def start(app: str | None = None) -> Agent:
             if _audit is None:
                 _audit = Audit(app)
                 process_engine.when_created(lambda e: e.add_listener(_audit))
+                process_engine.when_created(lambda e: e.add_listener(_notice))
             _agent = Agent(app)
             atexit.register(_agent.close)
             if not _started_installed:

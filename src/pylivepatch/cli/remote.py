@@ -433,6 +433,10 @@ def _result(r: dict[str, Any]) -> str:
         return "forced"
     if r.get("event") == "late-apply":
         return f"ok (module {r.get('module')} imported)"
+    if r.get("event") == "reply-lost":
+        return f"reply lost ({r.get('result', '')}: the client left; the action stands)"
+    if r.get("event") == "refused" and r.get("module"):
+        return f"{r.get('result', '')} (import of module {r.get('module')} refused)"
     return str(r.get("result", ""))
 
 
