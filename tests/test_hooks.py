@@ -97,19 +97,30 @@ def test_callbacks_target_loaded_before_the_payload(lab, cb):
 
 
 def test_callbacks_target_imported_after_the_payload(lab):
-    """test-callbacks #2: the payload's hooks run for a module imported later."""
+    """test-callbacks #2: the payload's hooks run for a module imported later, around
+    its swap, at the import."""
     import importlib
     import textwrap
 
     (lab.root / f"{lab.name('late')}.py").write_text(textwrap.dedent(TARGET))
+    lab.modules.append(lab.name("late"))
+    importlib.invalidate_caches()
     data = lab.pack(
         payload("p1", hooks=ALL_HOOKS).replace("{m}cb", "{m}late"), against=str(lab.root)
     )
     lab.engine.load(data)  # the target is not imported yet
-    lab.modules.append(lab.name("late"))
+    assert lab.engine.status("p1").pending == (lab.name("late"),)
+    since = mark(lab.engine)
     late = importlib.import_module(lab.name("late"))
     assert late.greet("x") == "p1 x"
-    assert any(ev.detail.get("hook") == "pre_apply" for ev in lab.engine.history())
+    assert transcript(lab.engine, since) == [
+        f"apply p1: late-object module={lab.name('late')}",
+        "apply p1: hook-log message=pre_apply apply",
+        "apply p1: hook hook=pre_apply result=ok",
+        f"apply p1: swapped module={lab.name('late')} funcs=1 data=0",
+        "apply p1: hook-log message=post_apply rc=0",
+        "apply p1: hook hook=post_apply rc=0 result=ok",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -326,27 +337,34 @@ def do_revert(ctx):
 
 
 def test_a_payload_of_hooks_only(lab, cb):
-    e = lab.engine
+    """A payload with action hooks and no function: the hooks are the whole action."""
+    seen = lab.module("seen", "CALLS = []\n")
     src = """
 import pylivepatch as lp
+import {m}seen
+
 patch = lp.Patch("only-hooks")
-SEEN = []
 
 @patch.apply
 def on(ctx):
-    SEEN.append("apply")
+    {m}seen.CALLS.append(("apply", ctx.action))
 
 @patch.revert
 def off(ctx):
-    SEEN.append("revert")
+    {m}seen.CALLS.append(("revert", ctx.action))
 """
-    lab.write("only_hooks.py", src)
-    from pylivepatch.build.pack import pack
-
-    e.load(pack(lab.root / "only_hooks.py").data)
+    e = lab.engine
+    since = mark(e)
+    e.load(lab.pack(src))
     assert e.status("only-hooks").state == "APPLIED" and e.status("only-hooks").funcs == ()
+    assert seen.CALLS == [("apply", "apply")]
     e.revert("only-hooks")
     assert e.status("only-hooks").state == "CHECKED"
+    assert seen.CALLS == [("apply", "apply"), ("revert", "revert")]
+    assert [ln for ln in transcript(e, since) if ": hook" in ln] == [
+        "apply only-hooks: hook hook=apply result=ok",
+        "revert only-hooks: hook hook=revert result=ok",
+    ]
 
 
 def test_an_apply_hook_that_leaves_a_function_unapplied_is_undone(lab, cb2):
