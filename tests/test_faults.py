@@ -410,6 +410,8 @@ def test_every_declared_point_is_reached_by_some_scenario():
         pytest.skip("run with the scenario tests")
     reached = {p for passes in REACHED.values() for p, _ in passes}
     assert reached == set(faults.POINTS)
+    injected = sum(len(passes) for passes in REACHED.values())
+    print(f"{len(faults.POINTS)} points, {injected} injections in {len(REACHED)} scenarios")
 
 
 def test_a_fault_in_a_transition_under_load_never_mixes_versions(lab):
@@ -497,3 +499,152 @@ def test_points_are_declared_once_and_unknown_ones_refused(lab):
         pass
     assert e._inject is None
     assert all(isinstance(v, str) and v for v in faults.POINTS.values())
+
+
+# --- the faults the issue names, caused for real -----------------------------------
+
+HOOKED = """
+import pylivepatch as lp
+patch = lp.Patch("fx", consistency="atomic")
+
+@patch.function("{m}shop:price")
+def price(x):
+    return x * 100
+
+@patch.function("{m}shop:tax")
+def tax(x):
+    return 0
+
+@patch.function("{m}shop:Cart.total")
+def total(self, items):
+    return -1
+
+@patch.function("{m}shop:gen")
+def gen(n):
+    yield -1
+
+patch.data("{m}shop:RATE", 30)
+"""
+
+REAL_FAULTS: dict[str, tuple[str, str, str]] = {
+    # name: (extra payload code, the action, the error code)
+    "a pre_apply hook raises": (
+        "@patch.pre_apply\ndef pre(ctx):\n    raise OSError('no disk')\n",
+        "apply",
+        "vetoed",
+    ),
+    "a pre_revert hook says no": (
+        "@patch.pre_revert\ndef pre(ctx):\n    return False\n",
+        "revert",
+        "vetoed",
+    ),
+    "an apply hook raises half-way": (
+        "@patch.apply\ndef half(ctx):\n"
+        "    ctx.mark_applied('{m}shop:price')\n    ctx.mark_applied('{m}shop:tax')\n"
+        "    raise RuntimeError('lost the lock')\n",
+        "apply",
+        "inconsistent",
+    ),
+    "an apply hook leaves a half state": (
+        "@patch.apply\ndef half(ctx):\n    ctx.mark_applied('{m}shop:price')\n",
+        "apply",
+        "inconsistent",
+    ),
+    "a revert hook raises half-way": (
+        "@patch.apply\ndef on(ctx):\n"
+        "    for t in ('price', 'tax', 'Cart.total', 'gen'):\n"
+        "        ctx.mark_applied('{m}shop:' + t)\n"
+        "@patch.revert\ndef off(ctx):\n"
+        "    ctx.mark_reverted('{m}shop:price')\n    raise RuntimeError('stuck')\n",
+        "revert",
+        "inconsistent",
+    ),
+    "a transition times out": ("", "apply-blocked", "timeout"),
+    "the payload's code raises during import": (
+        "import os\nif os.environ.get('FX_FAIL'):  # not while packing\n"
+        "    raise LookupError('config missing')\n",
+        "upload",
+        "invalid-payload",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", list(REAL_FAULTS))
+def test_named_faults_leave_the_process_as_it_was_and_are_audited(
+    world_factory, monkeypatch, fault
+):
+    extra, action, code = REAL_FAULTS[fault]
+    w = world_factory()
+    data = w.lab.pack(HOOKED + extra)
+    monkeypatch.setenv("FX_FAIL", "1")
+    e = w.engine
+    if action != "upload":
+        e.upload("fx", data)
+    if action == "revert":
+        e.apply("fx")
+    before = snapshot(*w.objects())
+    states = w.statuses()
+    audit_len = len(w.audit())
+    parked = None
+    try:
+        with pytest.raises(LivepatchError) as err:
+            if action == "upload":
+                e.upload("fx", data)
+            elif action == "apply-blocked":
+                parked = _park_in(w.shop.price)
+                e.apply("fx", consistency="transition", timeout=0.2)
+            else:
+                getattr(e, action)("fx")
+    finally:
+        if parked is not None:
+            parked.release.set()
+    exc = err.value
+    assert exc.code == code, exc
+    assert "fx" in exc.message
+    assert_identical(before, snapshot(*w.objects()))
+    after = w.statuses()
+    if action == "upload":
+        assert after == states == {}
+    else:
+        state, rc, *rest = after["fx"]
+        assert (state, rest) == (states["fx"][0], list(states["fx"][2:]))
+        assert rc == exc.errno
+    records = [r for r in w.audit()[audit_len:] if r["payload"] == "fx"]
+    assert records and records[-1]["result"] == code and records[-1]["rc"] == exc.errno
+    assert records[-1]["message"] == exc.message
+
+
+def test_an_expectation_failing_on_the_nth_function_changes_nothing(world_factory):
+    """Someone else changed one function after the upload: apply names that function
+    and both fingerprints, whichever of the four it is, and touches none of them."""
+    w = world_factory()
+    targets = ["price", "tax", "Cart.total", "gen"]
+    for n, target in enumerate(targets):
+        e = w.engine
+        e.upload("fx", w.lab.pack(HOOKED))
+        holder = w.shop.Cart if target.startswith("Cart.") else w.shop
+        fn = getattr(holder, target.split(".")[-1])
+        original = fn.__code__
+        fn.__code__ = fn.__code__.replace(co_consts=(*fn.__code__.co_consts, "changed"))
+        try:
+            before = snapshot(*w.objects())
+            audit_len = len(w.audit())
+            with pytest.raises(LivepatchError) as err:
+                e.apply("fx")
+            assert err.value.code == "expectation-failed", n
+            assert f"{w.lab.name('shop')}:{target} " in err.value.message
+            assert "expected fingerprint" in err.value.message
+            assert_identical(before, snapshot(*w.objects()))
+            assert e.status("fx").state == "CHECKED" and e.status("fx").rc == err.value.errno
+            record = [r for r in w.audit()[audit_len:] if r["payload"] == "fx"][-1]
+            assert record["result"] == "expectation-failed"
+        finally:
+            fn.__code__ = original
+            e.unload("fx")
+
+
+def _park_in(func: Callable[..., Any]) -> Any:
+    from conftest import park
+
+    arg, _ = park(func, "parked-in-old-code")
+    return arg

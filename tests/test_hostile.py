@@ -144,24 +144,27 @@ def test_an_agent_serves_through_a_thousand_connections_and_garbage(target):  # 
 
 
 def test_many_clients_at_once_match_some_sequential_order(lab, target):  # noqa: F811
-    """Eight clients send random actions on three payloads at the same time. Every
+    """Eight clients send random actions (upload, load, apply, revert, replace, unload)
+    on four payloads — atomic, transition and a cumulative one — at the same time. Every
     action either ran or was refused (busy, wrong state...), nothing hangs, the program
     keeps answering, and replaying the actions that succeeded, in the order the engine
     logged them, gives exactly the final states."""
     proc, call = target
     datas = {}
-    for i in range(3):
-        datas[f"fix-{i}"] = lab.pack(
+    factors = {"fix-0": 3, "fix-1": 4, "fix-2": 5, "fix-r": 7}
+    for name, factor in factors.items():
+        mode = "transition" if name in ("fix-1", "fix-r") else "atomic"
+        datas[name] = lab.pack(
             f"""
             import pylivepatch as lp
-            patch = lp.Patch("fix-{i}", consistency="atomic")
+            patch = lp.Patch("{name}", consistency="{mode}", replace={name == "fix-r"})
 
             @patch.function("{{m}}shop:price")
             def price(x):
-                return x * {3 + i}
+                return x * {factor}
             """
         )
-    verbs = ["upload", "apply", "revert", "unload"]
+    verbs = ["upload", "load", "apply", "revert", "replace", "unload"]
     outcomes: list[tuple[str, str, str]] = []
     errors: list[BaseException] = []
     served: list[str] = []
@@ -174,6 +177,8 @@ def test_many_clients_at_once_match_some_sequential_order(lab, target):  # noqa:
             try:
                 if verb == "upload":
                     c.upload(name, datas[name])
+                elif verb == "load":
+                    c.load(datas[name])
                 else:
                     getattr(c, verb)(name)
                 outcomes.append((name, verb, "ok"))
@@ -196,7 +201,7 @@ def test_many_clients_at_once_match_some_sequential_order(lab, target):  # noqa:
     assert {code for *_, code in outcomes} <= {
         "ok", "busy", "wrong-state", "not-found", "exists", "dependency-mismatch",
     }  # fmt: skip
-    assert set(served) <= {"4", "6", "8", "10"}
+    assert set(served) <= {"4", "6", "8", "10", "14"}
     # replay what succeeded, in the engine's order
     events = Client(proc.pid).log()
     model: dict[str, str] = {}
@@ -207,6 +212,12 @@ def test_many_clients_at_once_match_some_sequential_order(lab, target):  # noqa:
         name, action = ev["payload"], ev["action"]
         if action == "upload":
             model[name] = "CHECKED"
+        elif (action == "replace" or (action == "apply" and name == "fix-r")) and model.get(
+            name
+        ) == "CHECKED":
+            for other in stack:  # replaced: CHECKED
+                model[other] = "CHECKED"
+            model[name], stack[:] = "APPLIED", [name]
         elif action == "apply" and model.get(name) == "CHECKED":
             model[name] = "APPLIED"
             stack.append(name)
@@ -217,7 +228,7 @@ def test_many_clients_at_once_match_some_sequential_order(lab, target):  # noqa:
             model.pop(name, None)
     final = {s.name: s.state for s in Client(proc.pid).list()}
     assert final == model
-    expected = str(2 * (3 + int(stack[-1][-1]))) if stack else "4"
+    expected = str(2 * factors[stack[-1]]) if stack else "4"
     assert call() == expected, "the function runs the code of the last payload applied"
     json.dumps(outcomes)  # the record of what happened is plain data
 

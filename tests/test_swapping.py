@@ -581,6 +581,49 @@ def test_closure_other_free_variables_by_name(lab, body, expect):
     assert_identical(before, snapshot(mod.calc, mod))
 
 
+@pytest.mark.parametrize(
+    "body,trampoline,expect",
+    [
+        # a subset: other free variables than the target's
+        ("return x - b", True, 7 - 10),
+        # another subset, in another order
+        ("return x * 1000 + c * 10 + a", True, 7000 + 30 + 1),
+        # the same ones, in another order
+        ("return ((c * 100) + (b * 10) + a) * x", False, 401 * 7),
+    ],
+)
+def test_closure_free_variables_decide_trampoline_or_direct_swap(lab, body, trampoline, expect):
+    """A replacement whose free variables differ from the target's runs behind a
+    trampoline (status says so; the target keeps its free variables and calls the real
+    replacement); one with the same free variables in another order is swapped directly:
+    ``__code__`` is the payload's compiled code itself."""
+    mod = lab.module("clo4", CLOSURE)
+    func, original = mod.calc, mod.calc.__code__
+    name = lab.load(
+        payload(f"""
+        @patch.function("{{m}}clo4:calc")
+        def calc(x):
+            {body}
+    """)
+    )
+    assert func_status(lab, name, ":calc").trampoline is trampoline
+    (plan,) = lab.engine._payloads[name].funcs
+    payload_files = set(lab.engine._payloads[name].loaded.filenames.values())
+    assert mod.calc is func and func.__code__ is plan.variant.code
+    assert func.__code__.co_freevars == original.co_freevars == ("a", "b", "c")
+    if trampoline:
+        real = plan.variant.impl
+        assert real is not None and real.__code__.co_freevars != original.co_freevars
+        assert real.__code__.co_filename in payload_files
+        assert func.__code__.co_filename not in payload_files  # the trampoline's own code
+    else:
+        assert plan.variant.impl is None
+        assert func.__code__.co_filename in payload_files
+    assert mod.calc(7) == expect
+    lab.engine.revert(name)
+    assert func.__code__ is original
+
+
 def test_closure_subset_with_nonlocal_write(lab):
     """A replacement that uses only some free variables and writes one with ``nonlocal``
     (through the trampoline) still writes the target's own cell."""

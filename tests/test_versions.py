@@ -97,3 +97,49 @@ def test_running_interpreter_is_the_default(lab):
     lab.module("geo", TARGET)
     assert archive.read(lab.pack(FIX)).manifest.python == (HERE,)
     assert sys.version_info >= (3, 10)
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, str(cwd)]))
+    return subprocess.run(
+        [sys.executable, "-m", "pylivepatch", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+@pytest.mark.skipif(not OTHERS, reason="no other CPython version is installed here")
+def test_cli_pack_for_several_versions_writes_an_expectation_for_each(lab):
+    """``pylivepatch pack FILE -o OUT --python A,B`` (the real command) writes one
+    expectation per function and one object build id per module for every version
+    asked for, each the one packing for that version alone gives; ``inspect`` shows them."""
+    lab.module("geo", TARGET)
+    versions = [HERE, *OTHERS]
+    lab.write("fix.py", FIX.replace("{m}", lab.prefix))
+    out = cli("pack", "fix.py", "-o", "fix.lpz", "--python", ",".join(versions), cwd=lab.root)
+    assert out.returncode == 0, out.stderr
+    man = archive.read((lab.root / "fix.lpz").read_bytes()).manifest
+    assert sorted(man.python) == sorted(versions)
+    assert f"python {', '.join(man.python)}," in out.stdout
+    (func,) = man.funcs
+    assert sorted(func.expect) == sorted(versions)
+    assert sorted(man.objects[lab.name("geo")]) == sorted(versions)
+    for version in versions:  # the same digests as packing for that version alone
+        alone = archive.read(lab.pack(FIX, pythons=[version])).manifest
+        assert func.expect[version] == alone.funcs[0].expect[version], version
+        assert man.objects[lab.name("geo")][version] == alone.objects[lab.name("geo")][version]
+
+    shown = cli("inspect", "fix.lpz", "--json", cwd=lab.root)
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    assert doc["python"] == list(man.python)
+    assert doc["funcs"][0]["expect"] == func.expect
+    text = cli("inspect", "fix.lpz", cwd=lab.root)
+    assert text.returncode == 0, text.stderr
+    (line,) = [x for x in text.stdout.splitlines() if x.startswith("function ")]
+    assert line.endswith(
+        "expect " + "  ".join(f"{v}:{d[:12]}" for v, d in sorted(func.expect.items()))
+    )

@@ -43,7 +43,8 @@ class Dispatch:
         self.source = source  # the version the transition leaves
         self.target = target  # the version it goes to
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        # ``self`` is positional-only: a call may pass a keyword argument named "self".
         # One read: a reversal flips every dispatcher at the same instant.
         armed, old_ids, back = self.transition.view
         older, newer = (self.target, self.source) if back else (self.source, self.target)
@@ -147,12 +148,17 @@ def _dispatcher_code(fn: types.FunctionType, source: types.CodeType, d: Dispatch
     made when the call actually starts running, on the stack that runs it. (An async
     generator function is dispatched when it is called.)"""
     kind = source.co_flags & (0x20 | 0x80)
+    # The trampoline has the function's free variables too: parameter names must differ.
+    star, dstar = "args", "kwargs"
+    while star in source.co_freevars or dstar in source.co_freevars:
+        star, dstar = "_" + star, "_" + dstar
+    params = f"*{star}, **{dstar}"
     if kind & 0x80:
-        src = f"async def {source.co_name}(*args, **kwargs):\n    pass\n"
+        src = f"async def {source.co_name}({params}):\n    pass\n"
     elif kind & 0x20:
-        src = f"def {source.co_name}(*args, **kwargs):\n    yield\n"
+        src = f"def {source.co_name}({params}):\n    yield\n"
     else:
-        src = f"def {source.co_name}(*args, **kwargs):\n    pass\n"
+        src = f"def {source.co_name}({params}):\n    pass\n"
     shape = next(
         c
         for c in compile(src, "<pylivepatch dispatcher>", "exec").co_consts
