@@ -279,7 +279,7 @@ def test_callbacks_atomic_replace(lab, cb):
 def test_callbacks_busy_target(lab, cb):
     """test-callbacks "busy target module", the kernel way: a thread parked in the old
     code holds the transition open; meanwhile new calls run the new code and a second
-    action gets busy (and leaves no event); once the thread leaves, the transition
+    action gets busy (one refused event, for the audit log); once the thread leaves, the transition
     completes and post_apply runs."""
     e = lab.engine
     e.upload("p1", lab.pack(payload("p1", hooks=HOOKS, consistency="transition")))
@@ -307,6 +307,7 @@ def test_callbacks_busy_target(lab, cb):
         "apply p1: hook-log message=pre_apply apply",
         "apply p1: hook hook=pre_apply result=ok",
         "apply p1: transition direction=patching funcs=1",
+        "apply p2: refused error=busy rc=16 message=apply p2: apply p1 is in progress; try again",
         "apply p1: transition-complete",
         "apply p1: swapped funcs=1 data=0",
         "apply p1: hook-log message=post_apply apply rc=0",

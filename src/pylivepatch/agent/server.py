@@ -260,12 +260,7 @@ class Agent:
         try:
             result = call()
         except LivepatchError as exc:
-            if exc.code == "busy" and verb in ACTIONS and _audit is not None:
-                _audit.write(  # refused before the engine acted: no engine event
-                    {"action": str(verb), "payload": name, "result": "busy",
-                     "rc": exc.errno, "message": exc.message}
-                )  # fmt: skip
-            elif exc.code == "internal":  # the engine caught it: keep the cause's traceback
+            if exc.code == "internal":  # the engine caught it: keep the cause's traceback
                 log.error("pylivepatch agent: %s", exc.message, exc_info=exc)
             return {"ok": False, "error": _error(exc)}
         except BaseException as exc:  # noqa: BLE001 - answered: the agent serves on

@@ -188,7 +188,13 @@ class Engine:
                 ", ".join(f"{v['action']} {k}" for k, v in list(self._progress.items()))
                 or "another action"
             )
-            raise LivepatchError("busy", f"{action} {name}: {running} is in progress; try again")
+            busy = LivepatchError("busy", f"{action} {name}: {running} is in progress; try again")
+            known = self._payloads.get(name)
+            self._history.emit(  # refused before it started: audited all the same
+                str(action), name, "refused", error=busy.code, rc=busy.errno,
+                message=busy.message, build_id=known.build_id if known else "",
+            )  # fmt: skip
+            raise busy
         self._owner = threading.get_ident()
         act = _Act(self, action, name)
         act.undo = self._undo = Undo(self)

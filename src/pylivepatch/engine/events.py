@@ -4,6 +4,7 @@ transcript that scenario tests compare (like the kernel livepatch selftests' dme
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ class Event:
     time: float
     action: str
     payload: str
-    kind: str  # started | checked | waiting | forced | swapped | finished | note
+    kind: str  # started | checked | waiting | forced | swapped | finished | refused | note
     detail: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -54,14 +55,16 @@ class History:
         self._events: list[Event] = []
         self._seq = 0
         self._limit = limit
+        self._lock = threading.Lock()  # a refused action emits outside the engine's lock
         self.listeners: list[Callable[[Event], None]] = []
 
     def emit(self, action: str, payload: str, kind: str, **detail: Any) -> Event:
-        self._seq += 1
-        event = Event(self._seq, time.time(), action, payload, kind, detail)
-        self._events.append(event)
-        if len(self._events) > self._limit:
-            del self._events[: len(self._events) - self._limit]
+        with self._lock:
+            self._seq += 1
+            event = Event(self._seq, time.time(), action, payload, kind, detail)
+            self._events.append(event)
+            if len(self._events) > self._limit:
+                del self._events[: len(self._events) - self._limit]
         for listener in list(self.listeners):
             try:
                 listener(event)
