@@ -13,6 +13,15 @@ variable was added or dropped, ``super()`` appeared), ``__code__`` cannot take i
 target gets a *trampoline* instead, a tiny function of the same signature and the same
 free variables whose only job is to call the real replacement. It costs one extra
 Python call per call.
+
+Flags that code gets at run time, not from the compiler (``RUNTIME_FLAGS`` of
+:mod:`..payload.fingerprint`), are carried over: a generator function decorated with
+``types.coroutine`` runs code flagged CO_ITERABLE_COROUTINE, which ``await`` and
+``yield from`` in coroutines need; recompiled from the payload's source, its
+replacement would lack the flag. So new code (and a trampoline or dispatcher) gets the
+flag when the code it replaces has it, or when the payload's own function has it (the
+payload applied the decorator, which is dropped here). A revert puts back the original
+code object, with exactly the flags it had.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from typing import Any
 
 from ..errors import LivepatchError
 from ..payload.archive import Payload
-from ..payload.fingerprint import global_names, nested_code, unwrap_function
+from ..payload.fingerprint import RUNTIME_FLAGS, global_names, nested_code, unwrap_function
 from ..payload.manifest import DataEntry, FuncEntry
 from .resolve import ABSENT, DataTarget, FunctionTarget
 
@@ -274,6 +283,17 @@ def _rename(code: types.CodeType, like: types.CodeType) -> types.CodeType:
     return code.replace(co_name=like.co_name)
 
 
+def carry_runtime_flags(code: types.CodeType, *sources: types.CodeType) -> types.CodeType:
+    """``code`` with the run-time flags any of ``sources`` has, if it can take them: only
+    a plain generator's code can be an iterable coroutine."""
+    if code.co_flags & (CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR) != CO_GENERATOR:
+        return code
+    flags = code.co_flags
+    for source in sources:
+        flags |= source.co_flags & RUNTIME_FLAGS
+    return code if flags == code.co_flags else code.replace(co_flags=flags)
+
+
 def compile_replacement(loaded: LoadedPackage, entry: FuncEntry, ft: FunctionTarget) -> Variant:
     """Compile ``entry.new`` for the context of ``ft`` (see module docstring)."""
     what = f"{entry.target}"
@@ -306,7 +326,7 @@ def compile_replacement(loaded: LoadedPackage, entry: FuncEntry, ft: FunctionTar
         raise LivepatchError(
             "invalid-payload", f"{what}: replacement code not found after compiling"
         )
-    code = _rename(code, original)
+    code = carry_runtime_flags(_rename(code, original), original, new.__code__)
     defaults, kwdefaults = new.__defaults__, new.__kwdefaults__
     if code.co_freevars == _freevars(ft):
         return Variant(code, defaults, kwdefaults)
@@ -408,6 +428,9 @@ def trampoline_code(
         freevars,
     )
     consts = tuple(impl if c == _PLACEHOLDER else c for c in tramp.co_consts)
+    # The flags of what it stands for: the replacement's, or for a transition's
+    # dispatcher (whose ``code`` is a bare shape) the flags of the code it leaves.
+    tramp = carry_runtime_flags(tramp, code, ft.func.__code__)
     return _rename(tramp.replace(co_consts=consts), ft.func.__code__)
 
 

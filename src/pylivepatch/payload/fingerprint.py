@@ -2,11 +2,20 @@
 
 A *fingerprint* names exactly the behaviour of one code object: its bytecode,
 constants (recursively, so nested functions, lambdas and comprehensions count),
-names, argument shape, free and cell variables, exception table and the flags that
-change how it runs. It leaves out what does not change behaviour: the file name,
-line numbers, column tables and the qualified name (which depends on where the
-compiler saw the definition, not on what it does). The same source compiled by the
-same interpreter version gives the same fingerprint, in the builder or in the target.
+names, argument shape, free and cell variables, exception table and the flags the
+compiler sets that change how it runs. It leaves out what does not change behaviour:
+the file name, line numbers, column tables and the qualified name (which depends on
+where the compiler saw the definition, not on what it does). The same source compiled
+by the same interpreter version gives the same fingerprint, in the builder or in the
+target.
+
+It also leaves out the flags that code gets at run time rather than from the
+compiler (``RUNTIME_FLAGS``): ``types.coroutine`` (and ``asyncio.coroutine`` of 3.10)
+replaces a generator function's ``__code__`` with a copy carrying
+CO_ITERABLE_COROUTINE, so the live code of such a function would never match its
+source. The decorator call itself is module code, so the object build id still sees
+it; what a fingerprint of one function cannot tell is whether something flagged it.
+The engine keeps the flag on the code it installs instead (``engine/compile.py``).
 
 An *object build id* names the code of a whole module: the fingerprint of the
 module's compiled code object, per interpreter version. Inside a process the module
@@ -25,10 +34,18 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-# Flags that change how a code object runs. CO_NESTED, CO_NOFREE and the
-# "method"/"docstring" hints of newer versions depend on where the compiler saw the
-# code, not on what it does, so they are left out.
-_SEMANTIC_FLAGS = 0x1 | 0x2 | 0x4 | 0x8 | 0x20 | 0x80 | 0x100 | 0x200
+# Flags set at run time, never by the compiler: CO_ITERABLE_COROUTINE, which
+# ``types.coroutine`` puts on a generator function's code so that it can be awaited
+# (and can ``yield from`` coroutines). Left out of fingerprints (module docstring).
+CO_ITERABLE_COROUTINE = 0x100
+RUNTIME_FLAGS = CO_ITERABLE_COROUTINE
+
+# Flags the compiler sets that change how a code object runs: CO_OPTIMIZED,
+# CO_NEWLOCALS, CO_VARARGS, CO_VARKEYWORDS, CO_GENERATOR, CO_COROUTINE,
+# CO_ASYNC_GENERATOR. CO_NESTED, CO_NOFREE and the "method"/"docstring" hints of newer
+# versions depend on where the compiler saw the code, not on what it does, so they are
+# left out, and so are ``RUNTIME_FLAGS``.
+_SEMANTIC_FLAGS = 0x1 | 0x2 | 0x4 | 0x8 | 0x20 | 0x80 | 0x200
 
 FINGERPRINT_VERSION = "fp1"
 
