@@ -23,7 +23,7 @@ from .resolve import ABSENT
 from .table import State
 
 if TYPE_CHECKING:
-    from .core import Engine
+    from .base import EngineBase as Engine
     from .records import DataSlot, FuncSlot, Record
 
 

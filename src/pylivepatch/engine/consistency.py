@@ -1,0 +1,263 @@
+"""When new code starts to run (SPEC §5): the pause of an ``atomic`` or ``immediate``
+action, retried until no thread runs the payload's code, and the ``transition`` mode
+driven from the first pause (the dispatchers) through the wait for old frames to the
+final pause, reversed on a timeout, a revert request or a failure
+(:mod:`.transition` holds the dispatchers themselves).
+"""
+
+from __future__ import annotations
+
+import builtins
+import sys
+import time
+import types
+from typing import Any
+
+from ..errors import LivepatchError
+from . import pause
+from .base import DEFAULT_TIMEOUT, TRANSITION_SWITCH_INTERVAL, Act, func_attrs
+from .hooked import Hooked
+from .records import DataSlot, FuncSlot
+from .swap import undo_data_ops
+from .table import Action
+from .transition import Transition
+
+
+class Consistency(Hooked):
+    """Swapping in a pause or a transition (module docstring)."""
+
+    def _swap(
+        self,
+        act: Act,
+        ops: pause.Ops,
+        blocking: set[int],
+        mode: str,
+        timeout: float | None,
+        force: bool,
+        slots: builtins.list[FuncSlot],
+        dslots: builtins.list[DataSlot],
+    ) -> pause.PauseResult:
+        """Run the pause (retrying until quiescent in atomic mode) and register slots."""
+        for cache in {id(c): c for s in slots for c in s.caches}.values():
+            ops.caches.append(cache)
+            cache.cache_clear()  # most entries die here, outside the pause
+        self._touch(act.undo, slots, dslots)  # a failure from here on is undone from the log
+        limit = DEFAULT_TIMEOUT[mode] if timeout is None else timeout
+        if mode == "transition":
+            result = self._transition(act, ops, limit, force)
+            self._register(act, slots, dslots, result)
+            return result
+        deadline = time.monotonic() + limit
+        delay = 0.001
+        waited = False
+        while True:
+            result = self._pause("pause:swap", ops, None if mode == "immediate" else blocking)
+            if result.swapped:
+                break
+            if result.blockers:
+                self._progress[act.name]["blockers"] = [b.describe() for b in result.blockers]
+                if not waited:
+                    act.emit("waiting", blockers=[b.describe() for b in result.blockers])
+                    waited = True
+            if time.monotonic() >= deadline:
+                if force:
+                    act.emit("forced", blockers=[b.describe() for b in result.blockers])
+                    result = pause.run(ops, None)
+                    break
+                names = (
+                    "; ".join(b.describe() for b in result.blockers) or "the stacks kept changing"
+                )
+                raise LivepatchError(
+                    "timeout",
+                    f"{act.action} {act.name}: no quiescent moment within {limit:g}s; blocked by {names}",
+                )
+            if result.blockers:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+            else:
+                time.sleep(0)  # the stacks moved between the walk and the swap: retry now
+        self._register(act, slots, dslots, result)
+        return result
+
+    def _register(
+        self,
+        act: Act,
+        slots: builtins.list[FuncSlot],
+        dslots: builtins.list[DataSlot],
+        result: pause.PauseResult,
+    ) -> None:
+        for slot in slots:
+            self._funcs.setdefault(id(slot.func), slot)
+        for dslot in dslots:
+            self._data.setdefault((id(dslot.holder), dslot.name), dslot)
+        act.pause_ns = result.pause_ns
+        act.emit(
+            "swapped",
+            funcs=len(slots),
+            data=len(dslots),
+            pause_ns=result.pause_ns,
+            pause_start_ns=result.started_ns,
+        )
+
+    def _transition(self, act: Act, ops: pause.Ops, limit: float, force: bool) -> pause.PauseResult:
+        """SPEC §5 ``transition``: dispatchers, waiting, then the new code in one pause;
+        on timeout the transition is reversed (or, with ``force``, completed)."""
+        changes: dict[int, dict[str, Any]] = {}
+        funcs: dict[int, types.FunctionType] = {}
+        for fn, attr, value in ops.func_attrs:
+            changes.setdefault(id(fn), {})[attr] = value
+            funcs[id(fn)] = fn
+        pairs = [
+            (
+                fn,
+                (fn.__code__, fn.__defaults__, fn.__kwdefaults__),
+                (changes[k]["__code__"], changes[k]["__defaults__"], changes[k]["__kwdefaults__"]),
+            )
+            for k, fn in funcs.items()
+        ]
+        data_first = act.action is not Action.REVERT  # new code may need added names
+        data = pause.Ops(
+            dict_sets=ops.dict_sets, dict_dels=ops.dict_dels,
+            class_sets=ops.class_sets, class_dels=ops.class_dels, caches=ops.caches,
+        )  # fmt: skip
+        trans = Transition(pairs)
+        start = pause.Ops(func_attrs=func_attrs(trans.start_triples()), caches=ops.caches)
+        dispatchers = pause.Ops(func_attrs=list(start.func_attrs))  # to put them back
+        if data_first:
+            start.dict_sets, start.dict_dels = data.dict_sets, data.dict_dels
+            start.class_sets, start.class_dels = data.class_sets, data.class_dels
+        undo_data = undo_data_ops(data)  # should the transition reverse
+        try:
+            first = self._pause("pause:transition-start", start, None)
+        except BaseException:  # stopped half-way: back at once, before any call can mix
+            back = pause.Ops(func_attrs=func_attrs([(fn, source) for fn, source, _ in pairs]))
+            if data_first:
+                back.dict_sets, back.dict_dels = undo_data.dict_sets, undo_data.dict_dels
+                back.class_sets, back.class_dels = undo_data.class_sets, undo_data.class_dels
+            pause.run(back, None)
+            raise
+        trans.arm()
+        act.emit(
+            "transition", direction="patching" if data_first else "unpatching", funcs=len(pairs)
+        )
+        # A thread preempted inside old code must get the GIL back to leave it: with many
+        # busy threads a round of the default 5 ms switch interval takes long, so the
+        # interval is shortened while the transition waits (and restored after).
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, TRANSITION_SWITCH_INTERVAL))
+        try:
+            return self._wait_transition(
+                act, ops, trans, undo_data, data, dispatchers, first, data_first, limit, force
+            )
+        finally:
+            sys.setswitchinterval(interval)
+
+    def _wait_transition(
+        self,
+        act: Act,
+        ops: pause.Ops,
+        trans: Transition,
+        undo_data: pause.Ops,
+        data: pause.Ops,
+        dispatchers: pause.Ops,
+        first: pause.PauseResult,
+        data_first: bool,
+        limit: float,
+        force: bool,
+    ) -> pause.PauseResult:
+        """Wait until no old frame is left, then end the transition in one pause.
+
+        A failure while waiting or in the final pause (a bug, an injected fault) is
+        handled like a timeout, so the consistency model holds on the way back too: the
+        dispatchers are put back on every function (the final pause may have stopped
+        half-way), the transition is reversed, and once no frame of the new code is left
+        the old code is installed; then the failure is raised."""
+        progress = self._progress[act.name]
+        t0 = time.monotonic()
+        deadline, delay, reversed_ = t0 + limit, 0.001, False
+        first_blockers: builtins.list[str] = []
+        cancelled = False
+        failure: Exception | None = None
+        while True:
+            try:
+                self._at("transition.wait")
+                blockers = trans.blockers()
+                progress.update(
+                    transition="reversing"
+                    if reversed_
+                    else ("patching" if data_first else "unpatching"),
+                    elapsed=time.monotonic() - t0,
+                    blockers=blockers,
+                )
+                if blockers and not reversed_ and self._reverse_requests.pop(act.name, False):
+                    act.emit("reversing", reason="revert requested during the transition")
+                    first_blockers, cancelled = (
+                        ["a revert of the payload during its transition"],
+                        True,
+                    )
+                    trans.reverse()
+                    reversed_, deadline = True, time.monotonic() + limit
+                    continue
+                if blockers and time.monotonic() >= deadline:
+                    if force and not reversed_:
+                        act.emit("forced", blockers=blockers)
+                        blockers = []
+                    elif reversed_:  # the way back is blocked too: finish it regardless
+                        act.emit("forced", blockers=blockers, reason="reverse transition blocked")
+                        blockers = []
+                    else:
+                        act.emit("reversing", blockers=blockers)
+                        first_blockers = blockers
+                        trans.reverse()
+                        reversed_, deadline = True, time.monotonic() + limit
+                if blockers:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                final = pause.Ops(caches=ops.caches, func_attrs=func_attrs(trans.final_triples()))
+                if reversed_:
+                    if data_first:
+                        final.dict_sets, final.dict_dels = undo_data.dict_sets, undo_data.dict_dels
+                        final.class_sets, final.class_dels = (
+                            undo_data.class_sets,
+                            undo_data.class_dels,
+                        )
+                elif not data_first:
+                    final.dict_sets, final.dict_dels = data.dict_sets, data.dict_dels
+                    final.class_sets, final.class_dels = data.class_sets, data.class_dels
+                back = undo_data_ops(final)  # its data as it is now, should it stop half-way
+                back.func_attrs = dispatchers.func_attrs
+                try:
+                    result = self._pause("pause:transition-final", final, None)
+                except BaseException:
+                    pause.run(back, None)  # plain values put back: cannot fail
+                    raise
+                break
+            except Exception as exc:  # noqa: BLE001 - reversed, then raised below
+                if failure is not None:
+                    raise  # failing again on the way back: the undo log restores at once
+                failure = exc
+                act.emit("reversing", reason=f"{type(exc).__name__}: {exc}")
+                if not reversed_:
+                    trans.reverse()
+                    reversed_ = True
+                deadline, delay = time.monotonic() + limit, 0.001
+        if reversed_:
+            act.emit("transition-reversed")
+            if failure is not None:
+                raise failure
+            if cancelled:
+                raise LivepatchError(
+                    "vetoed",
+                    f"{act.action} {act.name}: a revert during the transition reversed it; "
+                    "nothing changed",
+                )
+            raise LivepatchError(
+                "timeout",
+                f"{act.action} {act.name}: the transition did not complete within {limit:g}s and was "
+                f"reversed; blocked by {'; '.join(first_blockers)}",
+            )
+        act.emit("transition-complete", elapsed_ns=int((time.monotonic() - t0) * 1e9))
+        return pause.PauseResult(
+            True, first.pause_ns + result.pause_ns, started_ns=result.started_ns
+        )
