@@ -417,3 +417,35 @@ def stubborn(ctx):
     e.revert("act", force=True)
     assert e.status("act").state == "CHECKED"
     assert_identical(before, snapshot(cb2.greet, cb2.wave, cb2))
+
+
+def test_ctx_modules_names_what_a_run_of_the_hooks_is_for(lab, cb):
+    """At apply, the hooks see the targets imported by then; when a target is imported
+    later, they run again for that module alone."""
+    import importlib
+    import textwrap
+
+    later = lab.name("later")
+    (lab.root / f"{later}.py").write_text(textwrap.dedent(TARGET))
+    lab.modules.append(later)
+    importlib.invalidate_caches()
+    hooks = """
+SEEN = []
+
+@patch.pre_apply
+def pre(ctx):
+    SEEN.append(("pre", ctx.modules))
+
+@patch.post_apply
+def post(ctx):
+    SEEN.append(("post", ctx.modules, ctx.rc))
+"""
+    extra = (
+        '@patch.function("{m}later:greet")\ndef greet_later(name):\n    return "later " + name\n'
+    )
+    lab.engine.load(lab.pack(payload("mods", hooks=hooks, extra=extra), against=str(lab.root)))
+    seen = lab.engine._payloads["mods"].loaded.namespace["SEEN"]
+    assert seen == [("pre", (cb.__name__,)), ("post", (cb.__name__,), 0)]
+    mod = importlib.import_module(later)
+    assert mod.greet("x") == "later x"
+    assert seen[2:] == [("pre", (later,)), ("post", (later,), 0)]

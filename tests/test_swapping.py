@@ -275,6 +275,64 @@ def test_async_function(lab):
     assert_identical(before, snapshot(mod.fetch, mod.main, mod))
 
 
+def test_async_generator_whose_free_variables_change_runs_behind_a_trampoline(lab):
+    """An async generator function whose closure changes gets a trampoline that drives
+    the real one: values, ``asend``, ``athrow`` and ``aclose`` pass through, and the
+    function stays an async generator function."""
+    mod = lab.module(
+        "agen",
+        """
+        def make(step):
+            async def ticks(n):
+                for i in range(n):
+                    got = yield i * step
+                    if got is not None:
+                        yield ("got", got)
+            return ticks
+
+        ticks = make(1)
+    """,
+    )
+    before = snapshot(mod.ticks, mod)
+    name = lab.load(
+        payload("""
+        SCALE = 10
+
+        @patch.function("{m}agen:ticks")
+        async def ticks(n):  # no free variable now: the target's closure differs
+            for i in range(n):
+                try:
+                    got = yield i * SCALE
+                except KeyError:
+                    yield "caught"
+                    continue
+                if got is not None:
+                    yield ("got", got)
+    """)
+    )
+    assert [f.trampoline for f in lab.engine.status(name).funcs] == [True]
+    assert inspect.isasyncgenfunction(mod.ticks)
+
+    async def drive() -> list:
+        out = [x async for x in mod.ticks(3)]
+        agen = mod.ticks(3)
+        out.append(await agen.__anext__())
+        out.append(await agen.asend("hi"))
+        out.append(await agen.asend(None))
+        out.append(await agen.athrow(KeyError("k")))
+        await agen.aclose()
+        return out
+
+    assert asyncio.run(drive()) == [0, 10, 20, 0, ("got", "hi"), 10, "caught"]
+    lab.engine.revert(name)
+    assert asyncio.run(_old(mod)) == [0, 1, 2]
+    assert_identical(before, snapshot(mod.ticks, mod))
+
+
+async def _old(mod) -> list:
+    return [x async for x in mod.ticks(3)]
+
+
 # --- 7. generator function ---------------------------------------------------------------
 
 

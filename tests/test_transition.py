@@ -160,6 +160,7 @@ def test_a_suspended_generator_keeps_the_transition_open_until_it_finishes(lab, 
         time.sleep(0.01)
     assert any("generator suspended in" in b and "gen" in b for b in st.in_progress["blockers"])
     assert st.in_progress["transition"] == "patching"
+    assert st.in_progress["target"] == "APPLIED", "the state the transition leads to"
     assert pair.gen().__next__() == "v2-a", "new calls already run the new version"
     assert next(g) == "v1-b"  # the old generator finishes in its own version
     with pytest.raises(StopIteration):
@@ -202,6 +203,7 @@ def test_revert_runs_the_model_backwards(lab, pair):
             break
         time.sleep(0.01)
     assert st.in_progress["transition"] == "unpatching"
+    assert st.in_progress["target"] == "CHECKED"
     list(g)
     t.join(20)
     assert result["r"].state == "CHECKED" and pair.process([1])[0] == "v1"
@@ -272,3 +274,46 @@ def test_a_blocking_asyncio_task_is_named(lab, pair):
         release.set()
         t.join(10)
         loop.close()
+
+
+def test_status_of_a_reversal_shows_it_and_the_state_it_leads_back_to(lab, pair):
+    """An old generator holds the transition past its timeout; one started during the
+    transition (so in the new code) holds the way back: status shows ``reversing`` with
+    target CHECKED until it finishes, and the apply then fails with ``timeout``."""
+    old = pair.gen()
+    next(old)
+    lab.engine.upload("pair-v2", lab.pack(FIX))
+    out: dict = {}
+
+    def apply() -> None:
+        try:
+            lab.engine.apply("pair-v2", timeout=0.3)
+        except LivepatchError as exc:
+            out["error"] = exc
+
+    applier = threading.Thread(target=apply)
+    applier.start()
+    new = None
+    try:
+        for _ in range(500):
+            st = lab.engine.status("pair-v2")
+            if st.in_progress and st.in_progress.get("blockers"):
+                break
+            time.sleep(0.01)
+        new = pair.gen()
+        assert next(new) == "v2-a", "a call during the transition runs the new version"
+        for _ in range(500):
+            st = lab.engine.status("pair-v2")
+            if st.in_progress and st.in_progress.get("transition") == "reversing":
+                break
+            time.sleep(0.01)
+        assert st.in_progress["transition"] == "reversing"
+        assert st.in_progress["target"] == "CHECKED"
+        assert any("generator suspended in" in b for b in st.in_progress["blockers"])
+    finally:
+        if new is not None:
+            list(new)
+        applier.join(20)
+    assert out["error"].code == "timeout"
+    assert lab.engine.status("pair-v2").state == "CHECKED"
+    assert list(old) == ["v1-b"]

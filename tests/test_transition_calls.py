@@ -321,12 +321,6 @@ def test_a_wrong_call_of_a_generator_or_coroutine_function_fails_at_the_call(lab
     assert during == after
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an async generator function's dispatcher is a plain function, so "
-    "inspect.isasyncgenfunction() is False during a transition (frameworks that "
-    "check it, e.g. for dependencies or context managers, treat it as a coroutine)",
-)
 def test_the_kind_of_function_is_kept_during_the_transition(lab):
     def kinds(mod):
         return [

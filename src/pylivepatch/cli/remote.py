@@ -100,7 +100,9 @@ def _transition(s: dict[str, Any]) -> str:
     run = s.get("in_progress")
     if not run:
         return ""
-    text = f"{run.get('action', '')} {run.get('direction', '')}".strip()
+    text = f"{run.get('action', '')} {run.get('transition', '')}".strip()
+    if run.get("target"):
+        text += f" -> {run['target']}"
     if "elapsed" in run:
         text += f" {float(run['elapsed']):.1f}s"
     blockers = run.get("blockers") or []

@@ -33,6 +33,7 @@ import importlib.machinery
 import importlib.util
 import linecache
 import sys
+import textwrap
 import types
 import warnings
 from collections.abc import Iterator, Sequence
@@ -365,17 +366,38 @@ def _trampoline(
     return Variant(trampoline_code(ft, code, impl), defaults, kwdefaults, impl)
 
 
+# An async generator has no ``yield from``: its trampoline (and a transition's
+# dispatcher) drives the real one by hand, passing on what is sent, thrown and closed.
+_ASYNC_DELEGATION = """\
+__lp_agen = CALL
+try:
+    __lp_item = await __lp_agen.__anext__()
+except StopAsyncIteration:
+    return
+while True:
+    try:
+        __lp_sent = yield __lp_item
+    except GeneratorExit:
+        await __lp_agen.aclose()
+        raise
+    except BaseException as __lp_exc:
+        try:
+            __lp_item = await __lp_agen.athrow(__lp_exc)
+        except StopAsyncIteration:
+            return
+    else:
+        try:
+            __lp_item = await __lp_agen.asend(__lp_sent)
+        except StopAsyncIteration:
+            return"""
+
+
 def trampoline_code(
     ft: FunctionTarget, code: types.CodeType, impl: types.FunctionType
 ) -> types.CodeType:
     """A code object with ``code``'s signature and the target's free variables that
     calls ``impl``."""
     flags = code.co_flags
-    if flags & CO_ASYNC_GENERATOR:
-        raise LivepatchError(
-            "unsupported-target",
-            f"{ft.target}: an async generator whose free variables change cannot be patched (no trampoline for it)",
-        )
     names = code.co_varnames
     n_pos, n_posonly, n_kw = code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount
     pos, kwonly = list(names[:n_pos]), list(names[n_pos : n_pos + n_kw])
@@ -405,14 +427,16 @@ def trampoline_code(
         + (["**" + dstar] if dstar else [])
     )
     call = f"{_PLACEHOLDER!r}({', '.join(args)})"
-    if flags & CO_COROUTINE:
+    if flags & CO_ASYNC_GENERATOR:
+        head, ret = "async def", _ASYNC_DELEGATION.replace("CALL", call)
+    elif flags & CO_COROUTINE:
         head, ret = "async def", f"return await {call}"
     elif flags & CO_GENERATOR:
         head, ret = "def", f"return (yield from {call})"
     else:
         head, ret = "def", f"return {call}"
     touch = f"    if False:\n        {'; '.join(freevars)}\n" if freevars else ""
-    inner = f"{head} {code.co_name}({', '.join(params)}):\n{touch}    {ret}\n"
+    inner = f"{head} {code.co_name}({', '.join(params)}):\n{touch}{textwrap.indent(ret, '    ')}\n"
     src = (
         f"def {_SCOPE}():\n    {' = '.join([*freevars, 'None'])}\n"
         + "".join("    " + line + "\n" for line in inner.splitlines())

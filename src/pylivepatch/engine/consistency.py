@@ -19,7 +19,7 @@ from .base import DEFAULT_TIMEOUT, TRANSITION_SWITCH_INTERVAL, Act, func_attrs
 from .hooked import Hooked
 from .records import DataSlot, FuncSlot
 from .swap import undo_data_ops
-from .table import Action
+from .table import Action, State
 from .transition import Transition
 
 
@@ -186,6 +186,8 @@ class Consistency(Hooked):
                     transition="reversing"
                     if reversed_
                     else ("patching" if data_first else "unpatching"),
+                    # the state it leads to (the kernel's target state)
+                    target=str(State.APPLIED if data_first != reversed_ else State.CHECKED),
                     elapsed=time.monotonic() - t0,
                     blockers=blockers,
                 )

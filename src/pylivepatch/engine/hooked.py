@@ -36,12 +36,15 @@ class Hooked(Checks):
         """Run ``swap`` between the payload's pre and post hooks (SPEC §4); a replace
         runs the replacing payload's apply hooks with ``ctx.action == "replace"``."""
         pre_kind, post_kind = PAIRS["revert" if action == "revert" else "apply"]
+        modules = {p.target.module.__name__ for p in rec.funcs}
+        modules |= {p.target.module.__name__ for p in rec.data}
         ctx = HookContext(
             PayloadInfo(rec.name, rec.build_id, dict(rec.manifest.metadata)),
             action,
             rec.states,
             prev,
             act.emit,
+            tuple(sorted(modules)),
         )
         pre, post = rec.hooks.get(pre_kind), rec.hooks.get(post_kind)
         if pre is not None:
@@ -129,6 +132,7 @@ class Hooked(Checks):
             ctx = HookContext(
                 PayloadInfo(rec.name, rec.build_id, dict(rec.manifest.metadata)),
                 kind, rec.states, {}, act.emit,
+                tuple(sorted({p.target.module.__name__ for p in rec.funcs})),
             )  # fmt: skip
             ctx._marker = marker
             interval = sys.getswitchinterval()

@@ -44,8 +44,14 @@ class PayloadInfo:
 
 
 class HookContext:
-    """What a hook receives: ``payload``, ``action``, ``rc``, ``state(id)``,
-    ``prev_state(id)``, ``log``, and for action hooks ``mark_applied``/``mark_reverted``."""
+    """What a hook receives: ``payload``, ``action``, ``rc``, ``modules``,
+    ``state(id)``, ``prev_state(id)``, ``log``, and for action hooks
+    ``mark_applied``/``mark_reverted``.
+
+    ``modules`` names the target modules this run of the hook is for: at an action, the
+    payload's targets imported by then (none, for a payload whose every target is still
+    to be imported); when a module is imported later, just that module (the hooks run
+    again for it, like Linux's per-object callbacks)."""
 
     def __init__(
         self,
@@ -54,9 +60,11 @@ class HookContext:
         states: dict[int, SystemState],
         prev_states: dict[int, SystemState],
         emit: Callable[..., None],
+        modules: tuple[str, ...] = (),
     ) -> None:
         self.payload = payload
         self.action = action
+        self.modules = modules
         self.rc = 0
         self._states = states
         self._prev = prev_states

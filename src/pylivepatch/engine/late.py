@@ -209,7 +209,7 @@ class LateObjects(Consistency):
         try:
             self._at("late.check")
             for rec, _, _, act in prepared:
-                ctx = self._late_ctx(rec, act)
+                ctx = self._late_ctx(rec, act, name)
                 pre = rec.hooks.get("pre_apply")
                 if pre is not None:
                     try:
@@ -321,9 +321,9 @@ class LateObjects(Consistency):
     def _dslots_of(self, rec: Record) -> builtins.list[DataSlot]:
         return [d for d in self._data.values() if any(r is rec for r, _ in d.stack)]
 
-    def _late_ctx(self, rec: Record, act: Act) -> HookContext:
+    def _late_ctx(self, rec: Record, act: Act, module: str) -> HookContext:
         earlier = [r for r in self._applied(exclude=rec) if r.applied_seq < rec.applied_seq]
         return HookContext(
             PayloadInfo(rec.name, rec.build_id, dict(rec.manifest.metadata)),
-            "apply", rec.states, prev_states(earlier), act.emit,
+            "apply", rec.states, prev_states(earlier), act.emit, (module,),
         )  # fmt: skip

@@ -85,6 +85,7 @@ class Transition:
             self.dispatchers.append(d)
             self.dispatch_codes.append(_dispatcher_code(fn, source[0], d))
         self.view: tuple[bool, set[int], bool] = (False, self._ids_of(pairs), False)
+        self.qualnames = _qualnames(pairs)
 
     def _ids_of(self, pairs: list[tuple[types.FunctionType, Triple, Triple]]) -> set[int]:
         """Ids of the code (nested code too) the pairs leave."""
@@ -132,28 +133,35 @@ class Transition:
             f: types.FrameType | None = top
             while f is not None:
                 if id(f.f_code) in self.old_ids:
-                    found.append(f"thread {names.get(tid, '?')!r} (id {tid}) in {_where(f)}")
+                    where = _where(f, self.qualnames)
+                    found.append(f"thread {names.get(tid, '?')!r} (id {tid}) in {where}")
                     break
                 f = f.f_back
         if found:
             return found
         if self.suspendable:
-            found.extend(_describe_suspended(obj) for obj in _suspended(self.old_ids))
+            found.extend(
+                _describe_suspended(obj, self.qualnames) for obj in _suspended(self.old_ids)
+            )
         return found
 
 
 def _dispatcher_code(fn: types.FunctionType, source: types.CodeType, d: Dispatch) -> types.CodeType:
     """A code object with ``(*args, **kwargs)``, the function's free variables and its
-    kind that calls ``d``: a coroutine awaits, a generator delegates, so the choice is
-    made when the call actually starts running, on the stack that runs it. (An async
-    generator function is dispatched when it is called.)"""
-    kind = source.co_flags & (0x20 | 0x80)
+    kind that calls ``d``: a coroutine awaits, a generator or an async generator
+    delegates, so the choice is made when the call actually starts running, on the
+    stack that runs it, and the function keeps its kind (``inspect`` and frameworks
+    that look at it see no difference; CPython 3.13 warns when a function's code
+    changes kind)."""
+    kind = source.co_flags & (0x20 | 0x80 | 0x200)
     # The trampoline has the function's free variables too: parameter names must differ.
     star, dstar = "args", "kwargs"
     while star in source.co_freevars or dstar in source.co_freevars:
         star, dstar = "_" + star, "_" + dstar
     params = f"*{star}, **{dstar}"
-    if kind & 0x80:
+    if kind & 0x200:
+        src = f"async def {source.co_name}({params}):\n    yield\n"
+    elif kind & 0x80:
         src = f"async def {source.co_name}({params}):\n    pass\n"
     elif kind & 0x20:
         src = f"def {source.co_name}({params}):\n    yield\n"
@@ -169,9 +177,27 @@ def _dispatcher_code(fn: types.FunctionType, source: types.CodeType, d: Dispatch
     return trampoline_code(target, shape, d)  # type: ignore[arg-type]
 
 
-def _where(frame: types.FrameType) -> str:
+def _qualnames(pairs: list[tuple[types.FunctionType, Triple, Triple]]) -> dict[int, str]:
+    """id of code -> qualified name, for the functions' code of both versions and the
+    code nested in it (what ``co_qualname`` says from Python 3.11 on)."""
+    names: dict[int, str] = {}
+
+    def walk(code: types.CodeType, qual: str) -> None:
+        names.setdefault(id(code), qual)
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                walk(const, f"{qual}.<locals>.{const.co_name}")
+
+    for fn, source, target in pairs:
+        walk(source[0], fn.__qualname__)
+        walk(target[0], fn.__qualname__)
+    return names
+
+
+def _where(frame: types.FrameType, qualnames: dict[int, str]) -> str:
     code = frame.f_code
-    qual = getattr(code, "co_qualname", code.co_name)
+    # Python 3.10 code has no co_qualname: the payload's functions name their code.
+    qual = getattr(code, "co_qualname", None) or qualnames.get(id(code), code.co_name)
     module = frame.f_globals.get("__name__", "?")
     return f"{module}:{qual} ({code.co_filename}:{frame.f_lineno})"
 
@@ -193,14 +219,14 @@ def _suspended(old_ids: set[int]) -> Iterator[Any]:
             yield obj
 
 
-def _describe_suspended(obj: Any) -> str:
+def _describe_suspended(obj: Any, qualnames: dict[int, str]) -> str:
     frame = (
         getattr(obj, "gi_frame", None)
         or getattr(obj, "cr_frame", None)
         or getattr(obj, "ag_frame", None)
     )
     kind = type(obj).__name__
-    where = _where(frame) if frame is not None else "?"
+    where = _where(frame, qualnames) if frame is not None else "?"
     task = _task_of(obj)
     return f"{'asyncio task ' + repr(task) + ' ' if task else ''}{kind} suspended in {where}"
 
