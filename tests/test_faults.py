@@ -14,6 +14,7 @@ and the same action, run again without a fault, succeeds (no lock or leftover st
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import importlib
 import sys
@@ -648,3 +649,267 @@ def _park_in(func: Callable[..., Any]) -> Any:
 
     arg, _ = park(func, "parked-in-old-code")
     return arg
+
+
+# --- found in review: failures that are not exceptions, nested imports, the dispatcher ---
+
+PAIR = """
+    def inner():
+        return "v1"
+
+    def outer(hold=None):
+        if hold is not None:
+            hold.wait(10)
+        return ("v1", inner())
+"""
+
+PAIR_FIX = """
+    import pylivepatch as lp
+    patch = lp.Patch("pair-fix", consistency="transition")
+
+    @patch.function("{m}pair:inner")
+    def inner():
+        return "v2"
+
+    @patch.function("{m}pair:outer")
+    def outer(hold=None):
+        if hold is not None:
+            hold.wait(10)
+        return ("v2", inner())
+"""
+
+
+def test_a_keyboard_interrupt_during_a_transition_reverses_it_before_it_goes_on(lab):
+    """KeyboardInterrupt is not an Exception, and is undone all the same — but by the
+    transition's reversal, not at once: a call chain that started in new code while the
+    transition ran finishes in new code."""
+    mod = lab.module("pair", PAIR)
+    e = Engine()
+    e.upload("pair-fix", lab.pack(PAIR_FIX))
+    before = snapshot(mod.inner, mod.outer, mod)
+    old_hold, entered = threading.Event(), threading.Event()
+
+    class Hold:
+        """The new chain's pause: it says it is inside, then goes on after a while."""
+
+        def wait(self, timeout: float) -> None:
+            entered.set()
+            time.sleep(0.3)
+
+    old = threading.Thread(target=mod.outer, args=(old_hold,), daemon=True)
+    old.start()
+    chains: list[Any] = []
+
+    def new_caller() -> None:
+        for _ in range(5000):  # until the transition runs
+            if "transition" in e._progress.get("pair-fix", {}):
+                break
+            time.sleep(0.001)
+        chains.append(mod.outer(Hold()))
+
+    fired: list[str] = []
+
+    def interrupt(point: str, ops: Any) -> None:  # once the new chain is inside
+        if point == "transition.wait" and entered.is_set() and not fired:
+            fired.append(point)
+            raise KeyboardInterrupt
+
+    new = threading.Thread(target=new_caller, daemon=True)
+    new.start()
+    e._inject = interrupt
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            e.apply("pair-fix", timeout=10)
+    finally:
+        e._inject = None
+        old_hold.set()
+        old.join(10)
+        new.join(10)
+    assert fired
+    assert chains == [("v2", "v2")], "the chain that began in new code ended in new code"
+    assert_identical(before, snapshot(mod.inner, mod.outer, mod))
+    assert e.status("pair-fix").state == "CHECKED"
+    kinds = [ev.kind for ev in e.history() if ev.payload == "pair-fix"]
+    assert "reversing" in kinds and "transition-reversed" in kinds and "forced" not in kinds
+
+
+def test_a_module_imported_during_an_action_that_fails_stays_patched(lab, monkeypatch):
+    """Payload A waits for module lib; payload B's own code imports lib, then B's upload
+    fails. The import happened and cannot be taken back, so A's patch of lib must stay:
+    known-unpatched code never runs."""
+    (lab.root / f"{lab.name('lib')}.py").write_text("def version():\n    return 'v1'\n")
+    lab.modules.append(lab.name("lib"))
+    importlib.invalidate_caches()
+    e = Engine()
+    e.load(
+        lab.pack(
+            """
+            import pylivepatch as lp
+            patch = lp.Patch("needs-lib")
+
+            @patch.function("{m}lib:version")
+            def version():
+                return "v2"
+            """,
+            against=str(lab.root),
+        )
+    )
+    assert e.status("needs-lib").pending == (lab.name("lib"),)
+    b = lab.pack(
+        """
+        import os
+        import pylivepatch as lp
+        patch = lp.Patch("imports-lib")
+        if os.environ.get("FAIL_AFTER_IMPORT"):
+            import {m}lib
+            raise RuntimeError("B fails after importing lib")
+
+        @patch.pre_apply
+        def ready(ctx):
+            pass
+        """
+    )
+    monkeypatch.setenv("FAIL_AFTER_IMPORT", "1")
+    try:
+        with pytest.raises(LivepatchError) as err:
+            e.upload("imports-lib", b)
+        assert err.value.code == "invalid-payload"
+        lib = sys.modules[lab.name("lib")]
+        assert lib.version() == "v2", "imported during the failed action, and patched"
+        assert e.status("needs-lib").pending == ()
+        assert [f.applied for f in e.status("needs-lib").funcs] == [True]
+        e.revert("needs-lib")
+        assert lib.version() == "v1"
+    finally:
+        for rec in [r for r in e._payloads.values() if str(r.state) == "APPLIED"]:
+            e.revert(rec.name, force=True, consistency="immediate")
+
+
+def test_a_thread_that_chose_a_version_but_has_not_called_it_blocks_the_transition(lab):
+    """A dispatcher reads which version to run, then calls it: a thread switched out in
+    between has no frame of either version yet. It is a blocker until it calls, or it
+    would run the version it chose after the transition ended. (Held there by a trace
+    function, as a debugger or coverage could.)"""
+    from pylivepatch.engine import transition
+
+    mod = lab.module("pair", PAIR)
+    e = Engine()
+    e.upload("pair-fix", lab.pack(PAIR_FIX))
+    dispatch = transition.Dispatch.__call__.__code__
+    inside, go = threading.Event(), threading.Event()
+    chains: list[Any] = []
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is not dispatch or inside.is_set():
+            return None
+
+        def local(f: Any, ev: str, a: Any) -> Any:
+            if ev == "line" and not inside.is_set() and f.f_locals.get("frame", 0) is None:
+                inside.set()  # chose; not called yet
+                go.wait(10)
+            return local
+
+        return local
+
+    def caller() -> None:
+        for _ in range(5000):
+            if "transition" in e._progress.get("pair-fix", {}):
+                break
+            time.sleep(0.001)
+        sys.settrace(tracer)
+        try:
+            chains.append(mod.outer())
+        finally:
+            sys.settrace(None)
+
+    old_hold = threading.Event()
+    old = threading.Thread(target=mod.outer, args=(old_hold,), daemon=True)
+    old.start()
+    t = threading.Thread(target=caller, daemon=True)
+    t.start()
+    out: dict[str, Any] = {}
+    applier = threading.Thread(target=lambda: out.setdefault("r", e.apply("pair-fix")))
+    applier.start()
+    try:
+        assert inside.wait(10)
+        old_hold.set()  # the old chain ends: only the chooser holds the transition now
+        blockers: list[str] = []
+        for _ in range(1000):
+            st = e.status("pair-fix")
+            blockers = (st.in_progress or {}).get("blockers") or []
+            if blockers and all("choosing a version" in b for b in blockers):
+                break
+            time.sleep(0.005)
+        assert blockers and all("choosing a version in a dispatcher" in b for b in blockers)
+        assert e.status("pair-fix").state == "CHECKED", "not complete while it chooses"
+    finally:
+        go.set()
+        old_hold.set()
+        t.join(10)
+        old.join(10)
+        applier.join(20)
+    assert out["r"].state == "APPLIED"
+    assert chains == [("v2", "v2")]
+    e.revert("pair-fix")
+
+
+def test_a_patched_async_generator_left_open_is_closed_once_by_asyncio(lab):
+    """An async generator behind a trampoline, left un-exhausted under asyncio.run: the
+    loop's shutdown closes it and its finally runs, with no 'already running' error."""
+    mod = lab.module(
+        "agen2",
+        """
+        import asyncio
+        DONE = []
+
+        class Base:
+            async def items(self):
+                yield 0
+
+        class Feed(Base):
+            async def items(self):
+                try:
+                    yield 1
+                    yield 2
+                finally:
+                    await asyncio.sleep(0)
+                    DONE.append("v1")
+        """,
+    )
+    e = Engine()
+    e.load(
+        lab.pack(
+            """
+            import asyncio
+            import pylivepatch as lp
+            patch = lp.Patch("agen-fix", consistency="atomic")
+
+            @patch.function("{m}agen2:Feed.items")
+            async def items(self):
+                try:
+                    yield 10
+                    async for x in super().items():
+                        yield x
+                finally:
+                    await asyncio.sleep(0)
+                    DONE.append("v2")
+            """
+        )
+    )
+    assert [f.trampoline for f in e.status("agen-fix").funcs] == [True]
+    errors: list[Any] = []
+    keep: list[Any] = []
+
+    async def main() -> Any:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx))
+        g = mod.Feed().items()
+        keep.append(g)
+        async for x in g:
+            return x
+
+    try:
+        assert asyncio.run(main()) == 10
+        assert errors == [] and mod.DONE == ["v2"]
+    finally:
+        keep.clear()
+        e.revert("agen-fix")

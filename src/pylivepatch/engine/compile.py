@@ -47,6 +47,7 @@ from ..payload.manifest import DataEntry, FuncEntry
 from .resolve import ABSENT, DataTarget, FunctionTarget
 
 _PLACEHOLDER = "__pylivepatch_trampoline_target__"
+_FIRST_ANEXT = "__pylivepatch_first_anext__"  # becomes :func:`_first_anext`
 _SCOPE = "__pylivepatch_scope__"
 CO_GENERATOR, CO_COROUTINE, CO_ASYNC_GENERATOR = 0x20, 0x80, 0x200
 CO_VARARGS, CO_VARKEYWORDS = 0x4, 0x8
@@ -371,7 +372,7 @@ def _trampoline(
 _ASYNC_DELEGATION = """\
 __lp_agen = CALL
 try:
-    __lp_item = await __lp_agen.__anext__()
+    __lp_item = await FIRST(__lp_agen)
 except StopAsyncIteration:
     return
 while True:
@@ -390,6 +391,19 @@ while True:
             __lp_item = await __lp_agen.asend(__lp_sent)
         except StopAsyncIteration:
             return"""
+
+
+def _first_anext(agen: Any) -> Any:
+    """The first ``__anext__`` of the async generator a trampoline drives, with the
+    event loop's async-generator hooks off: the loop then finalizes and closes only the
+    trampoline, which closes the one it drives itself (both closed at once by asyncio's
+    shutdown, the inner one's ``aclose`` would find it already running)."""
+    hooks = sys.get_asyncgen_hooks()
+    sys.set_asyncgen_hooks(None, None)
+    try:
+        return agen.__anext__()
+    finally:
+        sys.set_asyncgen_hooks(*hooks)
 
 
 def trampoline_code(
@@ -428,7 +442,10 @@ def trampoline_code(
     )
     call = f"{_PLACEHOLDER!r}({', '.join(args)})"
     if flags & CO_ASYNC_GENERATOR:
-        head, ret = "async def", _ASYNC_DELEGATION.replace("CALL", call)
+        head, ret = (
+            "async def",
+            _ASYNC_DELEGATION.replace("CALL", call).replace("FIRST", repr(_FIRST_ANEXT)),
+        )
     elif flags & CO_COROUTINE:
         head, ret = "async def", f"return await {call}"
     elif flags & CO_GENERATOR:
@@ -451,7 +468,10 @@ def trampoline_code(
         tramp and tramp.co_freevars,
         freevars,
     )
-    consts = tuple(impl if c == _PLACEHOLDER else c for c in tramp.co_consts)
+    stand_ins = {_PLACEHOLDER: impl, _FIRST_ANEXT: _first_anext}
+    consts = tuple(
+        stand_ins[c] if isinstance(c, str) and c in stand_ins else c for c in tramp.co_consts
+    )
     # The flags of what it stands for: the replacement's, or for a transition's
     # dispatcher (whose ``code`` is a bare shape) the flags of the code it leaves.
     tramp = carry_runtime_flags(tramp, code, ft.func.__code__)

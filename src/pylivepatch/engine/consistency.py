@@ -177,7 +177,7 @@ class Consistency(Hooked):
         deadline, delay, reversed_ = t0 + limit, 0.001, False
         first_blockers: builtins.list[str] = []
         cancelled = False
-        failure: Exception | None = None
+        failure: BaseException | None = None
         while True:
             try:
                 self._at("transition.wait")
@@ -235,7 +235,9 @@ class Consistency(Hooked):
                     pause.run(back, None)  # plain values put back: cannot fail
                     raise
                 break
-            except Exception as exc:  # noqa: BLE001 - reversed, then raised below
+            except BaseException as exc:  # noqa: BLE001 - reversed, then raised below
+                # KeyboardInterrupt and SystemExit too: undone at once, the threads still
+                # in new code would call old code.
                 if failure is not None:
                     raise  # failing again on the way back: the undo log restores at once
                 failure = exc

@@ -133,13 +133,19 @@ class Engine(LateObjects):
                 message=busy.message, build_id=known.build_id if known else "",
             )  # fmt: skip
             raise busy
-        self._owner = threading.get_ident()
-        act = Act(self, action, name)
-        act.undo = self._undo = Undo(self)
-        before = self._payloads.get(name)
-        act.build_id = before.build_id if before is not None else ""
-        self._progress[name] = {"action": str(action), "started": time.time(), "blockers": []}
-        act.emit("started")
+        try:
+            self._owner = threading.get_ident()
+            act = Act(self, action, name)
+            act.undo = self._undo = Undo(self)
+            before = self._payloads.get(name)
+            act.build_id = before.build_id if before is not None else ""
+            self._progress[name] = {"action": str(action), "started": time.time(), "blockers": []}
+            act.emit("started")
+        except BaseException:  # MemoryError, KeyboardInterrupt: never keep the lock
+            self._progress.pop(name, None)
+            self._undo = self._owner = None
+            self._lock.release()
+            raise
         try:
             yield act
         except LivepatchError as exc:

@@ -73,7 +73,8 @@ class History:
         return event
 
     def events(self, since: int = 0) -> list[Event]:
-        return [e for e in self._events if e.seq > since]
+        with self._lock:  # an emit may trim the front meanwhile
+            return [e for e in self._events if e.seq > since]
 
     @property
     def last_seq(self) -> int:

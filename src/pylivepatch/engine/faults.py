@@ -63,6 +63,7 @@ class _Plan:
     nth: int = 1
     seen: list[str] = field(default_factory=list)
     fired: bool = False
+    raises: type[BaseException] = field(default_factory=lambda: InjectedFault)
 
     def __call__(self, point: str, ops: Ops | None) -> None:
         if point not in POINTS:
@@ -74,16 +75,19 @@ class _Plan:
         if ops is not None:
             poison(ops)
             return
-        raise InjectedFault(f"fault injected at {point}")
+        raise self.raises(f"fault injected at {point}")
 
 
 @contextmanager
-def inject(engine: Engine, point: str, nth: int = 1) -> Iterator[_Plan]:
-    """Make the ``nth`` pass of ``point`` fail while the block runs; ``plan.fired`` says
-    whether it was reached."""
+def inject(
+    engine: Engine, point: str, nth: int = 1, raises: type[BaseException] = InjectedFault
+) -> Iterator[_Plan]:
+    """Make the ``nth`` pass of ``point`` fail while the block runs (a plain point
+    raises ``raises``, e.g. ``KeyboardInterrupt``); ``plan.fired`` says whether it was
+    reached."""
     if point not in POINTS:
         raise ValueError(f"unknown fault point {point!r}; points are {', '.join(POINTS)}")
-    plan = _Plan(point, nth)
+    plan = _Plan(point, nth, raises=raises)
     engine._inject = plan
     try:
         yield plan

@@ -102,14 +102,19 @@ class _PatchingLoader:
         return create(spec) if create is not None else None
 
     def exec_module(self, module: types.ModuleType) -> None:
-        saved = self._saved
+        saved, self._saved = self._saved, None  # it stays the module's __loader__
         self._loader.exec_module(module)
         try:
             self._imported(module)
         except BaseException:
             if saved is not None:
-                module.__dict__.clear()
-                module.__dict__.update(saved)
+                # In one pause: no other thread sees the namespace half put back.
+                ns = module.__dict__
+                ops = pause.Ops(
+                    dict_sets=[(ns, k, v) for k, v in saved.items()],
+                    dict_dels=[(ns, k) for k in list(ns) if k not in saved],
+                )
+                pause.run(ops, None)
             raise
 
     def __getattr__(self, name: str) -> Any:  # get_code, get_source, is_package, ...
@@ -151,12 +156,15 @@ class LateObjects(Consistency):
                     name=module.__name__,
                 )
             self._owner = threading.get_ident()
-        undo = Undo(self)
+        undo = Undo(self)  # its own: a module stays imported whatever the action does
         try:
             self._apply_late(module, undo)
         except BaseException:
             undo.restore(self)
             raise
+        else:
+            if mine and self._undo is not None:  # not the running action's to undo
+                self._undo.keep(self, undo)
         finally:
             if not mine:
                 self._sync_import_hook()
@@ -203,6 +211,17 @@ class LateObjects(Consistency):
             except LivepatchError as exc:
                 act.emit("refused", module=name, error=exc.code, rc=exc.errno, message=exc.message)
                 raise refuse(rec, exc) from None
+            except Exception as exc:
+                broken = ImportError(
+                    f"pylivepatch: checking module {name} for payload {rec.name} failed inside "
+                    f"pylivepatch ({type(exc).__name__}: {exc}); nothing was patched and "
+                    f"{outcome}",
+                    name=name,
+                )
+                act.emit(
+                    "refused", module=name, error="internal", rc=errno.EIO, message=str(broken)
+                )
+                raise broken from exc
             prepared.append((rec, funcs, data, act))
         ready: builtins.list[tuple[Record, HookContext, Act]] = []
         rc = errno.EIO  # what the post hooks of a failed late apply see
@@ -231,7 +250,7 @@ class LateObjects(Consistency):
                     func_ops(ops, slot, (v.code, v.defaults, v.kwdefaults))
                 for dplan, dslot in zip(data, dslots, strict=True):
                     data_ops(ops, dslot, dplan.value)
-                self._touch(undo, slots, dslots)
+                undo.touch(slots, dslots)
                 result = self._pause("pause:late", ops, None)  # nothing has called them yet
                 for plan, slot in zip(funcs, slots, strict=True):
                     self._funcs.setdefault(id(slot.func), slot)
@@ -300,7 +319,7 @@ class LateObjects(Consistency):
             if dslot.original is not ABSENT and fresh is not dslot.stack[-1][1]:
                 dslot.original = fresh  # what the reloaded code defines
             data_ops(ops, dslot, dslot.stack[-1][1])
-        self._touch(undo, [], dslots)
+        undo.touch([], dslots)
         try:
             self._pause("pause:reload", ops, None)
         except Exception as exc:

@@ -58,6 +58,9 @@ class Dispatch:
         return newer(*args, **kwargs)
 
 
+_DISPATCH_CODE = Dispatch.__call__.__code__
+
+
 def _impl(fn: types.FunctionType, triple: Triple) -> types.FunctionType:
     code, defaults, kwdefaults = triple
     impl = types.FunctionType(code, fn.__globals__, fn.__name__, defaults, fn.__closure__)
@@ -86,6 +89,8 @@ class Transition:
             self.dispatch_codes.append(_dispatcher_code(fn, source[0], d))
         self.view: tuple[bool, set[int], bool] = (False, self._ids_of(pairs), False)
         self.qualnames = _qualnames(pairs)
+        # the code of both versions of every function: what a dispatcher calls
+        self.version_ids = {id(t[0]) for _, s, t in pairs for t in (s, t)}
 
     def _ids_of(self, pairs: list[tuple[types.FunctionType, Triple, Triple]]) -> set[int]:
         """Ids of the code (nested code too) the pairs leave."""
@@ -131,11 +136,25 @@ class Transition:
         names = {t.ident: t.name for t in threading.enumerate()}
         for tid, top in sys._current_frames().items():
             f: types.FrameType | None = top
+            callee: types.CodeType | None = None
             while f is not None:
-                if id(f.f_code) in self.old_ids:
+                code = f.f_code
+                if id(code) in self.old_ids:
                     where = _where(f, self.qualnames)
                     found.append(f"thread {names.get(tid, '?')!r} (id {tid}) in {where}")
                     break
+                if code is _DISPATCH_CODE and (
+                    callee is None or id(callee) not in self.version_ids
+                ):
+                    # A dispatcher that has chosen a version but not called it yet: the
+                    # thread may have been switched out in between, and would then run
+                    # the version it chose after the transition ended.
+                    found.append(
+                        f"thread {names.get(tid, '?')!r} (id {tid}) choosing a version in "
+                        f"a dispatcher ({_where(f.f_back, self.qualnames) if f.f_back else '?'})"
+                    )
+                    break
+                callee = code
                 f = f.f_back
         if found:
             return found

@@ -54,6 +54,28 @@ class Undo:
                 (id(d.holder), d.name), (d, vars(d.holder).get(d.name, ABSENT))
             )
 
+    def keep(self, engine: Engine, inner: Undo) -> None:
+        """A module was imported during the action this log undoes, and patched with
+        its own log ``inner``: that patch is not the action's to undo (the module stays
+        imported), so what it changed is noted here as it is now."""
+        records = {id(r) for r in engine._payloads.values() if r.state is State.APPLIED}
+        self._records = [
+            _note_record(note[0]) if id(note[0]) in records else note for note in self._records
+        ]
+        for slot, _ in inner._live_funcs.values():
+            self._live_funcs.pop(id(slot.func), None)
+            if engine._funcs.get(id(slot.func)) is slot:
+                self._funcs[id(slot.func)] = slot
+                self._func_stacks = [(s, st) for s, st in self._func_stacks if s is not slot]
+                self._func_stacks.append((slot, list(slot.stack)))
+        for dslot, _ in inner._live_data.values():
+            key = (id(dslot.holder), dslot.name)
+            self._live_data.pop(key, None)
+            if engine._data.get(key) is dslot:
+                self._data[key] = dslot
+                self._data_stacks = [d for d in self._data_stacks if d[0] is not dslot]
+                self._data_stacks.append((dslot, list(dslot.stack), dslot.original))
+
     def restore(self, engine: Engine) -> None:
         """Put the live objects back in one pause, then the bookkeeping."""
         if self.restored:
