@@ -1236,3 +1236,41 @@ def test_name_mangled_private_attributes(lab, body):
     lab.engine.revert(name)
     assert vault.report() == (10, 5, "audited")
     assert_identical(before, snapshot(fn, mod.Vault, mod))
+
+
+def test_a_wrapper_whose_getattr_raises_something_else_is_followed(lab):
+    """A wrapper's ``__getattr__`` may raise KeyError instead of AttributeError for a
+    name it lacks (``cache_clear``): it counts as absent, and the function behind
+    ``__wrapped__`` is patched."""
+    mod = lab.module(
+        "oddwrap",
+        """
+        class Wrapper:
+            def __init__(self, fn):
+                self.__dict__.update(fn=fn, __wrapped__=fn)
+
+            def __call__(self, *args):
+                return self.fn(*args)
+
+            def __getattr__(self, name):
+                return self.__dict__["_settings"][name]  # KeyError, not AttributeError
+
+        def _area(r):
+            return 3 * r * r
+
+        area = Wrapper(_area)
+        """,
+    )
+    inner = mod.area.__wrapped__
+    before = snapshot(inner, mod)
+    name = lab.load(
+        payload("""
+        @patch.function("{m}oddwrap:area")
+        def area(r):
+            return 314 * r * r // 100
+    """)
+    )
+    assert mod.area(10) == 314
+    lab.engine.revert(name)
+    assert mod.area(10) == 300
+    assert_identical(before, snapshot(inner, mod))

@@ -265,7 +265,10 @@ class Agent:
             return {"ok": False, "error": _error(exc)}
         except BaseException as exc:  # noqa: BLE001 - answered: the agent serves on
             return {"ok": False, "error": _error(_internal(str(verb), name, exc))}
-        return {"ok": True, "result": _jsonable(result)}
+        try:
+            return {"ok": True, "result": _jsonable(result)}
+        except Exception as exc:  # noqa: BLE001 - a result JSON cannot carry (a bug)
+            return {"ok": False, "error": _error(_internal(str(verb), name, exc))}
 
     def _bind(self, verb: object, args: dict[str, Any]) -> Callable[[], Any]:
         """The call that answers ``verb``, its arguments checked now: a bad request

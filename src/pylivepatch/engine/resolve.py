@@ -14,6 +14,7 @@ import importlib.util
 import sys
 import types
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import LivepatchError
 from ..payload.manifest import split_target
@@ -143,9 +144,9 @@ def resolve_function(target: str) -> FunctionTarget:
         if isinstance(obj, (staticmethod, classmethod)):
             obj = obj.__func__
             continue
-        if callable(getattr(obj, "cache_clear", None)) and not isinstance(obj, type):
+        if callable(_attr(obj, "cache_clear")) and not isinstance(obj, type):
             caches.append(obj)
-        wrapped = None if isinstance(obj, type) else getattr(obj, "__wrapped__", None)
+        wrapped = None if isinstance(obj, type) else _attr(obj, "__wrapped__")
         if wrapped is not None:
             obj = wrapped
             continue
@@ -184,3 +185,12 @@ def _writable_class(cls: type) -> bool:
     return (
         not (cls.__flags__ & (1 << 8)) if hasattr(cls, "__flags__") else True
     )  # Py_TPFLAGS_IMMUTABLETYPE
+
+
+def _attr(obj: Any, name: str) -> Any:
+    """``getattr(obj, name, None)``, also when a wrapper's ``__getattr__`` raises
+    something else than AttributeError (then it has no such attribute, for us)."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # noqa: BLE001 - a target's own code, whatever it raises
+        return None
