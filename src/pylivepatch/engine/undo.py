@@ -15,11 +15,11 @@ cheap (a few list copies per patched function) and restoring restores identity.
 
 from __future__ import annotations
 
-import types
 from typing import TYPE_CHECKING, Any
 
 from . import pause
 from .resolve import ABSENT
+from .swap import data_ops, func_ops
 from .table import State
 
 if TYPE_CHECKING:
@@ -90,26 +90,11 @@ class Undo:
             return
         ops = pause.Ops()
         caches: dict[int, Any] = {}
-        for slot, (code, defaults, kwdefaults) in self._live_funcs.values():
-            fn = slot.func
-            ops.func_attrs += [
-                (fn, "__code__", code),
-                (fn, "__defaults__", defaults),
-                (fn, "__kwdefaults__", kwdefaults),
-            ]
+        for slot, triple in self._live_funcs.values():
+            func_ops(ops, slot, triple)  # what it had: its free variables match
             caches.update((id(c), c) for c in slot.caches)
         for dslot, value in self._live_data.values():
-            holder, name = dslot.holder, dslot.name
-            if isinstance(holder, types.ModuleType):
-                if value is ABSENT:
-                    ops.dict_dels.append((holder.__dict__, name))
-                else:
-                    ops.dict_sets.append((holder.__dict__, name, value))
-            elif value is ABSENT:
-                if name in vars(holder):
-                    ops.class_dels.append((holder, name))
-            else:
-                ops.class_sets.append((holder, name, value))
+            data_ops(ops, dslot, value)
         ops.caches = list(caches.values())  # results the new code cached
         pause.run(ops, None)
         engine._payloads.clear()
