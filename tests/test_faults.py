@@ -785,16 +785,18 @@ def test_a_module_imported_during_an_action_that_fails_stays_patched(lab, monkey
             e.revert(rec.name, force=True, consistency="immediate")
 
 
-def test_a_thread_that_chose_a_version_but_has_not_called_it_blocks_the_transition(lab):
+def test_a_thread_that_chose_a_version_the_transition_then_left_blocks_it(lab):
     """A dispatcher reads which version to run, then calls it: a thread switched out in
-    between has no frame of either version yet. It is a blocker until it calls, or it
-    would run the version it chose after the transition ended. (Held there by a trace
-    function, as a debugger or coverage could.)"""
+    between has no frame of either version yet. If the transition is reversed meanwhile,
+    the version it chose is the one being left: it is a blocker until it has called it
+    and returned, else it would run new code after the old was back. (Held there by a
+    trace function, as a debugger or coverage could.)"""
     from pylivepatch.engine import transition
 
     mod = lab.module("pair", PAIR)
     e = Engine()
     e.upload("pair-fix", lab.pack(PAIR_FIX))
+    before = snapshot(mod.inner, mod.outer, mod)
     dispatch = transition.Dispatch.__call__.__code__
     inside, go = threading.Event(), threading.Event()
     chains: list[Any] = []
@@ -805,13 +807,13 @@ def test_a_thread_that_chose_a_version_but_has_not_called_it_blocks_the_transiti
 
         def local(f: Any, ev: str, a: Any) -> Any:
             if ev == "line" and not inside.is_set() and f.f_locals.get("frame", 0) is None:
-                inside.set()  # chose; not called yet
+                inside.set()  # chose the new version; not called yet
                 go.wait(10)
             return local
 
         return local
 
-    def caller() -> None:
+    def chooser() -> None:
         for _ in range(5000):
             if "transition" in e._progress.get("pair-fix", {}):
                 break
@@ -822,35 +824,44 @@ def test_a_thread_that_chose_a_version_but_has_not_called_it_blocks_the_transiti
         finally:
             sys.settrace(None)
 
-    old_hold = threading.Event()
+    old_hold = threading.Event()  # an old chain holds the transition past its timeout
     old = threading.Thread(target=mod.outer, args=(old_hold,), daemon=True)
     old.start()
-    t = threading.Thread(target=caller, daemon=True)
+    t = threading.Thread(target=chooser, daemon=True)
     t.start()
     out: dict[str, Any] = {}
-    applier = threading.Thread(target=lambda: out.setdefault("r", e.apply("pair-fix")))
+
+    def apply() -> None:
+        try:
+            e.apply("pair-fix", timeout=1.0)
+        except LivepatchError as exc:
+            out["error"] = exc
+
+    applier = threading.Thread(target=apply)
     applier.start()
     try:
         assert inside.wait(10)
-        old_hold.set()  # the old chain ends: only the chooser holds the transition now
         blockers: list[str] = []
         for _ in range(1000):
             st = e.status("pair-fix")
-            blockers = (st.in_progress or {}).get("blockers") or []
-            if blockers and all("choosing a version" in b for b in blockers):
+            progress = st.in_progress or {}
+            blockers = progress.get("blockers") or []
+            if progress.get("transition") == "reversing" and blockers:
                 break
             time.sleep(0.005)
-        assert blockers and all("choosing a version in a dispatcher" in b for b in blockers)
-        assert e.status("pair-fix").state == "CHECKED", "not complete while it chooses"
+        assert [b for b in blockers if "choosing a version in a dispatcher" in b] == blockers
+        assert blockers, "the reversal waits for the thread that chose the new version"
+        old_hold.set()  # the old chain is no blocker of the way back
     finally:
         go.set()
         old_hold.set()
         t.join(10)
         old.join(10)
         applier.join(20)
-    assert out["r"].state == "APPLIED"
-    assert chains == [("v2", "v2")]
-    e.revert("pair-fix")
+    assert out["error"].code == "timeout"
+    assert chains == [("v2", "v2")], "the chain that chose the new version stayed in it"
+    assert_identical(before, snapshot(mod.inner, mod.outer, mod))
+    assert e.status("pair-fix").state == "CHECKED"
 
 
 def test_a_patched_async_generator_left_open_is_closed_once_by_asyncio(lab):

@@ -198,7 +198,7 @@ class Consistency(Hooked):
                         True,
                     )
                     trans.reverse()
-                    reversed_, deadline = True, time.monotonic() + limit
+                    reversed_, deadline, delay = True, time.monotonic() + limit, 0.001
                     continue
                 if blockers and time.monotonic() >= deadline:
                     if force and not reversed_:
@@ -211,7 +211,7 @@ class Consistency(Hooked):
                         act.emit("reversing", blockers=blockers)
                         first_blockers = blockers
                         trans.reverse()
-                        reversed_, deadline = True, time.monotonic() + limit
+                        reversed_, deadline, delay = True, time.monotonic() + limit, 0.001
                 if blockers:
                     time.sleep(delay)
                     delay = min(delay * 2, 1.0)

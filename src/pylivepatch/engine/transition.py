@@ -146,14 +146,20 @@ class Transition:
                 if code is _DISPATCH_CODE and (
                     callee is None or id(callee) not in self.version_ids
                 ):
-                    # A dispatcher that has chosen a version but not called it yet: the
-                    # thread may have been switched out in between, and would then run
-                    # the version it chose after the transition ended.
-                    found.append(
-                        f"thread {names.get(tid, '?')!r} (id {tid}) choosing a version in "
-                        f"a dispatcher ({_where(f.f_back, self.qualnames) if f.f_back else '?'})"
-                    )
-                    break
+                    # A dispatcher that chose a version but has not called it yet, on a
+                    # view that has changed since (a reversal, or the arming): switched
+                    # out in between, it would run a version the transition has left.
+                    seen = f.f_locals
+                    if "back" in seen and (seen["armed"], seen["back"]) != (
+                        self.view[0],
+                        self.view[2],
+                    ):
+                        where = _where(f.f_back, self.qualnames) if f.f_back else "?"
+                        found.append(
+                            f"thread {names.get(tid, '?')!r} (id {tid}) choosing a version "
+                            f"in a dispatcher ({where})"
+                        )
+                        break
                 callee = code
                 f = f.f_back
         if found:
