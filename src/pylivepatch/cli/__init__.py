@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -16,6 +17,12 @@ from typing import Any, NoReturn
 from ..errors import LivepatchError
 
 EXIT_OK, EXIT_ERROR, EXIT_RETRY = 0, 1, 2
+
+#: modules of this package that declare verbs of their own: each has
+#: ``register(sub)``, which adds its subparsers and sets ``command_function`` (called
+#: with the parsed arguments, returns the exit code) as their default. They must be
+#: light to import: every command line builds the whole parser.
+VERB_MODULES: tuple[str, ...] = ("build",)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,33 +56,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--sign", metavar="KEY", help="sign with this private key (pylivepatch keygen)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
-
-    p = sub.add_parser("build", help="build a payload from two versions of the source")
-    p.add_argument("old", help="the running version: a directory, sdist, wheel or git revision")
-    p.add_argument("new", help="the fixed version, same kinds")
-    p.add_argument("-o", "--output", help="archive to write (NAME.lpz)")
-    p.add_argument("--repo", metavar="DIR", help="OLD and NEW are git revisions of this repository")
-    p.add_argument("--name", help="payload name (default: the output file's stem)")
-    p.add_argument("--version", default="", help="payload version")
-    p.add_argument("--description", default="")
-    p.add_argument(
-        "--metadata", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
-    )
-    p.add_argument("--replace", action="store_true", help="a cumulative payload (atomic replace)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--depends", metavar="BUILD_ID", help="stack on this payload")
-    group.add_argument("--independent", action="store_true", help="stack on nothing (the default)")
-    p.add_argument(
-        "--consistency", default="transition", choices=("transition", "atomic", "immediate")
-    )
-    p.add_argument("--python", metavar="VERSIONS", help="e.g. 3.11,3.12 (default: this one)")
-    p.add_argument(
-        "--allow", action="append", default=[], metavar="KIND",
-        help="accept a refusal kind that a hook, a state or shadow variables handle",
-    )  # fmt: skip
-    p.add_argument("--emit", metavar="FILE", help="also write the generated payload module")
-    p.add_argument("--sign", metavar="KEY", help="sign with this private key (pylivepatch keygen)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
 
     p = sub.add_parser("keygen", help="make an Ed25519 key pair for signing payloads")
     p.add_argument("-o", "--output", required=True, metavar="KEY", help="writes KEY and KEY.pub")
@@ -149,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a command whose Python processes all get an agent")
     p.add_argument("--app", help="the app name `--app` targets select")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ...")
+    for module in VERB_MODULES:
+        importlib.import_module(f"{__name__}.{module}").register(sub)
     return parser
 
 
@@ -164,10 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _pack(args)
         if args.verb == "inspect":
             return _inspect(args)
-        if args.verb == "build":
-            from .build import build_command
-
-            return build_command(args)
+        if getattr(args, "command_function", None) is not None:
+            return int(args.command_function(args))
         if args.verb in ("keygen", "sign", "verify"):
             from . import sign
 

@@ -6,13 +6,49 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..build.builder import BuildOptions, BuildResult, build
 from ..errors import LivepatchError
+
+if TYPE_CHECKING:
+    from ..build.builder import BuildResult
+
+
+def register(sub: Any) -> None:
+    """Declare ``build`` (the builder itself is imported only when it runs)."""
+    p = sub.add_parser("build", help="build a payload from two versions of the source")
+    p.add_argument("old", help="the running version: a directory, sdist, wheel or git revision")
+    p.add_argument("new", help="the fixed version, same kinds")
+    p.add_argument("-o", "--output", help="archive to write (NAME.lpz)")
+    p.add_argument("--repo", metavar="DIR", help="OLD and NEW are git revisions of this repository")
+    p.add_argument("--name", help="payload name (default: the output file's stem)")
+    p.add_argument("--version", default="", help="payload version")
+    p.add_argument("--description", default="")
+    p.add_argument(
+        "--metadata", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    p.add_argument("--replace", action="store_true", help="a cumulative payload (atomic replace)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--depends", metavar="BUILD_ID", help="stack on this payload")
+    group.add_argument("--independent", action="store_true", help="stack on nothing (the default)")
+    p.add_argument(
+        "--consistency", default="transition", choices=("transition", "atomic", "immediate")
+    )
+    p.add_argument("--python", metavar="VERSIONS", help="e.g. 3.11,3.12 (default: this one)")
+    p.add_argument(
+        "--allow", action="append", default=[], metavar="KIND",
+        help="accept a refusal kind that a hook, a state or shadow variables handle",
+    )  # fmt: skip
+    p.add_argument("--emit", metavar="FILE", help="also write the generated payload module")
+    p.add_argument("--sign", metavar="KEY", help="sign with this private key (pylivepatch keygen)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    p.set_defaults(command_function=build_command)
 
 
 def build_command(args: argparse.Namespace) -> int:
+    from ..build.builder import BuildOptions, build
+
     metadata: dict[str, str] = {}
     for item in args.metadata:
         key, sep, value = item.partition("=")
