@@ -415,7 +415,7 @@ def test_the_cli_reports_no_functional_change_and_writes_nothing(lab, versions):
         timeout=120,
     )  # fmt: skip
     assert out.returncode == 1
-    assert out.stderr == "pylivepatch: build: no functional changes found\n"
+    assert out.stderr == "pylivepatch: build: no functional changes found; nothing written\n"
     assert f"nothing  {v.pkg}.m: comments, docstrings" in out.stdout
     assert not (lab.root / "x.lpz").exists()
 
@@ -510,10 +510,12 @@ def test_refused_data_and_module_statements(versions):
         "`print('loaded', 'again')` is new or changed; it ran at import and cannot run again",
         "pkg/m.py:3: mutable-data: pkg.m:NAMES: the value changed and is not an immutable "
         "literal (`['a']` -> `['a', 'b']`); code and objects that hold the old object would "
-        "keep it (use a hook or a state)",
+        "keep it (mutate the existing object in a post_apply hook and undo it in post_revert, "
+        "then --allow mutable-data)",
         "pkg/m.py:4: computed-data: pkg.m:WHEN: the value changed and is not an immutable "
         "literal (`datetime.date(2022, 1, 1)` -> `datetime.date(2024, 1, 1)`); code and "
-        "objects that hold the old object would keep it (use a hook or a state)",
+        "objects that hold the old object would keep it (set the new value in a post_apply "
+        "hook and the old one back in post_revert, then --allow computed-data)",
     ]
 
 

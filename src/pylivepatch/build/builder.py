@@ -100,7 +100,10 @@ def build(old: str, new: str, options: BuildOptions) -> BuildResult:
         from .pack import pack
 
         old_root = old_tree.write(work / "old", _needed_on_disk(old_tree, result))
-        packed = pack(payload, against=str(old_root), pythons=options.pythons)
+        packed = pack(
+            payload, against=str(old_root), pythons=options.pythons,
+            made_by=("built-by", "pylivepatch build"),
+        )  # fmt: skip
         result.data, result.manifest = packed.data, packed.manifest
         result.warnings += packed.warnings
         return result

@@ -613,11 +613,17 @@ class Comparer:
                 new_node.value,
                 (ast.List, ast.Dict, ast.Set, ast.ListComp, ast.DictComp, ast.SetComp),
             )
+            kind = "mutable-data" if mutable else "computed-data"
+            todo = (
+                "mutate the existing object in a post_apply hook and undo it in post_revert"
+                if mutable
+                else "set the new value in a post_apply hook and the old one back in post_revert"
+            )
             self.refuse(
-                "mutable-data" if mutable else "computed-data", new_node.lineno, qual,
+                kind, new_node.lineno, qual,
                 f"the value changed and is not an immutable literal "
                 f"(`{_short(old_node.value)}` -> `{_short(new_node.value)}`); code and objects "
-                "that hold the old object would keep it (use a hook or a state)",
+                f"that hold the old object would keep it ({todo}, then --allow {kind})",
             )  # fmt: skip
             return
         self.change("constant", qual, new_node, value=new_value)

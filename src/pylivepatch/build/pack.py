@@ -447,8 +447,11 @@ def pack(
     *,
     against: str | None = None,
     pythons: list[str] | None = None,
+    made_by: tuple[str, str] = ("packed-by", "pylivepatch pack"),
 ) -> Packed:
-    """Pack a payload module (file or package directory) into archive bytes."""
+    """Pack a payload module (file or package directory) into archive bytes.
+    ``made_by`` is the metadata entry that says what made it (``pylivepatch build``
+    passes ``("built-by", "pylivepatch build")``)."""
     sources = read_sources(path)
     versions = pythons or [python_tag()]
     for v in versions:
@@ -495,7 +498,7 @@ def pack(
         "states": p["states"],
         "replace": p["replace"],
         "consistency": p["consistency"],
-        "metadata": {"packed-by": "pylivepatch pack", **p["metadata"]},
+        "metadata": {made_by[0]: made_by[1], **p["metadata"]},
         "python": sorted(
             {r["python"] for r in results}, key=lambda v: tuple(map(int, v.split(".")))
         ),

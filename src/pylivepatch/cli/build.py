@@ -19,7 +19,12 @@ def register(sub: Any) -> None:
     p = sub.add_parser("build", help="build a payload from two versions of the source")
     p.add_argument("old", help="the running version: a directory, sdist, wheel or git revision")
     p.add_argument("new", help="the fixed version, same kinds")
-    p.add_argument("-o", "--output", help="archive to write (NAME.lpz)")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="archive to write (default: NAME.lpz, NAME from --name)",
+    )
     p.add_argument("--repo", metavar="DIR", help="OLD and NEW are git revisions of this repository")
     p.add_argument("--name", help="payload name (default: the output file's stem)")
     p.add_argument("--version", default="", help="payload version")
@@ -65,39 +70,49 @@ def build_command(args: argparse.Namespace) -> int:
         allow=frozenset(args.allow), repo=args.repo,
     )  # fmt: skip
     result = build(args.old, args.new, options)
+    output = args.output or f"{name}.lpz"
     if result.source and args.emit:
         Path(args.emit).write_text(result.source)
     if result.data and args.sign:
         from .sign import sign_bytes
 
         result.data = sign_bytes(result.data, args.sign)
-    if result.data and args.output:
-        Path(args.output).write_bytes(result.data)
+    if result.data:
+        Path(output).write_bytes(result.data)
+    why = "" if result.data else not_written(result)
     if args.json:
-        print(json.dumps(report_json(result, args.output), indent=2))
+        print(json.dumps(report_json(result, output, why), indent=2))
     else:
-        print_report(result, args.old, args.new, args.output, name)
+        print_report(result, args.old, args.new, output, name)
+        if why:
+            print(f"pylivepatch: build: {why}", file=sys.stderr)
+    return 0 if result.data else 1
+
+
+def not_written(result: BuildResult) -> str:
+    """Why no payload was written: one line that says what to do."""
     if result.refusals:
-        if not args.json:
-            kinds = sorted({r.kind for r in result.refusals})
-            print(
-                f"pylivepatch: build: {len(result.refusals)} change(s) cannot be live-patched "
-                f"({', '.join(kinds)}); nothing written. --allow KIND accepts a kind that a hook, "
-                "a state or shadow variables handle (see docs/patch-author-guide.md)",
-                file=sys.stderr,
-            )
-        return 1
-    if result.no_change:
-        if not args.json:
-            print("pylivepatch: build: no functional changes found", file=sys.stderr)
-        return 1
-    return 0
+        kinds = sorted({r.kind for r in result.refusals})
+        return (
+            f"{len(result.refusals)} change(s) cannot be live-patched ({', '.join(kinds)}); "
+            "nothing written. --allow KIND accepts a kind that a hook, a state or shadow "
+            "variables handle (see docs/patch-author-guide.md)"
+        )
+    if result.allowed and not result.changes:
+        where = ", ".join(f"{r.kind} at {r.file}:{r.line}" for r in result.allowed)
+        return (
+            f"nothing to patch: the only changes are the ones --allow accepted ({where}); "
+            "nothing written. They need a hook, a state or shadow variables: write that "
+            "payload by hand and pack it (see docs/patch-author-guide.md)"
+        )
+    return "no functional changes found; nothing written"
 
 
-def report_json(result: BuildResult, output: str | None) -> dict[str, Any]:
+def report_json(result: BuildResult, output: str | None, why: str = "") -> dict[str, Any]:
     return {
-        "ok": result.ok,
+        "ok": bool(result.data),
         "output": output if result.data else None,
+        "message": why or None,
         "no_functional_change": result.no_change,
         "changes": [
             {"kind": c.kind, "target": c.target, "file": c.file, "line": c.line}
@@ -140,6 +155,6 @@ def print_report(result: BuildResult, old: str, new: str, output: str | None, na
     if result.data and result.manifest:
         man: dict[str, Any] = result.manifest
         print(
-            f"packed {man['name']} -> {output}: {len(man['funcs'])} functions, {len(man['data'])} data, "
+            f"built {man['name']} -> {output}: {len(man['funcs'])} functions, {len(man['data'])} data, "
             f"python {', '.join(man['python'])}, build id {man['build_id'][:16]}"
         )
