@@ -31,6 +31,22 @@ CODES: dict[str, int] = {
     # injected fault, MemoryError). The action was undone like any other failure; the
     # audit record and the message carry the cause.
     "internal": _errno.EIO,
+    # ``pylivepatch attach``: starting an agent in a process started without one.
+    "no-such-process": _errno.ESRCH,
+    "target-stopped": _errno.ESTRPIPE,
+    "already-traced": _errno.EBUSY,
+    "unreadable-binary": _errno.EACCES,
+    "not-cpython": _errno.ENOEXEC,
+    "pyinstaller-bootloader": _errno.ENOEXEC,
+    "unsupported-version": _errno.EOPNOTSUPP,
+    "unsupported-build": _errno.EOPNOTSUPP,
+    "not-initialized": _errno.EAGAIN,
+    "gdb-missing": _errno.ENOENT,
+    "gdb-no-python": _errno.ENOPKG,
+    "remote-debug-disabled": _errno.EPERM,
+    "version-mismatch": _errno.ENOEXEC,
+    "agent-import-failed": _errno.ELIBACC,
+    "attach-hung": _errno.EDEADLK,
 }
 
 #: Codes after which the same request may succeed later (exit code 2).
