@@ -34,6 +34,12 @@ _counter = itertools.count()
 # of this test run, never to the user's own state directory.
 os.environ["PYLIVEPATCH_STATE_DIR"] = tempfile.mkdtemp(prefix="pylivepatch-state-")
 atexit.register(shutil.rmtree, os.environ["PYLIVEPATCH_STATE_DIR"], ignore_errors=True)
+# Agents' sockets too: they live in $XDG_RUNTIME_DIR/pylivepatch (agent/protocol.py), so
+# every agent the tests start (subprocesses inherit the environment) and every command
+# line they run use a directory of this test run; `ps` sees only the tests' processes and
+# the user's own agents are never touched.
+os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pylivepatch-run-")
+atexit.register(shutil.rmtree, os.environ["XDG_RUNTIME_DIR"], ignore_errors=True)
 
 
 class Lab:

@@ -108,7 +108,7 @@ def session(lab):
 def test_every_verb_transcript(session):
     s, pid = session, session.pid
     s.run("ps")
-    s.run("upload", "fix-price", "fix.lpz", "-p", pid)
+    s.run("upload", "fix.lpz", "-p", pid)
     s.run("list", "-p", pid)
     s.run("apply", "fix-price", "-p", pid)
     assert s.call() == "6"
@@ -142,7 +142,7 @@ $ pylivepatch ps
 PID APP PYTHON APPLIED
 PID APP PY -
 [exit 0]
-$ pylivepatch upload fix-price fix.lpz -p PID
+$ pylivepatch upload fix.lpz -p PID
 PID RESULT
 PID uploaded
 [exit 0]
@@ -225,7 +225,8 @@ $ pylivepatch list --app no-such-app
 ! pylivepatch: not-found: no running process of app 'no-such-app' has an agent
 [exit 1]
 $ pylivepatch list
-! pylivepatch: not-found: name the target: -p PID, --app NAME or --tree PID (see `pylivepatch ps`)
+! usage: pylivepatch list [-h] [--installed] [-p PID] [--app NAME] [--tree PID] [--json]
+! pylivepatch: usage: name the target: -p PID, --app NAME or --tree PID (see `pylivepatch ps`)
 [exit 1]
 """.splitlines()
 

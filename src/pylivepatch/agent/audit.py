@@ -57,6 +57,10 @@ class Audit:
 
     def __call__(self, event: Event) -> None:
         late = event.kind == "swapped" and "module" in event.detail
+        if event.kind == "checked" and event.detail.get("flags"):
+            # checks the caller turned off (--no-expect, --no-object-check): carried to
+            # the record of the action they were turned off for
+            _context.flags = (event.action, event.payload, list(event.detail["flags"]))
         if event.kind not in AUDITED and not late:
             return
         d = event.detail
@@ -71,6 +75,11 @@ class Audit:
         }
         if "message" in d:
             record["message"] = d["message"]
+        flags = getattr(_context, "flags", None)
+        if flags is not None and event.kind == "finished":
+            _context.flags = None
+            if flags[:2] == (event.action, event.payload):
+                record["flags"] = flags[2]
         if "module" in d:
             record["module"] = d["module"]
         if "duration_ns" in d:

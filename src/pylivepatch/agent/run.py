@@ -35,8 +35,6 @@ def run(app: str | None, command: Sequence[str]) -> int:
         from .store import check_app
 
         check_app(app)
-    if not command:
-        raise LivepatchError("invalid-payload", "run needs a command: pylivepatch run -- CMD ...")
     exe = shutil.which(command[0])
     if exe is None:
         raise LivepatchError("not-found", f"command {command[0]!r} not found")
@@ -53,10 +51,6 @@ def test(payloads: Sequence[str], command: Sequence[str]) -> int:
 
     from . import testing
 
-    if not command:
-        raise LivepatchError(
-            "invalid-payload", "test needs a command: pylivepatch test FILE -- CMD ..."
-        )
     paths = []
     for p in payloads:
         path = Path(p).resolve()

@@ -4,8 +4,9 @@ every Python process it starts, and report whether they applied.
 The boot ``sitecustomize`` sees ``$PYLIVEPATCH_TEST_PAYLOADS`` (paths, ``os.pathsep``
 separated) and loads them in order with ``wait_imports`` — as an installed payload
 would be at start — instead of starting an agent. Each process appends JSON lines to
-``$PYLIVEPATCH_TEST_REPORT``: one per payload at start, and one at exit saying which
-target modules were still never imported (the payload then did nothing there).
+``$PYLIVEPATCH_TEST_REPORT``: one per payload at start, one for a payload refused at
+an import, and one at exit saying which target modules were still never imported (the
+payload then did nothing there).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import atexit
 import json
 import os
 import sys
+import threading
 from typing import Any
 
 PAYLOADS = "PYLIVEPATCH_TEST_PAYLOADS"
@@ -33,24 +35,48 @@ def _write(record: dict[str, Any]) -> None:
 
 
 def apply_test_payloads() -> None:
-    """Load the payloads named in the environment (in a process CMD started)."""
+    """Load the payloads named in the environment (in a process CMD started).
+
+    A payload refused here, or later by a module it waits for (the module's code is not
+    what it was built against: the installed version is not OLD), is recorded with its
+    code and the process runs on without it: at such an import the payload is taken
+    out (reverted and unloaded) and the module is imported as it is. In a service, that
+    import would fail instead (SPEC §5); under test, the command runs as it would
+    without the payload, and the report says so once.
+    """
     from ..engine import engine
     from ..errors import LivepatchError
+    from ..payload import archive
 
     e = engine()
     names: list[str] = []
+    refusals: dict[str, tuple[str, str, str]] = {}  # module -> (payload, code, message)
+
+    def listen(event: Any) -> None:
+        if event.kind == "refused" and "module" in event.detail and event.payload in names:
+            d = event.detail
+            refusals[d["module"]] = (event.payload, str(d.get("error")), str(d.get("message")))
+
+    e.add_listener(listen)
     for path in filter(None, os.environ.get(PAYLOADS, "").split(os.pathsep)):
+        name = path
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
+            name = archive.read(data).manifest.name
             result = e.load(data, wait_imports=True)
             names.append(result.name)
             _write({"payload": result.name, "event": "applied", "argv": sys.argv[:3]})
         except LivepatchError as exc:
-            _write({"payload": path, "event": "refused", "code": exc.code, "message": exc.message})
-            print(f"pylivepatch test: {path} not applied: {exc}", file=sys.stderr)
+            _write({"payload": name, "event": "refused", "code": exc.code, "message": exc.message})
         except OSError as exc:
-            _write({"payload": path, "event": "refused", "code": "not-found", "message": str(exc)})
+            _write({"payload": name, "event": "refused", "code": "not-found", "message": str(exc)})
+    if not names:
+        e.remove_listener(listen)
+        return
+    waited = {m for n in names for m in e.status(n).pending}
+    if waited:
+        sys.meta_path.insert(0, _RunWithout(waited, refusals, names))
 
     def at_exit() -> None:
         for name in names:
@@ -60,20 +86,93 @@ def apply_test_payloads() -> None:
                 continue
             _write({"payload": name, "event": "exit", "never_imported": list(waiting)})
 
-    if names:
-        atexit.register(at_exit)
+    atexit.register(at_exit)
+
+
+class _RunWithout:
+    """First on ``sys.meta_path``, for the modules the payloads under test wait for: it
+    finds the module through the other finders (the engine's import hook among them)
+    and, if a payload refuses the module, takes that payload out and lets the import
+    finish unpatched."""
+
+    def __init__(
+        self, waited: set[str], refusals: dict[str, tuple[str, str, str]], names: list[str]
+    ) -> None:
+        self.waited, self.refusals, self.names = waited, refusals, names
+        self.inside = threading.local()
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname not in self.waited or getattr(self.inside, "active", False):
+            return None
+        self.inside.active = True
+        try:
+            for finder in list(sys.meta_path):
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+        finally:
+            self.inside.active = False
+        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _Loader(spec.loader, self)  # type: ignore[assignment]
+        return spec
+
+    def refused(self, module: str, error: ImportError) -> None:
+        """The import of ``module`` failed: if a payload under test refused it, take
+        the payload out (or re-raise ``error``)."""
+        from ..engine import engine
+        from ..errors import LivepatchError
+
+        refusal = self.refusals.pop(module, None)
+        if refusal is None:
+            raise error
+        payload, code, message = refusal
+        e = engine()
+        try:
+            e.revert(payload, consistency="immediate")
+            e.unload(payload)
+        except LivepatchError:
+            raise error from None
+        self.names.remove(payload)
+        _write({"payload": payload, "event": "refused", "code": code, "message": message,
+                "module": module})  # fmt: skip
+
+
+class _Loader:
+    def __init__(self, loader: Any, finder: _RunWithout) -> None:
+        self._loader, self._finder = loader, finder
+
+    def create_module(self, spec: Any) -> Any:
+        create = getattr(self._loader, "create_module", None)
+        return create(spec) if create is not None else None
+
+    def exec_module(self, module: Any) -> None:
+        try:
+            self._loader.exec_module(module)
+        except ImportError as exc:
+            self._finder.refused(module.__name__, exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
 
 
 def summarize(path: str) -> tuple[list[str], bool]:
-    """Lines for the operator and whether every process applied every payload."""
+    """Lines for the operator and whether every process applied every payload: a
+    refusal is reported once, with the number of processes it happened in."""
     records = []
     try:
         with open(path) as fh:
             records = [json.loads(line) for line in fh if line.strip()]
     except (OSError, ValueError):
         pass
-    applied = [r for r in records if r["event"] == "applied"]
     refused = [r for r in records if r["event"] == "refused"]
+    out = {(r["pid"], r["payload"]) for r in refused}  # refused later, at an import
+    applied = [
+        r for r in records if r["event"] == "applied" and (r["pid"], r["payload"]) not in out
+    ]
     exits = {(r["pid"], r["payload"]): r["never_imported"] for r in records if r["event"] == "exit"}
     processes = {r["pid"] for r in records}
     lines = []
@@ -92,10 +191,19 @@ def summarize(path: str) -> tuple[list[str], bool]:
                 f"pylivepatch test: {name}: {module} was never imported in {count} of them "
                 "(nothing to patch there)"
             )
+    kinds: dict[tuple[str, str, str, str], set[int]] = {}
     for r in refused:
+        key = (r["payload"], r["code"], r["message"], r.get("module", ""))
+        kinds.setdefault(key, set()).add(r["pid"])
+    for (name, code, message, module), pids in sorted(kinds.items()):
+        when, then = (
+            (f"at the import of {module}", "taken out there, they ran on without it")
+            if module
+            else ("at start", "they ran without it")
+        )
         lines.append(
-            f"pylivepatch test: {r['payload']} REFUSED in process {r['pid']}: "
-            f"{r['code']}: {r['message']}"
+            f"pylivepatch test: {name} REFUSED {when} in {len(pids)} of {len(processes)} Python "
+            f"processes: {code}: {message}; {then}"
         )
     if not records:
         lines.append("pylivepatch test: no Python process started; nothing was applied")

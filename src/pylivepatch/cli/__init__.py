@@ -10,6 +10,7 @@ import argparse
 import errno
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -25,25 +26,114 @@ EXIT_OK, EXIT_ERROR, EXIT_RETRY = 0, 1, 2
 VERB_MODULES: tuple[str, ...] = ("build",)
 
 
+class UsageError(Exception):
+    """A command line that cannot run as typed: code ``usage``, exit 1, the verb's own
+    usage above the one-line message (a JSON error with ``--json``)."""
+
+    code = "usage"
+    errno = errno.EINVAL
+    retryable = False
+
+    def __init__(self, message: str, parser: argparse.ArgumentParser | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.parser = parser
+
+
 class _Parser(argparse.ArgumentParser):
-    """Usage errors exit 1 (2 means "try again" for pylivepatch)."""
+    """Usage errors are :class:`UsageError` (exit 1: 2 means "try again")."""
 
     def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_ERROR, f"pylivepatch: usage: {message}\n")
+        raise UsageError(message, self)
+
+
+class _Once(argparse.Action):
+    """An option that names one thing: given twice, it is a usage error instead of the
+    last one silently winning."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        first = getattr(namespace, self.dest, None)
+        if first is not None:
+            parser.error(f"{option_string} given twice ({first} and {values}): it takes one")
+        setattr(namespace, self.dest, values)
+
+
+#: shared help texts (SPEC §3, §5)
+TIMEOUT_HELP = (
+    "seconds the change may wait for a safe moment (transition: until no thread runs the "
+    "old code, else it is reversed; atomic: until no thread is inside the payload's "
+    "functions); default: the payload's mode, 10 for transition, 1 for atomic; running "
+    "out is the error timeout, exit 2"
+)
+FORCE_HELP = (
+    "when the timeout runs out, complete the change instead of reversing it (threads "
+    "still in the old code finish there); recorded in the audit log as forced"
+)
+NODEPS_HELP = (
+    "do not check the payload's depends: apply it even if the build id it stacks on is "
+    "not the payload applied last"
+)
+NO_EXPECT_HELP = (
+    "accept a payload without an expectation for this interpreter's version (its "
+    "functions' code is then not checked); recorded in the audit log"
+)
+NO_OBJECT_CHECK_HELP = (
+    "accept target modules whose code differs from what the payload was built against "
+    "(dependency-mismatch); the replaced functions are still checked; recorded in the "
+    "audit log"
+)
+JSON_HELP = "print one JSON document instead of text"
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .. import __version__
+    from . import complete
+    from .remote import add_target
+
     parser = _Parser(
         prog="pylivepatch",
         description="Live patching for running Python services.",
+        epilog="`pylivepatch VERB -h` describes a verb. Exit codes: 0 ok, 1 error, 2 try "
+        "again (busy, timeout).",
     )
+    parser.add_argument(
+        "--version", action="version", version=f"pylivepatch {__version__}",
+        help="print the version and exit",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
 
+    def payload_file(p: argparse.ArgumentParser, what: str = "payload archive (.lpz)") -> None:
+        p.add_argument("file", metavar="FILE", help=what)
+
+    def payload_name(p: argparse.ArgumentParser, installed: bool = False) -> None:
+        a = p.add_argument(
+            "name", metavar="NAME", help="payload name (as `list` shows it)"
+        )  # fmt: skip
+        a.completer = complete.installed_names if installed else complete.payload_names  # type: ignore[attr-defined]
+
+    def json_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
+
+    def app_option(p: argparse.ArgumentParser, required: bool, help: str) -> None:
+        a = p.add_argument(
+            "--app", action=_Once, required=required, metavar="NAME", help=help
+        )  # fmt: skip
+        a.completer = complete.apps  # type: ignore[attr-defined]
+
     p = sub.add_parser("pack", help="pack a payload module into a checked .lpz archive")
-    p.add_argument("file", help="payload module (a .py file or a package directory)")
-    p.add_argument("-o", "--output", required=True, help="archive to write (NAME.lpz)")
+    p.add_argument(
+        "file", metavar="FILE", help="payload module (a .py file or a package directory)"
+    )
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="archive to write (NAME.lpz)"
+    )
     p.add_argument(
         "--against",
         metavar="DIR",
@@ -59,31 +149,29 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("keygen", help="make an Ed25519 key pair for signing payloads")
     p.add_argument("-o", "--output", required=True, metavar="KEY", help="writes KEY and KEY.pub")
-    p.add_argument("--json", action="store_true")
+    json_flag(p)
     p = sub.add_parser("sign", help="sign a payload archive (in place, or -o OUT)")
-    p.add_argument("file")
+    payload_file(p)
     p.add_argument("--key", required=True, help="private key from pylivepatch keygen")
-    p.add_argument("-o", "--output", help="write the signed archive here instead")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("-o", "--output", metavar="OUT", help="write the signed archive here instead")
+    json_flag(p)
     p = sub.add_parser("verify", help="check a payload's signature against trusted keys")
-    p.add_argument("file")
+    payload_file(p)
     p.add_argument(
         "--keys", metavar="PATH", help="a public key or a directory of *.pub (default: "
         "$PYLIVEPATCH_TRUSTED_KEYS)",
     )  # fmt: skip
-    p.add_argument("--json", action="store_true")
+    json_flag(p)
 
     p = sub.add_parser("inspect", help="show what a payload archive contains")
-    p.add_argument("file")
+    payload_file(p)
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
     p = sub.add_parser("demo", help="live-patch a running demo service and show it before/after")
     p.add_argument("--json", action="store_true", help="print the steps as JSON lines")
 
-    from .remote import add_target
-
-    p = sub.add_parser("ps", help="processes with an agent")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p = sub.add_parser("ps", help="processes with an agent (all, or those of the TARGET)")
+    add_target(p)
     p = sub.add_parser("list", help="payloads of the target processes")
     p.add_argument(
         "--installed", action="store_true", help="payloads installed for an app (--app) instead"
@@ -91,47 +179,90 @@ def _parser() -> argparse.ArgumentParser:
     add_target(p)
     p = sub.add_parser("log", help="the audit log: every action, who asked, its result")
     p.add_argument("--events", action="store_true", help="the live event history of processes")
-    p.add_argument("-n", "--last", type=int, metavar="N", help="only the last N records")
+    p.add_argument(
+        "-n", "--last", type=int, metavar="N", help="only the last N records (of each process "
+        "with --events)",
+    )  # fmt: skip
     add_target(p)
     p = sub.add_parser("status", help="one payload in the target processes")
-    p.add_argument("name")
+    payload_name(p)
     add_target(p)
-    p = sub.add_parser("upload", help="upload and check a payload")
-    p.add_argument("name")
-    p.add_argument("file")
+    p = sub.add_parser(
+        "upload", help="upload and check a payload (nothing changes)",
+        usage="%(prog)s [NAME] FILE TARGET [options]",
+    )  # fmt: skip
+    p.add_argument(
+        "name", nargs="?", metavar="NAME", help="payload name; optional: the archive names it "
+        "(kept for `upload NAME FILE`, which must match it)",
+    )  # fmt: skip
+    payload_file(p)
+    p.add_argument("--no-expect", action="store_true", help=NO_EXPECT_HELP)
+    p.add_argument("--no-object-check", action="store_true", help=NO_OBJECT_CHECK_HELP)
     add_target(p)
     p = sub.add_parser("load", help="upload and apply a payload (all or nothing)")
-    p.add_argument("file")
-    p.add_argument("--nodeps", action="store_true")
-    p.add_argument("--timeout", type=float)
+    payload_file(p)
+    p.add_argument("--nodeps", action="store_true", help=NODEPS_HELP)
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help=TIMEOUT_HELP)
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
+    p.add_argument("--no-expect", action="store_true", help=NO_EXPECT_HELP)
+    p.add_argument("--no-object-check", action="store_true", help=NO_OBJECT_CHECK_HELP)
     add_target(p)
-    for verb in ("apply", "revert", "replace", "unload"):
-        p = sub.add_parser(verb, help=f"{verb} an uploaded payload")
-        p.add_argument("name")
+    verbs = {
+        "apply": "make an uploaded payload's code run (all or nothing)",
+        "revert": "put back the code an applied payload replaced",
+        "replace": "apply a payload and revert every other one in one step",
+        "unload": "forget an uploaded payload that is not applied",
+    }
+    for verb, text in verbs.items():
+        p = sub.add_parser(verb, help=text)
+        payload_name(p)
         if verb != "unload":
-            p.add_argument("--timeout", type=float)
-            p.add_argument("--force", action="store_true")
+            p.add_argument("--timeout", type=float, metavar="SECONDS", help=TIMEOUT_HELP)
+            p.add_argument("--force", action="store_true", help=FORCE_HELP)
         if verb == "apply":
-            p.add_argument("--nodeps", action="store_true")
+            p.add_argument("--nodeps", action="store_true", help=NODEPS_HELP)
         add_target(p)
     p = sub.add_parser("install", help="install a payload that new processes of an app apply")
-    p.add_argument("file")
-    p.add_argument("--app", required=True, help="the app (`pylivepatch run --app NAME`)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    payload_file(p)
+    app_option(p, True, "the app (`pylivepatch run --app NAME`)")
+    json_flag(p)
     p = sub.add_parser("uninstall", help="stop applying an installed payload in new processes")
-    p.add_argument("name")
-    p.add_argument("--app", required=True)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    payload_name(p, installed=True)
+    app_option(p, True, "the app it is installed for")
+    json_flag(p)
     p = sub.add_parser(
-        "test", help="run a command with payloads applied in all its Python processes"
-    )
-    p.add_argument("file", nargs="+", help="payload archive(s), applied in order; then -- CMD ...")
-    p = sub.add_parser("run", help="run a command whose Python processes all get an agent")
-    p.add_argument("--app", help="the app name `--app` targets select")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ...")
+        "test", help="run a command with payloads applied in all its Python processes",
+        usage="%(prog)s FILE [FILE ...] -- CMD [ARG ...]",
+    )  # fmt: skip
+    p.add_argument(
+        "file", nargs="+", metavar="FILE",
+        help="payload archive(s), applied in order; then -- and the command to run",
+    )  # fmt: skip
+    p = sub.add_parser(
+        "run", help="run a command whose Python processes all get an agent",
+        usage="%(prog)s [--app NAME] -- CMD [ARG ...]",
+    )  # fmt: skip
+    app_option(p, False, "the app name `--app` targets select")
+    p.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command to run"
+    )  # fmt: skip
+    p = sub.add_parser("completion", help="print the shell completion script (bash or zsh)")
+    p.add_argument(
+        "shell", choices=("bash", "zsh"), help='the shell: eval "$(pylivepatch completion bash)"'
+    )  # fmt: skip
     for module in VERB_MODULES:
         importlib.import_module(f"{__name__}.{module}").register(sub)
+    parser.set_defaults(verbs=sub.choices)
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse; an unknown option is reported with the usage of its verb."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        verb = args.verbs.get(args.verb, parser)
+        verb.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,49 +271,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["test"] and "--" in argv:  # test FILE... -- CMD...: CMD is not ours to parse
         cut = argv.index("--")
         argv, command = argv[:cut], argv[cut + 1 :]
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (pylivepatch completion)
+        from .complete import autocomplete
+
+        autocomplete(parser)
+    args: argparse.Namespace | None = None
     try:
-        if args.verb == "pack":
-            return _pack(args)
-        if args.verb == "inspect":
-            return _inspect(args)
-        if getattr(args, "command_function", None) is not None:
-            return int(args.command_function(args))
-        if args.verb in ("keygen", "sign", "verify"):
-            from . import sign
-
-            return int(getattr(sign, args.verb)(args))
-        if args.verb == "demo":
-            from .demo import run_demo
-
-            return run_demo(json_lines=args.json)
-        from . import remote
-
-        if args.verb == "ps":
-            return remote.ps(args)
-        if args.verb in ("list", "status", "log"):
-            return remote.show(args)
-        if args.verb in ("upload", "load", "apply", "revert", "replace", "unload"):
-            return remote.act(args)
-        if args.verb == "install":
-            return remote.install(args)
-        if args.verb == "uninstall":
-            return remote.uninstall(args)
-        if args.verb == "test":
-            from ..agent.run import test
-
-            return test(args.file, command)
-        if args.verb == "run":
-            from ..agent.run import run
-
-            command = args.command[1:] if args.command[:1] == ["--"] else args.command
-            return run(args.app, command)
+        args = _parse(parser, argv)
+        return _run(args, command)
+    except UsageError as exc:
+        verb = exc.parser or (args.verbs.get(args.verb) if args is not None else None)
+        if verb is not None:
+            verb.print_usage(sys.stderr)
+        return _fail(args, argv, exc)
     except LivepatchError as exc:
-        if getattr(args, "json", False):
-            error = {"code": exc.code, "errno": exc.errno, "message": exc.message}
-            print(json.dumps({"ok": False, "error": error}))
-        print(f"pylivepatch: {exc.code}: {exc.message}", file=sys.stderr)
-        return EXIT_RETRY if exc.retryable else EXIT_ERROR
+        return _fail(args, argv, exc)
     except OSError as exc:  # the state directory, a file named on the command line
         code = {errno.EACCES: "permission-denied", errno.EPERM: "permission-denied",
                 errno.ENOENT: "not-found"}.get(exc.errno or 0)  # fmt: skip
@@ -191,6 +295,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+
+
+def _fail(
+    args: argparse.Namespace | None, argv: list[str], exc: UsageError | LivepatchError
+) -> int:
+    """One line on stderr; with ``--json`` also ``{"ok": false, "error": ...}``."""
+    if getattr(args, "json", False) or (args is None and "--json" in argv):
+        error = {"code": exc.code, "errno": exc.errno, "message": exc.message}
+        print(json.dumps({"ok": False, "error": error}))
+    print(f"pylivepatch: {exc.code}: {exc.message}", file=sys.stderr)
+    return EXIT_RETRY if exc.retryable else EXIT_ERROR
+
+
+def _run(args: argparse.Namespace, command: list[str]) -> int:
+    if args.verb == "pack":
+        return _pack(args)
+    if args.verb == "inspect":
+        return _inspect(args)
+    if getattr(args, "command_function", None) is not None:
+        return int(args.command_function(args))
+    if args.verb in ("keygen", "sign", "verify"):
+        from . import sign
+
+        return int(getattr(sign, args.verb)(args))
+    if args.verb == "demo":
+        from .demo import run_demo
+
+        return run_demo(json_lines=args.json)
+    if args.verb == "completion":
+        from .complete import script
+
+        print(script(args.shell), end="")
+        return EXIT_OK
+    if args.verb == "test":
+        if not command:
+            raise UsageError(
+                "test needs a command after --: pylivepatch test FILE... -- CMD ...",
+                args.verbs["test"],
+            )
+        from ..agent.run import test
+
+        return test(args.file, command)
+    if args.verb == "run":
+        command = args.command[1:] if args.command[:1] == ["--"] else args.command
+        if not command:
+            raise UsageError("run needs a command: pylivepatch run -- CMD ...", args.verbs["run"])
+        from ..agent.run import run
+
+        return run(args.app, command)
+    from . import remote
+
+    if args.verb == "ps":
+        return remote.ps(args)
+    if args.verb in ("list", "status", "log"):
+        return remote.show(args)
+    if args.verb in ("upload", "load", "apply", "revert", "replace", "unload"):
+        return remote.act(args)
+    if args.verb == "install":
+        return remote.install(args)
+    if args.verb == "uninstall":
+        return remote.uninstall(args)
     raise AssertionError(args.verb)  # pragma: no cover - argparse rejects unknown verbs
 
 

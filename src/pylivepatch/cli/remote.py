@@ -1,9 +1,10 @@
 """The verbs that act on running processes through their agents (SPEC §10).
 
-TARGET is ``-p PID`` (repeatable), ``--app NAME`` (every process of that app) or
-``--tree PID`` (a process and its descendants). With several processes an action is
-all or nothing: upload and check on all, then apply on each; if one fails, those
-already changed are put back, and a table shows each process's result.
+TARGET is ``-p PID``, ``--app NAME`` (every process of that app) and ``--tree PID``
+(a process and its descendants), each repeatable and combinable: the processes any of
+them names. With several processes an action is all or nothing: upload and check on
+all, then apply on each; if one fails, those already changed are put back, and a
+table shows each process's result.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ import base64
 import json
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,28 +27,44 @@ from ..agent import protocol, store
 from ..client import Client
 from ..errors import LivepatchError
 from ..payload import archive
-from . import render
+from . import UsageError, complete, render
 
 
 def add_target(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-p", "--pid", type=int, action="append", default=[], help="a process (repeatable)"
-    )
-    p.add_argument("--app", help="every process started with `pylivepatch run --app NAME`")
-    p.add_argument("--tree", type=int, metavar="PID", help="a process and its descendants")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    """TARGET: every option repeatable; the processes any of them names."""
+    a = p.add_argument(
+        "-p", "--pid", type=int, action="append", default=[], metavar="PID",
+        help="a process (repeatable)",
+    )  # fmt: skip
+    a.completer = complete.pids  # type: ignore[attr-defined]
+    a = p.add_argument(
+        "--app", action="append", default=[], metavar="NAME",
+        help="every process started with `pylivepatch run --app NAME` (repeatable)",
+    )  # fmt: skip
+    a.completer = complete.apps  # type: ignore[attr-defined]
+    a = p.add_argument(
+        "--tree", type=int, action="append", default=[], metavar="PID",
+        help="a process and its descendants (repeatable)",
+    )  # fmt: skip
+    a.completer = complete.pids  # type: ignore[attr-defined]
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
 
 
 def discover() -> list[dict[str, Any]]:
-    """Every process of this user with a live agent."""
+    """Every process of this user with a live agent, by pid. The socket of a process
+    that is gone (killed before it could remove it) is removed on the way."""
     found = []
     directory = protocol.socket_dir()
-    for path in sorted(directory.glob("*.sock")) if directory.is_dir() else []:
+    paths = directory.glob("*.sock") if directory.is_dir() else []
+    for pid, path in sorted((int(p.stem), p) for p in paths if p.stem.isdigit()):
         try:
-            pid = int(path.stem)
             found.append(Client(pid, timeout=5).ping())
-        except (ValueError, LivepatchError):
-            continue  # not a pid, or a process that is gone
+        except LivepatchError:
+            if not pid_exists(pid):
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
     return found
 
 
@@ -60,38 +80,95 @@ def _children() -> dict[int, list[int]]:
     return kids
 
 
-def select(args: argparse.Namespace) -> list[int]:
-    if args.pid:
-        return list(dict.fromkeys(args.pid))
-    live = {info["pid"]: info for info in discover()}
-    if args.app:
-        pids = sorted(p for p, info in live.items() if info.get("app") == args.app)
-        if not pids:
-            raise LivepatchError(
-                "not-found", f"no running process of app {args.app!r} has an agent"
-            )
-        return pids
-    if args.tree:
-        pids = sorted(p for p in _tree(args.tree) if p in live)
-        if not pids:
-            raise LivepatchError("not-found", f"no process in the tree of {args.tree} has an agent")
-        return pids
-    raise LivepatchError(
-        "not-found", "name the target: -p PID, --app NAME or --tree PID (see `pylivepatch ps`)"
-    )
+def targeted(args: argparse.Namespace) -> bool:
+    return bool(args.pid or args.app or args.tree)
+
+
+def select(args: argparse.Namespace, live: list[dict[str, Any]] | None = None) -> list[int]:
+    """The processes every TARGET option names, in order, each once; an ``--app`` or
+    ``--tree`` that names no live agent is ``not-found``."""
+    if not targeted(args):
+        raise UsageError("name the target: -p PID, --app NAME or --tree PID (see `pylivepatch ps`)")
+    pids = list(args.pid)
+    if args.app or args.tree:
+        agents = {info["pid"]: info for info in (discover() if live is None else live)}
+        for app in args.app:
+            found = sorted(p for p, info in agents.items() if info.get("app") == app)
+            if not found:
+                raise LivepatchError("not-found", f"no running process of app {app!r} has an agent")
+            pids += found
+        for root in args.tree:
+            found = sorted(p for p in _tree(root) if p in agents)
+            if not found:
+                raise LivepatchError("not-found", f"no process in the tree of {root} has an agent")
+            pids += found
+    return list(dict.fromkeys(pids))
+
+
+def _target_words(args: argparse.Namespace) -> str:
+    """The TARGET options as typed, for hints."""
+    return " ".join(
+        [f"-p {p}" for p in args.pid] + [f"--app {a}" for a in args.app]
+        + [f"--tree {t}" for t in args.tree]
+    )  # fmt: skip
+
+
+def waiting_for(s: dict[str, Any]) -> list[str]:
+    """Modules an applied payload still waits for (it patched nothing there yet)."""
+    return list(s.get("pending") or []) if s.get("state") == "APPLIED" else []
+
+
+def state_text(s: dict[str, Any]) -> str:
+    """The state as an operator needs it: a payload applied only to modules not yet
+    imported is WAITING, not APPLIED (nothing of it runs yet)."""
+    waiting = waiting_for(s)
+    if not waiting:
+        return str(s["state"])
+    modules = ", ".join(waiting)
+    if s.get("funcs") or s.get("data"):
+        return f"APPLIED, waiting for import of {modules}"
+    return f"WAITING for import of {modules}"
 
 
 def ps(args: argparse.Namespace) -> int:
+    """Processes with an agent, by pid; with a TARGET only those it names."""
     infos = discover()
+    if targeted(args):
+        try:
+            chosen = set(select(args, infos))
+        except LivepatchError:
+            chosen = set()
+        infos = [i for i in infos if i["pid"] in chosen]
+    for info in infos:  # payloads that wait for an import are shown waiting
+        info["waiting"] = {}
+        if info["applied"]:
+            try:
+                for s in Client(info["pid"], timeout=5).list():
+                    modules = waiting_for(asdict(s))
+                    if modules and not s.funcs and not s.data:
+                        info["waiting"][s.name] = modules
+            except LivepatchError:
+                pass
     if args.json:
         print(json.dumps(infos, indent=2))
         return 0
     if not infos:
-        print("no process with a pylivepatch agent (start one with `pylivepatch run -- CMD`)")
+        if targeted(args):
+            print("no process of the target has a pylivepatch agent")
+        else:
+            print("no process with a pylivepatch agent (start one with `pylivepatch run -- CMD`)")
         return 0
+
+    def applied(info: dict[str, Any]) -> str:
+        waiting = info["waiting"]
+        return ", ".join(
+            f"{n} (waiting for import of {', '.join(waiting[n])})" if n in waiting else n
+            for n in info["applied"]
+        )
+
     render.table(
         ["PID", "APP", "PYTHON", "APPLIED"],
-        [[i["pid"], i["app"], i["python"], ", ".join(i["applied"])] for i in infos],
+        [[i["pid"], i["app"], i["python"], applied(i)] for i in infos],
     )
     return 0
 
@@ -123,13 +200,14 @@ def show(args: argparse.Namespace) -> int:
         elif args.verb == "status":
             out[str(pid)] = asdict(client.status(args.name))
         else:
-            out[str(pid)] = client.log()
+            events = client.log()
+            out[str(pid)] = events[-args.last :] if args.last else events
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     if args.verb == "list":
         rows = [
-            [pid, s["name"], s["state"], s["rc"], s["build_id"][:16], (s["depends"] or "")[:16],
+            [pid, s["name"], state_text(s), s["rc"], s["build_id"][:16], (s["depends"] or "")[:16],
              s["version"], ", ".join(f"{k}={v}" for k, v in sorted(s["metadata"].items())),
              s.get("signature", ""), _transition(s)]
             for pid, payloads in out.items() for s in payloads
@@ -146,7 +224,7 @@ def show(args: argparse.Namespace) -> int:
         for key, s in out.items():
             error = f"  error {s['error']}: {s['message']}" if s["error"] else ""
             render.line(
-                f"process {key}: {s['name']} {s['state']} rc={s['rc']} "
+                f"process {key}: {s['name']} {state_text(s)} rc={s['rc']} "
                 f"build {s['build_id'][:16]} consistency {s['consistency']} "
                 f"{s.get('signature', '')}{error}"
             )
@@ -179,6 +257,7 @@ def act(args: argparse.Namespace) -> int:
     for key in ("nodeps", "timeout", "force"):
         if getattr(args, key, None):
             options[key] = getattr(args, key)
+    checks = {k: True for k in ("no_expect", "no_object_check") if getattr(args, k, False)}
     results: dict[int, str] = {}
     done: list[int] = []
     name = getattr(args, "name", None)
@@ -188,23 +267,29 @@ def act(args: argparse.Namespace) -> int:
     if args.verb in ("upload", "load"):
         data = _payload_bytes(args.file)
         manifest = archive.read(data).manifest
-        name = manifest.name if args.verb == "load" else args.name
+        name = name or manifest.name
         encoded = base64.b64encode(data).decode()
 
         def upload_to(pid: int) -> tuple[str, LivepatchError | None]:
             try:
-                Client(pid)._call("upload", name=name, data=encoded)
+                Client(pid)._call("upload", name=name, data=encoded, **checks)
                 return "uploaded", None
             except LivepatchError as exc:
-                if exc.code == "exists" and _has(pid, name, manifest.build_id):
-                    # the same payload is there already (installed, applied at start):
-                    # not ours to unload if another process refuses
-                    return "already uploaded", None
+                if exc.code == "exists":
+                    other = _status_or_none(pid, name)
+                    if other is not None and other["build_id"] == manifest.build_id:
+                        # the same payload is there already (installed, applied at
+                        # start): not ours to unload if another process refuses
+                        return "already uploaded", None
+                    if other is not None:
+                        exc = LivepatchError(
+                            "exists", _new_version_hint(args, pid, other, manifest)
+                        )
                 return f"{exc.code}: {exc.message}", exc
 
         # Uploads only check and change nothing: they run side by side in every process.
         with (
-            render.progress(f"upload {name}", len(pids)) as advance,
+            render.progress(f"upload {name}", len(pids)) as steps,
             ThreadPoolExecutor(max_workers=min(16, len(pids))) as pool,
         ):
             for pid, (text, exc) in zip(pids, pool.map(upload_to, pids), strict=True):
@@ -213,7 +298,7 @@ def act(args: argparse.Namespace) -> int:
                     uploaded.append(pid)
                 if exc is not None and failure is None:
                     failure = exc
-                advance()
+                steps.advance()
         if failure is not None or args.verb == "upload":
             if failure is not None:
                 for pid in uploaded:
@@ -222,10 +307,11 @@ def act(args: argparse.Namespace) -> int:
             return _report(args, name, pids, results, failure)
     assert name is not None
     verb = "apply" if args.verb == "load" else args.verb
-    with render.progress(f"{verb} {name}", len(pids)) as advance:
+    with render.progress(f"{verb} {name}", len(pids)) as steps:
         for pid in pids:
             try:
-                result = getattr(Client(pid), verb)(name, **options)
+                with _watching(pid, name, steps):
+                    result = getattr(Client(pid), verb)(name, **options)
                 if not result.noop:  # a process that already was so is not put back
                     done.append(pid)
                 results[pid] = result.message if result.noop else DONE[verb]
@@ -236,7 +322,7 @@ def act(args: argparse.Namespace) -> int:
             except LivepatchError as exc:
                 results[pid], failure = f"{exc.code}: {exc.message}", exc
                 break
-            advance()
+            steps.advance()
     if failure is not None and verb in ("apply", "replace"):
         for pid in done:  # all or nothing: put back what was applied
             _quietly(Client(pid).revert, name)
@@ -245,8 +331,68 @@ def act(args: argparse.Namespace) -> int:
             for pid in uploaded:  # only what this action uploaded
                 _quietly(Client(pid).unload, name)
     if failure is None and (args.app or args.tree) and verb in ("apply", "revert"):
-        pids += _newcomers(args, pids, name, verb, data, results)
+        pids += _newcomers(args, pids, name, verb, data, results, checks)
     return _report(args, name, pids, results, failure)
+
+
+@contextmanager
+def _watching(pid: int, name: str, steps: render.Steps) -> Iterator[None]:
+    """While an action runs in ``pid``, show its transition (what it waits for) in the
+    progress line: ``status`` is read every 0.2 s from a second connection."""
+    if not steps.live:
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        client = Client(pid, timeout=5)
+        while not stop.wait(0.2):
+            try:
+                s = client._call("status", name=name)
+            except LivepatchError:
+                continue
+            text = _transition(s)
+            blockers = (s.get("in_progress") or {}).get("blockers") or []
+            if text:
+                steps.note(f"process {pid}: {text}" + (f": {blockers[0]}" if blockers else ""))
+
+    watcher = threading.Thread(target=watch, name="pylivepatch-watch", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join(10)
+
+
+def _status_or_none(pid: int, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(Client(pid)._call("status", name=name))
+    except LivepatchError:
+        return None
+
+
+def _new_version_hint(
+    args: argparse.Namespace, pid: int, other: dict[str, Any], manifest: Any
+) -> str:
+    """What to do when another build of a payload of this name is in the process."""
+    name, target, file = manifest.name, _target_words(args), args.file
+    have = f"{name} {other.get('version') or ''} (build {other['build_id'][:16]})".replace(
+        "  ", " "
+    )
+    new = f"build {manifest.build_id[:16]}"
+    if other["state"] == "CHECKED":
+        return (
+            f"{have} is uploaded in process {pid}, this file is another build ({new}); "
+            f"unload it first: pylivepatch unload {name} {target}, then {args.verb} {file} again"
+        )
+    return (
+        f"{have} is {other['state']} in process {pid}, this file is another build ({new}); "
+        f"to move to it: pylivepatch revert {name} {target} && pylivepatch unload {name} "
+        f"{target} && pylivepatch load {file} {target} (the original code runs in between), "
+        f"or, with no gap, build the new version with --replace under another name and load "
+        f"that: it replaces {name} in one step"
+    )
 
 
 DONE = {"apply": "applied", "revert": "reverted", "replace": "replaced", "unload": "unloaded"}
@@ -259,6 +405,7 @@ def _newcomers(
     verb: str,
     data: bytes,
     results: dict[int, str],
+    checks: dict[str, bool],
 ) -> list[int]:
     """Processes of the target that appeared during the action (a worker respawned by
     its master): bring each to the same state as the others."""
@@ -273,7 +420,7 @@ def _newcomers(
             applied = any(s.name == name and s.state == "APPLIED" for s in client.list())
             if verb == "apply" and not applied:
                 if data:
-                    client.load(data)
+                    client.load(data, **checks)
                 else:
                     client.apply(name)
                 results[pid] = "appeared during the action: applied"
@@ -296,13 +443,6 @@ def _payload_bytes(path: str) -> bytes:
         raise LivepatchError(
             "not-found", f"cannot read payload file {path}: {exc.strerror}"
         ) from None
-
-
-def _has(pid: int, name: str, build_id: str) -> bool:
-    try:
-        return Client(pid).status(name).build_id == build_id
-    except LivepatchError:
-        return False
 
 
 def _quietly(call: Any, *args: Any) -> None:
@@ -372,15 +512,13 @@ def uninstall(args: argparse.Namespace) -> int:
 
 def installed(args: argparse.Namespace) -> int:
     if args.pid or args.tree:
-        raise LivepatchError(
-            "invalid-payload", "list --installed takes --app NAME (or nothing for every app)"
-        )
-    items = [i for app in ([args.app] if args.app else store.apps()) for i in store.installed(app)]
+        raise UsageError("list --installed takes --app NAME (or nothing for every app)")
+    items = [i for app in (args.app or store.apps()) for i in store.installed(app)]
     if args.json:
         print(json.dumps([i.to_dict() for i in items], indent=2))
         return 0
     if not items:
-        print("nothing installed" + (f" for app {args.app}" if args.app else ""))
+        print("nothing installed" + (f" for app {', '.join(args.app)}" if args.app else ""))
         return 0
     render.table(
         ["APP", "#", "NAME", "VERSION", "BUILD ID", "INSTALLED"],
@@ -391,14 +529,20 @@ def installed(args: argparse.Namespace) -> int:
 
 
 def audit_log(args: argparse.Namespace) -> int:
-    """The audit records of the target (every app's when no target is named)."""
-    if args.app:
-        records = store.read_audit(store.check_app(args.app))
+    """The audit records of the target (every app's when no target is named): those of
+    each ``--app``, and by pid from every app's log for ``-p``/``--tree`` (so processes
+    that have exited are included)."""
+    pids = set(args.pid) | {p for root in args.tree for p in _tree(root)}
+    if pids:
+        apps = set(args.app)
+        records = [
+            r for app in store.apps() for r in store.read_audit(_app_of(app))
+            if r.get("pid") in pids or (r.get("app") or "") in apps
+        ]  # fmt: skip
+    elif args.app:
+        records = [r for app in args.app for r in store.read_audit(store.check_app(app))]
     else:
         records = [r for app in store.apps() for r in store.read_audit(_app_of(app))]
-        if args.pid or args.tree:
-            pids = set(args.pid) if args.pid else set(_tree(args.tree))
-            records = [r for r in records if r.get("pid") in pids]
     records.sort(key=lambda r: float(r.get("time", 0)))
     if args.last:
         records = records[-args.last :]
@@ -431,6 +575,12 @@ def _peer(peer: dict[str, Any]) -> str:
 
 
 def _result(r: dict[str, Any]) -> str:
+    flags = r.get("flags")
+    text = _outcome(r)
+    return f"{text} ({', '.join(flags)})" if flags else text
+
+
+def _outcome(r: dict[str, Any]) -> str:
     if r.get("event") == "forced":
         return "forced"
     if r.get("event") == "late-apply":

@@ -14,13 +14,22 @@ from typing import Any
 Row = Sequence[Any]
 
 
-def _width() -> int:
-    if sys.stdout.isatty():
-        return os.get_terminal_size(sys.stdout.fileno()).columns
+def _width(stream: Any = None) -> int:
+    """The width to draw for: the terminal's, else ``$COLUMNS``, else 80 on a terminal
+    (some report a size of 0x0: CI ptys, container consoles) and 200 in a pipe."""
+    stream = sys.stdout if stream is None else stream
+    tty = stream.isatty()
+    if tty:
+        try:
+            columns = os.get_terminal_size(stream.fileno()).columns
+        except (OSError, ValueError):
+            columns = 0
+        if columns > 0:
+            return columns
     try:
         return max(40, int(os.environ.get("COLUMNS", "")))
     except ValueError:
-        return 200
+        return 80 if tty else 200
 
 
 def fancy() -> bool:
@@ -65,26 +74,59 @@ def line(text: str) -> None:
     print(text)
 
 
+class Steps:
+    """What an action reports while it runs: ``advance()`` after each process,
+    ``note(text)`` for what it waits for now. Does nothing unless ``live``."""
+
+    live = False
+
+    def advance(self) -> None:
+        pass
+
+    def note(self, text: str) -> None:
+        pass
+
+
+class _Bar(Steps):
+    live = True
+
+    def __init__(self, bar: Any, task: Any) -> None:
+        self.bar, self.task = bar, task
+
+    def advance(self) -> None:
+        self.bar.advance(self.task)
+
+    def note(self, text: str) -> None:
+        self.bar.update(self.task, note=text)
+
+
 @contextmanager
-def progress(label: str, total: int) -> Iterator[Any]:
-    """A progress bar on a terminal's stderr for actions over several processes;
-    ``advance()`` after each one. Nothing when stderr is not a terminal."""
-    if total < 2 or not sys.stderr.isatty():
-        yield lambda: None
+def progress(label: str, total: int) -> Iterator[Steps]:
+    """Progress on a terminal's stderr while an action runs over ``total`` processes
+    (a bar for several, a spinner and the elapsed time for one), with the latest
+    ``note`` (a transition waiting for threads). Nothing when stderr is not a terminal
+    or rich is not installed; it is erased when the action ends."""
+    if total < 1 or not sys.stderr.isatty():
+        yield Steps()
         return
     try:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
     except ImportError:
-        yield lambda: None
+        yield Steps()
         return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("processes"),
-        console=Console(file=sys.stderr),
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda: bar.advance(task)
+    columns: list[ProgressColumn] = [SpinnerColumn(), TextColumn("{task.description}")]
+    if total > 1:
+        columns += [BarColumn(), MofNCompleteColumn(), TextColumn("processes")]
+    columns += [TimeElapsedColumn(), TextColumn("{task.fields[note]}")]
+    console = Console(file=sys.stderr, width=_width(sys.stderr))
+    with Progress(*columns, console=console, transient=True) as bar:
+        yield _Bar(bar, bar.add_task(label, total=total, note=""))

@@ -1,0 +1,90 @@
+"""Shell completion for bash and zsh, through argcomplete (the ``cli`` extra).
+
+``eval "$(pylivepatch completion bash)"`` (or ``zsh``) registers it; the shell then runs
+``pylivepatch`` with ``_ARGCOMPLETE`` set for every TAB, and this module answers:
+verbs and options from the parser, ``-p``/``--tree`` with the pids of live agents,
+``--app`` with app names, ``NAME`` with the payloads of the target. argcomplete is
+imported only then: a command line that runs a verb never pays for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import LivepatchError
+
+
+def script(shell: str) -> str:
+    """The registration script for ``shell``."""
+    try:
+        import argcomplete
+    except ImportError:
+        raise LivepatchError(
+            "not-found", "shell completion needs argcomplete: pip install 'pylivepatch[cli]'"
+        ) from None
+    return str(argcomplete.shellcode(["pylivepatch"], shell=shell))
+
+
+def autocomplete(parser: argparse.ArgumentParser) -> None:
+    """Answer the shell and exit (argcomplete writes to the descriptor it opened)."""
+    try:
+        import argcomplete
+    except ImportError:
+        raise SystemExit(1) from None
+    argcomplete.autocomplete(parser)
+
+
+def _live() -> list[dict[str, Any]]:
+    from .remote import discover
+
+    return discover()
+
+
+def pids(prefix: str = "", **_: Any) -> list[str]:
+    return [str(i["pid"]) for i in _live() if str(i["pid"]).startswith(prefix)]
+
+
+def apps(prefix: str = "", **_: Any) -> list[str]:
+    from ..agent import store
+
+    names = {str(i.get("app") or "") for i in _live()}
+    try:
+        names |= {a for a in store.apps() if a != store.NO_APP}
+    except (OSError, LivepatchError):
+        pass
+    return sorted(n for n in names if n and n.startswith(prefix))
+
+
+def payload_names(
+    prefix: str = "", parsed_args: argparse.Namespace | None = None, **_: Any
+) -> list[str]:
+    """Payloads uploaded in the processes named so far (every live one if none is)."""
+    from ..client import Client
+    from .remote import select
+
+    try:
+        chosen = select(parsed_args) if parsed_args is not None else []
+    except Exception:  # noqa: BLE001 - no target yet, or one that is gone
+        chosen = []
+    names: set[str] = set()
+    for pid in chosen or [i["pid"] for i in _live()]:
+        try:
+            names |= {s.name for s in Client(pid, timeout=2).list()}
+        except LivepatchError:
+            continue
+    return sorted(n for n in names if n.startswith(prefix))
+
+
+def installed_names(
+    prefix: str = "", parsed_args: argparse.Namespace | None = None, **_: Any
+) -> list[str]:
+    from ..agent import store
+
+    app = getattr(parsed_args, "app", None)
+    if not app:
+        return []
+    try:
+        return [i.name for i in store.installed(app) if i.name.startswith(prefix)]
+    except (OSError, LivepatchError):
+        return []
