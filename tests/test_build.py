@@ -587,8 +587,10 @@ def test_refused_instance_state_unless_allowed(lab, versions):
     v = versions({"m.py": old}, {"m.py": new})
     assert v.refusals() == [
         "pkg/m.py:5: instance-state: pkg.m:Conn.__init__: __init__ now sets self.sent, which "
-        "pkg.m:Conn.send reads; instances created before the patch do not have it (set it up "
-        "with a shadow variable or give the class a default, and --allow instance-state)",
+        "pkg.m:Conn.send reads; instances created before the patch do not have it. Give them a "
+        "default (0, what __init__ sets): `sent = 0` in class Conn in NEW, or `Conn.sent = 0` "
+        "in a pre_apply hook (--hooks FILE, with --allow instance-state), or read it as "
+        "getattr(self, 'sent', 0) in NEW",
     ]
     result = v.build("instance-state")
     assert result.data and [r.kind for r in result.allowed] == ["instance-state"]

@@ -29,10 +29,12 @@ from .compare import (
     Comparer,
     ModuleDiff,
     Refusal,
+    TreeIndex,
     import_time_reads,
     loads,
 )
 from .literals import literal_source
+from .typing_only import VERSION_NAMES, global_runtime_reads, reads
 
 _TYPE_PARAMS: dict[str, Any] = {"type_params": []} if sys.version_info >= (3, 12) else {}
 
@@ -141,6 +143,7 @@ def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult
     warnings: list[str] = []
     refusals: list[Refusal] = []
     texts: dict[str, str] = {}
+    index = _Index(old_tree, new_tree)
     for mod, rel in sorted(new_mods.items()):
         if mod not in old_mods:
             continue  # new modules: refused below if the new code imports them
@@ -149,7 +152,7 @@ def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult
             continue
         old_text, new_text = old_tree.read(old_mods[mod]), new_tree.read(rel)
         texts[mod] = old_text
-        diffs.append(Comparer(mod, rel, old_text, new_text).run())
+        diffs.append(Comparer(mod, rel, old_text, new_text, index).run())
     for mod in sorted(set(old_mods) - set(new_mods)):
         warnings.append(f"module {mod} was removed; the payload leaves it in place")
     added = sorted(set(new_mods) - set(old_mods))
@@ -190,7 +193,17 @@ def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult
             if any(n in text for n in constant_names):
                 old_asts[m] = _parse(text)
         for c, d in constants:
-            refusals += _captured(c, d, old_asts, files)
+            captured = _captured(c, d, old_asts, files)
+            if captured and c.qualname in VERSION_NAMES:
+                d.changes.remove(c)  # the copy and the name stay as they are, consistently
+                where = captured[0].reason.split(";")[0].replace("its old value was ", "")
+                warnings.append(
+                    f"{c.file}:{c.line}: {c.target}: changed, and its old value was {where}; "
+                    "ignored: version metadata describes the release and no code of it decides "
+                    "on it; the payload leaves the name and its copy as OLD had them"
+                )
+                continue
+            refusals += captured
     changes = [c for d in diffs for c in d.changes]
     refusals = [r for d in diffs for r in d.refusals] + refusals
     warnings += [w for d in diffs for w in d.warnings]
@@ -201,6 +214,70 @@ def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult
                 "before the patch keep their old code"
             )
     return BuildResult(diffs, changes, refusals, [], warnings)
+
+
+class _Index(TreeIndex):
+    """What other modules of the trees say about a name, parsed on demand."""
+
+    def __init__(self, old_tree: sources.Tree, new_tree: sources.Tree) -> None:
+        self.trees = {"old": old_tree, "new": new_tree}
+        self.mods = {"old": old_tree.modules(), "new": new_tree.modules()}
+        self.texts: dict[tuple[str, str], str] = {}
+        self.asts: dict[tuple[str, str], ast.Module | None] = {}
+
+    def text(self, side: str, mod: str) -> str:
+        key = (side, mod)
+        if key not in self.texts:
+            rel = self.mods[side].get(mod)
+            self.texts[key] = self.trees[side].read(rel) if rel else ""
+        return self.texts[key]
+
+    def tree(self, side: str, mod: str) -> ast.Module | None:
+        key = (side, mod)
+        if key not in self.asts:
+            self.asts[key] = _parse(self.text(side, mod))
+        return self.asts[key]
+
+    def read_elsewhere(self, module: str, name: str) -> str:
+        last = module.rsplit(".", 1)[-1]
+        for other in sorted(self.mods["new"]):
+            if other == module or name not in self.text("new", other):
+                continue
+            tree = self.tree("new", other)
+            if tree is None:
+                continue
+            is_pkg = self.mods["new"][other].endswith("__init__.py")
+            runtime = global_runtime_reads(tree.body)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and absolute(node, other, is_pkg) == module:
+                    for a in node.names:
+                        local = a.asname or a.name
+                        if a.name == name and local in runtime:
+                            return f"{other} line {runtime[local]}"
+            if last in self.text("new", other):
+                attrs = reads(tree).runtime_attrs
+                if name in attrs:
+                    return f"{other} line {attrs[name]}"
+        return ""
+
+    def origin(self, module: str, name: str) -> tuple[str, str]:
+        seen: set[tuple[str, str]] = set()
+        while (module, name) not in seen:
+            seen.add((module, name))
+            tree = self.tree("old", module)
+            if tree is None:
+                break
+            is_pkg = self.mods["old"].get(module, "").endswith("__init__.py")
+            found = None
+            for node in tree.body:
+                if isinstance(node, ast.ImportFrom):
+                    for a in node.names:
+                        if (a.asname or a.name) == name:
+                            found = (absolute(node, module, is_pkg), a.name)
+            if found is None:
+                break
+            module, name = found
+        return module, name
 
 
 def _parse(text: str) -> ast.Module | None:

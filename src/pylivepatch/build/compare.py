@@ -22,6 +22,15 @@ from typing import Any
 
 from ..payload.fingerprint import fingerprint
 from .literals import NOT_LITERAL, literal_value
+from .typing_only import (
+    VERSION_NAMES,
+    global_runtime_reads,
+    is_typing_definition,
+    reads,
+    runtime_statements,
+    type_checking_branches,
+    typing_statements,
+)
 
 #: refusal kinds, each with what ``--allow KIND`` means
 REFUSALS: dict[str, str] = {
@@ -133,12 +142,8 @@ def _role(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
 
 
 def is_type_checking(node: ast.stmt) -> bool:
-    if not isinstance(node, ast.If):
-        return False
-    t = node.test
-    return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
-        isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING"
-    )
+    """``if TYPE_CHECKING:`` or ``if not TYPE_CHECKING:`` (see :mod:`.typing_only`)."""
+    return type_checking_branches(node) is not None
 
 
 def is_docstring(node: ast.stmt) -> bool:
@@ -154,9 +159,10 @@ def scope_entries(body: list[ast.stmt]) -> tuple[dict[str, Entry], list[ast.stmt
     and the remaining statements, in order."""
     entries: dict[str, Entry] = {}
     others: list[ast.stmt] = []
-    for i, node in enumerate(body):
-        if i == 0 and is_docstring(node):
-            continue
+    if body and is_docstring(body[0]):
+        body = body[1:]
+    # the branch of `if [not] TYPE_CHECKING:` that runs counts as if written here
+    for node in runtime_statements(body):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             role = _role(node)
             if role == "overload":
@@ -180,7 +186,7 @@ def scope_entries(body: list[ast.stmt]) -> tuple[dict[str, Entry], list[ast.stmt
             entries[node.targets[0].id] = Entry("assign", node)
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             entries[node.target.id] = Entry("assign" if node.value else "annotation", node)
-        elif is_type_checking(node) or isinstance(node, ast.Pass):
+        elif isinstance(node, ast.Pass):
             continue
         else:
             others.append(node)
@@ -196,13 +202,17 @@ def _dump(node: ast.AST | list[Any] | None) -> str:
 
 
 def strip_docstrings(tree: ast.Module) -> ast.Module:
-    """A copy without docstrings (each replaced by ``pass`` on the same line)."""
+    """A copy without docstrings (each replaced by ``pass`` on the same line; a
+    module's is dropped, as ``from __future__`` imports may follow it)."""
     tree = copy.deepcopy(tree)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
             if body and is_docstring(body[0]):
-                body[0] = ast.copy_location(ast.Pass(), body[0])
+                if isinstance(node, ast.Module) and len(body) > 1:
+                    del body[0]
+                else:
+                    body[0] = ast.copy_location(ast.Pass(), body[0])
     return tree
 
 
@@ -258,7 +268,7 @@ def import_time_reads(body: list[ast.stmt]) -> Iterator[tuple[ast.AST, str]]:
     """Expressions of ``body`` evaluated when it runs (module or class body): defaults
     and decorators of functions, class bases and bodies, statements — not function
     bodies. Yields (expression, where)."""
-    for node in body:
+    for node in runtime_statements(body):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             a = node.args
             for d in [*a.defaults, *[k for k in a.kw_defaults if k is not None]]:
@@ -269,11 +279,7 @@ def import_time_reads(body: list[ast.stmt]) -> Iterator[tuple[ast.AST, str]]:
             for b in [*node.bases, *node.keywords, *node.decorator_list]:
                 yield b, f"the definition of class {node.name} (line {node.lineno})"
             yield from import_time_reads(node.body)
-        elif (
-            is_type_checking(node)
-            or is_docstring(node)
-            or isinstance(node, (ast.Import, ast.ImportFrom))
-        ):
+        elif is_docstring(node) or isinstance(node, (ast.Import, ast.ImportFrom)):
             continue
         else:
             yield node, f"the module-level statement at line {node.lineno}"
@@ -282,13 +288,53 @@ def import_time_reads(body: list[ast.stmt]) -> Iterator[tuple[ast.AST, str]]:
 # --- comparing ------------------------------------------------------------------------
 
 
+class TreeIndex:
+    """What the other modules of the tree say about a name (the builder gives one;
+    comparing a module alone knows no other module)."""
+
+    def read_elsewhere(self, module: str, name: str) -> str:
+        """Where another module of NEW reads ``module.name`` at run time, or ""."""
+        return ""
+
+    def origin(self, module: str, name: str) -> tuple[str, str]:
+        """The module that defines ``name`` as ``module`` imports it, following
+        re-exports (``from .x import name``) in OLD."""
+        return module, name
+
+
 class Comparer:
     """Compare one module's OLD and NEW source."""
 
-    def __init__(self, module: str, file: str, old_text: str | None, new_text: str | None) -> None:
+    def __init__(
+        self,
+        module: str,
+        file: str,
+        old_text: str | None,
+        new_text: str | None,
+        index: TreeIndex | None = None,
+    ) -> None:
         self.module, self.file = module, file
         self.diff = ModuleDiff(module, file, None, None)
         self.old_text, self.new_text = old_text, new_text
+        self.index = index or TreeIndex()
+
+    def ignore(self, line: int, qual: str, what: str, why: str) -> None:
+        """A change running code never sees: left out of the payload, with a warning."""
+        self.diff.warnings.append(
+            f"{self.file}:{line}: {self.module}:{qual}: {what}; ignored: {why}"
+        )
+
+    def runtime_use(self, name: str) -> str:
+        """Where NEW reads the module global ``name`` at run time (this module or
+        another), or ""."""
+        line = self.runtime_reads.get(name)
+        if line is not None:
+            return f"line {line}"
+        return self.index.read_elsewhere(self.module, name)
+
+    def typing_use(self, name: str) -> int:
+        """The first line where NEW reads ``name`` only in a typing position, or 0."""
+        return self.all_reads.typing.get(name, 0)
 
     def refuse(self, kind: str, line: int, qualname: str, reason: str) -> None:
         target = f"{self.module}:{qualname}" if qualname else self.module
@@ -308,11 +354,18 @@ class Comparer:
         except SyntaxError as exc:
             self.refuse("syntax", exc.lineno or 0, "", f"does not parse: {exc.msg}")
             return d
-        self.old_codes = CodeIndex(d.old, self.file)
-        self.new_codes = CodeIndex(d.new, self.file)
+        try:
+            self.old_codes = CodeIndex(d.old, self.file)
+            self.new_codes = CodeIndex(d.new, self.file)
+        except (SyntaxError, ValueError) as exc:  # parses, but does not compile
+            line = getattr(exc, "lineno", 0) or 0
+            self.refuse("syntax", line, "", f"does not compile: {getattr(exc, 'msg', exc)}")
+            return d
         if fingerprint(self.old_codes.code) == fingerprint(self.new_codes.code):
             d.cosmetic = True  # comments, docstrings, formatting: nothing to do
             return d
+        self.runtime_reads = global_runtime_reads(d.new.body)
+        self.all_reads = reads(d.new.body)
         self.scope(d.old.body, d.new.body, [], [])
         if not d.changes and not d.refusals:
             d.cosmetic = True  # annotations only
@@ -332,17 +385,21 @@ class Comparer:
         in_class = bool(new_path)
         if _dump(old_other) != _dump(new_other):
             self.statements(old_other, new_other, prefix)
+        self.typing_blocks(old_body, new_body, prefix)
         for name, entry in new.items():
             qual = prefix + name
             before = old.get(name)
+            if before is not None and before.kind == "annotation" != entry.kind:
+                before = None  # `x: int` gained a value: a new attribute
             if before is None:
                 self.added(name, qual, entry, new_path, in_class)
+            elif entry.kind == "annotation" and before.kind == "assign":
+                self.diff.warnings.append(
+                    f"{self.file}:{entry.node.lineno}: {self.module}:{qual} lost its value; the "
+                    "payload leaves the old value in place"
+                )
             elif before.kind != entry.kind:
-                self.refuse(
-                    "computed-data", entry.node.lineno, qual,
-                    f"was a {before.kind}, is now a {entry.kind}; a payload cannot change what "
-                    "kind of object a name holds",
-                )  # fmt: skip
+                self.changed_kind(name, qual, before, entry, in_class)
             elif entry.kind == "function":
                 self.function(before, entry, qual, old_path, new_path, in_class)
             elif entry.kind == "class":
@@ -350,11 +407,7 @@ class Comparer:
             elif entry.kind == "assign":
                 self.assign(before, entry, qual)
             elif entry.kind == "import" and _import_key(before) != _import_key(entry):
-                self.refuse(
-                        "computed-data", entry.node.lineno, qual,
-                        f"{name!r} is now imported from another place "
-                        f"({_import_text(before)} -> {_import_text(entry)})",
-                    )  # fmt: skip
+                self.moved_import(name, qual, before, entry, in_class)
         for name, entry in old.items():
             if name in new:
                 continue
@@ -370,6 +423,81 @@ class Comparer:
                     f"{self.file}:{entry.node.lineno}: {self.module}:{qual} was removed; the "
                     "payload leaves it in place (the new code does not use it)"
                 )
+
+    def typing_blocks(
+        self, old_body: list[ast.stmt], new_body: list[ast.stmt], prefix: str
+    ) -> None:
+        """Code under ``if TYPE_CHECKING:`` never runs: a change there is a warning."""
+        olds = {_dump(s) for s in typing_statements(old_body)}
+        for s in typing_statements(new_body):
+            if _dump(s) not in olds:
+                self.ignore(
+                    s.lineno, prefix.rstrip(".") or "<module>",
+                    f"`{_short(s)}` under `if TYPE_CHECKING:` is new or changed",
+                    "code under TYPE_CHECKING never runs (typing-only)",
+                )  # fmt: skip
+
+    def typing_only(self, name: str, in_class: bool) -> bool:
+        """No code of NEW reads ``name`` at run time (module names only: a class
+        attribute can be read through any instance)."""
+        return not in_class and not self.runtime_use(name)
+
+    def changed_kind(
+        self, name: str, qual: str, before: Entry, entry: Entry, in_class: bool
+    ) -> None:
+        line = entry.node.lineno
+        what = f"was a {before.kind}, is now a {entry.kind}"
+        if not in_class and name in VERSION_NAMES:
+            self.ignore(line, qual, what, _VERSION_WHY)
+        elif self.typing_only(name, in_class) and self.typing_use(name):
+            self.ignore(
+                line,
+                qual,
+                what,
+                f"only annotations read it (line {self.typing_use(name)}); typing-only",
+            )
+        else:
+            used = self.runtime_use(name)
+            self.refuse(
+                "computed-data", line, qual,
+                f"{what}; a payload cannot change what kind of object a name holds"
+                + (f" (running code reads it: {used})" if used else ""),
+            )  # fmt: skip
+
+    def moved_import(
+        self, name: str, qual: str, before: Entry, entry: Entry, in_class: bool
+    ) -> None:
+        line = entry.node.lineno
+        what = f"{name!r} is now imported from another place ({_import_text(before)} -> {_import_text(entry)})"
+        is_pkg = self.file.endswith("__init__.py")
+        old_src, new_src = (
+            _import_source(before, self.module, is_pkg),
+            _import_source(entry, self.module, is_pkg),
+        )
+        if (
+            old_src
+            and new_src
+            and (old_src == new_src or self.index.origin(*old_src) == self.index.origin(*new_src))
+        ):
+            self.ignore(
+                line,
+                qual,
+                what,
+                "both name the same object (a relative import, or a re-export of it)",
+            )
+        elif self.typing_only(name, in_class) and self.typing_use(name):
+            self.ignore(
+                line,
+                qual,
+                what,
+                f"only annotations read it (line {self.typing_use(name)}); typing-only",
+            )
+        elif not in_class and name in VERSION_NAMES:
+            self.ignore(line, qual, what, _VERSION_WHY)
+        else:
+            self.refuse(
+                "computed-data", line, qual, what + "; code that holds the old object keeps it"
+            )
 
     def statements(self, old: list[ast.stmt], new: list[ast.stmt], prefix: str) -> None:
         olds = {_dump(s) for s in old}
@@ -391,8 +519,12 @@ class Comparer:
                 return
 
     def new_uses(self, name: str, in_class: bool, path: list[ast.ClassDef]) -> str:
-        """Where the NEW module reads ``name`` (a global, or ``self.name``/``cls.name``)."""
+        """Where the NEW module reads ``name`` at run time (a global, or
+        ``self.name``/``cls.name``); annotations and typing-only code do not count."""
         assert self.diff.new is not None
+        if not in_class:
+            line = self.runtime_reads.get(name)
+            return f"line {line}" if line is not None else ""
         scope: list[ast.stmt] = path[-1].body if in_class else self.diff.new.body
         for top in scope:
             for n in ast.walk(top):
@@ -430,8 +562,21 @@ class Comparer:
             assert isinstance(node, ast.ClassDef)
             self.change("new class", qual, node)
         elif entry.kind == "import":
+            if self.typing_only(name, in_class) and self.typing_use(name):
+                self.ignore(
+                    node.lineno, qual, f"new import `{_short(node)}`",
+                    f"only annotations read it (line {self.typing_use(name)}); an "
+                    "annotation-only import is typing-only",
+                )  # fmt: skip
+                return
             self.change("new import", qual, node)
         elif entry.kind == "assign":
+            if is_typing_definition(node) and self.typing_only(name, in_class):
+                self.ignore(
+                    node.lineno, qual, f"new type alias `{_short(node)}`",
+                    "no running code reads it (only annotations and typing code); typing-only",
+                )  # fmt: skip
+                return
             value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
             if in_class and literal_value(value) is NOT_LITERAL:
                 self.refuse(
@@ -562,7 +707,13 @@ class Comparer:
         type) breaks objects that already exist, if the new code reads it."""
         old_attrs = _init_attrs(old)
         new_attrs = _init_attrs(new)
-        class_level = set(scope_entries(new.body)[0]) | set(scope_entries(old.body)[0])
+        # a bare annotation (`x: int`) makes no class attribute to fall back to
+        class_level = {
+            name
+            for entries in (scope_entries(new.body)[0], scope_entries(old.body)[0])
+            for name, e in entries.items()
+            if e.kind != "annotation"
+        }
         set_anywhere_old = _self_assigned(old)
         changed = {c.qualname for c in self.diff.changes if c.qualname.startswith(qual + ".")}
         readers: dict[str, str] = {}
@@ -577,11 +728,16 @@ class Comparer:
             if attr in class_level:
                 continue  # instances without it fall back to the class attribute
             if attr not in old_attrs and attr not in set_anywhere_old and attr in readers:
+                default = _init_default(new, attr)
+                value = default or "<default>"
                 self.refuse(
                     "instance-state", line, f"{qual}.__init__",
                     f"__init__ now sets self.{attr}, which {self.module}:{qual}.{readers[attr]} reads; "
-                    "instances created before the patch do not have it (set it up with a "
-                    "shadow variable or give the class a default, and --allow instance-state)",
+                    "instances created before the patch do not have it. Give them a default"
+                    + (f" ({default}, what __init__ sets)" if default else "")
+                    + f": `{attr} = {value}` in class {new.name} in NEW, or `{qual}.{attr} = "
+                    f"{value}` in a pre_apply hook (--hooks FILE, with --allow instance-state), "
+                    f"or read it as getattr(self, {attr!r}, {value}) in NEW",
                 )  # fmt: skip
             elif (
                 attr in old_attrs
@@ -608,6 +764,23 @@ class Comparer:
             )
             return
         old_value, new_value = literal_value(old_node.value), literal_value(new_node.value)
+        what = f"changed (`{_short(old_node.value)}` -> `{_short(new_node.value)}`)"
+        in_class = "." in qual
+        if (old_value is NOT_LITERAL or new_value is NOT_LITERAL) and (
+            not in_class and name in VERSION_NAMES
+        ):
+            self.ignore(new_node.lineno, qual, what, _VERSION_WHY)
+            return
+        if (
+            is_typing_definition(old_node)
+            and is_typing_definition(new_node)
+            and self.typing_only(name, in_class)
+        ):
+            self.ignore(
+                new_node.lineno, qual, what.replace("changed", "a type alias changed", 1),
+                "no running code reads it (only annotations and typing code); typing-only",
+            )  # fmt: skip
+            return
         if old_value is NOT_LITERAL or new_value is NOT_LITERAL:
             mutable = isinstance(
                 new_node.value,
@@ -630,6 +803,28 @@ class Comparer:
 
 
 # --- helpers ----------------------------------------------------------------------------
+
+_VERSION_WHY = (
+    "version metadata describes the release and no code of it decides on it; the payload "
+    "leaves OLD's value (a version that is an immutable literal is rebound instead)"
+)
+
+
+def _import_source(entry: Entry, module: str, is_package: bool) -> tuple[str, str] | None:
+    """(absolute module, name) an import binds, for ``from M import name``."""
+    node, alias = entry.node, entry.alias
+    if not isinstance(node, ast.ImportFrom) or alias is None:
+        return None
+    parts = module.split(".")
+    if node.level:
+        if not is_package:
+            parts = parts[:-1]
+        if node.level > 1:
+            parts = parts[: len(parts) - (node.level - 1)]
+        base = ".".join([*parts, *([node.module] if node.module else [])])
+    else:
+        base = node.module or ""
+    return base, alias.name
 
 
 def _import_key(entry: Entry) -> tuple[Any, ...]:
@@ -721,15 +916,56 @@ def _self_assigned(cls: ast.ClassDef) -> set[str]:
 
 
 def _self_reads(func: ast.AST) -> set[str]:
-    """``self.X`` read (``self.X += 1`` reads it too)."""
+    """``self.X`` read (``self.X += 1`` and ``getattr(self, "X")`` read it too;
+    ``getattr(self, "X", default)`` does not: it has an answer for old instances)."""
     augmented = {id(n.target) for n in ast.walk(func) if isinstance(n, ast.AugAssign)}
-    return {
+    found = {
         n.attr
         for n in ast.walk(func)
         if _is_self_attr(n)
         and isinstance(n, ast.Attribute)
         and (isinstance(n.ctx, ast.Load) or id(n) in augmented)
     }
+    for n in ast.walk(func):
+        if (
+            isinstance(n, ast.Call)
+            and isinstance(n.func, ast.Name)
+            and n.func.id == "getattr"
+            and len(n.args) == 2
+            and isinstance(n.args[0], ast.Name)
+            and n.args[0].id == "self"
+            and isinstance(n.args[1], ast.Constant)
+            and isinstance(n.args[1].value, str)
+        ):
+            found.add(n.args[1].value)
+    return found
+
+
+def _init_default(cls: ast.ClassDef, attr: str) -> str:
+    """Source of the value ``__init__`` gives ``self.attr`` when called without
+    arguments for it: a literal, or a parameter's literal default; "" if unknown."""
+    for node in cls.body:
+        if not (isinstance(node, ast.FunctionDef) and node.name == "__init__"):
+            continue
+        a = node.args
+        positional = [*a.posonlyargs, *a.args]
+        named = [x.arg for x in positional[len(positional) - len(a.defaults) :]]
+        defaults = dict(zip(named, a.defaults, strict=True))
+        defaults.update(
+            {x.arg: d for x, d in zip(a.kwonlyargs, a.kw_defaults, strict=True) if d is not None}
+        )
+        for n in ast.walk(node):
+            if isinstance(n, (ast.Assign, ast.AnnAssign)) and n.value is not None:
+                targets = n.targets if isinstance(n, ast.Assign) else [n.target]
+                if not any(_is_self_attr(t) and t.attr == attr for t in targets):  # type: ignore[attr-defined]
+                    continue
+                value = n.value
+                if isinstance(value, ast.Name) and value.id in defaults:
+                    value = defaults[value.id]
+                if literal_value(value) is not NOT_LITERAL:
+                    return ast.unparse(value)
+                return ""
+    return ""
 
 
 def free_names(nodes: list[ast.AST]) -> set[str]:
