@@ -107,10 +107,17 @@ def _prepare_dir(path: Path) -> None:
 class Agent:
     """The control socket of this process."""
 
-    def __init__(self, app: str | None = None) -> None:
+    def __init__(
+        self, app: str | None = None, directory: Path | None = None, public_pid: int | None = None
+    ) -> None:
         self.app = app or ""
         self.pid = os.getpid()
-        self.path = protocol.socket_path(self.pid)
+        # An agent started by ``pylivepatch attach`` lives where the command line that
+        # started it looks (its socket directory), under the pid that command line
+        # knows it by (different from ours inside a container's pid namespace).
+        self.directory = directory
+        self.public_pid = public_pid or self.pid
+        self.path = (directory or protocol.socket_dir()) / f"{self.public_pid}.sock"
         _prepare_dir(self.path.parent)
         if self.path.exists():
             self.path.unlink()
@@ -129,7 +136,7 @@ class Agent:
         import sys
 
         return {
-            "pid": os.getpid(),
+            "pid": self.public_pid,
             "app": self.app,
             "python": sys.version.split()[0],
             "applied": [s.name for s in e.list() if s.state == "APPLIED"]
@@ -344,7 +351,9 @@ def _error(exc: LivepatchError) -> dict[str, Any]:
     return {"code": exc.code, "errno": exc.errno, "message": exc.message}
 
 
-def start(app: str | None = None) -> Agent:
+def start(
+    app: str | None = None, *, directory: Path | None = None, public_pid: int | None = None
+) -> Agent:
     """Start this process's agent (once); forked children start their own.
 
     ``app`` (default ``$PYLIVEPATCH_APP``) names the service this process belongs to:
@@ -352,6 +361,9 @@ def start(app: str | None = None) -> Agent:
     installed for it (``pylivepatch install``) are applied now, in order, the first
     time a process starts its agent. Payloads whose modules are not imported yet are
     applied when those modules are imported.
+
+    ``directory`` and ``public_pid`` place the socket where ``pylivepatch attach``
+    looks (see :mod:`.attached`); forked children keep the directory.
     """
     global _agent, _audit, _started_installed
     with _agent_lock:
@@ -364,7 +376,7 @@ def start(app: str | None = None) -> Agent:
                 _audit = Audit(app)
                 process_engine.when_created(lambda e: e.add_listener(_audit))
                 process_engine.when_created(lambda e: e.add_listener(_notice))
-            _agent = Agent(app)
+            _agent = Agent(app, directory, public_pid)
             atexit.register(_agent.close)
             if not _started_installed:
                 _started_installed = True
@@ -422,10 +434,12 @@ def _report_start(app: str, name: str, exc: LivepatchError, audit: bool = False)
 def _after_fork() -> None:
     global _agent
     if _agent is not None and _agent.pid != os.getpid():
-        app = _agent.app or None
+        app, directory = _agent.app or None, _agent.directory
         _agent.close()  # the parent's listening socket, inherited: not ours to serve
         _agent = None
-        start(app)
+        # A child is named by its own pid: in a container attached from the host that
+        # is the container's pid, not the host's (docs/operating.md, attach limits).
+        start(app, directory=directory)
 
 
 os.register_at_fork(after_in_child=_after_fork)

@@ -23,7 +23,7 @@ EXIT_OK, EXIT_ERROR, EXIT_RETRY = 0, 1, 2
 #: ``register(sub)``, which adds its subparsers and sets ``command_function`` (called
 #: with the parsed arguments, returns the exit code) as their default. They must be
 #: light to import: every command line builds the whole parser.
-VERB_MODULES: tuple[str, ...] = ("build",)
+VERB_MODULES: tuple[str, ...] = ("build", "attach")
 
 
 class UsageError(Exception):
@@ -206,6 +206,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--no-expect", action="store_true", help=NO_EXPECT_HELP)
     p.add_argument("--no-object-check", action="store_true", help=NO_OBJECT_CHECK_HELP)
+    p.add_argument(
+        "--attach", action="store_true",
+        help="first start an agent (pylivepatch attach) in every -p/--tree process that has "
+        "none; a failed attach stops the load before anything changes",
+    )  # fmt: skip
     add_target(p)
     verbs = {
         "apply": "make an uploaded payload's code run (all or nothing)",
@@ -351,6 +356,10 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
     if args.verb in ("list", "status", "log"):
         return remote.show(args)
     if args.verb in ("upload", "load", "apply", "revert", "replace", "unload"):
+        if getattr(args, "attach", False):
+            from .attach import attach_for
+
+            attach_for(args)
         return remote.act(args)
     if args.verb == "install":
         return remote.install(args)

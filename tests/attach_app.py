@@ -1,0 +1,5 @@
+"""The module a payload patches in attach tests (imported by attach_target.py)."""
+
+
+def answer() -> str:
+    return "old"

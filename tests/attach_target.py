@@ -1,0 +1,141 @@
+"""A program started without pylivepatch, for attach tests and benchmarks.
+
+``python attach_target.py MODE STATUS_FILE [--usr1]`` runs:
+
+- two worker threads that compute and check results (any wrong result is counted: an
+  attach must not corrupt a running program) and call ``attach_app.answer()``,
+  recording every distinct answer (so a payload applied through the attached agent
+  shows up);
+- a monitor thread that sleeps 1 ms at a time and records the longest gap between its
+  wake-ups: how long the whole process was frozen;
+- the main thread in MODE: ``busy`` (bytecode and short sleeps), ``cpu`` (a pure
+  loop), ``sleep`` (one long sleep), ``accept`` (a blocked ``accept``), ``wait``
+  (``threading.Event().wait()``), ``asyncio`` (an idle event loop), ``flock`` (blocked
+  in ``flock`` on the file named by $ATTACH_TARGET_LOCK, a call attach cannot run
+  Python in), ``nothreads`` (a pure loop, no other thread at all).
+
+Every 50 ms the monitor writes a JSON status to STATUS_FILE (atomically). With
+``--usr1`` the program handles SIGUSR1 in Python. It never imports pylivepatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+import attach_app
+
+MODE, STATUS = sys.argv[1], sys.argv[2]
+state = {
+    "pid": os.getpid(),
+    "mode": MODE,
+    "python": sys.version.split()[0],
+    "checks": 0,
+    "mismatches": 0,
+    "answers": [],
+    "max_gap_ms": 0.0,
+    "gaps_over_50ms": 0,
+    "main_loops": 0,
+    "usr1": 0,
+    "beat": 0.0,
+    "modules": [],
+}
+EXPECTED = hashlib.sha256(b"x" * 4096).hexdigest()
+
+
+def work() -> None:
+    data = b"x" * 4096
+    while True:
+        ok = hashlib.sha256(data).hexdigest() == EXPECTED and sum(range(1000)) == 499500
+        ok = ok and sorted([3, 1, 2]) == [1, 2, 3] and f"{7:d}-{'a'}" == "7-a"
+        state["checks"] += 1
+        if not ok:
+            state["mismatches"] += 1
+        answer = attach_app.answer()
+        if answer not in state["answers"]:
+            state["answers"].append(answer)
+        time.sleep(0.0005)
+
+
+def monitor() -> None:
+    last = time.monotonic()
+    written = 0.0
+    warm = last + 0.3  # start-up gaps (imports) do not count
+    while True:
+        time.sleep(0.001)
+        now = time.monotonic()
+        gap = (now - last) * 1000
+        if now > warm:
+            state["max_gap_ms"] = max(state["max_gap_ms"], round(gap, 2))
+            if gap > 50:
+                state["gaps_over_50ms"] += 1
+        last = now
+        if now - written >= 0.05:
+            written = now
+            state["beat"] = time.time()
+            state["modules"] = sorted(m for m in sys.modules if m.startswith("pylivepatch"))[:3]
+            tmp = STATUS + ".tmp"
+            with open(tmp, "w") as fh:
+                json.dump(state, fh)
+            os.replace(tmp, STATUS)
+
+
+def on_usr1(signum: int, frame: object) -> None:
+    state["usr1"] += 1
+
+
+if "--usr1" in sys.argv:
+    signal.signal(signal.SIGUSR1, on_usr1)
+if MODE != "nothreads":
+    for _ in range(2):
+        threading.Thread(target=work, daemon=True).start()
+    threading.Thread(target=monitor, daemon=True).start()
+
+if MODE == "busy":
+    while True:
+        state["main_loops"] += 1
+        _ = [i * i for i in range(200)]
+        time.sleep(0.001)
+elif MODE in ("cpu", "nothreads"):
+    n = 0
+    beat = time.monotonic()
+    while True:
+        n += 1
+        if n % 100000 == 0:
+            state["main_loops"] += 1
+            if MODE == "nothreads" and time.monotonic() - beat > 0.05:
+                beat = time.monotonic()
+                state["beat"] = time.time()
+                state["answers"] = sorted({*state["answers"], attach_app.answer()})
+                with open(STATUS + ".tmp", "w") as fh:
+                    json.dump(state, fh)
+                os.replace(STATUS + ".tmp", STATUS)
+elif MODE == "sleep":
+    time.sleep(3600)
+elif MODE == "accept":
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.accept()
+elif MODE == "wait":
+    threading.Event().wait()
+elif MODE == "asyncio":
+    import asyncio
+
+    asyncio.run(asyncio.sleep(3600))
+elif MODE == "flock":
+    import fcntl
+
+    with open(os.environ["ATTACH_TARGET_LOCK"]) as fh:
+        while True:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # held by the test: blocks
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            time.sleep(0.01)
+else:
+    raise SystemExit(f"unknown mode {MODE}")
