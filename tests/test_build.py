@@ -754,7 +754,7 @@ def test_pylivepatch_test_runs_a_suite_against_the_old_version_with_the_payload(
     assert bad.returncode == 1 and bad.stderr.startswith("pylivepatch: invalid-payload: ")
 
 
-def test_refused_syntax_errors_and_name_collisions(versions):
+def test_refused_syntax_errors_and_name_collisions(lab, versions):
     from pylivepatch import LivepatchError
 
     v = versions(
@@ -769,9 +769,23 @@ def test_refused_syntax_errors_and_name_collisions(versions):
         "pkg/c.py:1: syntax: pkg.c: does not parse: '(' was never closed",
     ]
     (v.new / v.pkg / "c.py").write_text("X = 1\n")
+    # two new helpers of one name in two modules: each module gets its own
+    a, b = v.module("a"), v.module("b")
+    name = lab.engine.load(v.build().data).name
+    assert (a.f(), b.g(), a._h.__name__, b._h.__name__) == ("a", "b", "_h", "_h")
+    lab.engine.revert(name)
+    # a value computed when the payload is imported needs one name for two objects
+    (v.new / v.pkg / "a.py").write_text(
+        "from os import sep as S\nA = S + 'a'\n\ndef f():\n    return 1\n"
+    )
+    (v.new / v.pkg / "b.py").write_text(
+        "from os import curdir as S\nB = S + 'b'\n\ndef g():\n    return 1\n"
+    )
     assert v.refusals() == [
-        "pkg/b.py:1: name-collision: pkg.b:_h: the payload needs '_h' as new pkg.b:_h, and as "
-        "new pkg.a:_h for pkg.a; build one payload per module, or rename it in the new version",
+        f"pkg/b.py:{line}: name-collision: pkg.b:S: the payload needs 'S' as from os import "
+        "curdir as S, and as from os import sep as S for pkg.a; build one payload per module, "
+        "or rename it in the new version"
+        for line in (1, 2)  # the new import itself, and the value that reads it
     ]
     with pytest.raises(LivepatchError) as err:
         v.build("name-collision")

@@ -461,8 +461,27 @@ class _Names:
 
     def __init__(self) -> None:
         self.bound: dict[str, tuple[str, str]] = {}  # name -> (module, what)
+        self.new_objects: dict[tuple[str, str], str] = {}  # (module, name) -> payload local
+        self.will_add: set[tuple[str, str]] = set()  # (module, name) new in this payload
+        self.deferred: list[tuple[str, tuple[str, str]]] = []  # (target, new object)
         self.collisions: list[Refusal] = []
         self.where = ("", 0)  # file and line of the change being written
+
+    def claim(self, name: str, module: str, what: str) -> bool:
+        """Bind ``name`` if it is free (or bound the same way); never a collision."""
+        have = self.bound.get(name)
+        if have is None:
+            self.bound[name] = (module, what)
+            return True
+        return have[1] == what
+
+    def local(self, name: str, module: str, what: str, holder: str) -> str:
+        """``name`` if free, else ``holder__name``: for payload names no code reads by name."""
+        if self.claim(name, module, what):
+            return name
+        fallback = f"{holder}__{name}"
+        self.bind(fallback, module, what)
+        return fallback
 
     def bind(self, name: str, module: str, what: str) -> bool:
         """Record that ``name`` means ``what`` of ``module``; False if already bound the same way."""
@@ -503,6 +522,11 @@ def emit(result: BuildResult, options: BuildOptions) -> str:
         args.append(f"depends={options.depends!r}")
     args.append(f"consistency={options.consistency!r}")
     names = _Names()
+    names.will_add = {
+        (c.module, c.qualname)
+        for c in result.changes
+        if c.kind in ("new name", "new function", "new class")
+    }
     names.bind("_lp", "", "pylivepatch")
     names.bind("patch", "", "the Patch")
     imports: list[str] = []
@@ -516,6 +540,9 @@ def emit(result: BuildResult, options: BuildOptions) -> str:
         for c in sorted(d.changes, key=lambda c: c.line):
             names.where = (c.file, c.line)
             body += ctx.emit(c)
+    if names.deferred:
+        body += ["# --- imports of what this payload adds to other modules", ""]
+        body += [f"patch.data({t!r}, {names.new_objects[src]})" for t, src in names.deferred]
     result.refusals += names.collisions
     return "\n".join([*head, *imports, "", *body]).rstrip() + "\n"
 
@@ -553,6 +580,13 @@ class _ModuleContext:
                 if self.names.bind(name, self.module, f"{self.module}.{name}"):
                     self.imports.append(line)
 
+    def _import_source(self, node: ast.Import | ast.ImportFrom, name: str) -> tuple[str, str]:
+        if isinstance(node, ast.ImportFrom):
+            for a in node.names:
+                if (a.asname or a.name) == name:
+                    return absolute(node, self.module, self.is_package), a.name
+        return "", name
+
     def _import_line(self, node: ast.Import | ast.ImportFrom, alias: ast.alias) -> str:
         asname = f" as {alias.asname}" if alias.asname else ""
         if isinstance(node, ast.Import):
@@ -579,13 +613,19 @@ class _ModuleContext:
             assert isinstance(node, ast.ClassDef)
             self.need([*node.bases, *node.keywords, *node.decorator_list, *_class_time(node)])
             self.names.bind(node.name, self.module, f"class {c.target}")
+            self.names.new_objects[(self.module, node.name)] = node.name
             self.emitted_new.add(node.name)
             out += [ast.unparse(node), f"patch.data({c.target!r}, {node.name})"]
-        elif c.kind == "new import":
+        elif c.kind in ("new import", "import"):
             assert isinstance(node, (ast.Import, ast.ImportFrom))
             name = c.qualname.rsplit(".", 1)[-1]
-            self.need([ast.Name(id=name, ctx=ast.Load())])
-            out.append(f"patch.data({c.target!r}, {name})")
+            source = self._import_source(node, name)
+            if source in self.names.will_add:  # added by this payload to another module
+                self.names.deferred.append((c.target, source))
+                out.append(f"# {name}: {source[0]}:{source[1]}, added by this payload (below)")
+            else:
+                self.need([ast.Name(id=name, ctx=ast.Load())])
+                out.append(f"patch.data({c.target!r}, {name})")
         elif c.kind == "new name":
             assert isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None
             name = c.qualname.rsplit(".", 1)[-1]
@@ -594,9 +634,8 @@ class _ModuleContext:
                 out.append(f"patch.data({c.target!r}, {ast.unparse(value)})")
             else:
                 self.need([value])
-                local = name
-                if not self.names.bind(name, self.module, f"new {c.target}"):
-                    local = f"{self.holder}__{name}"
+                local = self.names.local(name, self.module, f"new {c.target}", self.holder)
+                self.names.new_objects[(self.module, name)] = local
                 self.emitted_new.add(name)
                 out += [f"{local} = {ast.unparse(value)}", f"patch.data({c.target!r}, {local})"]
         elif c.kind == "constant":
@@ -657,13 +696,19 @@ class _ModuleContext:
     def added_function(
         self, c: Change, node: ast.FunctionDef | ast.AsyncFunctionDef, local: str
     ) -> list[str]:
-        self.names.bind(local, self.module, f"new {c.target}")
         *classes, name = c.qualname.split(".")
         keep = {"staticmethod", "classmethod", "property"}
         if not classes:
-            self.emitted_new.add(local)
+            local = self.names.local(local, self.module, f"new {c.target}", self.holder)
+            self.names.new_objects[(self.module, name)] = local
             clone = self._strip(node, local, keep)
-            return [ast.unparse(clone), f"patch.data({c.target!r}, {local})"]
+            lines = [ast.unparse(clone)]
+            if local == name:
+                self.emitted_new.add(local)
+            elif c.descriptor is None:  # its own name, as in NEW
+                lines.append(f"{local}.__name__ = {local}.__qualname__ = {name!r}")
+            return [*lines, f"patch.data({c.target!r}, {local})"]
+        self.names.bind(local, self.module, f"new {c.target}")
         # A method is written inside classes named like the target's, so that private
         # names are mangled as there and super() has a __class__ cell (the engine
         # points it at the target class).
