@@ -23,7 +23,7 @@ EXIT_OK, EXIT_ERROR, EXIT_RETRY = 0, 1, 2
 #: ``register(sub)``, which adds its subparsers and sets ``command_function`` (called
 #: with the parsed arguments, returns the exit code) as their default. They must be
 #: light to import: every command line builds the whole parser.
-VERB_MODULES: tuple[str, ...] = ("build", "attach")
+VERB_MODULES: tuple[str, ...] = ("build", "attach", "fleet")
 
 
 class UsageError(Exception):
