@@ -3,7 +3,8 @@
 ``eval "$(pylivepatch completion bash)"`` (or ``zsh``) registers it; the shell then runs
 ``pylivepatch`` with ``_ARGCOMPLETE`` set for every TAB, and this module answers:
 verbs and options from the parser, ``-p``/``--tree`` with the pids of live agents,
-``--app`` with app names, ``NAME`` with the payloads of the target. argcomplete is
+``--app`` with app names, ``NAME`` with the payloads of the target; options when
+the word starts with ``-``. argcomplete is
 imported only then: a command line that runs a verb never pays for it.
 """
 
@@ -32,7 +33,7 @@ def autocomplete(parser: argparse.ArgumentParser) -> None:
         import argcomplete
     except ImportError:
         raise SystemExit(1) from None
-    argcomplete.autocomplete(parser)
+    argcomplete.autocomplete(parser, always_complete_options=False)
 
 
 def _live() -> list[dict[str, Any]]:

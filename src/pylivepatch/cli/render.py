@@ -47,6 +47,7 @@ def table(header: Sequence[str], rows: Sequence[Row], title: str | None = None) 
     try:
         from rich import box
         from rich.console import Console
+        from rich.measure import Measurement
         from rich.table import Table
     except ImportError:
         _plain(header, cells, title)
@@ -58,7 +59,11 @@ def table(header: Sequence[str], rows: Sequence[Row], title: str | None = None) 
         t.add_column(h, no_wrap=True, overflow="fold")
     for row in cells:
         t.add_row(*row)
-    Console(width=_width(), highlight=False, soft_wrap=True).print(t)
+    console = Console(width=_width(), highlight=False, soft_wrap=True)
+    needed = Measurement.get(console, console.options.update_width(1 << 16), t).maximum
+    if needed > console.width:  # wider than the terminal: lines wrap, cells stay whole
+        console = Console(width=needed, highlight=False, soft_wrap=True)
+    console.print(t)
 
 
 def _plain(header: Sequence[str], rows: list[list[str]], title: str | None) -> None:
