@@ -121,10 +121,17 @@ class Transition:
         self.view = (armed, self._ids_of(self.pairs), not back)
 
     def start_triples(self) -> list[tuple[types.FunctionType, Triple]]:
-        """What the first pause installs: the dispatchers."""
+        """What the first pause installs: the dispatchers (asked for once).
+
+        The dispatcher code is handed over, not kept: each holds its ``Dispatch`` (which
+        holds this transition) as a constant, and code objects are invisible to the
+        garbage collector, so a transition that kept them would be a cycle it never
+        frees: every transition would leak its dispatchers and both versions of every
+        function. Once the functions and the frames running them let go of that code,
+        everything goes."""
+        codes, self.dispatch_codes = self.dispatch_codes, []
         return [
-            (fn, (code, None, None))
-            for (fn, _, _), code in zip(self.pairs, self.dispatch_codes, strict=True)
+            (fn, (code, None, None)) for (fn, _, _), code in zip(self.pairs, codes, strict=True)
         ]
 
     def final_triples(self) -> list[tuple[types.FunctionType, Triple]]:
