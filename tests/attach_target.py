@@ -39,6 +39,8 @@ state = {
     "checks": 0,
     "mismatches": 0,
     "answers": [],
+    "last_answer": "",
+    "threads": [],
     "max_gap_ms": 0.0,
     "gaps_over_50ms": 0,
     "main_loops": 0,
@@ -58,6 +60,7 @@ def work() -> None:
         if not ok:
             state["mismatches"] += 1
         answer = attach_app.answer()
+        state["last_answer"] = answer
         if answer not in state["answers"]:
             state["answers"].append(answer)
         time.sleep(0.0005)
@@ -80,6 +83,7 @@ def monitor() -> None:
             written = now
             state["beat"] = time.time()
             state["modules"] = sorted(m for m in sys.modules if m.startswith("pylivepatch"))[:3]
+            state["threads"] = sorted(t.name for t in threading.enumerate())
             tmp = STATUS + ".tmp"
             with open(tmp, "w") as fh:
                 json.dump(state, fh)
@@ -112,7 +116,8 @@ elif MODE in ("cpu", "nothreads"):
             if MODE == "nothreads" and time.monotonic() - beat > 0.05:
                 beat = time.monotonic()
                 state["beat"] = time.time()
-                state["answers"] = sorted({*state["answers"], attach_app.answer()})
+                state["last_answer"] = attach_app.answer()
+                state["answers"] = sorted({*state["answers"], state["last_answer"]})
                 with open(STATUS + ".tmp", "w") as fh:
                     json.dump(state, fh)
                 os.replace(STATUS + ".tmp", STATUS)

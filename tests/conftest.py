@@ -171,3 +171,19 @@ def park(func, name: str) -> tuple[Parked, threading.Thread]:
     t.start()
     assert arg.inside.wait(5)
     return arg, t
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Figures tests record with ``record_property("report", text)`` (attach's freeze
+    times, for one): printed at the end of the run."""
+    lines = [
+        f"{report.nodeid.split('::')[-1]}: {value}"
+        for report in terminalreporter.stats.get("passed", [])
+        if report.when == "call"
+        for name, value in report.user_properties
+        if name == "report"
+    ]
+    if lines:
+        terminalreporter.section("reported figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -85,25 +85,26 @@ def attach(
     info = _ping(pid)
     if info is not None:
         return _already(pid, info, started)
-    target = preflight.find_target(pid)
-    if target.uid != os.getuid():
-        raise LivepatchError(
-            "permission-denied",
-            f"process {pid} belongs to uid {target.uid}: run attach as that user "
-            f"(sudo -u '#{target.uid}' pylivepatch attach {pid}); its agent serves that "
-            "user (and root), and later commands find it in that user's socket directory",
-        )
-    if wake is not None:
-        _check_wake(target, wake)
+    preflight.check_process(pid)  # a wrong pid is told at once, not after the lock
     directory = protocol.socket_dir()  # where this command line looks for agents
-    here_dir = target.here(directory)
-    _prepare(here_dir)
-    if target.other_namespace:
-        _prepare(directory)
-    with _lock(here_dir, pid, deadline):
+    _prepare(directory)
+    with _lock(directory, pid, deadline):
         info = _ping(pid)
         if info is not None:  # another attach finished while we waited for the lock
             return _already(pid, info, started)
+        target = preflight.find_target(pid)
+        if target.uid != os.getuid():
+            raise LivepatchError(
+                "permission-denied",
+                f"process {pid} belongs to uid {target.uid}: run attach as that user "
+                f"(sudo -u '#{target.uid}' pylivepatch attach {pid}); its agent serves that "
+                "user (and root), and later commands find it in that user's socket directory",
+            )
+        if wake is not None:
+            _check_wake(target, wake)
+        here_dir = target.here(directory)
+        if target.other_namespace:
+            _prepare(here_dir)
         library = bootstrap.library(here_dir)
         channel = bootstrap.Channel(here_dir, str(directory))
         try:
@@ -141,7 +142,7 @@ def attach(
             )
     return Attached(
         pid=pid,
-        python=target.python,
+        python=str(described.get("python") or target.python),
         via=via,
         socket=str(protocol.socket_path(pid)),
         total_ms=round((time.monotonic() - started) * 1000, 1),
@@ -290,6 +291,10 @@ class _lock:
                 time.sleep(0.02)
 
     def __exit__(self, *exc: object) -> None:
+        try:
+            self.path.unlink()  # still ours: a waiter that got the old file pings first
+        except OSError:
+            pass
         os.close(self.fd)
 
 

@@ -8,7 +8,7 @@ for the caller to turn into a clear error.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 PROC = Path("/proc")
@@ -16,7 +16,7 @@ PROC = Path("/proc")
 #: x86-64 system call numbers a parked thread may sit in (for plans and messages)
 SYSCALL_NAMES = {
     0: "read", 7: "poll", 19: "readv", 23: "select", 34: "pause", 35: "nanosleep",
-    43: "accept", 45: "recvfrom", 47: "recvmsg", 61: "wait4", 128: "rt_sigtimedwait",
+    43: "accept", 45: "recvfrom", 73: "flock", 47: "recvmsg", 61: "wait4", 128: "rt_sigtimedwait",
     130: "rt_sigsuspend", 202: "futex", 230: "clock_nanosleep", 232: "epoll_wait",
     247: "waitid", 270: "pselect6", 271: "ppoll", 281: "epoll_pwait", 288: "accept4",
     441: "epoll_pwait2",
@@ -182,7 +182,6 @@ class Privileges:
     uid: int
     cap_sys_ptrace: bool
     ptrace_scope: int | None  # Yama's kernel.yama.ptrace_scope; None: no Yama
-    ancestors: tuple[int, ...] = field(default=())
 
 
 def privileges() -> Privileges:
@@ -195,14 +194,3 @@ def privileges() -> Privileges:
     except (OSError, ValueError):
         scope = None
     return Privileges(os.getuid(), bool(cap >> CAP_SYS_PTRACE & 1), scope)
-
-
-def ancestors(pid: int) -> list[int]:
-    out = []
-    while pid > 1:
-        st = status(pid)
-        if st is None:
-            break
-        pid = st.ppid
-        out.append(pid)
-    return out

@@ -1,0 +1,385 @@
+"""``pylivepatch attach``: real targets started without pylivepatch, in every main-thread
+state, on this interpreter (CI runs the suite on every interpreter it has), attached
+through the real command line and gdb, then patched and reverted through the attached
+agent. Each target checks its own results while being attached and stays alive; its
+longest freeze is reported (``-rA`` or the summary at the end)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from attach_support import (
+    GDB,
+    MODES,
+    Target,
+    attach_json,
+    cli,
+    interpreters,
+    payload,
+    target_env,
+)
+from pylivepatch import Client, LivepatchError
+
+pytestmark = pytest.mark.skipif(
+    GDB is None and sys.version_info < (3, 14),
+    reason="gdb is not installed (.ci/run installs it: attach needs it before 3.14)",
+)
+
+#: how each main-thread state is entered (auto plan): queued for the main thread, or
+#: run on it while it waits in an allow-listed system call
+PLANS = {
+    "busy": {"pending", "direct"},  # bytecode with 1 ms sleeps: either, by the moment
+    "cpu": {"pending"},
+    "sleep": {"direct"},
+    "accept": {"direct"},
+    "wait": {"pending"},  # a futex: never direct; woken with EINTR
+    "asyncio": {"direct"},
+}
+PYTHON = "{}.{}".format(*sys.version_info[:2])
+
+
+@pytest.fixture(scope="module")
+def fix(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return payload(tmp_path_factory.mktemp("attach-payload"))
+
+
+def patch_and_revert(t: Target, data: bytes) -> None:
+    """Load the payload through the attached agent, see every worker run the new code,
+    revert, see the old code again."""
+    client = Client(t.pid)
+    result = client.load(data)
+    assert result.state == "APPLIED"
+    t.wait("the new code", lambda s: s["last_answer"] == "new")
+    assert client.revert("attach-fix").state == "CHECKED"
+    t.wait("the old code again", lambda s: s["last_answer"] == "old")
+    client.unload("attach-fix")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_attach_in_each_main_thread_state(
+    tmp_path: Path, mode: str, fix: bytes, record_property: pytest.RecordProperty
+) -> None:
+    t = Target(tmp_path, mode)
+    try:
+        before = t.ready()
+        r = attach_json(t.pid)
+        assert r["result"] in PLANS[mode], r
+        assert r["python"] == sys.version.split()[0]
+        after = t.alive_and_sound()
+        assert "pylivepatch-agent" in after["threads"]
+        assert Client(t.pid).ping()["pid"] == t.pid
+        patch_and_revert(t, fix)
+        final = t.alive_and_sound()
+        record_property(
+            "report",
+            f"attach python {PYTHON} main thread {mode}: via {r['result']}, agent up in "
+            f"{r['total_ms']:.0f} ms, gdb {r['held_ms']:.0f} ms, longest freeze "
+            f"{final['max_gap_ms']:.0f} ms (before attach {before['max_gap_ms']:.0f} ms), "
+            f"{final['checks']} checks, 0 wrong",
+        )
+    finally:
+        t.stop()
+
+
+def test_attach_brings_the_agent_by_path_when_the_target_cannot_import_it(
+    tmp_path: Path, fix: bytes
+) -> None:
+    """-S: no site-packages, so no pylivepatch in the target: the agent comes from a
+    private read-only copy owned by this user."""
+    t = Target(tmp_path, "sleep", flags=["-S"])
+    try:
+        t.ready()
+        r = attach_json(t.pid)
+        package = Path(r["agent_package"])
+        lib = package.parent
+        assert lib.parent.name == "lib" and lib.parent.parent == Path(r["socket"]).parent
+        for p in [lib, *lib.rglob("*")]:
+            st = p.lstat()
+            assert st.st_uid == os.getuid()
+            assert st.st_mode & 0o222 == 0, f"{p} is writable"
+        patch_and_revert(t, fix)
+        t.alive_and_sound()
+    finally:
+        t.stop()
+
+
+def test_attach_to_debians_stripped_interpreter(tmp_path: Path, fix: bytes) -> None:
+    """Only dynamic symbols: Debian's /usr/bin/python3 has no debug information and a
+    static libpython (.ci/run installs it)."""
+    exe = Path("/usr/bin/python3")
+    if not exe.exists():
+        pytest.skip("no /usr/bin/python3 (Debian's python3 package)")
+    version = subprocess.run(
+        [str(exe), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    if not (3, 10) <= tuple(map(int, version.split("."))) <= (3, 14):
+        pytest.skip(f"Debian's python3 is {version}")
+    t = Target(tmp_path, "wait", python=str(exe))
+    try:
+        t.ready()
+        r = attach_json(t.pid)
+        assert r["result"] == "pending"
+        assert "/lib/" in r["agent_package"]  # Debian's Python has no pylivepatch
+        if version == PYTHON:  # the payload's fingerprints are this interpreter's
+            patch_and_revert(t, fix)
+        t.alive_and_sound()
+    finally:
+        t.stop()
+
+
+def test_every_other_interpreter_here_in_two_states(tmp_path: Path) -> None:
+    """The suite runs on one interpreter; every other CPython 3.10-3.13 here is attached
+    too (by path: they have no pylivepatch), blocked and running bytecode."""
+    others = {v: exe for v, exe in interpreters().items() if v != PYTHON and v < "3.14"}
+    if not others:
+        pytest.skip("no other CPython here")
+    for version, exe in sorted(others.items()):
+        for mode in ("wait", "cpu"):
+            t = Target(tmp_path, mode, python=exe)
+            try:
+                t.ready()
+                r = attach_json(t.pid)
+                assert r["python"].startswith(version + "."), r
+                assert Client(t.pid).ping()["python"] == r["python"]
+                t.alive_and_sound()
+            finally:
+                t.stop()
+
+
+def test_attach_is_idempotent(tmp_path: Path) -> None:
+    t = Target(tmp_path, "sleep")
+    try:
+        t.ready()
+        first = attach_json(t.pid)
+        assert first["result"] == "direct"
+        again = cli("attach", str(t.pid))
+        assert again.returncode == 0
+        assert again.stdout == f"pid {t.pid}: already has an agent (python {first['python']}); nothing to do\n"  # fmt: skip
+        after = t.alive_and_sound()
+        assert after["threads"].count("pylivepatch-agent") == 1
+    finally:
+        t.stop()
+
+
+def test_two_attaches_at_once_make_one_agent(tmp_path: Path) -> None:
+    t = Target(tmp_path, "busy")
+    try:
+        t.ready()
+        both = [
+            subprocess.Popen(
+                [sys.executable, "-m", "pylivepatch", "attach", str(t.pid), "--json"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for _ in range(2)
+        ]
+        docs = []
+        for p in both:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+            docs.append(json.loads(out)["results"][0]["result"])
+        assert sorted(docs)[0] == "already" and sorted(docs)[1] in ("pending", "direct"), docs
+        assert t.alive_and_sound()["threads"].count("pylivepatch-agent") == 1
+    finally:
+        t.stop()
+
+
+def test_load_attach_attaches_then_loads(tmp_path: Path, fix: bytes) -> None:
+    t = Target(tmp_path, "accept")
+    try:
+        t.ready()
+        archive = tmp_path / "attach-fix.lpz"
+        archive.write_bytes(fix)
+        r = cli("load", str(archive), "-p", str(t.pid), "--attach")
+        assert r.returncode == 0, r.stderr
+        assert f"attached pid {t.pid}: python " in r.stderr
+        t.wait("the new code", lambda s: s["last_answer"] == "new")
+        # a second --attach finds the agent and only loads (here: already loaded)
+        r = cli("revert", "attach-fix", "-p", str(t.pid))
+        assert r.returncode == 0, r.stderr
+        t.wait("the old code", lambda s: s["last_answer"] == "old")
+        t.alive_and_sound()
+    finally:
+        t.stop()
+
+
+# -- pre-flight: every refusal is immediate, named, and leaves the target alone ----------
+
+
+def refused(pid: int, code: str, *args: str, **kw: object) -> str:
+    r = cli("attach", str(pid), *args, **kw)  # type: ignore[arg-type]
+    assert r.returncode == (2 if code == "timeout" else 1), (r.returncode, r.stdout, r.stderr)
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"pylivepatch: {code}: "), r.stderr
+    assert "Traceback" not in r.stderr
+    return line
+
+
+def test_no_such_process() -> None:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    line = refused(p.pid, "no-such-process")
+    assert line == f"pylivepatch: no-such-process: there is no process {p.pid}"
+
+
+def test_zombie() -> None:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        for _ in range(500):
+            if Path(f"/proc/{p.pid}/status").read_text().find("State:\tZ") >= 0:
+                break
+            time.sleep(0.01)
+        line = refused(p.pid, "no-such-process")
+        assert "has exited (a zombie not yet reaped by its parent" in line
+    finally:
+        p.wait()
+
+
+def test_stopped_target_is_refused_then_attached_once_resumed(tmp_path: Path) -> None:
+    t = Target(tmp_path, "sleep")
+    try:
+        t.ready()
+        os.kill(t.pid, signal.SIGSTOP)
+        for _ in range(500):
+            if "State:\tT" in Path(f"/proc/{t.pid}/status").read_text():
+                break
+            time.sleep(0.01)
+        line = refused(t.pid, "target-stopped")
+        assert line.endswith(f"resume it first with `kill -CONT {t.pid}`")
+        os.kill(t.pid, signal.SIGCONT)
+        assert attach_json(t.pid)["result"] == "direct"
+        t.alive_and_sound()
+    finally:
+        t.stop()
+
+
+def test_already_traced_names_the_tracer(tmp_path: Path) -> None:
+    t = Target(tmp_path, "busy")
+    tracer = subprocess.Popen(
+        [sys.executable, "-c",
+         "import ctypes, sys, time\n"
+         "libc = ctypes.CDLL(None, use_errno=True)\n"
+         "print(libc.ptrace(0x4206, int(sys.argv[1]), 0, 0), flush=True)\n"  # PTRACE_SEIZE
+         "time.sleep(120)\n", str(t.pid)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        t.ready()
+        assert tracer.stdout is not None and tracer.stdout.readline().strip() == "0"
+        line = refused(t.pid, "already-traced")
+        assert f"is traced by process {tracer.pid} (python" in line
+        tracer.kill()
+        tracer.wait()
+        t.alive_and_sound()  # seized, never stopped: it ran on all along
+    finally:
+        tracer.kill()
+        tracer.wait()
+        t.stop()
+
+
+def test_not_cpython() -> None:
+    p = subprocess.Popen(["sleep", "60"])
+    try:
+        line = refused(p.pid, "not-cpython")
+        assert "(/usr/bin/sleep) is not a CPython interpreter" in line
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_unsupported_version(tmp_path: Path) -> None:
+    root = Path(os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))) / "versions"
+    old = sorted(root.glob("3.9.*/bin/python3.9"))
+    if not old:
+        pytest.skip("no CPython 3.9 here")
+    p = subprocess.Popen([str(old[0]), "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(0.3)
+        line = refused(p.pid, "unsupported-version")
+        assert "runs CPython 3.9." in line and "support CPython 3.10-3.14" in line
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_another_user_without_cap_sys_ptrace(tmp_path: Path) -> None:
+    """Root without CAP_SYS_PTRACE may not trace uid 12345's process: refused before
+    gdb, naming the fix."""
+    if os.getuid() != 0 or not Path("/usr/bin/setpriv").exists():
+        pytest.skip("needs root and setpriv")
+    exe = "/usr/bin/python3"
+    if not Path(exe).exists():
+        pytest.skip("no /usr/bin/python3 for another user to run")
+    p = subprocess.Popen([exe, "-c", "import time; time.sleep(60)"], user=12345, cwd="/")
+    try:
+        time.sleep(0.3)
+        line = refused(
+            p.pid, "permission-denied", prefix=["setpriv", "--bounding-set=-sys_ptrace", "--"]
+        )
+        assert "belongs to uid 12345 and you are uid 0 without CAP_SYS_PTRACE" in line
+        assert "--cap-add SYS_PTRACE" in line
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_gdb_missing(tmp_path: Path) -> None:
+    t = Target(tmp_path, "sleep")
+    try:
+        t.ready()
+        env = dict(os.environ, PATH=str(tmp_path))  # no gdb on it
+        line = refused(t.pid, "gdb-missing", "--method", "gdb", env=env)
+        assert "`apt-get install gdb`" in line
+        t.alive_and_sound()
+    finally:
+        t.stop()
+
+
+def test_timeout_then_wake_with_a_handled_signal(tmp_path: Path) -> None:
+    """A main thread blocked in flock (no allow-listed call, not a lock wait) runs the
+    queued bootstrap only when it next runs Python: exit 2 with what was done; a
+    signal the program handles wakes it."""
+    lock = tmp_path / "lock"
+    lock.write_text("")
+    with open(lock) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        env = dict(target_env(), ATTACH_TARGET_LOCK=str(lock))
+        t = Target(tmp_path, "flock", extra=["--usr1"], env=env)
+        try:
+            t.ready()
+            line = refused(t.pid, "timeout", "--timeout", "2")
+            assert "the bootstrap is queued (pending); the main thread is blocked in flock" in line
+            assert "`--signal SIG`" in line
+            r = attach_json(t.pid, "--signal", "USR1")
+            assert r["result"] in ("pending", "already"), r
+            after = t.alive_and_sound()
+            assert after["usr1"] >= 1
+            assert after["threads"].count("pylivepatch-agent") == 1
+        finally:
+            t.stop()
+
+
+def test_signal_without_a_handler_is_refused(tmp_path: Path) -> None:
+    t = Target(tmp_path, "sleep")
+    try:
+        t.ready()
+        line = refused(t.pid, "wrong-state", "--signal", "USR1")
+        assert "has no handler for SIGUSR1" in line
+        after = t.alive_and_sound()  # no signal was sent, nothing was injected
+        assert "pylivepatch-agent" not in after["threads"]
+        with pytest.raises(LivepatchError) as exc:
+            Client(t.pid).ping()
+        assert exc.value.code == "not-found"
+    finally:
+        t.stop()
