@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import builtins
 import copy
+import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from .compare import (
     loads,
 )
 from .literals import literal_source
-from .typing_only import VERSION_NAMES, global_runtime_reads, reads
+from .typing_only import PYTHONS, VERSION_NAMES, global_runtime_reads, reads, runtime_statements
 
 _TYPE_PARAMS: dict[str, Any] = {"type_params": []} if sys.version_info >= (3, 12) else {}
 
@@ -88,7 +89,16 @@ def build(old: str, new: str, options: BuildOptions) -> BuildResult:
         work = Path(tmp)
         old_tree = sources.materialize(old, work, "old", options.repo)
         new_tree = sources.materialize(new, work, "new", options.repo)
-        result = compare_trees(old_tree, new_tree)
+        versions = tuple(
+            (int(v.split(".")[0]), int(v.split(".")[1]))
+            for v in options.pythons or [f"{sys.version_info[0]}.{sys.version_info[1]}"]
+            if re.match(r"^3\.[0-9]{1,2}$", v)
+        ) or (sys.version_info[:2],)
+        token = PYTHONS.set(versions)  # version checks decided for these interpreters
+        try:
+            result = compare_trees(old_tree, new_tree)
+        finally:
+            PYTHONS.reset(token)
         result.allowed = [r for r in result.refusals if r.kind in options.allow]
         result.refusals = [r for r in result.refusals if r.kind not in options.allow]
         if result.refusals or not result.changes:
@@ -183,7 +193,13 @@ def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult
             )
         )  # fmt: skip
     files = dict(old_mods)
-    constants = [(c, d) for d in diffs for c in d.changes if c.kind == "constant"]
+    # rebound names: a copy of the old object made at import would stay old
+    constants = [
+        (c, d)
+        for d in diffs
+        for c in d.changes
+        if c.kind in ("constant", "pattern", "value", "import")
+    ]
     if constants:
         # Only modules whose text mentions a changed constant can have copied it.
         constant_names = {c.qualname.rsplit(".", 1)[-1] for c, _ in constants}
@@ -194,7 +210,7 @@ def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult
                 old_asts[m] = _parse(text)
         for c, d in constants:
             captured = _captured(c, d, old_asts, files)
-            if captured and c.qualname in VERSION_NAMES:
+            if captured and c.qualname in VERSION_NAMES and c.kind == "constant":
                 d.changes.remove(c)  # the copy and the name stay as they are, consistently
                 where = captured[0].reason.split(";")[0].replace("its old value was ", "")
                 warnings.append(
@@ -423,7 +439,7 @@ def _callables(body: list[ast.stmt]) -> dict[str, ast.AST]:
 
 def _module_statements(body: list[ast.stmt]) -> list[ast.stmt]:
     return [
-        n for n in body
+        n for n in runtime_statements(body)
         if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom))
     ]  # fmt: skip
 
@@ -526,7 +542,7 @@ def emit(result: BuildResult, options: BuildOptions) -> str:
         (c.module, c.qualname)
         for c in result.changes
         if c.kind in ("new name", "new function", "new class")
-    }
+    } | {(c.module, n) for c in result.changes if c.kind == "new names" for n in c.value}
     names.bind("_lp", "", "pylivepatch")
     names.bind("patch", "", "the Patch")
     imports: list[str] = []
@@ -638,6 +654,25 @@ class _ModuleContext:
                 self.names.new_objects[(self.module, name)] = local
                 self.emitted_new.add(name)
                 out += [f"{local} = {ast.unparse(value)}", f"patch.data({c.target!r}, {local})"]
+        elif c.kind == "new names":
+            assert isinstance(node, ast.stmt)
+            bound = list(c.value)
+            self.need([ast.Name(id=n, ctx=ast.Load()) for n in sorted(loads(node) - set(bound))])
+            for n in bound:
+                self.names.bind(n, self.module, f"new {self.module}:{n}")
+                self.names.new_objects[(self.module, n)] = n
+            self.emitted_new.update(bound)
+            out.append(ast.unparse(node))
+            for n in bound:  # a branch may leave a name unbound, as in NEW
+                out += [f"if {n!r} in globals():", f"    patch.data({f'{self.module}:{n}'!r}, {n})"]
+        elif c.kind in ("pattern", "value"):
+            assert isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None
+            self.need([node.value])
+            local = f"{self.holder}__{c.qualname.replace('.', '__')}"
+            self.names.bind(local, self.module, f"value of {c.target}")
+            out.append(f"{local} = {ast.unparse(node.value)}")
+            for target in [c.target, *(f"{m}:{c.qualname}" for m in c.importers)]:
+                out.append(f"patch.data({target!r}, {local})")
         elif c.kind == "constant":
             source = literal_source(c.value)
             if not _plain_literal(source):  # frozenset(...): bound to a name in the payload

@@ -23,12 +23,12 @@ from typing import Any
 from ..payload.fingerprint import fingerprint
 from .literals import NOT_LITERAL, literal_value
 from .typing_only import (
-    VERSION_NAMES,
     global_runtime_reads,
+    is_release_metadata,
     is_typing_definition,
     reads,
     runtime_statements,
-    type_checking_branches,
+    static_branches,
     typing_statements,
 )
 
@@ -56,7 +56,7 @@ UNALLOWABLE = frozenset({"syntax", "name-collision"})
 #: supported change kinds
 CHANGES = (
     "function", "method", "new function", "new method", "new class", "new import",
-    "new name", "constant", "descriptor",
+    "new name", "constant", "descriptor", "import", "pattern", "value", "new names",
 )  # fmt: skip
 
 _DESCRIPTORS = ("staticmethod", "classmethod", "property")
@@ -143,7 +143,7 @@ def _role(node: ast.FunctionDef | ast.AsyncFunctionDef) -> str | None:
 
 def is_type_checking(node: ast.stmt) -> bool:
     """``if TYPE_CHECKING:`` or ``if not TYPE_CHECKING:`` (see :mod:`.typing_only`)."""
-    return type_checking_branches(node) is not None
+    return static_branches(node) is not None
 
 
 def is_docstring(node: ast.stmt) -> bool:
@@ -186,8 +186,8 @@ def scope_entries(body: list[ast.stmt]) -> tuple[dict[str, Entry], list[ast.stmt
             entries[node.targets[0].id] = Entry("assign", node)
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             entries[node.target.id] = Entry("assign" if node.value else "annotation", node)
-        elif isinstance(node, ast.Pass):
-            continue
+        elif isinstance(node, ast.Pass) or is_docstring(node):
+            continue  # `pass`, and a string under an attribute (its "docstring"): no effect
         else:
             others.append(node)
     return entries, others
@@ -317,6 +317,7 @@ class Comparer:
         self.diff = ModuleDiff(module, file, None, None)
         self.old_text, self.new_text = old_text, new_text
         self.index = index or TreeIndex()
+        self.class_names: set[str] = set()  # names the class body being compared binds
 
     def ignore(self, line: int, qual: str, what: str, why: str) -> None:
         """A change running code never sees: left out of the payload, with a warning."""
@@ -381,10 +382,28 @@ class Comparer:
     ) -> None:
         old, old_other = scope_entries(old_body)
         new, new_other = scope_entries(new_body)
+        in_class = bool(new_path)
+        saved, self.class_names = self.class_names, set(new) if in_class else set()
+        try:
+            self._scope(old, new, old_other, new_other, old_body, new_body, old_path, new_path)
+        finally:
+            self.class_names = saved
+
+    def _scope(
+        self,
+        old: dict[str, Entry],
+        new: dict[str, Entry],
+        old_other: list[ast.stmt],
+        new_other: list[ast.stmt],
+        old_body: list[ast.stmt],
+        new_body: list[ast.stmt],
+        old_path: list[ast.ClassDef],
+        new_path: list[ast.ClassDef],
+    ) -> None:
         prefix = "".join(c.name + "." for c in new_path)
         in_class = bool(new_path)
         if _dump(old_other) != _dump(new_other):
-            self.statements(old_other, new_other, prefix)
+            self.statements(old_other, new_other, prefix, set(old))
         self.typing_blocks(old_body, new_body, prefix)
         for name, entry in new.items():
             qual = prefix + name
@@ -427,15 +446,17 @@ class Comparer:
     def typing_blocks(
         self, old_body: list[ast.stmt], new_body: list[ast.stmt], prefix: str
     ) -> None:
-        """Code under ``if TYPE_CHECKING:`` never runs: a change there is a warning."""
-        olds = {_dump(s) for s in typing_statements(old_body)}
-        for s in typing_statements(new_body):
+        """Code that never runs (under ``TYPE_CHECKING``, or a version check decided
+        for the payload's interpreters): a change there is a warning."""
+        olds = {_dump(s) for s, _ in typing_statements(old_body)}
+        for s, why in typing_statements(new_body):
             if _dump(s) not in olds:
                 self.ignore(
-                    s.lineno, prefix.rstrip(".") or "<module>",
-                    f"`{_short(s)}` under `if TYPE_CHECKING:` is new or changed",
-                    "code under TYPE_CHECKING never runs (typing-only)",
-                )  # fmt: skip
+                    s.lineno,
+                    prefix.rstrip(".") or "<module>",
+                    f"`{_short(s)}` is new or changed",
+                    why,
+                )
 
     def typing_only(self, name: str, in_class: bool) -> bool:
         """No code of NEW reads ``name`` at run time (module names only: a class
@@ -447,8 +468,12 @@ class Comparer:
     ) -> None:
         line = entry.node.lineno
         what = f"was a {before.kind}, is now a {entry.kind}"
-        if not in_class and name in VERSION_NAMES:
+        if not in_class and (
+            is_release_metadata(name, before.node) or is_release_metadata(name, entry.node)
+        ):
             self.ignore(line, qual, what, _VERSION_WHY)
+        elif not in_class and before.kind == "assign" and entry.kind == "import":
+            self.change("import", qual, entry.node)  # rebound, like a changed import
         elif self.typing_only(name, in_class) and self.typing_use(name):
             self.ignore(
                 line,
@@ -492,15 +517,48 @@ class Comparer:
                 what,
                 f"only annotations read it (line {self.typing_use(name)}); typing-only",
             )
-        elif not in_class and name in VERSION_NAMES:
+        elif not in_class and (
+            is_release_metadata(name, before.node) or is_release_metadata(name, entry.node)
+        ):
             self.ignore(line, qual, what, _VERSION_WHY)
+        elif in_class:
+            self.refuse("computed-data", line, qual, what + " in a class body")
         else:
-            self.refuse(
-                "computed-data", line, qual, what + "; code that holds the old object keeps it"
-            )
+            # rebound like a new import; a copy made at import is refused by the builder
+            self.change("import", qual, entry.node)
 
-    def statements(self, old: list[ast.stmt], new: list[ast.stmt], prefix: str) -> None:
+    def statements(
+        self,
+        old: list[ast.stmt],
+        new: list[ast.stmt],
+        prefix: str,
+        bound_old: set[str] = frozenset(),  # type: ignore[assignment]
+    ) -> None:
         olds = {_dump(s) for s in old}
+        news = {_dump(s) for s in new}
+        bound_old = set(bound_old)
+        for s in old:
+            bound_old |= binds_only(s) or set()
+        if not prefix:
+            # a statement whose only effect is to bind names (`try: X = f() except E: X = 1`)
+            # is a definition of those names: new ones are added, removed ones left
+            for s in new:
+                names = binds_only(s)
+                if _dump(s) not in olds and names and not names & bound_old:
+                    self.change("new names", ",".join(sorted(names)), s, value=sorted(names))
+                    olds.add(_dump(s))
+            for s in old:
+                names = binds_only(s)
+                if _dump(s) not in news and names is not None:
+                    used = sorted(n for n in names if n in self.runtime_reads)
+                    if used:
+                        continue  # refused below: its effects stay and NEW reads them
+                    self.diff.warnings.append(
+                        f"{self.file}:{s.lineno}: {self.module}: the statement `{_short(s)}` was "
+                        f"removed; the names it bound ({', '.join(sorted(names)) or 'none'}) stay, "
+                        "and the new code does not read them"
+                    )
+                    news.add(_dump(s))
         for s in new:
             if _dump(s) not in olds:
                 self.refuse(
@@ -509,7 +567,6 @@ class Comparer:
                     f"`{_short(s)}` is new or changed; it ran at import and cannot run again",
                 )  # fmt: skip
                 return
-        news = {_dump(s) for s in new}
         for s in old:
             if _dump(s) not in news:
                 self.refuse(
@@ -648,6 +705,17 @@ class Comparer:
     ) -> None:
         old, new = before.node, entry.node
         assert isinstance(old, ast.ClassDef) and isinstance(new, ast.ClassDef)
+        if (
+            not new_path
+            and (_typing_class(old) or _typing_class(new))
+            and self.typing_only(new.name, False)
+        ):
+            if _dump(old) != _dump(new):
+                self.ignore(
+                    new.lineno, qual, "a TypedDict/Protocol class changed",
+                    "no running code reads it (only annotations); typing-only",
+                )  # fmt: skip
+            return
         if _dump(old.bases) != _dump(new.bases):
             self.refuse(
                 "class-bases", new.lineno, qual,
@@ -754,7 +822,13 @@ class Comparer:
         old_node, new_node = before.node, entry.node
         assert isinstance(old_node, (ast.Assign, ast.AnnAssign))
         assert isinstance(new_node, (ast.Assign, ast.AnnAssign))
-        if _dump(old_node.value) == _dump(new_node.value):
+        if _dump(_spelled_alike(old_node.value)) == _dump(_spelled_alike(new_node.value)):
+            if _dump(old_node.value) != _dump(new_node.value):
+                self.diff.warnings.append(
+                    f"{self.file}:{new_node.lineno}: {self.module}:{qual}: spelled differently "
+                    f"(`{_short(old_node.value)}` -> `{_short(new_node.value)}`), the same value; "
+                    "ignored"
+                )
             return
         name = qual.rsplit(".", 1)[-1]
         if name == "__all__":
@@ -767,7 +841,8 @@ class Comparer:
         what = f"changed (`{_short(old_node.value)}` -> `{_short(new_node.value)}`)"
         in_class = "." in qual
         if (old_value is NOT_LITERAL or new_value is NOT_LITERAL) and (
-            not in_class and name in VERSION_NAMES
+            not in_class
+            and (is_release_metadata(name, old_node) or is_release_metadata(name, new_node))
         ):
             self.ignore(new_node.lineno, qual, what, _VERSION_WHY)
             return
@@ -781,6 +856,24 @@ class Comparer:
                 "no running code reads it (only annotations and typing code); typing-only",
             )  # fmt: skip
             return
+        if (
+            old_value is NOT_LITERAL
+            and new_value is NOT_LITERAL
+            and is_compiled_pattern(old_node.value)
+            and is_compiled_pattern(new_node.value)
+        ):
+            # a compiled pattern is immutable: rebound (copies made at import are refused
+            # by the builder, as for constants)
+            self.change("pattern", qual, new_node)
+            return
+        if is_string_expr(old_node.value) and is_string_expr(new_node.value):
+            # a string however computed is immutable: rebound like a constant
+            if new_value is not NOT_LITERAL:
+                self.change("constant", qual, new_node, value=new_value)
+                return
+            if not in_class or not (loads(new_node.value) & self.class_names):
+                self.change("value", qual, new_node)
+                return
         if old_value is NOT_LITERAL or new_value is NOT_LITERAL:
             mutable = isinstance(
                 new_node.value,
@@ -805,9 +898,134 @@ class Comparer:
 # --- helpers ----------------------------------------------------------------------------
 
 _VERSION_WHY = (
-    "version metadata describes the release and no code of it decides on it; the payload "
-    "leaves OLD's value (a version that is an immutable literal is rebound instead)"
+    "release metadata (a version, __doc__, __author__...) describes the release and no code "
+    "of it decides on it; the payload leaves OLD's value (an immutable literal is rebound)"
 )
+
+
+def binds_only(node: ast.stmt) -> set[str] | None:
+    """The names a statement binds, if binding names is all it does: ``if``/``try``
+    whose statements assign plain names, import, define functions, ``pass`` or
+    evaluate a bare name; None if it does anything else."""
+    names: set[str] = set()
+
+    def walk(stmts: list[ast.stmt]) -> bool:
+        for n in stmts:
+            if isinstance(n, ast.Assign) and all(isinstance(t, ast.Name) for t in n.targets):
+                names.update(t.id for t in n.targets if isinstance(t, ast.Name))
+            elif isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name):
+                names.add(n.target.id)
+            elif isinstance(n, (ast.Import, ast.ImportFrom)):
+                if any(a.name == "*" for a in n.names):
+                    return False
+                names.update((a.asname or a.name).split(".")[0] for a in n.names)
+            elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(n.name)
+            elif isinstance(n, ast.Pass) or (
+                isinstance(n, ast.Expr) and isinstance(n.value, (ast.Name, ast.Constant))
+            ):
+                continue
+            elif isinstance(n, ast.If):
+                if not (walk(n.body) and walk(n.orelse)):
+                    return False
+            elif isinstance(n, ast.Try):
+                handlers = [h.body for h in n.handlers]
+                if not all(walk(b) for b in [n.body, n.orelse, n.finalbody, *handlers]):
+                    return False
+            else:
+                return False
+        return True
+
+    if not isinstance(node, (ast.If, ast.Try)):
+        return None
+    return names if walk([node]) else None
+
+
+def _typing_class(node: ast.ClassDef) -> bool:
+    """A ``TypedDict`` or ``Protocol`` class: a type for annotations."""
+    for b in node.bases:
+        base = b.value if isinstance(b, ast.Subscript) else b
+        if isinstance(base, (ast.Name, ast.Attribute)) and (
+            (base.id if isinstance(base, ast.Name) else base.attr) in ("TypedDict", "Protocol")
+        ):
+            return True
+    return False
+
+
+def is_compiled_pattern(node: ast.expr | None) -> bool:
+    """``re.compile(<literal>[, <flags>])``: an immutable value the payload can make."""
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "compile"
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "re"
+        and 1 <= len(node.args) <= 2
+        and all(k.arg == "flags" for k in node.keywords)
+    ):
+        return False
+    if not isinstance(literal_value(node.args[0]), (str, bytes)):
+        return False
+    return all(_is_flag(f) for f in [*node.args[1:], *(k.value for k in node.keywords)])
+
+
+def is_string_expr(node: ast.expr | None) -> bool:
+    """An expression whose value is certainly an (immutable) str or bytes, however it
+    is computed: a string literal, an f-string, or ``+``/``%`` with a string on the left
+    (``str.__add__`` only takes a str and makes a new one)."""
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, (str, bytes))
+    if isinstance(node, ast.JoinedStr):
+        return True
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mod)):
+        return is_string_expr(node.left)
+    return False
+
+
+def _is_flag(node: ast.expr) -> bool:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.BitOr, ast.Add)):
+        return _is_flag(node.left) and _is_flag(node.right)
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, int)
+    return (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "re"
+        and node.attr.isupper()
+    )
+
+
+def _spelled_alike(node: ast.AST | None) -> ast.AST | None:
+    """``node`` with ``"{}:{}".format(a, b)`` written as ``f"{a}:{b}"`` (the same
+    call of ``format()`` on each value), so that modernised spelling compares equal."""
+    if node is None:
+        return None
+
+    class Spell(ast.NodeTransformer):
+        def visit_Call(self, n: ast.Call) -> ast.AST:
+            self.generic_visit(n)
+            f = n.func
+            if not (
+                isinstance(f, ast.Attribute)
+                and f.attr == "format"
+                and isinstance(f.value, ast.Constant)
+                and isinstance(f.value.value, str)
+                and not n.keywords
+                and not any(isinstance(a, ast.Starred) for a in n.args)
+            ):
+                return n
+            pieces = f.value.value.split("{}")
+            if len(pieces) != len(n.args) + 1 or any(("{" in p or "}" in p) for p in pieces):
+                return n
+            values: list[ast.expr] = []
+            for text, arg in zip(pieces, [*n.args, None], strict=True):
+                if text:
+                    values.append(ast.Constant(text))
+                if arg is not None:
+                    values.append(ast.FormattedValue(arg, -1, None))
+            return ast.JoinedStr(values)
+
+    return Spell().visit(copy.deepcopy(node))
 
 
 def _import_source(entry: Entry, module: str, is_package: bool) -> tuple[str, str] | None:

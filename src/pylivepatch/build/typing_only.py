@@ -23,7 +23,21 @@ apart from changes that alter what running code sees (docs/patch-author-guide.md
 from __future__ import annotations
 
 import ast
+import contextvars
+import operator
+import sys
 from collections.abc import Iterator
+from typing import Any
+
+#: the interpreters the payload is built for, (3, 11)...: a version check that is the
+#: same for all of them is decided (its other branch never runs)
+PYTHONS: contextvars.ContextVar[tuple[tuple[int, int], ...]] = contextvars.ContextVar(
+    "PYTHONS", default=(sys.version_info[:2],)
+)
+_COMPARE: dict[type, Any] = {
+    ast.Lt: operator.lt, ast.LtE: operator.le, ast.Gt: operator.gt, ast.GtE: operator.ge,
+    ast.Eq: operator.eq, ast.NotEq: operator.ne,
+}  # fmt: skip
 
 #: names of generics whose subscription makes a type, from typing, typing_extensions,
 #: collections.abc and the builtins
@@ -44,9 +58,27 @@ VERSION_NAMES = frozenset(
     {
         "__version__", "version", "VERSION", "__version_info__", "version_info",
         "VERSION_INFO", "__version_tuple__", "version_tuple", "__VERSION__",
-        "_version", "__release__", "release",
+        "__release__", "__build__", "__doc__", "__author__", "__email__", "__license__",
+        "__copyright__", "__uri__", "__url__", "__summary__", "__title__",
+        "__description__", "__maintainer__", "__credits__", "__status__",
     }
 )  # fmt: skip
+
+
+def is_release_metadata(name: str, node: ast.stmt | None) -> bool:
+    """``name`` describes the release: one of :data:`VERSION_NAMES`, a name bound to
+    a version looked up at import (``importlib.metadata.version("pkg")``), or a
+    version imported under another name (``from . import __version__ as _v``)."""
+    if name in VERSION_NAMES:
+        return True
+    if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Call):
+        return _last_name(node.value.func) == "version" or (
+            isinstance(node.value.func, ast.Attribute)
+            and _last_name(node.value.func.value) == "get_distribution"
+        )
+    if isinstance(node, ast.ImportFrom):
+        return any((a.asname or a.name) == name and a.name in VERSION_NAMES for a in node.names)
+    return False
 
 
 def _last_name(node: ast.expr) -> str:
@@ -57,37 +89,110 @@ def _last_name(node: ast.expr) -> str:
     return ""
 
 
-def type_checking_branches(node: ast.stmt) -> tuple[list[ast.stmt], list[ast.stmt]] | None:
+def version_check(test: ast.expr) -> bool | None:
+    """The value of ``sys.version_info >= (3, 12)`` (``<``, ``==``..., also
+    ``sys.version_info[0]``/``.major``) on every interpreter of :data:`PYTHONS`, or
+    None if it differs between them or is no such check."""
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and type(test.ops[0]) in _COMPARE):
+        return None
+    left, right = test.left, test.comparators[0]
+    index: Any = None
+    if isinstance(left, ast.Subscript):
+        index = left.slice
+        if isinstance(index, ast.Constant) and isinstance(index.value, int):
+            index = index.value
+        elif (
+            isinstance(index, ast.Slice)
+            and index.lower is None
+            and isinstance(index.upper, ast.Constant)
+        ):
+            index = slice(None, index.upper.value)
+        else:
+            return None
+        left = left.value
+    elif isinstance(left, ast.Attribute) and left.attr in ("major", "minor"):
+        index = 0 if left.attr == "major" else 1
+        left = left.value
+    if not (
+        isinstance(left, ast.Attribute)
+        and left.attr == "version_info"
+        and isinstance(left.value, ast.Name)
+        and left.value.id == "sys"
+    ):
+        return None
+    try:
+        value = ast.literal_eval(right)
+    except ValueError:
+        return None
+    results = set()
+    for version in PYTHONS.get():
+        full = (*version, 99, "final", 0)  # a released interpreter of that minor version
+        mine = full if index is None else full[index]
+        try:
+            results.add(bool(_COMPARE[type(test.ops[0])](mine, value)))
+        except TypeError:
+            return None
+    return results.pop() if len(results) == 1 else None
+
+
+def _is_main_check(test: ast.expr) -> bool:
+    return (
+        isinstance(test, ast.Compare)
+        and len(test.ops) == 1
+        and isinstance(test.ops[0], ast.Eq)
+        and {ast.dump(test.left), ast.dump(test.comparators[0])}
+        == {ast.dump(ast.Name("__name__", ast.Load())), ast.dump(ast.Constant("__main__"))}
+    )
+
+
+def static_branches(node: ast.stmt) -> tuple[list[ast.stmt], list[ast.stmt]] | None:
     """``(never runs, runs)`` for ``if TYPE_CHECKING:`` / ``if not TYPE_CHECKING:``
-    (also ``typing.TYPE_CHECKING``); None for any other statement."""
+    (also ``typing.TYPE_CHECKING``) and for a version check decided for every
+    interpreter of :data:`PYTHONS`; None for any other statement."""
     if not isinstance(node, ast.If):
         return None
     test, negated = node.test, False
     if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
         test, negated = test.operand, True
+    if _is_main_check(test):  # `if __name__ == "__main__":` never runs in an imported module
+        return (node.body, node.orelse)
     if _last_name(test) != "TYPE_CHECKING":
-        return None
+        decided = version_check(test)
+        if decided is None:
+            return None
+        negated = not decided  # "TYPE_CHECKING" is what never runs
+        return (node.body, node.orelse) if negated else (node.orelse, node.body)
     return (node.orelse, node.body) if negated else (node.body, node.orelse)
 
 
 def runtime_statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
     """The statements of ``body`` that run, ``TYPE_CHECKING`` branches resolved."""
     for node in body:
-        branches = type_checking_branches(node)
+        branches = static_branches(node)
         if branches is None:
             yield node
         else:
             yield from runtime_statements(branches[1])
 
 
-def typing_statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
-    """The statements of ``body`` that never run (under ``TYPE_CHECKING``)."""
+def typing_statements(body: list[ast.stmt]) -> Iterator[tuple[ast.stmt, str]]:
+    """The statements of ``body`` that never run, each with why: under
+    ``TYPE_CHECKING``, or in the branch of a version check not taken on
+    :data:`PYTHONS`."""
     for node in body:
-        branches = type_checking_branches(node)
+        branches = static_branches(node)
         if branches is not None:
-            yield from branches[0]
-            for inner in branches[1]:
-                yield from typing_statements([inner])
+            assert isinstance(node, ast.If)
+            if _last_name(getattr(node.test, "operand", node.test)) == "TYPE_CHECKING":
+                why = "code under TYPE_CHECKING never runs (typing-only)"
+            elif _is_main_check(node.test):
+                why = "a module's `__main__` block never runs when it is imported"
+            else:
+                versions = ", ".join(f"{v[0]}.{v[1]}" for v in PYTHONS.get())
+                why = f"`{ast.unparse(node.test)}` decides it on Python {versions}: it never runs"
+            for stmt in branches[0]:
+                yield stmt, why
+            yield from typing_statements(branches[1])
 
 
 def is_typing_value(node: ast.expr | None) -> bool:
@@ -150,7 +255,7 @@ class Reads(ast.NodeVisitor):
         self.visit(node.value)
 
     def visit_If(self, node: ast.If) -> None:
-        branches = type_checking_branches(node)
+        branches = static_branches(node)
         if branches is None:
             self.generic_visit(node)
             return
@@ -255,7 +360,7 @@ def global_runtime_reads(body: list[ast.stmt]) -> dict[str, int]:
                 _merge(out, r.runtime, hidden)
                 walk(node.body, hidden)
                 continue
-            branches = type_checking_branches(node)
+            branches = static_branches(node)
             if branches is not None:
                 walk(branches[1], hidden)
                 continue
