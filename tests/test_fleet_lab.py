@@ -222,7 +222,7 @@ class FleetLab:
             "ansible_user=root",
             f"ansible_python_interpreter={sys.executable}",
             f"ansible_ssh_private_key_file={root / 'client_key'}",
-            f"ansible_ssh_common_args='-o ProxyCommand=\"{proxy}\" -o StrictHostKeyChecking=no"
+            f'ansible_ssh_common_args=\'-o ProxyCommand="{proxy}" -o StrictHostKeyChecking=no'
             " -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR'",
             f"pylivepatch_executable={self.pylivepatch}",
             "",

@@ -177,7 +177,7 @@ def run_playbook(
     name: str, args: argparse.Namespace, extravars: dict[str, Any], on_event: Any = None
 ) -> Run:
     try:
-        import ansible_runner
+        import ansible_runner  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
         raise LivepatchError("not-found", NEEDS) from None
     inventory = Path(args.inventory)
@@ -191,6 +191,10 @@ def run_playbook(
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_NOCOLOR": "1",
     }
+    # the ansible-playbook of this interpreter first, whatever PATH the CLI was run with
+    env["PATH"] = os.pathsep.join(
+        [str(Path(_ansible_playbook()).parent), os.environ.get("PATH", "")]
+    )
     if "ANSIBLE_PIPELINING" not in os.environ:
         env["ANSIBLE_PIPELINING"] = "True"  # one SSH round trip a task instead of three
     done = Run()
@@ -212,7 +216,6 @@ def run_playbook(
             limit=args.limit,
             quiet=not args.verbose,
             event_handler=handler,
-            binary=_ansible_playbook(),
             suppress_env_files=True,
         )
         done.rc = int(runner.rc if runner.rc is not None else 1)
@@ -266,10 +269,25 @@ class HostReport:
     result: str = "not changed"
     steps: list[str] = field(default_factory=list)
     processes: list[dict[str, Any]] = field(default_factory=list)
+    failure: str = ""  # why this host failed its batch, if it did
 
     def to_dict(self) -> dict[str, Any]:
-        return {"batch": self.batch, "result": self.result, "steps": self.steps,
-                "processes": self.processes}  # fmt: skip
+        return {"batch": self.batch, "result": self.result, "failure": self.failure,
+                "steps": self.steps, "processes": self.processes}  # fmt: skip
+
+
+HEALTH_AFTER = {
+    "health": "healthy after the change",
+    "health (command)": "healthy after the change",
+    "health after soak": "healthy after the soak",
+    "health after soak (command)": "healthy after the soak",
+}
+
+
+def _healthy(res: dict[str, Any]) -> bool:
+    if "status" in res:
+        return int(res.get("status") or 0) // 100 == 2
+    return res.get("rc") == 0
 
 
 class Rollout:
@@ -293,11 +311,13 @@ class Rollout:
         if not self.quiet:
             render.line(text)
 
-    def step(self, name: str, text: str, result: str | None = None) -> None:
+    def step(self, name: str, text: str, result: str | None = None, fails: bool = False) -> None:
         report = self.host(name)
         report.steps.append(text)
         if result:
             report.result = result
+        if fails and not report.failure:
+            report.failure = text
         self.say(f"  {name}: {text}")
 
     def __call__(self, event: dict[str, Any]) -> None:
@@ -316,9 +336,13 @@ class Rollout:
                 self.say(f"batch {len(self.batches)}: {', '.join(self.batches[-1])}")
             self.host(host).batch = len(self.batches)
         elif task == "unreachable" and failed:
-            self.step(host, _message(res), "unreachable")
-        elif task.startswith("health before") and failed:
-            self.step(host, f"unhealthy before the change: {_message(res)}", "not changed")
+            self.step(host, f"unreachable: {_message(res)}", "unreachable", fails=True)
+        elif task == "unhealthy before" and failed:
+            self.step(host, f"unhealthy before the change: {_message(res)}", "not changed",
+                      fails=True)  # fmt: skip
+        elif task in ("health before", "health before (command)") and ok:
+            if not res.get("skipped") and not res.get("unreachable") and _healthy(res):
+                self.step(host, "healthy before")
         elif task == "apply" and ok:
             rows = res.get("processes", [])
             self.host(host).processes = rows
@@ -329,13 +353,14 @@ class Rollout:
                 self.step(host, f"signature: {res['signature']}")
         elif task == "apply" and failed:
             self.host(host).processes = res.get("processes", [])
-            self.step(host, f"apply failed: {_message(res)}", "failed")
-        elif task.startswith("health") and ok and not res.get("skipped"):
-            self.step(host, "healthy after the soak" if "soak" in task else "healthy")
-        elif task.startswith("health") and failed:
+            self.step(host, f"apply failed: {_message(res)}", "failed", fails=True)
+        elif task in HEALTH_AFTER and ok and not res.get("skipped"):
+            self.step(host, HEALTH_AFTER[task])
+        elif task in HEALTH_AFTER and failed:
             tries = res.get("attempts", 1)
-            self.step(host, f"UNHEALTHY after {tries} tr{'ies' if tries != 1 else 'y'}: "
-                      f"{_message(res)}", "failed")  # fmt: skip
+            self.step(host, f"UNHEALTHY {HEALTH_AFTER[task].removeprefix('healthy ')} "
+                      f"({tries} tr{'ies' if tries != 1 else 'y'}): {_message(res)}", "failed",
+                      fails=True)  # fmt: skip
         elif task == "soak" and ok and not res.get("skipped"):
             self.say(f"  soaked {res.get('delta', '?')} s")
         elif task == "revert every host touched" and kind in ("runner_on_ok", "runner_on_failed"):
@@ -343,9 +368,9 @@ class Rollout:
         elif task == "revert this host" and kind in ("runner_on_ok", "runner_on_failed"):
             if not res.get("skipped"):
                 self.reverted(host, res, "reverted (within the gate)")
-        elif task == "stop" and failed:
-            if "gate failed" in _message(res) and self.gate_failed_in is None:
-                self.gate_failed_in = self.host(host).batch
+        elif task == "stop" and failed and "gate failed" in _message(res):
+            first = self.gate_failed_in is None
+            self.gate_failed_in = self.host(host).batch if first else self.gate_failed_in
 
     def fleet_reverted(self, res: dict[str, Any]) -> None:
         items = [r for r in res.get("results", []) if not r.get("skipped")]
@@ -385,8 +410,16 @@ def rollout(args: argparse.Namespace) -> int:
             f"payload {man.name} ({args.file}) is not signed, and --keys asks every host to "
             f"verify its signature: sign it (pylivepatch sign {args.file} --key KEY)",
         )
+    with tempfile.TemporaryDirectory(prefix="pylivepatch-fleet-") as stage:
+        # copied to each host as NAME-BUILD.lpz, whatever the file is called here
+        staged = Path(stage) / f"{man.name}-{man.build_id[:16]}.lpz"
+        staged.write_bytes(data)
+        return _rollout(args, man, staged)
+
+
+def _rollout(args: argparse.Namespace, man: Any, staged: Path) -> int:
     extravars: dict[str, Any] = {
-        "pylivepatch_payload": str(Path(args.file).resolve()),
+        "pylivepatch_payload": str(staged),
         "pylivepatch_payload_name": man.name,
         "pylivepatch_build_id": man.build_id,
         "pylivepatch_app": args.app,
@@ -414,15 +447,14 @@ def rollout(args: argparse.Namespace) -> int:
     names = follow.order or list(follow.hosts)
     for name in names:
         follow.host(name)
-    failed = [n for n in names if follow.hosts[n].result in ("failed", "unreachable")
-              or follow.hosts[n].result.startswith("reverted")]  # fmt: skip
+    failed = [n for n in names if follow.hosts[n].failure]
     if follow.gate_failed_in is not None:
         touched = [n for n in names if follow.hosts[n].result == "reverted"]
         untouched = [n for n in names if follow.hosts[n].batch is None]
         error = (
             "gate-failed",
             f"the gate failed in batch {follow.gate_failed_in}: "
-            f"{', '.join(n for n in names if n in failed)} failed; the rollout stopped "
+            f"{', '.join(f'{n} ({follow.hosts[n].failure})' for n in failed)}; the rollout stopped "
             f"and every host it touched was reverted ({', '.join(touched) or 'none'})"
             + (f"; {', '.join(untouched)} never reached" if untouched else "")
             + ". Look at the failed hosts before rolling out again",
