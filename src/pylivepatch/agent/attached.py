@@ -32,6 +32,8 @@ def main(
             # that `pylivepatch log` and `install` there see this process; children it
             # starts later inherit it.
             os.environ.setdefault("PYLIVEPATCH_STATE_DIR", state_dir)
+        if app:
+            _join_children(app, socket_dir)
         from . import server
         from .audit import requested_by
 
@@ -53,3 +55,17 @@ def main(
             report("error " + traceback.format_exc())
         except BaseException:  # noqa: BLE001
             pass
+
+
+def _join_children(app: str, socket_dir: str) -> None:
+    """With ``--app``: the Python processes this one starts from now on (workers
+    spawned, not forked) get an agent of the app at their start, as under
+    ``pylivepatch run --app``: the same variables, set in this process's environment."""
+    from .run import BOOT, environment
+
+    current = os.environ.get("PYTHONPATH", "")
+    if str(BOOT) not in current.split(os.pathsep):
+        os.environ["PYTHONPATH"] = environment(app, base={"PYTHONPATH": current})["PYTHONPATH"]
+    os.environ["PYLIVEPATCH_APP"] = app
+    if socket_dir:
+        os.environ["PYLIVEPATCH_SOCKET_DIR"] = socket_dir

@@ -26,7 +26,13 @@ class ProtocolError(Exception):
 
 
 def socket_dir() -> Path:
-    """``$XDG_RUNTIME_DIR/pylivepatch`` or ``/tmp/pylivepatch-UID``, mode 0700."""
+    """``$PYLIVEPATCH_SOCKET_DIR``, else ``$XDG_RUNTIME_DIR/pylivepatch`` or
+    ``/tmp/pylivepatch-UID``; mode 0700. (``pylivepatch attach --app`` sets the first in
+    a process it enters, so that the Python processes it starts later put their agents
+    where the attaching command line looks.)"""
+    explicit = os.environ.get("PYLIVEPATCH_SOCKET_DIR")
+    if explicit:
+        return Path(explicit)
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     base = (
         Path(runtime) / "pylivepatch"
