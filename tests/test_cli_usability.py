@@ -239,7 +239,7 @@ def test_no_object_check_and_no_expect_are_options_and_audited(lab, shop):
 
 
 def test_test_reports_a_payload_refused_at_import_once_and_runs_without_it(lab):
-    lab.module("calc", "def div(a, b):\n    return a / b\n")
+    lab.module("calc", "def div(a, b):\n    return a / b\n\ndef mul(a, b):\n    return a * b\n")
     fix = """
         import pylivepatch as lp
         patch = lp.Patch("fix-div")
@@ -249,22 +249,35 @@ def test_test_reports_a_payload_refused_at_import_once_and_runs_without_it(lab):
             return None if b == 0 else a / b
     """
     (lab.root / "fix.lpz").write_bytes(lab.pack(fix))
-    # The installed version is not the one the payload was built from.
+    other = """
+        import pylivepatch as lp
+        patch = lp.Patch("fix-mul")
+
+        @patch.function("{m}calc:mul")
+        def mul(a, b):
+            return 0
+    """
+    (lab.root / "mul.lpz").write_bytes(lab.pack(other))
+    # The installed version is not the one the payloads were built from.
     (lab.root / f"{lab.name('calc')}.py").write_text(
-        "HAS = False\n\ndef div(a, b):\n    return a / b\n"
+        "HAS = False\n\ndef div(a, b):\n    return a / b\n\ndef mul(a, b):\n    return a * b\n"
     )
     out = cli(
-        "test", "fix.lpz", "--", sys.executable, "-c",
-        f"import {lab.prefix}calc as c; print(c.div(6, 3))",
+        "test", "fix.lpz", "mul.lpz", "--", sys.executable, "-c",
+        f"import {lab.prefix}calc as c; print(c.div(6, 3), c.mul(2, 3))",
         cwd=lab.root, PYTHONPATH=os.pathsep.join([SRC, str(lab.root)]),
     )  # fmt: skip
-    assert (out.returncode, out.stdout) == (0, "2.0\n"), out.stderr
-    (line,) = out.stderr.splitlines()
-    assert line.startswith(
+    assert (out.returncode, out.stdout) == (0, "2.0 6\n"), out.stderr
+    refused, taken = out.stderr.splitlines()
+    assert refused.startswith(
         f"pylivepatch test: fix-div REFUSED at the import of {lab.prefix}calc in 1 of 1 Python "
         f"processes: dependency-mismatch: payload fix-div was built for module {lab.prefix}calc "
-    ), line
-    assert line.endswith("; taken out there, they ran on without it")
+    ), refused
+    assert refused.endswith("; taken out there, they ran on without it")
+    assert taken == (
+        f"pylivepatch test: fix-mul taken out at the import of {lab.prefix}calc in 1 of 1 Python "
+        "processes, with fix-div (refused there); they ran on without it"
+    )
 
 
 def test_target_options_combine_and_single_ones_refuse_a_second(lab, shop):

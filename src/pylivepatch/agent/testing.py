@@ -122,7 +122,8 @@ class _RunWithout:
 
     def refused(self, module: str, error: ImportError) -> None:
         """The import of ``module`` failed: if a payload under test refused it, take
-        the payload out (or re-raise ``error``)."""
+        that payload out, with every later one that also waits for ``module`` or
+        stacks on one taken out (none of them could patch it now); else re-raise."""
         from ..engine import engine
         from ..errors import LivepatchError
 
@@ -131,14 +132,27 @@ class _RunWithout:
             raise error
         payload, code, message = refusal
         e = engine()
+        out = [payload]
         try:
-            e.revert(payload, consistency="immediate")
-            e.unload(payload)
+            builds = {e.status(payload).build_id}
+            for name in self.names[self.names.index(payload) + 1 :]:
+                status = e.status(name)
+                if module in status.pending or status.depends in builds:
+                    out.append(name)
+                    builds.add(status.build_id)
+            for name in reversed(out):
+                e.revert(name, consistency="immediate")
+            for name in out:
+                e.unload(name)
         except LivepatchError:
             raise error from None
-        self.names.remove(payload)
-        _write({"payload": payload, "event": "refused", "code": code, "message": message,
-                "module": module})  # fmt: skip
+        for name in out:
+            self.names.remove(name)
+            record = {"payload": name, "event": "refused", "code": code, "message": message,
+                      "module": module}  # fmt: skip
+            if name != payload:
+                record.update(event="withdrawn", refused_by=payload)
+            _write(record)
 
 
 class _Loader:
@@ -169,7 +183,8 @@ def summarize(path: str) -> tuple[list[str], bool]:
     except (OSError, ValueError):
         pass
     refused = [r for r in records if r["event"] == "refused"]
-    out = {(r["pid"], r["payload"]) for r in refused}  # refused later, at an import
+    withdrawn = [r for r in records if r["event"] == "withdrawn"]
+    out = {(r["pid"], r["payload"]) for r in refused + withdrawn}  # taken out at an import
     applied = [
         r for r in records if r["event"] == "applied" and (r["pid"], r["payload"]) not in out
     ]
@@ -205,6 +220,15 @@ def summarize(path: str) -> tuple[list[str], bool]:
             f"pylivepatch test: {name} REFUSED {when} in {len(pids)} of {len(processes)} Python "
             f"processes: {code}: {message}; {then}"
         )
+    taken: dict[tuple[str, str, str], set[int]] = {}
+    for r in withdrawn:
+        taken.setdefault((r["payload"], r["module"], r["refused_by"]), set()).add(r["pid"])
+    for (name, module, by), pids in sorted(taken.items()):
+        lines.append(
+            f"pylivepatch test: {name} taken out at the import of {module} in {len(pids)} of "
+            f"{len(processes)} Python processes, with {by} (refused there); they ran on "
+            "without it"
+        )
     if not records:
         lines.append("pylivepatch test: no Python process started; nothing was applied")
-    return lines, bool(applied) and not refused
+    return lines, bool(applied) and not refused and not withdrawn
