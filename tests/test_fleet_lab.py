@@ -382,10 +382,13 @@ class FleetLab:
                 self.start_sshd(host)
             for name in self.installed(host):
                 self.cli(host, "uninstall", name, "--app", APP)
-            names = {n for payloads in self.processes(host).values() for n in payloads}
-            for name in names:
-                self.cli(host, "revert", name, "--app", APP)
-                self.cli(host, "unload", name, "--app", APP)
+            for pid, payloads in self.processes(host).items():
+                for name, (state, _) in payloads.items():
+                    if state == "APPLIED":
+                        self.cli(host, "revert", name, "-p", str(pid))
+                    self.cli(host, "unload", name, "-p", str(pid))
+            for staged in (host.dir / "stage").iterdir():
+                staged.unlink()
             assert self.processes(host) and not any(self.processes(host).values()), host.name
 
     def fleet(self, *args: str) -> subprocess.CompletedProcess[str]:

@@ -350,7 +350,7 @@ class Rollout:
             self.step(host, f"{what} in {_counted(rows)} (build {self.build_id[:16]})",
                       "patched" if res.get("changed") else "already patched")  # fmt: skip
             if res.get("signature"):
-                self.step(host, f"signature: {res['signature']}")
+                self.step(host, f"signature {res['signature']}")
         elif task == "apply" and failed:
             self.host(host).processes = res.get("processes", [])
             self.step(host, f"apply failed: {_message(res)}", "failed", fails=True)

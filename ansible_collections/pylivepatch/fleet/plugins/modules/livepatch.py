@@ -126,6 +126,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -167,9 +168,6 @@ class Host:
             raise PylivepatchFailed("internal", "%s printed no JSON" % " ".join(cmd))
         return doc
 
-    def inspect(self, path):
-        return self.call("inspect", path)
-
     def verify(self, path, keys):
         return self.call("verify", path, "--keys", keys)
 
@@ -189,6 +187,19 @@ class Host:
     def installed(self):
         """{payload name: installed item} for the app."""
         return {i["name"]: i for i in self.call("list", "--installed", "--app", self.app)}
+
+
+def _manifest(path):
+    """Name and build id from the archive's manifest; the host's pylivepatch checks the
+    whole archive when it installs or loads it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            manifest = json.loads(archive.read("manifest.json"))
+        return {"name": str(manifest["name"]), "build_id": str(manifest["build_id"])}
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        raise PylivepatchFailed(
+            "invalid-payload", "%s is not a payload archive: %s" % (path, exc)
+        ) from None
 
 
 def _json(text):
@@ -245,7 +256,7 @@ def run(module, host, params):
     if src:
         if not os.path.isfile(src):
             raise PylivepatchFailed("not-found", "payload file %s does not exist on this host" % src)
-        manifest = host.inspect(src)
+        manifest = _manifest(src)
         if name and name != manifest["name"]:
             raise PylivepatchFailed(
                 "invalid-payload", "%s holds payload %s, not %s" % (src, manifest["name"], name)
@@ -294,10 +305,14 @@ def run(module, host, params):
     results = {}
     after_procs = before_procs
     if changed and not module.check_mode:
-        results = change(host, name, src, params, change_install, want_installed, to_apply,
-                         to_revert, to_unload)  # fmt: skip
-        after_procs = host.processes()
-        now_installed = name in host.installed()
+        results, after_procs = change(host, name, src, params, change_install, want_installed,
+                                      to_apply, to_revert, to_unload)  # fmt: skip
+        if after_procs is None:  # applied: every process load named is now applied
+            after_procs = {pid: dict(before_procs.get(pid, {})) for pid in
+                           set(before_procs) | set(results)}  # fmt: skip
+            for pid in results:
+                after_procs[pid][name] = (APPLIED, build_id)
+        now_installed = want_installed
     else:
         now_installed = want_installed if changed else was_installed
 
@@ -341,7 +356,7 @@ def change(host, name, src, params, change_install, want_installed, to_apply, to
                     _quietly(host, "uninstall", name, "--app", host.app)
                 raise PylivepatchFailed(exc.code, exc.message, _pids(exc.processes)) from None
             results.update(_pids(doc.get("processes", {})))
-        return results
+        return results, None
     # reverted / absent: uninstall first, so no process starting meanwhile applies it
     saved = None
     if change_install:
@@ -356,12 +371,14 @@ def change(host, name, src, params, change_install, want_installed, to_apply, to
             for pid, text in _pids(doc.get("processes", {})).items():
                 results[pid] = results[pid] + ", " + text if pid in results else text
         # a process that started between the listing and the uninstall applied it at start
-        late = [p for p, payloads in host.processes().items()
+        after = host.processes()
+        late = [p for p, payloads in after.items()
                 if payloads.get(name, (ABSENT,))[0] == APPLIED]  # fmt: skip
         if late:
             args = ["revert", name] + [a for p in late for a in ("-p", p)]
             for pid, text in _pids(host.call(*args).get("processes", {})).items():
                 results[pid] = "started meanwhile: " + text
+            after = host.processes()
     except PylivepatchFailed as exc:
         if saved:  # still applied somewhere: keep restarts as they were
             _quietly(host, "install", saved, "--app", host.app)
@@ -369,7 +386,7 @@ def change(host, name, src, params, change_install, want_installed, to_apply, to
     finally:
         if saved:
             shutil.rmtree(os.path.dirname(saved), ignore_errors=True)
-    return results
+    return results, after
 
 
 def _keep_copy(host, name):
