@@ -53,8 +53,7 @@ def test_only_allowed_changes_write_nothing_and_exit_non_zero(tmp_path):
         "shadow variables\n",
         "pylivepatch: build: nothing to patch: the only changes are the ones --allow accepted "
         "(mutable-data at tab/names.py:1); nothing written. They need a hook, a state or "
-        "shadow variables: write that payload by hand and pack it (see "
-        "docs/patch-author-guide.md)\n",
+        "shadow variables: give that code with --hooks FILE (see docs/patch-author-guide.md)\n",
     )
     assert not (tmp_path / "fix.lpz").exists()
 

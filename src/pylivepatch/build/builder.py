@@ -52,6 +52,10 @@ class BuildOptions:
     pythons: list[str] | None = None
     allow: frozenset[str] = frozenset()
     repo: str | None = None
+    installed: bool = False  # OLD is what the environment of python_env has installed
+    python_env: str | None = None  # the service's interpreter or virtualenv (default: this one)
+    dist: str | None = None  # the distribution NEW is a release of (default: from NEW)
+    hooks: str | None = None  # payload code added to the generated module (hooks, states)
 
 
 @dataclass
@@ -64,6 +68,7 @@ class BuildResult:
     source: str = ""  # the payload module
     data: bytes = b""  # the packed archive
     manifest: dict[str, Any] | None = None
+    installed: dict[str, str] | None = None  # OLD as found installed: name, version, where
 
     @property
     def ok(self) -> bool:
@@ -87,7 +92,16 @@ def build(old: str, new: str, options: BuildOptions) -> BuildResult:
             )
     with tempfile.TemporaryDirectory(prefix="pylivepatch-build-") as tmp:
         work = Path(tmp)
-        old_tree = sources.materialize(old, work, "old", options.repo)
+        interpreters: dict[str, str] = {}
+        found = None
+        if options.installed:
+            found = sources.installed(options.dist or sources.dist_name(new), options.python_env)
+            old_tree = found.tree
+            interpreters[found.python] = found.executable
+            if not options.pythons:  # expectations for the interpreter the service runs
+                options.pythons = [found.python]
+        else:
+            old_tree = sources.materialize(old, work, "old", options.repo)
         new_tree = sources.materialize(new, work, "new", options.repo)
         versions = tuple(
             (int(v.split(".")[0]), int(v.split(".")[1]))
@@ -99,9 +113,15 @@ def build(old: str, new: str, options: BuildOptions) -> BuildResult:
             result = compare_trees(old_tree, new_tree)
         finally:
             PYTHONS.reset(token)
+        if found is not None:
+            result.installed = {
+                "name": found.name, "version": found.version, "location": found.location,
+                "python": found.python, "executable": found.executable,
+            }  # fmt: skip
+            result.warnings[:0] = found.warnings
         result.allowed = [r for r in result.refusals if r.kind in options.allow]
         result.refusals = [r for r in result.refusals if r.kind not in options.allow]
-        if result.refusals or not result.changes:
+        if result.refusals or not (result.changes or options.hooks):
             return result
         result.source = emit(result, options)
         if result.refusals:
@@ -114,7 +134,7 @@ def build(old: str, new: str, options: BuildOptions) -> BuildResult:
         old_root = old_tree.write(work / "old", _needed_on_disk(old_tree, result))
         packed = pack(
             payload, against=str(old_root), pythons=options.pythons,
-            made_by=("built-by", "pylivepatch build"),
+            made_by=("built-by", "pylivepatch build"), interpreters=interpreters,
         )  # fmt: skip
         result.data, result.manifest = packed.data, packed.manifest
         result.warnings += packed.warnings
@@ -215,7 +235,7 @@ def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult
                 where = captured[0].reason.split(";")[0].replace("its old value was ", "")
                 warnings.append(
                     f"{c.file}:{c.line}: {c.target}: changed, and its old value was {where}; "
-                    "ignored: version metadata describes the release and no code of it decides "
+                    "ignored: release metadata describes the release and no code of it decides "
                     "on it; the payload leaves the name and its copy as OLD had them"
                 )
                 continue
@@ -361,7 +381,9 @@ def _captured(
             Refusal(
                 "captured-constant", file, line, c.target,
                 f"its old value was captured at import by {where}; rebinding it would leave "
-                "that copy old (patch the code that reads the copy, or use a hook)",
+                "that copy old: update the copy in a post_apply hook (--hooks FILE, keeping the "
+                "old value in a state to put back in post_revert) and --allow captured-constant, "
+                "or patch the code that reads the copy",
             )
         )  # fmt: skip
 
@@ -559,6 +581,8 @@ def emit(result: BuildResult, options: BuildOptions) -> str:
     if names.deferred:
         body += ["# --- imports of what this payload adds to other modules", ""]
         body += [f"patch.data({t!r}, {names.new_objects[src]})" for t, src in names.deferred]
+    if options.hooks:
+        body += _hooks(options.hooks, names)
     result.refusals += names.collisions
     return "\n".join([*head, *imports, "", *body]).rstrip() + "\n"
 
@@ -734,6 +758,8 @@ class _ModuleContext:
         *classes, name = c.qualname.split(".")
         keep = {"staticmethod", "classmethod", "property"}
         if not classes:
+            if local.startswith("__") and local.endswith("__"):  # __getattr__: not the payload's
+                local = f"{self.holder}_{local}"
             local = self.names.local(local, self.module, f"new {c.target}", self.holder)
             self.names.new_objects[(self.module, name)] = local
             clone = self._strip(node, local, keep)
@@ -760,6 +786,39 @@ class _ModuleContext:
             f"{local} = {path}.__dict__[{name!r}]",
             f"patch.data({c.target!r}, {local})",
         ]
+
+
+def _hooks(path: str, names: _Names) -> list[str]:
+    """The author's payload code (``--hooks FILE``): hooks, states, shadow variables,
+    added after the generated definitions; it may use ``patch`` and ``_lp``."""
+    try:
+        text = Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise LivepatchError("not-found", f"--hooks {path}: {exc.strerror}") from None
+    try:
+        tree = ast.parse(text, path)
+    except SyntaxError as exc:
+        raise LivepatchError(
+            "invalid-payload", f"--hooks {path}:{exc.lineno}: does not parse: {exc.msg}"
+        ) from None
+    kept = [
+        n for n in tree.body
+        if not (isinstance(n, ast.ImportFrom) and n.module == "__future__")
+    ]  # fmt: skip
+    for name in sorted(_bound(kept)):
+        if name in names.bound:
+            module, what = names.bound[name]
+            raise LivepatchError(
+                "invalid-payload",
+                f"--hooks {path}: binds {name!r}, which the generated payload uses for {what}; "
+                "rename it in the hooks file",
+            )
+    lines = text.splitlines()
+    for n in tree.body:
+        if n not in kept:  # `from __future__ import ...`: the payload has it at its top
+            for i in range(n.lineno - 1, n.end_lineno or n.lineno):
+                lines[i] = ""
+    return [f"# --- the author's hooks ({Path(path).name}), as written", "", *lines, ""]
 
 
 def _bound(body: list[ast.stmt]) -> set[str]:

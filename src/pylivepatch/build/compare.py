@@ -885,11 +885,14 @@ class Comparer:
                 if mutable
                 else "set the new value in a post_apply hook and the old one back in post_revert"
             )
+            typing = ""
+            if is_typing_definition(new_node) and not in_class:
+                typing = f"; a type, but running code reads it ({self.runtime_use(name)})"
             self.refuse(
                 kind, new_node.lineno, qual,
                 f"the value changed and is not an immutable literal "
-                f"(`{_short(old_node.value)}` -> `{_short(new_node.value)}`); code and objects "
-                f"that hold the old object would keep it ({todo}, then --allow {kind})",
+                f"(`{_short(old_node.value)}` -> `{_short(new_node.value)}`){typing}; code and "
+                f"objects that hold the old object would keep it ({todo}, then --allow {kind})",
             )  # fmt: skip
             return
         self.change("constant", qual, new_node, value=new_value)

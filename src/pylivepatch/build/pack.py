@@ -326,6 +326,26 @@ def _bound_names(body: list[ast.stmt]) -> set[str]:
     return names
 
 
+def _definitions(body: list[ast.stmt]) -> list[ast.stmt]:
+    """The statements of a module or class body that define names, with those inside
+    ``if``/``try`` blocks: the branch that runs where it is decided (``TYPE_CHECKING``,
+    a version check for this interpreter), every branch in order otherwise."""
+    from .typing_only import runtime_statements
+
+    out: list[ast.stmt] = []
+    for node in runtime_statements(body):
+        if isinstance(node, ast.If):
+            out += _definitions(node.body) + _definitions(node.orelse)
+        elif isinstance(node, ast.Try):
+            out += _definitions(node.body)
+            for handler in node.handlers:
+                out += _definitions(handler.body)
+            out += _definitions(node.orelse) + _definitions(node.finalbody)
+        else:
+            out.append(node)
+    return out
+
+
 def source_function(
     code: types.CodeType, tree: ast.Module, qualname: str, what: str
 ) -> types.CodeType:
@@ -335,7 +355,7 @@ def source_function(
     role = None
     if len(parts) > 2 and parts[-1] in ("getter", "setter", "deleter"):
         role, parts = parts[-1], parts[:-1]
-    body, scope = tree.body, code
+    body, scope = _definitions(tree.body), code
     for part in parts[:-1]:
         nodes = [n for n in body if isinstance(n, ast.ClassDef) and n.name == part]
         inner = [
@@ -345,7 +365,7 @@ def source_function(
         ]
         if not nodes or not inner:
             raise LivepatchError("not-found", f"{what}: no class {part} in the source")
-        body, scope = nodes[-1].body, inner[-1]
+        body, scope = _definitions(nodes[-1].body), inner[-1]
     name = parts[-1]
     candidates = [
         n for n in body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name
@@ -396,9 +416,13 @@ def find_interpreter(version: str) -> str | None:
 
 
 def _analyze_in(
-    version: str, sources: dict[str, str], against: str | None, search: list[str]
+    version: str,
+    sources: dict[str, str],
+    against: str | None,
+    search: list[str],
+    exe: str | None = None,
 ) -> dict[str, Any]:
-    exe = find_interpreter(version)
+    exe = exe or find_interpreter(version)
     if exe is None:
         raise LivepatchError(
             "not-found", f"no Python {version} interpreter found (looked on PATH and under pyenv)"
@@ -448,10 +472,12 @@ def pack(
     against: str | None = None,
     pythons: list[str] | None = None,
     made_by: tuple[str, str] = ("packed-by", "pylivepatch pack"),
+    interpreters: dict[str, str] | None = None,
 ) -> Packed:
     """Pack a payload module (file or package directory) into archive bytes.
     ``made_by`` is the metadata entry that says what made it (``pylivepatch build``
-    passes ``("built-by", "pylivepatch build")``)."""
+    passes ``("built-by", "pylivepatch build")``); ``interpreters`` names the interpreter
+    to use for a version (``build --installed``: the service's own)."""
     sources = read_sources(path)
     versions = pythons or [python_tag()]
     for v in versions:
@@ -467,7 +493,8 @@ def pack(
         if version == python_tag():
             results.append(analyze(sources, root, search))
         else:
-            results.append(_analyze_in(version, sources, root, search))
+            exe = (interpreters or {}).get(version)
+            results.append(_analyze_in(version, sources, root, search, exe))
     first = results[0]
     for other in results[1:]:
         if [f["target"] for f in other["funcs"]] != [f["target"] for f in first["funcs"]]:

@@ -7,11 +7,18 @@ no links, bounded sizes.
 
 from __future__ import annotations
 
+import base64
+import configparser
+import hashlib
 import io
+import json
 import os
+import re
 import subprocess
+import sys
 import tarfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LivepatchError
@@ -134,14 +141,17 @@ def materialize(spec: str, workdir: Path, label: str, repo: str | None = None) -
     """The source files of ``spec``."""
     if repo is not None:
         return Tree(files=_git(repo, spec))
+    pin = pinned(spec)
+    if pin is not None:
+        spec = str(fetch(*pin, workdir / f"{label}-download", label))
     path = Path(spec)
     if path.is_dir():
         return Tree(root=path.resolve())
     if not path.is_file():
         raise LivepatchError(
             "not-found",
-            f"{label} {spec!r} is neither a directory nor an sdist/wheel file (use --repo DIR "
-            "for git revisions)",
+            f"{label} {spec!r} is neither a directory, an sdist/wheel file nor NAME==VERSION "
+            "(use --repo DIR for git revisions)",
         )
     name = path.name
     if name.endswith((".whl", ".zip")):
@@ -214,3 +224,191 @@ def _git(repo: str, rev: str) -> dict[str, bytes]:
             "not-found", f"git revision {rev!r} of {repo}: {msg[-1] if msg else 'failed'}"
         ) from None
     return _untar(io.BytesIO(archive.stdout))
+
+
+# --- `pkg==X.Y.Z`: a release fetched with pip -------------------------------------------
+
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9][A-Za-z0-9.+!_-]*)$")
+
+
+def pinned(spec: str) -> tuple[str, str] | None:
+    """``(name, version)`` for ``name==version`` that is not a path on disk."""
+    m = _PIN.match(spec)
+    if m is None or Path(spec).exists():
+        return None
+    return m.group(1), m.group(2)
+
+
+def fetch(name: str, version: str, dest: Path, label: str) -> Path:
+    """Download ``name==version`` (a wheel if there is one, else the sdist) with pip."""
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "-q", "-d", str(dest), f"{name}=={version}"]  # fmt: skip
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise LivepatchError(
+            "timeout", f"{label} {name}=={version}: pip download timed out"
+        ) from None
+    files = sorted(p for p in dest.iterdir() if p.name.endswith((".whl", ".tar.gz", ".zip")))
+    if out.returncode or not files:
+        lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+        raise LivepatchError(
+            "not-found",
+            f"{label} {name}=={version}: pip could not download it "
+            f"({lines[-1].strip() if lines else 'no file'})",
+        )
+    return files[0]
+
+
+def dist_name(spec: str) -> str:
+    """The distribution a NEW release is of: from ``name==version``, a wheel's or an
+    sdist's file name, or a source directory's PKG-INFO, pyproject.toml or setup.cfg."""
+    pin = pinned(spec)
+    if pin:
+        return pin[0]
+    path = Path(spec)
+    if path.is_file():
+        stem = path.name
+        if stem.endswith(".whl"):
+            return stem.split("-")[0]
+        for suffix in (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".zip", ".tar"):
+            if stem.endswith(suffix):
+                return stem[: -len(suffix)].rsplit("-", 1)[0]
+    if path.is_dir():
+        pkg_info = path / "PKG-INFO"
+        if pkg_info.is_file():
+            m = re.search(r"^Name:\s*(\S+)", pkg_info.read_text("utf-8", "replace"), re.M)
+            if m:
+                return m.group(1)
+        pyproject = path / "pyproject.toml"
+        if pyproject.is_file():
+            section = re.search(
+                r"^\[project\]\s*$(.*?)(?=^\[|\Z)",
+                pyproject.read_text("utf-8", "replace"),
+                re.M | re.S,
+            )
+            m = section and re.search(r"^name\s*=\s*[\"']([^\"']+)[\"']", section.group(1), re.M)
+            if m:
+                return m.group(1)
+        setup_cfg = path / "setup.cfg"
+        if setup_cfg.is_file():
+            parser = configparser.ConfigParser(interpolation=None)
+            parser.read(setup_cfg, encoding="utf-8")
+            if parser.has_option("metadata", "name"):
+                return parser.get("metadata", "name").strip()
+    raise LivepatchError(
+        "invalid-payload",
+        f"cannot tell which distribution {spec} is a release of; name it with --dist NAME",
+    )
+
+
+# --- OLD from the environment the service runs ------------------------------------------
+
+#: run by the service's interpreter: the distribution's version, location and RECORD
+_RECORD_SCRIPT = r"""
+import json, sys
+from importlib import metadata
+try:
+    dist = metadata.distribution(sys.argv[1])
+except metadata.PackageNotFoundError:
+    print(json.dumps({"missing": True}))
+    raise SystemExit(0)
+files = [(str(f), f.hash.value if f.hash else None, f.hash.mode if f.hash else None)
+         for f in (dist.files or [])]
+print(json.dumps({
+    "name": dist.metadata["Name"], "version": dist.version,
+    "location": str(dist.locate_file("")), "files": files,
+    "python": "%d.%d" % sys.version_info[:2], "executable": sys.executable,
+}))
+"""
+
+
+@dataclass
+class Installed:
+    """A distribution as installed in an environment: the OLD side of a build."""
+
+    name: str
+    version: str
+    location: str
+    python: str  # X.Y of that environment's interpreter
+    executable: str
+    tree: Tree
+    warnings: list[str]
+
+
+def environment_python(env: str | None) -> str:
+    """The interpreter of ``--python-env``: an interpreter, or a virtualenv's directory
+    (its ``bin/python``); the current interpreter when not given."""
+    if not env:
+        return sys.executable
+    path = Path(env)
+    if path.is_dir():
+        for candidate in (path / "bin" / "python", path / "bin" / "python3",
+                          path / "Scripts" / "python.exe"):  # fmt: skip
+            if candidate.exists():
+                return str(candidate)
+        raise LivepatchError("not-found", f"--python-env {env}: a directory without bin/python")
+    if not path.exists():
+        raise LivepatchError("not-found", f"--python-env {env}: no such interpreter or virtualenv")
+    return str(path)
+
+
+def installed(dist: str, env: str | None) -> Installed:
+    """The source files of ``dist`` as the environment's interpreter imports them: the
+    files its dist-info RECORD lists, read from site-packages (what the service runs)."""
+    python = environment_python(env)
+    try:
+        out = subprocess.run(
+            [python, "-I", "-c", _RECORD_SCRIPT, dist], capture_output=True, text=True, timeout=120
+        )
+    except OSError as exc:
+        raise LivepatchError(
+            "not-found", f"--python-env {python}: cannot run it ({exc.strerror})"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise LivepatchError("timeout", f"{python} did not answer in 120 s") from None
+    try:
+        info = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise LivepatchError(
+            "not-found", f"{python} did not say what is installed: {out.stderr.strip()[-300:]}"
+        ) from None
+    if info.get("missing"):
+        raise LivepatchError(
+            "not-found",
+            f"{dist} is not installed in the environment of {python}; give OLD explicitly, or "
+            "--python-env for the service's interpreter or virtualenv",
+        )
+    location = Path(info["location"])
+    files: dict[str, bytes] = {}
+    warnings: list[str] = []
+    for rel, digest, mode in info["files"]:
+        rel = rel.replace("\\", "/")
+        if rel.startswith(("../", "/")) or not rel.endswith(WANTED):
+            continue  # scripts and data outside site-packages, bytecode, metadata
+        try:
+            data = (location / rel).read_bytes()
+        except OSError as exc:
+            raise LivepatchError(
+                "not-found", f"{info['name']} {info['version']}: {rel} is in its RECORD but "
+                f"cannot be read ({exc.strerror})"
+            ) from None  # fmt: skip
+        if digest and mode and mode in hashlib.algorithms_available:
+            seen = base64.urlsafe_b64encode(hashlib.new(mode, data).digest()).rstrip(b"=").decode()
+            if seen != digest:
+                warnings.append(
+                    f"{rel}: differs from what {info['name']} {info['version']} installed (its "
+                    "RECORD); the payload is built against the file as it is on disk"
+                )
+        files[rel] = data
+    if not any(r.endswith(".py") for r in files):
+        raise LivepatchError(
+            "not-found",
+            f"{info['name']} {info['version']} in {python} lists no Python source in its RECORD "
+            "(an editable install?); give OLD as its source directory",
+        )
+    return Installed(
+        info["name"], info["version"], str(location), info["python"], info["executable"],
+        Tree(files=files), warnings,
+    )  # fmt: skip

@@ -16,9 +16,32 @@ if TYPE_CHECKING:
 
 def register(sub: Any) -> None:
     """Declare ``build`` (the builder itself is imported only when it runs)."""
-    p = sub.add_parser("build", help="build a payload from two versions of the source")
-    p.add_argument("old", help="the running version: a directory, sdist, wheel or git revision")
-    p.add_argument("new", help="the fixed version, same kinds")
+    p = sub.add_parser(
+        "build",
+        help="build a payload from two versions of the source",
+        usage="pylivepatch build [options] OLD NEW\n       pylivepatch build [options] --installed NEW",
+    )
+    p.add_argument(
+        "old", metavar="OLD",
+        help="the running version: a directory, sdist, wheel, NAME==VERSION (fetched with pip) "
+        "or git revision (--repo); with --installed, give NEW only",
+    )  # fmt: skip
+    p.add_argument("new", metavar="NEW", nargs="?", help="the fixed version, same kinds")
+    p.add_argument(
+        "--installed", action="store_true",
+        help="OLD is the release installed where the service runs (the files its dist-info "
+        "RECORD lists in site-packages of --python-env)",
+    )  # fmt: skip
+    p.add_argument(
+        "--python-env", metavar="PATH",
+        help="the service's interpreter or virtualenv directory, for --installed (default: the "
+        "interpreter running pylivepatch); expectations are written for its Python version",
+    )  # fmt: skip
+    p.add_argument(
+        "--dist", metavar="NAME",
+        help="the distribution NEW is a release of, for --installed (default: from NEW's name "
+        "or metadata)",
+    )  # fmt: skip
     p.add_argument(
         "-o",
         "--output",
@@ -44,6 +67,11 @@ def register(sub: Any) -> None:
         "--allow", action="append", default=[], metavar="KIND",
         help="accept a refusal kind that a hook, a state or shadow variables handle",
     )  # fmt: skip
+    p.add_argument(
+        "--hooks", metavar="FILE",
+        help="payload code added to the generated module: the hooks, states and shadow "
+        "variables that handle what --allow accepts (it may use `patch`)",
+    )  # fmt: skip
     p.add_argument("--emit", metavar="FILE", help="also write the generated payload module")
     p.add_argument("--sign", metavar="KEY", help="sign with this private key (pylivepatch keygen)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -63,13 +91,25 @@ def build_command(args: argparse.Namespace) -> int:
     name = args.name or (Path(args.output).stem if args.output else None)
     if not name:
         raise LivepatchError("invalid-payload", "build needs --name or -o OUT.lpz")
+    old, new = args.old, args.new
+    if args.installed:
+        if new is not None:
+            raise LivepatchError(
+                "invalid-payload", "build --installed takes NEW only (OLD is what is installed)"
+            )
+        old, new = "", args.old
+    elif new is None:
+        raise LivepatchError("invalid-payload", "build needs OLD and NEW (or --installed NEW)")
+    elif args.python_env or args.dist:
+        raise LivepatchError("invalid-payload", "--python-env and --dist go with --installed")
     options = BuildOptions(
         name=name, version=args.version, description=args.description, metadata=metadata,
         replace=args.replace, depends=args.depends, consistency=args.consistency,
         pythons=[v.strip() for v in args.python.split(",") if v.strip()] if args.python else None,
-        allow=frozenset(args.allow), repo=args.repo,
+        allow=frozenset(args.allow), repo=args.repo, installed=args.installed,
+        python_env=args.python_env, dist=args.dist, hooks=args.hooks,
     )  # fmt: skip
-    result = build(args.old, args.new, options)
+    result = build(old, new, options)
     output = args.output or f"{name}.lpz"
     if result.source and args.emit:
         Path(args.emit).write_text(result.source)
@@ -83,7 +123,7 @@ def build_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report_json(result, output, why), indent=2))
     else:
-        print_report(result, args.old, args.new, output, name)
+        print_report(result, old, new, output, name)
         if why:
             print(f"pylivepatch: build: {why}", file=sys.stderr)
     return 0 if result.data else 1
@@ -102,8 +142,8 @@ def not_written(result: BuildResult) -> str:
         where = ", ".join(f"{r.kind} at {r.file}:{r.line}" for r in result.allowed)
         return (
             f"nothing to patch: the only changes are the ones --allow accepted ({where}); "
-            "nothing written. They need a hook, a state or shadow variables: write that "
-            "payload by hand and pack it (see docs/patch-author-guide.md)"
+            "nothing written. They need a hook, a state or shadow variables: give that code "
+            "with --hooks FILE (see docs/patch-author-guide.md)"
         )
     return "no functional changes found; nothing written"
 
@@ -127,11 +167,15 @@ def report_json(result: BuildResult, output: str | None, why: str = "") -> dict[
             for r in result.allowed
         ],
         "warnings": result.warnings,
+        "installed": result.installed,
         "manifest": result.manifest,
     }
 
 
 def print_report(result: BuildResult, old: str, new: str, output: str | None, name: str) -> None:
+    if result.installed:
+        i = result.installed
+        old = f"{i['name']} {i['version']} installed in {i['location']} (python {i['python']})"
     print(f"build {name}: {old} -> {new}")
     cosmetic = [d.module for d in result.diffs if d.cosmetic]
     for c in result.changes:
