@@ -659,10 +659,10 @@ class _ModuleContext:
         elif c.kind in ("new import", "import"):
             assert isinstance(node, (ast.Import, ast.ImportFrom))
             name = c.qualname.rsplit(".", 1)[-1]
-            source = self._import_source(node, name)
-            if source in self.names.will_add:  # added by this payload to another module
-                self.names.deferred.append((c.target, source))
-                out.append(f"# {name}: {source[0]}:{source[1]}, added by this payload (below)")
+            origin = self._import_source(node, name)
+            if origin in self.names.will_add:  # added by this payload to another module
+                self.names.deferred.append((c.target, origin))
+                out.append(f"# {name}: {origin[0]}:{origin[1]}, added by this payload (below)")
             else:
                 self.need([ast.Name(id=name, ctx=ast.Load())])
                 out.append(f"patch.data({c.target!r}, {name})")

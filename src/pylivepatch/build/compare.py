@@ -871,6 +871,7 @@ class Comparer:
             if new_value is not NOT_LITERAL:
                 self.change("constant", qual, new_node, value=new_value)
                 return
+            assert new_node.value is not None
             if not in_class or not (loads(new_node.value) & self.class_names):
                 self.change("value", qual, new_node)
                 return
