@@ -198,6 +198,11 @@ def print_report(result: BuildResult, old: str, new: str, output: str | None, na
         )
     if result.data and result.manifest:
         man: dict[str, Any] = result.manifest
+        hooks = man.get("hooks") or {}
+        if hooks or man.get("states"):
+            parts = [f"{kind} {fn}" for kind, fn in sorted(hooks.items())]
+            parts += [f"state {s['id']} v{s['version']}" for s in man.get("states") or []]
+            print(f"  hooks    {', '.join(parts)}  (from --hooks)")
         print(
             f"built {man['name']} -> {output}: {len(man['funcs'])} functions, {len(man['data'])} data, "
             f"python {', '.join(man['python'])}, build id {man['build_id'][:16]}"
