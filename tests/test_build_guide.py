@@ -36,7 +36,9 @@ def build(tmp_path: Path, args: str) -> subprocess.CompletedProcess[str]:
 
 def run_old(tmp_path: Path, script: str) -> list[str]:
     """Run ``script`` in a process importing shop-1.0 (the running version)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, str(tmp_path / "builder" / "shop-1.0")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([SRC, str(tmp_path / "builder" / "shop-1.0")])
+    )
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
         env=env, timeout=120, cwd=tmp_path / "builder",
