@@ -338,7 +338,7 @@ def test_version_and_help_of_every_option(tmp_path):
     assert "default: the payload's mode, 10 for transition, 1 for atomic" in text
     assert "--force when the timeout runs out, complete the change instead of reversing" in text
     assert "--nodeps do not check the payload's depends" in text
-    assert "NAME payload name" in text and "-p PID, --pid PID a process (repeatable)" in text
+    assert "NAME payload name" in text and "--pid PID a process (repeatable)" in text
     # every option and positional of every verb declared here says what it is
     from pylivepatch import cli as cli_module
 
