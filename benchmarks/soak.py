@@ -71,8 +71,21 @@ def outer(n):
     return f"outer={mine} inner={inner(n)}"
 """
 
+# A process that hangs can be asked for every thread's stack (faulthandler writes it from
+# the signal handler, even while a thread holds the GIL): the soak does so for a process
+# whose action takes longer than HANG seconds.
+DUMP = """
+import faulthandler
+import signal
+
+faulthandler.register(signal.SIGRTMIN + 2, all_threads=True)
+"""
+DUMP_SIGNAL = signal.SIGRTMIN + 2
+HANG = 20.0
+
 WSGI = (
     LOGIC
+    + DUMP
     + """
 
 import os
@@ -87,6 +100,7 @@ def app(environ, start_response):
 
 ASGI = (
     LOGIC
+    + DUMP
     + """
 
 import os
@@ -281,6 +295,8 @@ class Driver:
     error: str | None = None
     done: int = 0
     seconds: float = 0.0
+    since: float = 0.0  # time.monotonic() at the start of the current cycle
+    dumped: bool = False
 
     def run(self) -> None:
         client = Client(self.pid, timeout=120)
@@ -291,6 +307,7 @@ class Driver:
             t0 = time.perf_counter()
             for n in range(total):
                 mode = self.modes[n % len(self.modes)]
+                self.since = time.monotonic()
                 a = client.apply(PAYLOAD, consistency=mode, timeout=60)
                 r = client.revert(PAYLOAD, consistency=mode, timeout=60)
                 if n >= self.warmup:
@@ -305,6 +322,8 @@ class Driver:
             client.unload(PAYLOAD)
         except Exception as exc:  # noqa: BLE001 - reported with the pid
             self.error = f"process {self.pid}: {exc!r}"
+        finally:
+            self.since = 0.0
 
 
 # --- one service ---------------------------------------------------------------------
@@ -382,6 +401,14 @@ class Outcome:
         }
 
 
+def _log_tail(text: str) -> list[str]:
+    """The server's last lines, and every stack that faulthandler wrote (a crash, or a
+    hang the soak asked about)."""
+    lines = text.splitlines()
+    marks = ("Fatal Python error", "Current thread", "Thread 0x", '  File "', "Stack (most")
+    return [line for line in lines[:-40] if line.startswith(marks)] + lines[-40:]
+
+
 def percentile(values: list[int], q: float) -> float:
     if not values:
         return 0.0
@@ -417,6 +444,7 @@ def soak(
             os.environ,
             PYTHONPATH=os.pathsep.join([SRC, tmp]),
             PYLIVEPATCH_STATE_DIR=str(root / "state"),
+            PYTHONFAULTHANDLER="1",  # a crash shows every thread's stack in the server's log
         )
         server_log = (root / "server.log").open("wb")
         proc = subprocess.Popen(
@@ -449,11 +477,20 @@ def soak(
                 t.start()
             while any(t.is_alive() for t in threads):
                 time.sleep(5)
+                for d in drivers:  # a hung process: ask it for its threads' stacks
+                    if d.since and not d.dumped and time.monotonic() - d.since > HANG:
+                        d.dumped = True
+                        log(f"  {server}: process {d.pid} hangs; its stacks go to the log")
+                        try:
+                            os.kill(d.pid, DUMP_SIGNAL)
+                        except ProcessLookupError:
+                            pass
                 done = min(d.done for d in drivers)
+                errors = [d.error for d in drivers if d.error]
                 log(
                     f"  {server}: {done}/{warmup + cycles} cycles, {load.ok} requests, "
                     f"{len(load.failed)} failed, {len(load.mixed)} mixed, "
-                    f"{time.perf_counter() - t0:.0f} s",
+                    f"{time.perf_counter() - t0:.0f} s" + (f"; errors: {errors}" if errors else ""),
                 )
             seconds = time.perf_counter() - t0
             load.close()
@@ -480,7 +517,7 @@ def soak(
                 growth=growth,
                 rss={d.pid: d.rss for d in drivers},
                 answered={pid: dict(v) for pid, v in load.by_pid.items()},
-                log_tail=(root / "server.log").read_text(errors="replace").splitlines()[-40:],
+                log_tail=_log_tail((root / "server.log").read_text(errors="replace")),
             )
         finally:
             if load is not None:
