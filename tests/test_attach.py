@@ -334,6 +334,32 @@ def test_another_user_without_cap_sys_ptrace(tmp_path: Path) -> None:
         p.wait()
 
 
+def test_agent_that_cannot_import_is_reported_and_the_target_runs_on(tmp_path: Path) -> None:
+    """A module the agent needs is missing in the target (as in a frozen app that does
+    not bundle it): its traceback comes back, the program is not disturbed."""
+    p = subprocess.Popen(
+        [sys.executable, "-S", "-c",
+         "import sys, time\nsys.modules['json'] = None  # no json here\n"
+         "while True:\n    time.sleep(0.01)\n"],
+        cwd="/", env=target_env(),
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)
+        r = cli("attach", str(p.pid))
+        assert r.returncode == 1
+        first = r.stderr.splitlines()[0]
+        assert first.startswith(
+            f"pylivepatch: agent-import-failed: process {p.pid}: the agent could not start in "
+            "the target: ModuleNotFoundError: import of json halted; None in sys.modules"
+        ), r.stderr
+        assert "Traceback (most recent call last):" in r.stderr  # the target's, shown
+        time.sleep(0.2)
+        assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()
+
+
 def test_gdb_missing(tmp_path: Path) -> None:
     t = Target(tmp_path, "sleep")
     try:

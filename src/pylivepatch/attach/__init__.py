@@ -113,7 +113,8 @@ def attach(
                 fallback=channel.target_fallback,
                 library=str(directory / library.relative_to(here_dir)),
                 socket_dir=str(directory),
-                state_dir=str(store.state_dir()),
+                # a container keeps its own state directory: ours is not in its files
+                state_dir="" if target.other_namespace else str(store.state_dir()),
                 app=app or "",
                 public_pid=pid,
             )

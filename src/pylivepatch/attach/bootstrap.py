@@ -241,9 +241,8 @@ def raise_for(report: Report, pid: int) -> None:
     hint = ""
     if "ModuleNotFoundError" in last and "pylivepatch" not in last:
         hint = (
-            " (a frozen app, such as one built by PyInstaller, ships only the standard "
-            "modules it uses: rebuild it with that module, e.g. --hidden-import, or start "
-            "it under `pylivepatch run`)"
+            " (a frozen app, such as one built by PyInstaller, ships only the modules it "
+            "uses: build it with the agent inside, `--collect-submodules pylivepatch`)"
         )
     raise LivepatchError(
         "agent-import-failed",
