@@ -80,8 +80,9 @@ NODEPS_HELP = (
     "not the payload applied last"
 )
 NO_EXPECT_HELP = (
-    "accept a payload without an expectation for this interpreter's version (its "
-    "functions' code is then not checked); recorded in the audit log"
+    "accept a payload without expectations for this interpreter's version: the functions "
+    "it replaces are then not checked (with no module build ids for it either, add "
+    "--no-object-check); recorded in the audit log"
 )
 NO_OBJECT_CHECK_HELP = (
     "accept target modules whose code differs from what the payload was built against "
