@@ -20,6 +20,7 @@ import pytest
 from attach_support import (
     GDB,
     MODES,
+    TESTS,
     Target,
     attach_json,
     cli,
@@ -355,6 +356,93 @@ def test_agent_that_cannot_import_is_reported_and_the_target_runs_on(tmp_path: P
         assert "Traceback (most recent call last):" in r.stderr  # the target's, shown
         time.sleep(0.2)
         assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_not_initialized(tmp_path: Path) -> None:
+    """A program that links libpython but has not initialized it (an embedding
+    application starting up): refused by the check gdb makes before anything else."""
+    import shutil
+    import sysconfig
+
+    libdir = sysconfig.get_config_var("LIBDIR")
+    ldlibrary = sysconfig.get_config_var("LDLIBRARY") or ""
+    if not shutil.which("gcc") or not ldlibrary.endswith(".so"):
+        pytest.skip("needs gcc and a shared libpython")
+    source = tmp_path / "embed.c"
+    source.write_text(
+        "#include <unistd.h>\nint Py_IsInitialized(void);\n"
+        "int main(void) { (void)Py_IsInitialized; for (;;) sleep(1); }\n"
+    )
+    exe = tmp_path / "embed"
+    lib = ldlibrary[3:].split(".so")[0]  # libpython3.11.so -> python3.11
+    subprocess.run(
+        ["gcc", "-o", str(exe), str(source), f"-L{libdir}", "-Wl,--no-as-needed",
+         f"-l{lib}", f"-Wl,-rpath,{libdir}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    p = subprocess.Popen([str(exe)])
+    try:
+        time.sleep(0.3)
+        line = refused(p.pid, "not-initialized")
+        assert line.endswith("the interpreter is not initialized (starting up or shutting down)")
+        assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_container_with_its_own_pid_and_mount_namespaces(tmp_path: Path, fix: bytes) -> None:
+    """A target in its own pid and mount namespaces with a private /tmp (a container):
+    the files it opens are put in through /proc/PID/root, the agent takes the host's
+    pid for its name, and a link in our socket directory lets every later command
+    reach it by that pid."""
+    if os.getuid() != 0 or not Path("/usr/bin/unshare").exists():
+        pytest.skip("needs root and unshare")
+    status = "/tmp/status.json"  # inside the container's own /tmp
+    script = (
+        "mount -t tmpfs tmpfs /tmp && exec "
+        + sys.executable
+        + f" -S {TESTS / 'attach_target.py'} sleep {status}"
+    )
+    p = subprocess.Popen(
+        ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "sh", "-c", script],
+        env=target_env(), cwd="/",
+    )  # fmt: skip
+    try:
+        inner = None
+        for _ in range(1000):
+            kids = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+            if kids and Path(f"/proc/{kids[0]}/root{status}").exists():
+                inner = int(kids[0])
+                break
+            time.sleep(0.01)
+        assert inner is not None, "the container's python did not start"
+        assert not Path(status).exists()  # its /tmp is not ours
+        r = attach_json(inner)
+        assert r["result"] == "direct"
+        assert Client(inner).ping()["pid"] == inner
+        ps = json.loads(cli("ps", "--json").stdout)
+        assert inner in [i["pid"] for i in ps]
+        link = Path(r["socket"])
+        assert link.is_symlink() and os.readlink(link).startswith(f"/proc/{inner}/root/")
+        inside = Path(f"/proc/{inner}/root{status}")
+
+        def answer() -> str:
+            try:
+                return str(json.loads(inside.read_text())["last_answer"])
+            except ValueError:  # between two writes
+                return ""
+
+        Client(inner).load(fix)
+        for _ in range(1000):
+            if answer() == "new":
+                break
+            time.sleep(0.01)
+        assert answer() == "new"
+        Client(inner).revert("attach-fix")
     finally:
         p.kill()
         p.wait()
