@@ -580,3 +580,16 @@ def test_shell_completion_with_bash(lab, shop):
     assert lines[5] == f"pylivepatch apply -p {t.pid}  => fix-price "
     zsh = cli("completion", "zsh", cwd=lab.root).stdout
     assert "compdef _python_argcomplete pylivepatch" in zsh
+    # what zsh's function asks (no zsh here): the same request, answered with descriptions
+    # (through a file, as the script does with ARGCOMPLETE_USE_TEMPFILES)
+    line, answer = "pylivepatch lo", lab.root / "answer"
+    subprocess.run(
+        [sys.executable, "-m", "pylivepatch"], cwd=lab.root, capture_output=True, timeout=60,
+        env=env(COMP_LINE=line, COMP_POINT=str(len(line)), _ARGCOMPLETE="1", IFS="\013",
+                _ARGCOMPLETE_SHELL="zsh", _ARGCOMPLETE_SUPPRESS_SPACE="1",
+                _ARGCOMPLETE_STDOUT_FILENAME=str(answer)),
+    )  # fmt: skip
+    assert answer.read_text().split("\013") == [
+        "load:upload and apply a payload (all or nothing)",
+        "log:the audit log: every action, who asked, its result",
+    ]
