@@ -589,7 +589,7 @@ def test_shell_completion_with_bash(lab, shop):
                 _ARGCOMPLETE_SHELL="zsh", _ARGCOMPLETE_SUPPRESS_SPACE="1",
                 _ARGCOMPLETE_STDOUT_FILENAME=str(answer)),
     )  # fmt: skip
-    assert answer.read_text().split("\013") == [
+    assert sorted(answer.read_text().split("\013")) == [
         "load:upload and apply a payload (all or nothing)",
         "log:the audit log: every action, who asked, its result",
     ]
