@@ -34,6 +34,7 @@ EARLY = (
     "set confirm off",
     "set unwindonsignal on",
     "set auto-solib-add off",
+    "set debug-file-directory /dev/null",  # separate debug files (libc6-dbg) took 0.4-1 s
     "set print thread-events off",
 )
 LATE = (
