@@ -497,3 +497,72 @@ def test_signal_without_a_handler_is_refused(tmp_path: Path) -> None:
         assert exc.value.code == "not-found"
     finally:
         t.stop()
+
+
+def test_installed_payloads_of_the_app_apply_when_attached_with_app(
+    tmp_path: Path, fix: bytes
+) -> None:
+    archive = tmp_path / "attach-fix.lpz"
+    archive.write_bytes(fix)
+    app = f"attached-{os.getpid()}"
+    assert cli("install", str(archive), "--app", app).returncode == 0
+    t = Target(tmp_path, "sleep")
+    try:
+        t.ready()
+        r = attach_json(t.pid, "--app", app)
+        assert r["app"] == app
+        t.wait("the installed payload's code", lambda s: s["last_answer"] == "new")
+        ps = json.loads(cli("ps", "--app", app, "--json").stdout)
+        assert [(i["pid"], i["applied"]) for i in ps] == [(t.pid, ["attach-fix"])]
+        log = cli("log", "--app", app).stdout
+        assert "attach" in log and "load" in log, log
+    finally:
+        t.stop()
+        cli("uninstall", "attach-fix", "--app", app)
+
+
+@pytest.mark.parametrize(
+    ("scope", "uid", "cap", "ancestor", "expected"),
+    [
+        (None, 0, True, False, None),
+        (0, 1000, False, False, None),
+        (1, 1000, False, True, None),  # an ancestor may
+        (1, 1000, False, False, "kernel.yama.ptrace_scope is 1: only an ancestor"),
+        (1, 1000, True, False, None),
+        (2, 1000, False, True, "kernel.yama.ptrace_scope is 2: only CAP_SYS_PTRACE"),
+        (2, 0, True, False, None),
+        (3, 0, True, False, "kernel.yama.ptrace_scope is 3: no process may be traced"),
+    ],
+)
+def test_permission_rules_name_their_cause(
+    scope: int | None, uid: int, cap: bool, ancestor: bool, expected: str | None
+) -> None:
+    """What the kernel would refuse ptrace for, decided from /proc before any tracing
+    (Yama's modes cannot be switched on this machine: the rules as data)."""
+    from pylivepatch.attach import preflight, procfs
+
+    st = procfs.Status(
+        pid=4242, name="python", state="S", state_text="sleeping", ppid=1, tracer=0,
+        uid=uid, euid=uid, caught_signals=0, threads=1,
+    )  # fmt: skip
+    privileges = procfs.Privileges(uid=uid, cap_sys_ptrace=cap, ptrace_scope=scope)
+    if expected is None:
+        preflight.check_permission(st, privileges, dumpable=True, is_ancestor=ancestor)
+        return
+    with pytest.raises(LivepatchError) as exc:
+        preflight.check_permission(st, privileges, dumpable=True, is_ancestor=ancestor)
+    assert exc.value.code == "permission-denied"
+    assert expected in exc.value.message
+
+
+def test_an_undumpable_process_of_your_own_needs_cap_sys_ptrace() -> None:
+    from pylivepatch.attach import preflight, procfs
+
+    st = procfs.Status(
+        pid=4242, name="python", state="S", state_text="sleeping", ppid=1, tracer=0,
+        uid=1000, euid=1000, caught_signals=0, threads=1,
+    )  # fmt: skip
+    mine = procfs.Privileges(uid=1000, cap_sys_ptrace=False, ptrace_scope=0)
+    with pytest.raises(LivepatchError) as exc:
+        preflight.check_permission(st, mine, dumpable=False, is_ancestor=False)
+    assert "is not dumpable" in exc.value.message
