@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,30 @@ def test_a_payload_no_host_trusts_changes_nothing(hosts: FleetLab, tmp_path: Pat
         assert fleet.audit_actions(host) == audits[host.name], host.name
         assert fleet.installed(host) == {}
         assert all(p == {} for p in fleet.processes(host).values())
+
+
+def test_a_failure_within_the_gate_reverts_that_host_only_and_the_rollout_goes_on(
+    hosts: FleetLab,
+) -> None:
+    """--max-fail 50 with batches of 2: one failed host is 50%, not more, so its batch
+    passes the gate (Ansible's max_fail_percentage must be exceeded). The health check
+    here is a command run on each host."""
+    fleet = hosts
+    payload = fleet.pack(BAD_FIX, "fix-region")  # breaks the health of region eu: h2
+    check = f"{sys.executable} -c \"import urllib.request; urllib.request.urlopen('{HEALTH}')\""
+    out = fleet.fleet("rollout", str(payload), "--app", APP, "--plan", "2", "--max-fail", "50",
+                      "--health", check, "--health-retries", "2", "--health-delay", "1",
+                      "--json")  # fmt: skip
+    doc = json.loads(out.stdout)
+    assert out.returncode == 0 and doc["ok"], doc
+    assert doc["batches"] == [["h1", "h2"], ["h3", "h4"]]
+    report = doc["hosts"]
+    assert report["h2"]["result"] == "reverted (within the gate)"
+    assert report["h2"]["failure"].startswith("UNHEALTHY after the change (2 tries): exit 1")
+    h2 = fleet.host("h2")
+    assert applied(fleet, h2, "fix-region") == ["CHECKED", "CHECKED"]
+    assert fleet.installed(h2) == {}
+    for host in fleet.hosts:
+        if host.name != "h2":
+            assert report[host.name]["result"] == "patched", report[host.name]
+            assert applied(fleet, host, "fix-region") == ["APPLIED", "APPLIED"]

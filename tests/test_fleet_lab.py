@@ -193,6 +193,8 @@ class FleetLab:
         for host in self.hosts:
             for sub in ("run", "state", "stage", "tmp"):
                 (host.dir / sub).mkdir(parents=True, mode=0o700)
+            (host.dir / "home").mkdir(mode=0o700)
+            (host.dir / "passwd").write_text(_passwd(host.dir / "home"))
             env = " ".join(f"{k}={v}" for k, v in host.env.items())
             config = host.dir / "sshd_config"
             config.write_text(
@@ -231,9 +233,12 @@ class FleetLab:
 
     def start_sshd(self, host: Host) -> None:
         log = open(host.dir / "sshd.log", "ab")  # noqa: SIM115 - the child keeps it
+        # In a mount namespace of its own where /etc/passwd gives root the host's own
+        # home and /bin/sh: no rc file of this machine's root runs in every SSH session.
         host.sshd = subprocess.Popen(
-            ["ip", "netns", "exec", host.netns, "/usr/sbin/sshd", "-D", "-e", "-f",
-             str(host.dir / "sshd_config")],
+            ["ip", "netns", "exec", host.netns, "unshare", "--mount", "--propagation",
+             "private", "sh", "-c", 'mount --bind "$1" /etc/passwd && exec "$2" -D -e -f "$3"',
+             "sh", str(host.dir / "passwd"), "/usr/sbin/sshd", str(host.dir / "sshd_config")],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         log.close()
@@ -411,6 +416,17 @@ class FleetLab:
         env = dict(os.environ, PYTHONPATH=str(self.root / "svc"))
         _run(self.pylivepatch, "pack", str(path), "-o", str(out), env=env)
         return out
+
+
+def _passwd(home: Path) -> str:
+    """This machine's /etc/passwd with root's home and shell made the host's own."""
+    lines = []
+    for line in Path("/etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) == 7 and fields[0] == "root":
+            fields[5], fields[6] = str(home), "/bin/sh"
+        lines.append(":".join(fields))
+    return "\n".join(lines) + "\n"
 
 
 def _comm(pid: int) -> str:

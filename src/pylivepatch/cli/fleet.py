@@ -250,7 +250,11 @@ def _host(event: dict[str, Any]) -> str:
 
 
 def _message(res: dict[str, Any]) -> str:
-    text = str(res.get("msg") or res.get("stderr") or res.get("stdout") or "failed")
+    if res.get("cmd") is not None and isinstance(res.get("rc"), int):  # a command's result
+        output = str(res.get("stderr") or res.get("stdout") or "").strip()
+        text = f"exit {res['rc']}" + (f": {output.splitlines()[-1]}" if output else "")
+    else:
+        text = str(res.get("msg") or res.get("stderr") or res.get("stdout") or "failed")
     return " ".join(text.split())
 
 
@@ -368,9 +372,12 @@ class Rollout:
         elif task == "revert this host" and kind in ("runner_on_ok", "runner_on_failed"):
             if not res.get("skipped"):
                 self.reverted(host, res, "reverted (within the gate)")
-        elif task == "stop" and failed and "gate failed" in _message(res):
-            first = self.gate_failed_in is None
-            self.gate_failed_in = self.host(host).batch if first else self.gate_failed_in
+        elif task == "stop" and failed:
+            report = self.host(host)
+            # the rescue's message: "TASK: why (what the gate decided)"
+            report.failure = report.failure or _message(res).rsplit(" (", 1)[0]
+            if "gate failed" in _message(res) and self.gate_failed_in is None:
+                self.gate_failed_in = report.batch
 
     def fleet_reverted(self, res: dict[str, Any]) -> None:
         items = [r for r in res.get("results", []) if not r.get("skipped")]
@@ -459,11 +466,11 @@ def _rollout(args: argparse.Namespace, man: Any, staged: Path) -> int:
             + (f"; {', '.join(untouched)} never reached" if untouched else "")
             + ". Look at the failed hosts before rolling out again",
         )
-    elif follow.revert_failed or run.rc != 0:
+    elif run.rc != 0 and not failed:
         error = ("rollout-failed", f"the rollout did not finish (ansible-playbook exited "
                  f"{run.rc}); see the table")  # fmt: skip
     else:
-        error = None
+        error = None  # done; hosts that failed within the gate were reverted
     if follow.revert_failed:
         error = (
             "revert-failed",
@@ -497,6 +504,9 @@ def _rollout(args: argparse.Namespace, man: Any, staged: Path) -> int:
                     f"batch{'es' if len(follow.batches) != 1 else ''} in {run.seconds:.1f} s")  # fmt: skip
         if error:
             print(f"pylivepatch: {error[0]}: {error[1]}", file=sys.stderr)
+        elif failed:
+            render.line(f"within the gate ({args.max_fail:g}%), each reverted: "
+                        + "; ".join(f"{n}: {follow.hosts[n].failure}" for n in failed))  # fmt: skip
     return 0 if error is None else 1
 
 
