@@ -395,44 +395,47 @@ def test_not_initialized(tmp_path: Path) -> None:
 
 
 def test_container_with_its_own_pid_and_mount_namespaces(tmp_path: Path, fix: bytes) -> None:
-    """A target in its own pid and mount namespaces with a private /tmp (a container):
-    the files it opens are put in through /proc/PID/root, the agent takes the host's
-    pid for its name, and a link in our socket directory lets every later command
-    reach it by that pid."""
+    """A target in its own pid and mount namespaces (a container) where our socket
+    directory is another, empty directory: the files it opens are put in through
+    /proc/PID/root, the agent takes the host's pid for its name, and a link in our
+    socket directory lets every later command reach it by that pid."""
     if os.getuid() != 0 or not Path("/usr/bin/unshare").exists():
         pytest.skip("needs root and unshare")
-    status = "/tmp/status.json"  # inside the container's own /tmp
+    from pylivepatch.agent import protocol
+
+    ours = protocol.socket_dir()
+    ours.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shadowed = ours.parent  # the container gets an empty directory of its own there
+    status = tmp_path / "status.json"
     script = (
-        "mount -t tmpfs tmpfs /tmp && exec "
-        + sys.executable
-        + f" -S {TESTS / 'attach_target.py'} sleep {status}"
+        f"mount -t tmpfs -o mode=0700 tmpfs {shadowed} && exec {sys.executable} -S "
+        f"{TESTS / 'attach_target.py'} sleep {status}"
     )
     p = subprocess.Popen(
-        ["unshare", "--mount", "--pid", "--fork", "--mount-proc", "sh", "-c", script],
+        ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "sh", "-c", script],
         env=target_env(), cwd="/",
     )  # fmt: skip
     try:
         inner = None
-        for _ in range(1000):
+        for _ in range(3000):
             kids = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
-            if kids and Path(f"/proc/{kids[0]}/root{status}").exists():
+            if kids and status.exists():
                 inner = int(kids[0])
                 break
             time.sleep(0.01)
         assert inner is not None, "the container's python did not start"
-        assert not Path(status).exists()  # its /tmp is not ours
         r = attach_json(inner)
         assert r["result"] == "direct"
+        link = ours / f"{inner}.sock"
+        assert link.is_symlink()
+        assert os.readlink(link) == f"/proc/{inner}/root{ours}/{inner}.sock"
         assert Client(inner).ping()["pid"] == inner
         ps = json.loads(cli("ps", "--json").stdout)
         assert inner in [i["pid"] for i in ps]
-        link = Path(r["socket"])
-        assert link.is_symlink() and os.readlink(link).startswith(f"/proc/{inner}/root/")
-        inside = Path(f"/proc/{inner}/root{status}")
 
         def answer() -> str:
             try:
-                return str(json.loads(inside.read_text())["last_answer"])
+                return str(json.loads(status.read_text())["last_answer"])
             except ValueError:  # between two writes
                 return ""
 
@@ -446,6 +449,9 @@ def test_container_with_its_own_pid_and_mount_namespaces(tmp_path: Path, fix: by
     finally:
         p.kill()
         p.wait()
+        for path in ours.glob("*.sock"):
+            if path.is_symlink():
+                path.unlink()
 
 
 def test_gdb_missing(tmp_path: Path) -> None:
