@@ -303,7 +303,7 @@ def test_an_import_of_another_object_is_rebound_unless_copied_at_import(lab, ver
     assert report(v.build(), v.pkg)["refusals"] == [
         "pkg/m.py:1: captured-constant: pkg.m:encode: its old value was captured at import by "
         "the module-level statement at line 7; rebinding it would leave that copy old: update "
-        "the copy in a post_apply hook (--hooks FILE, keeping the old value in a state to put "
+        "the copy in a pre_apply hook (--hooks FILE, keeping the old value in a state to put "
         "back in post_revert) and --allow captured-constant, or patch the code that reads the copy",
     ]
 
@@ -537,3 +537,20 @@ def test_format_and_fstring_spellings_of_one_value_compare_equal(versions):
     }
     (v.new / v.pkg / "m.py").write_text(with_fix(new.replace("{HOST}:", "{HOST}/"), FIX_NEW))
     assert [r.kind for r in v.build().refusals] == ["mutable-data"]
+
+
+def test_an_import_of_another_class_is_refused(versions):
+    files = {
+        "errors.py": "class Denied(Exception):\n    pass\n",
+        "other.py": "class Denied(Exception):\n    pass\n",
+    }
+    old = "from .errors import Denied\n\ndef deny():\n    raise Denied()\n"
+    new = old.replace(".errors", ".other")
+    v = versions(
+        {**files, "m.py": with_fix(old, FIX_OLD)}, {**files, "m.py": with_fix(new, FIX_NEW)}
+    )
+    assert report(v.build(), v.pkg)["refusals"] == [
+        "pkg/m.py:1: computed-data: pkg.m:Denied: 'Denied' is now imported from another place "
+        "(from .errors import Denied -> from .other import Denied); it names another class, and "
+        "objects made from the old one would fail isinstance() checks of the new code",
+    ]

@@ -296,6 +296,19 @@ class _Index(TreeIndex):
                     return f"{other} line {attrs[name]}"
         return ""
 
+    def knows(self, module: str) -> bool:
+        return module in self.mods["old"] or module in self.mods["new"]
+
+    def is_class(self, module: str, name: str) -> bool:
+        for side in ("new", "old"):
+            mod, attr = self.origin(module, name) if side == "old" else (module, name)
+            tree = self.tree(side, mod)
+            if tree is not None and any(
+                isinstance(n, ast.ClassDef) and n.name == attr for n in tree.body
+            ):
+                return True
+        return False
+
     def origin(self, module: str, name: str) -> tuple[str, str]:
         seen: set[tuple[str, str]] = set()
         while (module, name) not in seen:
@@ -381,7 +394,7 @@ def _captured(
             Refusal(
                 "captured-constant", file, line, c.target,
                 f"its old value was captured at import by {where}; rebinding it would leave "
-                "that copy old: update the copy in a post_apply hook (--hooks FILE, keeping the "
+                "that copy old: update the copy in a pre_apply hook (--hooks FILE, keeping the "
                 "old value in a state to put back in post_revert) and --allow captured-constant, "
                 "or patch the code that reads the copy",
             )

@@ -301,6 +301,14 @@ class TreeIndex:
         re-exports (``from .x import name``) in OLD."""
         return module, name
 
+    def knows(self, module: str) -> bool:
+        """``module`` is a module of the tree."""
+        return False
+
+    def is_class(self, module: str, name: str) -> bool:
+        """``module.name`` is (re-exported from) a class defined in the tree."""
+        return False
+
 
 class Comparer:
     """Compare one module's OLD and NEW source."""
@@ -523,6 +531,14 @@ class Comparer:
             self.ignore(line, qual, what, _VERSION_WHY)
         elif in_class:
             self.refuse("computed-data", line, qual, what + " in a class body")
+        elif self.index.is_class(*(new_src or ("", ""))) or (
+            new_src is not None and new_src[1][:1].isupper() and not self.index.knows(new_src[0])
+        ):
+            self.refuse(
+                "computed-data", line, qual,
+                f"{what}; it names another class, and objects made from the old one would fail "
+                "isinstance() checks of the new code",
+            )  # fmt: skip
         else:
             # rebound like a new import; a copy made at import is refused by the builder
             self.change("import", qual, entry.node)

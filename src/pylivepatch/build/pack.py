@@ -490,10 +490,10 @@ def pack(
     root = os.path.abspath(against) if against else None
     results = []
     for version in dict.fromkeys(versions):
-        if version == python_tag():
+        exe = (interpreters or {}).get(version)
+        if version == python_tag() and exe is None:
             results.append(analyze(sources, root, search))
-        else:
-            exe = (interpreters or {}).get(version)
+        else:  # another version, or the service's own interpreter (its packages)
             results.append(_analyze_in(version, sources, root, search, exe))
     first = results[0]
     for other in results[1:]:
