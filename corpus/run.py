@@ -417,9 +417,32 @@ def main() -> int:
     ap.add_argument("--out", help="Markdown table to write (e.g. docs/corpus.md)")
     ap.add_argument("--json", help="JSON results to write")
     ap.add_argument("--python", default=sys.executable, help="interpreter for the virtualenvs")
+    ap.add_argument(
+        "--merge", nargs="+", metavar="JSON",
+        help="write --out from the results of earlier runs (--json), in pairs.tsv's order, "
+        "instead of running: batches of pairs can run side by side",
+    )  # fmt: skip
     args = ap.parse_args()
     with open(args.pairs) as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
+    if args.merge:
+        found: dict[tuple[str, str], Outcome] = {}
+        for name in args.merge:
+            for item in json.loads(Path(name).read_text()):
+                o = Outcome(**item)
+                found[(o.package, o.old)] = o
+        merged = [
+            found[(r["package"], r["old"])] for r in rows if (r["package"], r["old"]) in found
+        ]
+        missing = [
+            f"{r['package']}=={r['old']}" for r in rows if (r["package"], r["old"]) not in found
+        ]
+        if missing:
+            print(f"no results for {', '.join(missing)}", file=sys.stderr)
+            return 1
+        if args.out:
+            write_markdown(merged, Path(args.out))
+        return 0 if all(o.verdict.startswith("ok") for o in merged) else 1
     wanted = []
     for row in rows:
         key = f"{row['package']}=={row['old']}"
