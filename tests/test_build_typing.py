@@ -554,3 +554,27 @@ def test_an_import_of_another_class_is_refused(versions):
         "(from .errors import Denied -> from .other import Denied); it names another class, and "
         "objects made from the old one would fail isinstance() checks of the new code",
     ]
+
+
+def test_a_new_instance_attribute_read_with_a_default_builds_and_one_read_plainly_is_refused(
+    lab, versions
+):
+    old = (
+        "class Conn:\n    def __init__(self):\n        self.open = True\n\n"
+        "    def send(self, data):\n        return len(data)\n"
+    )
+    new = old.replace("self.open = True\n", "self.open = True\n        self.sent = 0\n").replace(
+        "return len(data)",
+        "self.sent = getattr(self, 'sent', 0) + len(data)\n        return getattr(self, 'sent', 0)",
+    )
+    v = versions({"m.py": with_fix(old, FIX_OLD)}, {"m.py": with_fix(new, FIX_NEW)})
+    m = v.module("m")
+    before = m.Conn()  # made by the old __init__: no `sent`
+    result = v.build()
+    assert report(result, v.pkg)["refusals"] == []
+    name = lab.engine.load(result.data).name
+    assert (before.send(b"ab"), before.send(b"c"), m.Conn().send(b"x")) == (2, 3, 1)
+    lab.engine.revert(name)
+    plain = new.replace("getattr(self, 'sent', 0)", "getattr(self, 'sent')")
+    (v.new / v.pkg / "m.py").write_text(with_fix(plain, FIX_NEW))
+    assert [r.kind for r in v.build().refusals] == ["instance-state"]
