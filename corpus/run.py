@@ -30,6 +30,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -67,17 +68,32 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
+MEMORY_CAP = 8 * 1024**3  # bytes of address space for each command: an OLD release's
+# denial-of-service test grows without bound (the corpus README asks for a cap)
+
+
+def _cap_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_CAP, MEMORY_CAP))
+
+
 def sh(
     cmd: list[str], cwd: Path, timeout: float, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in a process group of its own, so that a timeout stops every
+    process it started (``pylivepatch test`` runs the suite as a child)."""
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, **(env or {})), preexec_fn=_cap_memory, start_new_session=True,
+    )  # fmt: skip
     try:
-        return subprocess.run(
-            cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-            env=dict(os.environ, **(env or {})),
-        )  # fmt: skip
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
         return subprocess.CompletedProcess(cmd, 124, out, f"timed out after {timeout:.0f}s")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def failing(text: str) -> list[str]:
