@@ -557,12 +557,12 @@ def test_refused_constants_captured_at_import(versions):
     assert v.refusals() == [
         "pkg/m.py:2: captured-constant: pkg.m:LIMIT: its old value was captured at import by "
         "a default value of check() (line 4); rebinding it would leave that copy old: update "
-        "the copy in a post_apply hook (--hooks FILE, keeping the old value in a state to put "
+        "the copy in a pre_apply hook (--hooks FILE, keeping the old value in a state to put "
         "back in post_revert) and --allow captured-constant, or patch the code that reads the "
         "copy",
         "pkg/m.py:8: captured-constant: pkg.m:Retry.HEADERS: its old value was captured at "
         "import by `Retry.DEFAULT = Retry()` (line 13), which built an object with Retry(); "
-        "rebinding it would leave that copy old: update the copy in a post_apply hook (--hooks "
+        "rebinding it would leave that copy old: update the copy in a pre_apply hook (--hooks "
         "FILE, keeping the old value in a state to put back in post_revert) and --allow "
         "captured-constant, or patch the code that reads the copy",
     ]
