@@ -176,13 +176,13 @@ class Run:
 def run_playbook(
     name: str, args: argparse.Namespace, extravars: dict[str, Any], on_event: Any = None
 ) -> Run:
+    inventory = Path(args.inventory)
+    if not inventory.exists():
+        raise LivepatchError("not-found", f"inventory {args.inventory} does not exist")
     try:
         import ansible_runner  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
         raise LivepatchError("not-found", NEEDS) from None
-    inventory = Path(args.inventory)
-    if not inventory.exists():
-        raise LivepatchError("not-found", f"inventory {args.inventory} does not exist")
     root = collections_path()
     playbook = root / "ansible_collections" / "pylivepatch" / "fleet" / "playbooks" / f"{name}.yml"
     others = os.environ.get("ANSIBLE_COLLECTIONS_PATH", "")
@@ -280,6 +280,10 @@ class HostReport:
                 "steps": self.steps, "processes": self.processes}  # fmt: skip
 
 
+#: tasks where an unreachable host is expected and handled by the playbook
+NOT_LOST = frozenset({"health before", "health before (command)", "revert every host touched",
+                      "revert this host"})  # fmt: skip
+
 HEALTH_AFTER = {
     "health": "healthy after the change",
     "health (command)": "healthy after the change",
@@ -305,6 +309,8 @@ class Rollout:
         self.batches: list[list[str]] = []
         self.gate_failed_in: int | None = None
         self.revert_failed: list[str] = []
+        self.touched: list[str] = []  # hosts the payload was copied to
+        self.lost: list[str] = []  # hosts that became unreachable after that
 
     def host(self, name: str) -> HostReport:
         if name not in self.hosts:
@@ -339,6 +345,14 @@ class Rollout:
             if host == self.batches[-1][0]:
                 self.say(f"batch {len(self.batches)}: {', '.join(self.batches[-1])}")
             self.host(host).batch = len(self.batches)
+        elif task == "copy" and kind.startswith("runner_on_") and host not in self.touched:
+            self.touched.append(host)
+        if kind == "runner_on_unreachable" and task not in NOT_LOST and host not in self.lost:
+            # Ansible drops such a host from the play: no rescue, and max_fail_percentage
+            # does not count it. rollout() reverts the others after the play.
+            self.lost.append(host)
+            self.step(host, f"UNREACHABLE during {task}, its state is unknown: {_message(res)}",
+                      "unreachable", fails=True)  # fmt: skip
         elif task == "unreachable" and failed:
             self.step(host, f"unreachable: {_message(res)}", "unreachable", fails=True)
         elif task == "unhealthy before" and failed:
@@ -454,6 +468,9 @@ def _rollout(args: argparse.Namespace, man: Any, staged: Path) -> int:
     names = follow.order or list(follow.hosts)
     for name in names:
         follow.host(name)
+    seconds = run.seconds
+    if follow.lost and follow.gate_failed_in is None:
+        seconds += _revert_after_lost(args, man.name, follow)
     failed = [n for n in names if follow.hosts[n].failure]
     if follow.gate_failed_in is not None:
         touched = [n for n in names if follow.hosts[n].result == "reverted"]
@@ -485,7 +502,7 @@ def _rollout(args: argparse.Namespace, man: Any, staged: Path) -> int:
         "app": args.app,
         "plan": args.plan,
         "batches": follow.batches,
-        "seconds": round(run.seconds, 1),
+        "seconds": round(seconds, 1),
         "hosts": {n: follow.hosts[n].to_dict() for n in names},
     }
     if error:
@@ -501,13 +518,33 @@ def _rollout(args: argparse.Namespace, man: Any, staged: Path) -> int:
         )  # fmt: skip
         done = sum(1 for n in names if follow.hosts[n].result in ("patched", "already patched"))
         render.line(f"{done} of {len(names)} hosts run {man.name}; {len(follow.batches)} "
-                    f"batch{'es' if len(follow.batches) != 1 else ''} in {run.seconds:.1f} s")  # fmt: skip
+                    f"batch{'es' if len(follow.batches) != 1 else ''} in {seconds:.1f} s")  # fmt: skip
         if error:
             print(f"pylivepatch: {error[0]}: {error[1]}", file=sys.stderr)
         elif failed:
             render.line(f"within the gate ({args.max_fail:g}%), each reverted: "
                         + "; ".join(f"{n}: {follow.hosts[n].failure}" for n in failed))  # fmt: skip
     return 0 if error is None else 1
+
+
+def _revert_after_lost(args: argparse.Namespace, name: str, follow: Rollout) -> float:
+    """A host lost in the middle of its batch fails the gate too: the one automatic
+    revert, of every other host touched, runs here, after the play. Returns its time."""
+    targets = [h for h in follow.touched if h not in follow.lost]
+    follow.gate_failed_in = follow.hosts[follow.lost[0]].batch
+    if not targets:
+        return 0.0
+    follow.say(f"  {', '.join(follow.lost)} lost: reverting every host touched: "
+               + ", ".join(targets))  # fmt: skip
+    extravars = {"pylivepatch_app": args.app, "pylivepatch_payload_name": name,
+                 "pylivepatch_state": "reverted"}  # fmt: skip
+    limited = argparse.Namespace(**{**vars(args), "limit": ",".join(targets)})
+    run = run_playbook("revert", limited, extravars)
+    results = _per_host(run, "revert")
+    for host in targets:
+        kind, res = results.get(host, ("failed", {"msg": "no result"}))
+        follow.reverted(host, res if kind == "ok" else {**res, "failed": True}, "reverted")
+    return run.seconds
 
 
 # --- revert and status -------------------------------------------------------------------
