@@ -17,7 +17,7 @@ from pylivepatch.build.pack import pack
 
 TESTS = Path(__file__).resolve().parent
 TARGET = TESTS / "attach_target.py"
-MODES = ("busy", "cpu", "sleep", "accept", "wait", "asyncio")
+MODES = ("busy", "cpu", "sleep", "accept", "wait", "asyncio", "contended")
 GDB = shutil.which("gdb")
 
 PAYLOAD_SOURCE = """\

@@ -12,7 +12,9 @@
   loop), ``sleep`` (one long sleep), ``accept`` (a blocked ``accept``), ``wait``
   (``threading.Event().wait()``), ``asyncio`` (an idle event loop), ``flock`` (blocked
   in ``flock`` on the file named by $ATTACH_TARGET_LOCK, a call attach cannot run
-  Python in), ``nothreads`` (a pure loop, no other thread at all).
+  Python in), ``nothreads`` (a pure loop, no other thread at all), ``contended`` (a
+  pure loop, and the workers never sleep: the main thread is often parked in a futex
+  waiting for the GIL, where pyrasite's recipe deadlocks).
 
 Every 50 ms the monitor writes a JSON status to STATUS_FILE (atomically). With
 ``--usr1`` the program handles SIGUSR1 in Python. It never imports pylivepatch.
@@ -53,6 +55,7 @@ EXPECTED = hashlib.sha256(b"x" * 4096).hexdigest()
 
 def work() -> None:
     data = b"x" * 4096
+    spin = MODE == "contended"  # no sleeping: every thread fights for the GIL
     while True:
         ok = hashlib.sha256(data).hexdigest() == EXPECTED and sum(range(1000)) == 499500
         ok = ok and sorted([3, 1, 2]) == [1, 2, 3] and f"{7:d}-{'a'}" == "7-a"
@@ -63,7 +66,10 @@ def work() -> None:
         state["last_answer"] = answer
         if answer not in state["answers"]:
             state["answers"].append(answer)
-        time.sleep(0.0005)
+        if spin:
+            sum(i * i for i in range(2000))
+        else:
+            time.sleep(0.0005)
 
 
 def monitor() -> None:
@@ -106,7 +112,7 @@ if MODE == "busy":
         state["main_loops"] += 1
         _ = [i * i for i in range(200)]
         time.sleep(0.001)
-elif MODE in ("cpu", "nothreads"):
+elif MODE in ("cpu", "nothreads", "contended"):
     n = 0
     beat = time.monotonic()
     while True:

@@ -44,6 +44,7 @@ PLANS = {
     "accept": {"direct"},
     "wait": {"pending"},  # a futex: never direct; woken with EINTR
     "asyncio": {"direct"},
+    "contended": {"pending"},  # often parked in a futex waiting for the GIL: never direct
 }
 PYTHON = "{}.{}".format(*sys.version_info[:2])
 
