@@ -88,9 +88,6 @@ def build_command(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise LivepatchError("invalid-payload", f"--metadata {item!r}: use KEY=VALUE")
         metadata[key] = value
-    name = args.name or (Path(args.output).stem if args.output else None)
-    if not name:
-        raise LivepatchError("invalid-payload", "build needs --name or -o OUT.lpz")
     old, new = args.old, args.new
     if args.installed:
         if new is not None:
@@ -102,6 +99,9 @@ def build_command(args: argparse.Namespace) -> int:
         raise LivepatchError("invalid-payload", "build needs OLD and NEW (or --installed NEW)")
     elif args.python_env or args.dist:
         raise LivepatchError("invalid-payload", "--python-env and --dist go with --installed")
+    name = args.name or (Path(args.output).stem if args.output else None)
+    if not name:
+        raise LivepatchError("invalid-payload", "build needs --name or -o OUT.lpz")
     options = BuildOptions(
         name=name, version=args.version, description=args.description, metadata=metadata,
         replace=args.replace, depends=args.depends, consistency=args.consistency,
