@@ -576,3 +576,15 @@ def test_an_undumpable_process_of_your_own_needs_cap_sys_ptrace() -> None:
     with pytest.raises(LivepatchError) as exc:
         preflight.check_permission(st, mine, dumpable=False, is_ancestor=False)
     assert "is not dumpable" in exc.value.message
+
+
+def test_remote_exec_needs_3_14_in_the_target(tmp_path: Path) -> None:
+    t = Target(tmp_path, "sleep")
+    try:
+        t.ready()
+        line = refused(t.pid, "unsupported-version", "--method", "remote-exec")
+        assert f"--method remote-exec needs CPython 3.14+ in the target; process {t.pid} runs" in line  # fmt: skip
+        after = t.alive_and_sound()
+        assert "pylivepatch-agent" not in after["threads"]
+    finally:
+        t.stop()
