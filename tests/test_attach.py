@@ -84,7 +84,7 @@ def test_attach_in_each_main_thread_state(
         record_property(
             "report",
             f"attach python {PYTHON} main thread {mode}: via {r['result']}, agent up in "
-            f"{r['total_ms']:.0f} ms, gdb {r['held_ms']:.0f} ms, longest freeze "
+            f"{r['total_ms']:.0f} ms, gdb {r['gdb_ms']:.0f} ms, longest freeze "
             f"{final['max_gap_ms']:.0f} ms (before attach {before['max_gap_ms']:.0f} ms), "
             f"{final['checks']} checks, 0 wrong",
         )
@@ -586,5 +586,29 @@ def test_remote_exec_needs_3_14_in_the_target(tmp_path: Path) -> None:
         assert f"--method remote-exec needs CPython 3.14+ in the target; process {t.pid} runs" in line  # fmt: skip
         after = t.alive_and_sound()
         assert "pylivepatch-agent" not in after["threads"]
+    finally:
+        t.stop()
+
+
+def test_an_agent_started_elsewhere_is_linked_where_we_look(tmp_path: Path) -> None:
+    """A process started under `pylivepatch run` with another socket directory (a
+    service manager's XDG_RUNTIME_DIR): attach finds its running agent and links it
+    into our directory instead of starting a second one."""
+    from pylivepatch.agent import protocol
+    from pylivepatch.agent.run import environment
+
+    elsewhere = tmp_path / "their-sockets"
+    env = environment(None, base=target_env())
+    env["PYLIVEPATCH_SOCKET_DIR"] = str(elsewhere)
+    t = Target(tmp_path, "sleep", env=env)
+    try:
+        t.ready()
+        t.wait("its own agent", lambda s: "pylivepatch-agent" in s["threads"])
+        assert not protocol.socket_path(t.pid).exists()
+        attach_json(t.pid)
+        link = protocol.socket_path(t.pid)
+        assert os.readlink(link) == str(elsewhere / f"{t.pid}.sock")
+        assert Client(t.pid).ping()["pid"] == t.pid
+        assert t.alive_and_sound()["threads"].count("pylivepatch-agent") == 1
     finally:
         t.stop()

@@ -19,6 +19,7 @@ whole attach by ``timeout`` (exit 2: ``timeout``, with what was done).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal as signals
 import time
@@ -43,7 +44,7 @@ class Attached:
     via: str  # "pending" or "direct" (gdb), "remote-exec", or "already" (had an agent)
     socket: str
     total_ms: float  # from the start of attach to the agent answering
-    held_ms: float  # how long gdb held the process stopped (0 for remote-exec, already)
+    gdb_ms: float  # gdb's whole run; the process is stopped for part of it (0 without gdb)
     main_thread: str  # what the main thread was doing: "running", "futex", ...
     agent_package: str = ""  # where the target imported pylivepatch from
     app: str = ""
@@ -130,11 +131,12 @@ def attach(
         if report is None:
             raise _timed_out(target, via, timeout)
         bootstrap.raise_for(report, pid)
-        import json
-
         described = json.loads(report.text)
-        if target.other_namespace:
-            _link(directory, pid, target.here(described["socket"]))
+        reported = target.here(described["socket"])
+        if reported != directory / f"{pid}.sock":
+            # A container's socket is in its own file system; an agent that was already
+            # running (started with another socket directory) is where it was.
+            _link(directory, pid, reported)
         if _ping(pid) is None:
             raise LivepatchError(
                 "internal",
@@ -147,7 +149,7 @@ def attach(
         via=via,
         socket=str(protocol.socket_path(pid)),
         total_ms=round((time.monotonic() - started) * 1000, 1),
-        held_ms=held,
+        gdb_ms=held,
         main_thread=target.main_thread.name,
         agent_package=str(described.get("package", "")),
         app=str(described.get("app", "")),
@@ -161,7 +163,7 @@ def _already(pid: int, info: dict[str, Any], started: float) -> Attached:
         via="already",
         socket=str(protocol.socket_path(pid)),
         total_ms=round((time.monotonic() - started) * 1000, 1),
-        held_ms=0.0,
+        gdb_ms=0.0,
         main_thread="",
         app=str(info.get("app", "")),
     )
@@ -176,7 +178,7 @@ def _inject(
     directory: str,
     gdb_limit: float,
 ) -> tuple[str, float]:
-    """Run or queue the bootstrap; (how, ms the process was held stopped)."""
+    """Run or queue the bootstrap; (how, ms gdb ran)."""
     if use == "remote-exec":
         if target.version[:2] < (3, 14):
             raise LivepatchError(
@@ -300,8 +302,8 @@ class _lock:
 
 
 def _link(directory: Path, pid: int, socket: Path) -> None:
-    """A target in another mount namespace has its socket in its own file system:
-    a link in ours lets every later command reach it by pid."""
+    """A link in our socket directory to an agent's socket elsewhere, so that every
+    later command reaches it by pid."""
     link = directory / f"{pid}.sock"
     try:
         link.unlink()

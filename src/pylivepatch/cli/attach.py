@@ -125,7 +125,7 @@ def describe(r: dict[str, Any]) -> str:
         return f"pid {r['pid']}: skipped ({r['error']['code']}: {r['error']['message']})"
     if not r["ok"]:
         return f"pid {r['pid']}: {r['error']['code']}: {r['error']['message']}"
-    held = f", the process was held {r['held_ms']:.0f} ms" if r["held_ms"] else ""
+    held = f", gdb ran {r['gdb_ms']:.0f} ms" if r["gdb_ms"] else ""
     app = f", app {r['app']}" if r.get("app") else ""
     return (
         f"attached pid {r['pid']}: python {r['python']} via {r['result']} (main thread: "
