@@ -612,3 +612,30 @@ def test_an_agent_started_elsewhere_is_linked_where_we_look(tmp_path: Path) -> N
         assert t.alive_and_sound()["threads"].count("pylivepatch-agent") == 1
     finally:
         t.stop()
+
+
+def test_gdb_stopped_at_any_moment_leaves_the_target_running(tmp_path: Path) -> None:
+    """gdb's time limit cut at every stage of its run (startup, attach, the checks, the
+    calls): each try is attach-hung or an attach; the target runs on, untraced and not
+    stopped, and a normal attach works after."""
+    from pylivepatch.attach import attach
+
+    t = Target(tmp_path, "busy")
+    try:
+        t.ready()
+        outcomes = []
+        for limit in (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6):
+            try:
+                outcomes.append(attach(t.pid, gdb_limit=limit).via)
+                break  # gdb was quicker than the limit: nothing more to cut
+            except LivepatchError as exc:
+                assert exc.code == "attach-hung", exc
+                outcomes.append(exc.code)
+            status = Path(f"/proc/{t.pid}/status").read_text()
+            assert "TracerPid:\t0\n" in status and "State:\tT" not in status, status
+            t.alive_and_sound()
+        assert "attach-hung" in outcomes
+        assert attach_json(t.pid)["result"] in ("already", "pending", "direct")
+        assert t.alive_and_sound()["threads"].count("pylivepatch-agent") == 1
+    finally:
+        t.stop()

@@ -13,6 +13,7 @@ cannot even import ``socket`` — a frozen app — a file next to it).
 
 from __future__ import annotations
 
+import compileall
 import errno
 import hashlib
 import os
@@ -21,6 +22,7 @@ import shutil
 import socket
 import stat
 import struct
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,13 +107,14 @@ def _package_files() -> list[Path]:
 
 def library(directory: Path) -> Path:
     """A read-only copy of pylivepatch's own code under ``directory`` (made once per
-    version of the code), for targets that cannot import pylivepatch: files 0444,
+    version of the code, with byte code for this interpreter), for targets that cannot
+    import pylivepatch: files 0444,
     folders 0555, owned by this user inside its 0700 socket directory, so that no one
     else can put code in the way of the target. Returns the folder to add to
     ``sys.path``."""
     package = Path(__file__).resolve().parents[1]
     files = _package_files()
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(sys.implementation.cache_tag.encode())  # byte code's version
     for f in files:
         digest.update(str(f.relative_to(package)).encode() + b"\0" + f.read_bytes() + b"\0")
     lib = directory / "lib"
@@ -127,7 +130,12 @@ def library(directory: Path) -> Path:
             dest = tmp / "pylivepatch" / f.relative_to(package)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, dest)
-            dest.chmod(0o444)
+        # Byte code for this interpreter's version: a target of the same version imports
+        # without compiling (compiling holds its GIL; the folder is read-only to it).
+        compileall.compile_dir(tmp, quiet=2, workers=1)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                f.chmod(0o444)
         for d in sorted(tmp.rglob("*"), reverse=True):
             if d.is_dir():
                 d.chmod(0o555)

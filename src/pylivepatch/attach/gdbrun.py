@@ -131,10 +131,11 @@ def inject(
             output, _ = proc.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
             output = _stop(proc)
+            resumed = _resume_if_left_stopped(pid)
             raise LivepatchError(
                 "attach-hung",
-                f"gdb did not finish within {limit:g} s; it was interrupted (its call in "
-                f"process {pid} unwound) and stopped. Look at the process with "
+                f"gdb did not finish within {limit:g} s and was stopped (a call it was "
+                f"making in process {pid} is unwound){resumed}. Look at the process with "
                 f"`py-spy dump --pid {pid}` or `cat /proc/{pid}/task/*/syscall` before "
                 f"trying again; gdb said: {_tail(output)}",
             ) from None
@@ -168,6 +169,20 @@ def _stop(proc: subprocess.Popen[bytes]) -> bytes:
         except subprocess.TimeoutExpired:
             continue
     return b""
+
+
+def _resume_if_left_stopped(pid: int) -> str:
+    """A tracer that dies while attaching can leave its stop pending: the process
+    would stay stopped (state T) with no tracer. Resume it; say so."""
+    from . import procfs
+
+    for _ in range(50):
+        st = procfs.status(pid)
+        if st is None or st.state != "T" or st.tracer:
+            return ""
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.01)
+    return "; it was left stopped and SIGCONT did not resume it"
 
 
 def _tail(output: bytes | str, n: int = 300) -> str:
