@@ -117,3 +117,43 @@ def test_refused_and_unchanged_builds_exit_non_zero_with_a_message(tmp_path):
         "pylivepatch: build: no functional changes found; nothing written\n",
     )
     assert not (tmp_path / "fix.lpz").exists()
+
+
+HOOK = """
+import sys
+
+@patch.post_apply
+def extend(ctx):  # a hooks-only payload has no target modules: ctx.modules is ()
+    names = sys.modules.get("tab.names")
+    if ctx.rc == 0 and names is not None:
+        names.NAMES.append("b")
+"""
+
+
+def test_hooks_make_a_payload_of_only_allowed_changes_and_may_not_rebind_its_names(tmp_path):
+    only_allowed(tmp_path)
+    (tmp_path / "hooks.py").write_text(HOOK)
+    out = cli("build", "old", "new", "-o", "fix.lpz", "--allow", "mutable-data",
+              "--hooks", "hooks.py", cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-2:] == [
+        "  hooks    post_apply extend  (from --hooks)",
+        "built fix -> fix.lpz: 0 functions, 0 data, python 3.X, build id BUILD_ID",
+    ]
+    probe = (
+        "import pylivepatch, tab.names as n\npylivepatch.engine().load('fix.lpz')\nprint(n.NAMES)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join([SRC, str(tmp_path / "old")])), timeout=60,
+    )  # fmt: skip
+    assert ran.stdout == "['a', 'b']\n", ran.stderr
+    (tmp_path / "bad.py").write_text("patch = None\n")
+    out = cli("build", "old", "new", "-o", "x.lpz", "--allow", "mutable-data",
+              "--hooks", "bad.py", cwd=tmp_path)  # fmt: skip
+    assert (out.returncode, out.stderr) == (
+        1,
+        "pylivepatch: invalid-payload: --hooks bad.py: binds 'patch', which the generated "
+        "payload uses for the Patch; rename it in the hooks file\n",
+    )
+    assert not (tmp_path / "x.lpz").exists()
