@@ -39,6 +39,23 @@ from typing import Any
 _GENERATOR_LIKE = 0x20 | 0x80 | 0x100 | 0x200  # generator, coroutine, iterable coroutine, async gen
 
 
+def current_frames() -> dict[int, types.FrameType]:
+    """``sys._current_frames()`` with the garbage collector off.
+
+    On CPython 3.11 the call holds the runtime's thread-list lock while it makes frame
+    objects; an allocation there can start a collection whose finalizers take that lock
+    again, and the process hangs for good (CPython gh-106883, not fixed in 3.11; 3.12
+    collects only at the eval breaker). Found by the soak (benchmarks/soak.py): a
+    gunicorn worker stopped answering its heartbeat until it was killed."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def gil_disabled() -> bool:
     """True on a free-threaded build running without the GIL."""
     is_enabled = getattr(sys, "_is_gil_enabled", None)
@@ -144,11 +161,19 @@ def run(ops: Ops, blocking: set[int] | None) -> PauseResult:
     if blocking is None:
         gated: Iterable[Any] = work
     else:
-        # Must be taken in this frame: the check compares this thread's top frame too.
-        frames = sys._current_frames()
+        # Must be taken in this frame (the check compares this thread's top frame too),
+        # so not through current_frames(), but with the collector off as it does.
+        was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            frames = sys._current_frames()
+        finally:
+            if was_enabled:
+                gc.enable()
         blockers, gens, backs = _inspect(frames, blocking)
         if blockers:
             return PauseResult(False, 0, tuple(blockers))
+        # (inside the pause the collector is already off: see current_frames)
         same_tops = map(operator.eq, (frames,), starmap(sys._current_frames, ((),)))
         same_backs = map(operator.eq, (backs,), map(list, (map(getattr, gens, repeat("f_back")),)))
         gate = map(all, (chain(same_tops, same_backs),))

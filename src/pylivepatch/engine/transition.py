@@ -25,6 +25,7 @@ from itertools import compress
 from typing import Any
 
 from ..payload.fingerprint import nested_code
+from . import pause
 from .compile import FunctionTarget, trampoline_code
 
 Triple = tuple[types.CodeType, Any, Any]
@@ -141,7 +142,7 @@ class Transition:
         """Threads and suspended generators/coroutines still running old code."""
         found: list[str] = []
         names = {t.ident: t.name for t in threading.enumerate()}
-        for tid, top in sys._current_frames().items():
+        for tid, top in pause.current_frames().items():
             f: types.FrameType | None = top
             callee: types.CodeType | None = None
             while f is not None:

@@ -1,0 +1,77 @@
+"""The engine reads other threads' stacks without letting a garbage collection start
+inside ``sys._current_frames()``: on CPython 3.11 a collection there can deadlock the
+process (CPython gh-106883; found by the soak, benchmarks/soak.py, as a gunicorn worker
+that stopped answering its heartbeat)."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+from typing import Any
+
+from pylivepatch.engine import pause
+
+
+def deep(n: int, stop: threading.Event) -> None:
+    if n:
+        deep(n - 1, stop)
+    else:
+        stop.wait(30)
+
+
+def collections_started_in(fn: Any) -> list[str]:
+    """Names of the Python functions on top when a collection started during ``fn()``,
+    with the collector set to run at every allocation of a tracked object."""
+    seen: list[str] = []
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            seen.append(sys._getframe(1).f_code.co_name)
+
+    stop = threading.Event()
+    threads = [threading.Thread(target=deep, args=(30, stop)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.callbacks.append(watch)
+    gc.set_threshold(1, 1, 1)
+    try:
+        for _ in range(20):
+            fn()
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(watch)
+        stop.set()
+        for t in threads:
+            t.join(10)
+    return seen
+
+
+def plain_current_frames() -> Any:
+    return sys._current_frames()
+
+
+def test_no_collection_starts_while_the_engine_reads_the_stacks():
+    assert "current_frames" not in collections_started_in(pause.current_frames)
+    assert gc.isenabled(), "the collector is on again afterwards"
+
+
+def test_the_check_above_can_fail():
+    """The control: the plain call does start collections where it makes frame objects
+    with the collector on (3.11; 3.10 has no frames to make, 3.12+ collects only at the
+    eval breaker)."""
+    if sys.version_info[:2] != (3, 11):
+        return
+    assert "plain_current_frames" in collections_started_in(plain_current_frames)
+
+
+def test_the_collector_stays_off_if_it_was_off():
+    gc.disable()
+    try:
+        frames = pause.current_frames()
+        assert threading.get_ident() in frames
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
