@@ -250,3 +250,43 @@ def test_a_failure_within_the_gate_reverts_that_host_only_and_the_rollout_goes_o
         if host.name != "h2":
             assert report[host.name]["result"] == "patched", report[host.name]
             assert applied(fleet, host, "fix-region") == ["APPLIED", "APPLIED"]
+
+
+def test_a_host_lost_in_the_middle_of_its_batch_fails_the_gate_and_the_others_are_reverted(
+    hosts: FleetLab,
+) -> None:
+    """h3's connection dies after its change (the health command, on h3 only, kills
+    every sshd of h3 once the payload is staged there): Ansible drops h3 from the play,
+    the CLI treats it as a failed gate and reverts every other host touched. h3 keeps
+    what it got until it is back: then `fleet revert` finishes it."""
+    fleet = hosts
+    payload = fleet.pack(GOOD_FIX, "fix-health")
+    fetch = f"{sys.executable} -c \"import urllib.request; urllib.request.urlopen('{HEALTH}')\""
+    lose_h3 = (
+        'd="${XDG_RUNTIME_DIR%/run}"; '
+        'if [ "${d##*/}" = h3 ] && ls "$d"/stage/*.lpz >/dev/null 2>&1; then '
+        'for p in $(ip netns pids "$(ip netns identify)"); do '
+        '[ "$(cat /proc/$p/comm)" = sshd ] && kill -9 "$p"; done; fi; ' + fetch
+    )
+    rc, doc = rollout(fleet, payload, "--health", lose_h3)
+    assert rc == 1 and doc["error"]["code"] == "gate-failed", doc
+    report = doc["hosts"]
+    assert report["h3"]["result"] == "unreachable", report["h3"]
+    assert report["h3"]["failure"].startswith("UNREACHABLE during health (command)")
+    for name in ("h1", "h2", "h4"):
+        assert report[name]["result"] == "reverted", report[name]
+        host = fleet.host(name)
+        assert applied(fleet, host, "fix-health") == ["CHECKED", "CHECKED"]
+        assert fleet.installed(host) == {}
+    h3 = fleet.host("h3")
+    assert applied(fleet, h3, "fix-health") == ["APPLIED", "APPLIED"]
+
+    fleet.stop_sshd(h3)
+    fleet.start_sshd(h3)  # h3 is back
+    out = fleet.fleet("revert", "fix-health", "--app", APP, "--limit", "h3", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["hosts"] == {
+        "h3": {"result": "reverted", "detail": "changed in 2 processes, uninstalled"}
+    }
+    assert applied(fleet, h3, "fix-health") == ["CHECKED", "CHECKED"]
+    assert fleet.installed(h3) == {}

@@ -114,6 +114,29 @@ def health():
 """
 
 
+#: run with a host's environment: uninstall, revert and unload everything of the app;
+#: prints how many processes, payloads left in them, payloads left installed
+RESET = """
+import sys
+from pylivepatch import Client
+from pylivepatch.agent import store
+from pylivepatch.cli.remote import discover
+
+app = sys.argv[1]
+for item in store.installed(app):
+    store.uninstall(app, item.name)
+pids = [info["pid"] for info in discover() if info.get("app") == app]
+for pid in pids:
+    client = Client(pid)
+    for status in client.list():
+        if status.state == "APPLIED":
+            client.revert(status.name)
+        client.unload(status.name)
+left = sum(len(Client(pid).list()) for pid in pids)
+print(len(pids), left, len(store.installed(app)))
+"""
+
+
 def _run(*cmd: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=60, **kw)
 
@@ -225,7 +248,9 @@ class FleetLab:
             f"ansible_python_interpreter={sys.executable}",
             f"ansible_ssh_private_key_file={root / 'client_key'}",
             f'ansible_ssh_common_args=\'-o ProxyCommand="{proxy}" -o StrictHostKeyChecking=no'
-            " -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR'",
+            " -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+            # a host whose sshd dies is noticed in seconds, not never (nc would wait)
+            " -o ServerAliveInterval=2 -o ServerAliveCountMax=3'",
             f"pylivepatch_executable={self.pylivepatch}",
             "",
         ]
@@ -258,6 +283,8 @@ class FleetLab:
             if _comm(pid) == "sshd":
                 _kill(pid)
         if host.sshd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                host.sshd.kill()
             host.sshd.wait(timeout=10)
             host.sshd = None
 
@@ -381,20 +408,16 @@ class FleetLab:
         return [r.get("action", "") for r in json.loads(out.stdout)]
 
     def reset(self) -> None:
-        """Every host back to the start: nothing applied, uploaded or installed, sshd up."""
+        """Every host back to the start: nothing applied, uploaded, installed or staged,
+        its sshd up. One Python process a host does it all, with the host's own view."""
         for host in self.hosts:
-            if host.sshd is None:
+            if host.sshd is None or host.sshd.poll() is not None:
+                self.stop_sshd(host)  # and every session left
                 self.start_sshd(host)
-            for name in self.installed(host):
-                self.cli(host, "uninstall", name, "--app", APP)
-            for pid, payloads in self.processes(host).items():
-                for name, (state, _) in payloads.items():
-                    if state == "APPLIED":
-                        self.cli(host, "revert", name, "-p", str(pid))
-                    self.cli(host, "unload", name, "-p", str(pid))
             for staged in (host.dir / "stage").iterdir():
                 staged.unlink()
-            assert self.processes(host) and not any(self.processes(host).values()), host.name
+            out = _run(sys.executable, "-c", RESET, APP, env=dict(os.environ, **host.env))
+            assert out.stdout.split() == ["2", "0", "0"], (host.name, out.stdout, out.stderr)
 
     def fleet(self, *args: str) -> subprocess.CompletedProcess[str]:
         """``pylivepatch fleet ARGS -i INVENTORY`` on the controller (this machine)."""
