@@ -71,7 +71,8 @@ def worker(args: list[str], python: str = sys.executable, timeout: float = 7200)
 
 
 def calls(quick: bool) -> list[Row]:
-    rounds, number = (7, 200_000) if quick else (25, 500_000)
+    # Many short rounds: on a busy machine the minimum needs clean windows to land in.
+    rounds, number = (20, 100_000) if quick else (100, 100_000)
     out = worker(
         [str(HERE / "peers.py"), "calls", "--rounds", str(rounds), "--number", str(number)]
     )
@@ -153,7 +154,7 @@ def update(quick: bool, heaps: list[int], sizes: list[int], budget: float) -> li
             desc = []
             for r in out["rows"]:
                 note = f"extrapolated from {r['measured_functions']}" if r["extrapolated"] else ""
-                if not r["applied"] or not r["undone"]:
+                if not r["applied"] or r["undone"] is False:
                     note += " WRONG RESULT"
                 common = {"heap": heap, "functions": r["functions"]}
                 rows.append(row("update", tool, "seconds", r["seconds"], "s", note=note, **common))
@@ -363,6 +364,21 @@ def write_csv(out: Path, rows: list[Row]) -> None:
             w.writerow({k: (f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in fields})
 
 
+def kept(out: Path, sections: list[str]) -> list[Row]:
+    """Rows of an earlier run's results.csv for the sections not run now (so that one
+    section can be measured again)."""
+    path = out / "results.csv"
+    if not path.exists():
+        return []
+    with path.open() as f:
+        old = [r for r in csv.DictReader(f) if r["section"] not in sections]
+    for r in old:
+        r["value"] = float(r["value"])
+        for key in ("heap", "functions"):
+            r[key] = int(r[key]) if r[key] else ""
+    return old
+
+
 def plots(out: Path, rows: list[Row]) -> list[str]:
     try:
         import matplotlib
@@ -509,6 +525,87 @@ def plots(out: Path, rows: list[Row]) -> list[str]:
     return made
 
 
+def tables(out: Path) -> str:
+    """Markdown tables of a run's results.csv (what docs/benchmarks.md shows)."""
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    text: list[str] = []
+
+    def table(head: list[str], body: list[list[str]]) -> None:
+        text.append("| " + " | ".join(head) + " |")
+        text.append("|" + "---|" * len(head))
+        text.extend("| " + " | ".join(r) + " |" for r in body)
+        text.append("")
+
+    calls_rows = [r for r in rows if r["section"] == "calls"]
+    if calls_rows:
+        table(["variant", f"ns per call (Python {calls_rows[0]['python']})", "ratio"],
+              [[r["tool"], f"{float(r['value']):.1f}", r["note"]] for r in calls_rows])  # fmt: skip
+    vr = [r for r in rows if r["section"] == "versions"]
+    if vr:
+        pys = list(dict.fromkeys(r["python"] for r in vr))
+        kinds = list(dict.fromkeys(r["tool"] for r in vr))
+        body = []
+        for k in kinds:
+            cells = []
+            for py in pys:
+                m = [r for r in vr if r["python"] == py and r["tool"] == k]
+                cells.append(f"{float(m[0]['value']):.1f} ns ({m[0]['note']})" if m else "—")
+            body.append([k.strip(" .")] + cells)
+        table(["way to reach the new code"] + [f"Python {p}" for p in pys], body)
+    ur = [r for r in rows if r["section"] == "update"]
+    if ur:
+        tools = list(dict.fromkeys(r["tool"] for r in ur if r["metric"] == "seconds"))
+        for heap in sorted({int(r["heap"]) for r in ur}):
+            sizes = sorted({int(r["functions"]) for r in ur if r["functions"]})
+            body = []
+            for tool in tools:
+                cells = []
+                for n in sizes:
+                    sec = [r for r in ur if r["tool"] == tool and r["heap"] == str(heap)
+                           and r["functions"] == str(n) and r["metric"] == "seconds"]  # fmt: skip
+                    st = [r for r in ur if r["tool"] == tool and r["heap"] == str(heap)
+                          and r["functions"] == str(n) and r["metric"] == "stall"]  # fmt: skip
+                    if not sec:
+                        cells.append("—")
+                        continue
+                    v = float(sec[0]["value"])
+                    mark = "*" if "extrapolated" in sec[0]["note"] else ""
+                    mark += " WRONG" if "WRONG" in sec[0]["note"] else ""
+                    stall = f" / {float(st[0]['value']):.0f} ms" if st else ""
+                    shown = (
+                        f"{v * 1000:.2f} ms"
+                        if v < 0.01
+                        else f"{v * 1000:.0f} ms"
+                        if v < 10
+                        else f"{v:.0f} s"
+                    )
+                    cells.append(shown + mark + stall)
+                held = [r for r in ur if r["tool"] == tool and r["heap"] == str(heap)
+                        and r["metric"] == "held reference runs new code"]  # fmt: skip
+                base = [r for r in ur if r["tool"] == tool and r["heap"] == str(heap)
+                        and r["metric"] == "baseline stall"]  # fmt: skip
+                body.append([peers.LABELS.get(tool, tool)] + cells + [
+                    ("yes" if held and held[0]["value"] == "1" else "no") if held else "—",
+                    f"{float(base[0]['value']):.0f} ms" if base else "—",
+                ])  # fmt: skip
+            table([f"heap {heap / 1e6:g} M: time / longest stall"] + [f"{n:,} functions" for n in sizes]
+                  + ["held references see it", "stall, no update"], body)  # fmt: skip
+    lr = [r for r in rows if r["section"] == "latency"]
+    if lr:
+        table(
+            ["tool", "measure", "ms"],
+            [[r["tool"], r["metric"], f"{float(r['value']):.0f}"] for r in lr],
+        )
+    tr = [r for r in rows if r["section"] == "transitions"]
+    if tr:
+        table(
+            ["transition, 32 busy threads", "value"],
+            [[r["metric"], f"{float(r['value']):.1f}"] for r in tr],
+        )
+    return "\n".join(text)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a short run: smaller heaps, fewer rounds")
@@ -517,7 +614,11 @@ def main() -> int:
     ap.add_argument(
         "--budget", type=float, help="seconds one update may take before it is extrapolated"
     )
+    ap.add_argument("--tables", action="store_true", help="print --out's results as Markdown")
     args = ap.parse_args()
+    if args.tables:
+        print(tables(args.out))
+        return 0
     sections = args.sections.split(",")
     heaps = [200_000, 2_000_000] if args.quick else [200_000, 2_000_000, 6_000_000]
     sizes = [1, 100, 1000] if args.quick else [1, 100, 1000, 5000]
@@ -537,6 +638,7 @@ def main() -> int:
         rows += latency(args.quick)
     if "transitions" in sections:
         rows += transitions(args.quick)
+    rows = kept(args.out, sections) + rows
     write_csv(args.out, rows)
     made = plots(args.out, rows)
     print(f"\nwritten: {args.out / 'results.csv'}" + "".join(f", {m}" for m in made))
