@@ -488,7 +488,11 @@ def main() -> int:
             continue
         wanted.append(row)
     work = Path(args.work)
-    outcomes = [Pair(row, work, args.python).run() for row in wanted]
+    outcomes: list[Outcome] = []
+    for row in wanted:
+        outcomes.append(Pair(row, work, args.python).run())
+        if args.json:  # after every pair: a stopped run keeps what it found
+            Path(args.json).write_text(json.dumps([asdict(o) for o in outcomes], indent=2))
     for o in outcomes:
         print(f"{o.package:10} {o.old:>9} -> {o.new:<9} {o.built:8} {o.verdict}")
     if args.out:
