@@ -124,7 +124,14 @@ def cli(*args: str, env: dict[str, str] | None = None, prefix: Sequence[str] = (
     )  # fmt: skip
 
 
+#: the tests' patience for an agent to answer (the command's default is 10 s; a loaded
+#: CI machine starting the agent in a busy target can take longer)
+PATIENCE = "60"
+
+
 def attach_json(pid: int, *args: str) -> dict[str, Any]:
+    if "--timeout" not in args:
+        args = (*args, "--timeout", PATIENCE)
     r = cli("attach", str(pid), "--json", *args)
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
     doc = json.loads(r.stdout)

@@ -626,7 +626,7 @@ def test_gdb_stopped_at_any_moment_leaves_the_target_running(tmp_path: Path) -> 
         outcomes = []
         for limit in (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6):
             try:
-                outcomes.append(attach(t.pid, gdb_limit=limit).via)
+                outcomes.append(attach(t.pid, gdb_limit=limit, timeout=60).via)
                 break  # gdb was quicker than the limit: nothing more to cut
             except LivepatchError as exc:
                 assert exc.code == "attach-hung", exc

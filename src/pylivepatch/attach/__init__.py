@@ -241,6 +241,12 @@ def _timed_out(target: preflight.Target, via: str, timeout: float) -> LivepatchE
     main = procfs.thread_syscall(target.pid).name
     if via == "direct":
         detail = "the bootstrap ran in the main thread but the agent did not report"
+    elif main == "running":
+        detail = (
+            f"the bootstrap is queued ({via}) and the main thread is running: the agent is "
+            "most likely still starting (a busy or loaded process can take longer than "
+            "--timeout); run attach again in a moment to see it"
+        )
     else:
         detail = (
             f"the bootstrap is queued ({via}); the main thread is blocked in {main}, and it "

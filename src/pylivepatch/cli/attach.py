@@ -11,6 +11,9 @@ from typing import Any
 
 from ..errors import LivepatchError
 
+#: seconds ``load --attach`` waits for each agent (its --timeout is the load's own)
+ATTACH_PATIENCE = 30.0
+
 TIMEOUT_HELP = (
     "seconds to wait for each agent to answer (default 10); past it, exit 2 (timeout) "
     "with what was done"
@@ -162,8 +165,8 @@ def attach_for(args: argparse.Namespace) -> None:
             "--attach needs the processes by pid: -p PID or --tree PID (an --app names "
             "processes that have an agent already)"
         )
-    results = attach_all(list(args.pid), tree=False, app=None, timeout=10.0)
-    results += attach_all(list(args.tree), tree=True, app=None, timeout=10.0)
+    results = attach_all(list(args.pid), tree=False, app=None, timeout=ATTACH_PATIENCE)
+    results += attach_all(list(args.tree), tree=True, app=None, timeout=ATTACH_PATIENCE)
     for r in results:
         if not r["ok"]:
             raise LivepatchError(
