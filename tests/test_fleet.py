@@ -218,6 +218,7 @@ def test_a_payload_no_host_trusts_changes_nothing(hosts: FleetLab, tmp_path: Pat
     rc, doc = rollout(fleet, payload, "--keys", str(tmp_path / "trusted.pub"))
     assert rc == 1 and doc["error"]["code"] == "gate-failed"
     assert doc["hosts"]["h1"]["failure"].startswith("apply failed: signature-invalid"), doc
+    assert doc["hosts"]["h1"]["result"] == "failed"  # and nothing to revert
     assert doc["batches"] == [["h1"]]
     for host in fleet.hosts:
         assert fleet.audit_actions(host) == audits[host.name], host.name

@@ -214,7 +214,7 @@ def run_playbook(
             extravars=extravars,
             envvars=env,
             limit=args.limit,
-            quiet=not args.verbose,
+            quiet=args.json or not args.verbose,  # JSON alone on stdout
             event_handler=handler,
             suppress_env_files=True,
         )
@@ -412,7 +412,8 @@ class Rollout:
         text = f"reverted in {_counted(changed)}" if res.get("changed") else "nothing to revert"
         if res.get("installed", {}).get("before"):
             text += ", uninstalled"
-        self.step(name, text, result)
+        # a host with nothing to revert keeps its result (failed before any change)
+        self.step(name, text, result if res.get("changed") else None)
 
 
 def rollout(args: argparse.Namespace) -> int:
