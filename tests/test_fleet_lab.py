@@ -489,12 +489,17 @@ def _delete_netns(netns: str) -> None:
 
 
 def remove_stale_labs() -> None:
-    """Namespaces of labs whose test run died without closing them."""
+    """Namespaces (and what runs in them) and directories of labs whose test run died
+    without closing them (killed: no finalizer ran)."""
     out = _run("ip", "netns", "list", check=False).stdout
     for line in out.splitlines():
         match = re.match(rf"({PREFIX}(\d+)h\d+)\b", line)
         if match and not Path(f"/proc/{match.group(2)}").exists():
             _delete_netns(match.group(1))
+    for inventory in Path(tempfile.gettempdir()).glob("pylivepatch-fleet-*/inventory.ini"):
+        match = re.search(rf"ansible_host={PREFIX}(\d+)h", inventory.read_text(errors="replace"))
+        if match and not Path(f"/proc/{match.group(1)}").exists():
+            shutil.rmtree(inventory.parent, ignore_errors=True)
 
 
 @contextlib.contextmanager
