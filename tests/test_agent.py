@@ -9,6 +9,7 @@ import stat
 import struct
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -232,3 +233,36 @@ def test_a_peer_of_another_uid_is_refused_by_the_agent_and_audited(lab, monkeypa
     (refused,) = [r for r in store.read_audit(None) if r["pid"] == proc.pid]
     assert (refused["action"], refused["result"]) == ("connect", "permission-denied")
     assert refused["peer"]["uid"] == 65534 and refused["peer"]["via"] == "socket"
+
+
+def test_a_fork_while_the_engine_is_being_created_leaves_the_child_a_working_lock():
+    """A request creating the process engine while the main thread forks: the child
+    must not inherit the creation lock held (its agent would hang for good)."""
+    code = textwrap.dedent(
+        """
+        import os, sys, threading
+        from pylivepatch import process_engine
+
+        held, go = threading.Event(), threading.Event()
+
+        def creating():
+            with process_engine._lock:  # as get() holds it while importing the engine
+                held.set()
+                go.wait(10)
+
+        t = threading.Thread(target=creating)
+        t.start()
+        held.wait(10)
+        pid = os.fork()
+        if pid == 0:
+            done = threading.Event()
+            threading.Thread(target=lambda: (process_engine.get(), done.set()), daemon=True).start()
+            os._exit(0 if done.wait(20) else 3)
+        go.set()
+        t.join()
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr

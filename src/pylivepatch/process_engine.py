@@ -8,6 +8,7 @@ agent's audit log listens to it that way).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -36,6 +37,17 @@ def get() -> Engine:
 
 def created() -> Engine | None:
     return _engine
+
+
+def _after_fork_in_child() -> None:
+    """A fork while another thread was creating the engine leaves the child with the
+    lock held and no engine: every later request would wait on it for good. The child
+    has only the forking thread: a fresh lock is right (it makes its own engine)."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def when_created(callback: Callable[[Engine], None]) -> None:
