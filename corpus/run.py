@@ -263,7 +263,8 @@ class Pair:
         # Tests that live inside the package (tornado/test) are imported by path, so that
         # the copied directory does not stand in for the installed old package.
         inside = any(
-            (self.trees[self.old] / d.split("/")[0] / "__init__.py").exists()
+            d.split("/")[0] not in ("test", "tests", "testing")
+            and (self.trees[self.old] / d.split("/")[0] / "__init__.py").exists()
             for d in self.row["test_dirs"].split()
         )
         mode = ["--import-mode=importlib"] if inside else []
