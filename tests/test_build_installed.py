@@ -192,15 +192,17 @@ def test_not_installed_and_usage_errors(service, tmp_path):
         f"pylivepatch: not-found: nothere is not installed in the environment of {python}; "
         "give OLD explicitly, or --python-env for the service's interpreter or virtualenv\n",
     )
+    usage = (
+        "usage: pylivepatch build [options] OLD NEW\n"
+        "       pylivepatch build [options] --installed NEW\n"
+    )
     out = cli("build", "--installed", "a", "b", "-o", "x.lpz", cwd=tmp_path)
-    assert out.stderr == (
-        "pylivepatch: invalid-payload: build --installed takes NEW only (OLD is what is "
-        "installed)\n"
+    assert (out.returncode, out.stderr) == (
+        1,
+        usage + "pylivepatch: usage: build --installed takes NEW only (OLD is what is installed)\n",
     )
     out = cli("build", "a", "b", "--python-env", str(python), "-o", "x.lpz", cwd=tmp_path)
-    assert (
-        out.stderr == "pylivepatch: invalid-payload: --python-env and --dist go with --installed\n"
-    )
+    assert out.stderr == usage + "pylivepatch: usage: --python-env and --dist go with --installed\n"
     out = cli("build", "--installed", wheel_path, "--python-env", str(tmp_path / "no"),
               "-o", "x.lpz", cwd=tmp_path)  # fmt: skip
     assert out.stderr == (

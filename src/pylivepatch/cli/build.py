@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LivepatchError
-
 if TYPE_CHECKING:
     from ..build.builder import BuildResult
 
@@ -81,27 +79,26 @@ def register(sub: Any) -> None:
 
 def build_command(args: argparse.Namespace) -> int:
     from ..build.builder import BuildOptions, build
+    from . import UsageError
 
     metadata: dict[str, str] = {}
     for item in args.metadata:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise LivepatchError("invalid-payload", f"--metadata {item!r}: use KEY=VALUE")
+            raise UsageError(f"--metadata {item!r}: use KEY=VALUE")
         metadata[key] = value
     old, new = args.old, args.new
     if args.installed:
         if new is not None:
-            raise LivepatchError(
-                "invalid-payload", "build --installed takes NEW only (OLD is what is installed)"
-            )
+            raise UsageError("build --installed takes NEW only (OLD is what is installed)")
         old, new = "", args.old
     elif new is None:
-        raise LivepatchError("invalid-payload", "build needs OLD and NEW (or --installed NEW)")
+        raise UsageError("build needs OLD and NEW (or --installed NEW)")
     elif args.python_env or args.dist:
-        raise LivepatchError("invalid-payload", "--python-env and --dist go with --installed")
+        raise UsageError("--python-env and --dist go with --installed")
     name = args.name or (Path(args.output).stem if args.output else None)
     if not name:
-        raise LivepatchError("invalid-payload", "build needs --name or -o OUT.lpz")
+        raise UsageError("build needs --name or -o OUT.lpz")
     options = BuildOptions(
         name=name, version=args.version, description=args.description, metadata=metadata,
         replace=args.replace, depends=args.depends, consistency=args.consistency,
