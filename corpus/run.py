@@ -263,10 +263,9 @@ class Pair:
         # Tests that live inside the package (tornado/test) are imported by path, so that
         # the copied directory does not stand in for the installed old package.
         inside = any(
-            d.split("/")[0] not in ("test", "tests", "testing")
-            and (self.trees[self.old] / d.split("/")[0] / "__init__.py").exists()
+            "/" in d and (self.trees[self.old] / d.split("/")[0] / "__init__.py").exists()
             for d in self.row["test_dirs"].split()
-        )
+        )  # tornado/test, h11/tests: not urllib3's top-level test/ and dummyserver/
         mode = ["--import-mode=importlib"] if inside else []
         acceptance = self.row["acceptance"].split(" (")[0].split()
         fix = str(self.dir / "fix.lpz")
