@@ -48,7 +48,8 @@ def test_short_soak(server):
     )  # fmt: skip
     assert outcome.workers == (4 if server == "gunicorn" else 2)
     assert outcome.requests > 0
-    assert outcome.errors == [], outcome.errors
+    # a process that died: its stacks (faulthandler) are in the server's log
+    assert outcome.errors == [], (outcome.errors, outcome.log_tail)
     assert outcome.failed == [], (outcome.failed[:5], outcome.log_tail)
     assert outcome.mixed == [], outcome.mixed[:5]
     assert len(outcome.growth) == outcome.workers, "memory read in every worker"
