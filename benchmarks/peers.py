@@ -23,9 +23,11 @@ print one JSON object each.
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -495,6 +497,9 @@ def calls_worker(rounds: int, number: int) -> dict[str, Any]:
 
 
 def main() -> int:
+    # the workers' module directories go when the process ends
+    tempfile.tempdir = tempfile.mkdtemp(prefix="lpb-")
+    atexit.register(shutil.rmtree, tempfile.tempdir, True)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="what", required=True)
     up = sub.add_parser("update")
