@@ -614,28 +614,25 @@ def test_an_agent_started_elsewhere_is_linked_where_we_look(tmp_path: Path) -> N
         t.stop()
 
 
-def test_gdb_stopped_at_any_moment_leaves_the_target_running(tmp_path: Path) -> None:
-    """gdb's time limit cut at every stage of its run (startup, attach, the checks, the
-    calls): each try is attach-hung or an attach; the target runs on, untraced and not
-    stopped, and a normal attach works after."""
+def test_gdb_past_its_time_limit_is_stopped_and_the_target_runs_on(tmp_path: Path) -> None:
+    """gdb is bounded: past its limit it is interrupted and stopped (attach-hung), and
+    the target is left running, untraced and not stopped; attach then works. (The
+    limit here is shorter than gdb's start, so the cut comes before any call: a call
+    cut while it waits on a lock could hang the target, which is why the real limit is
+    a generous last resort.)"""
     from pylivepatch.attach import attach
 
     t = Target(tmp_path, "busy")
     try:
         t.ready()
-        outcomes = []
-        for limit in (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6):
-            try:
-                outcomes.append(attach(t.pid, gdb_limit=limit, timeout=60).via)
-                break  # gdb was quicker than the limit: nothing more to cut
-            except LivepatchError as exc:
-                assert exc.code == "attach-hung", exc
-                outcomes.append(exc.code)
-            status = Path(f"/proc/{t.pid}/status").read_text()
-            assert "TracerPid:\t0\n" in status and "State:\tT" not in status, status
-            t.alive_and_sound()
-        assert "attach-hung" in outcomes
-        assert attach_json(t.pid)["result"] in ("already", "pending", "direct")
+        with pytest.raises(LivepatchError) as exc:
+            attach(t.pid, gdb_limit=0.001, timeout=60)
+        assert exc.value.code == "attach-hung"
+        assert exc.value.message.startswith("gdb did not finish within 0.001 s and was stopped")
+        status = Path(f"/proc/{t.pid}/status").read_text()
+        assert "TracerPid:\t0\n" in status and "State:\tT" not in status, status
+        t.alive_and_sound()
+        assert attach_json(t.pid)["result"] in ("pending", "direct")
         assert t.alive_and_sound()["threads"].count("pylivepatch-agent") == 1
     finally:
         t.stop()

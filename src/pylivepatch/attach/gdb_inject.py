@@ -101,9 +101,9 @@ def main() -> None:
     result: dict[str, Any] = {"ok": False}
     try:
         inject(result)
-    except gdb.error as exc:
+    except (gdb.error, KeyboardInterrupt) as exc:  # an interrupt: gdb's time limit
         result.setdefault("code", "gdb-error")
-        result.setdefault("message", str(exc))
+        result.setdefault("message", str(exc) or type(exc).__name__)
     finally:
         result["held_ms"] = round((time.monotonic() - started) * 1000, 1)
         with open(os.environ["PYLIVEPATCH_ATTACH_RESULT"], "w") as fh:
@@ -184,8 +184,10 @@ def inject(result: dict[str, Any]) -> None:
         threads[pid].switch()
         if call(f"((int (*)(void)) {api['PyGILState_Check']})()") == 0:
             state = call(f"((int (*)(void)) {api['PyGILState_Ensure']})()")
-            rc = call(f"((int (*)(void *)) {api['PyRun_SimpleString']})({page})")
-            gdb.parse_and_eval(f"((void (*)(int)) {api['PyGILState_Release']})({state})")
+            try:
+                rc = call(f"((int (*)(void *)) {api['PyRun_SimpleString']})({page})")
+            finally:  # even if interrupted: the main thread must not keep the GIL
+                gdb.parse_and_eval(f"((void (*)(int)) {api['PyGILState_Release']})({state})")
             result.update(ok=rc == 0, plan="direct", rc=rc)
             if rc != 0:
                 result.update(code="gdb-error", message=f"PyRun_SimpleString returned {rc}")

@@ -158,7 +158,9 @@ def inject(
 
 def _stop(proc: subprocess.Popen[bytes]) -> bytes:
     """Interrupt gdb (an inferior call in progress is unwound), then kill it."""
-    for sig, wait in ((signal.SIGINT, 5.0), (signal.SIGKILL, 5.0)):
+    # gdb killed inside a call would leave the call's frame on the target's stack: give
+    # the interrupt time to unwind it and detach before killing.
+    for sig, wait in ((signal.SIGINT, 20.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
