@@ -233,8 +233,20 @@ def test_a_client_gone_during_a_blocked_atomic_apply_leaves_it_to_time_out(
     assert "Exception in thread" not in app_target.stop()
 
 
+#: FIX, slow enough to apply that its client has surely left when the reply is sent
+#: (a quick load could answer before the client's close and the reply would not be lost)
+SLOW_FIX = (
+    FIX
+    + """
+    @patch.pre_apply
+    def pre_apply(ctx):
+        __import__("time").sleep(0.5)
+"""
+)
+
+
 def test_a_lost_load_reply_is_audited_under_the_payload_name(lab: Any, app_target: Target) -> None:
-    data = base64.b64encode(lab.pack(FIX)).decode()
+    data = base64.b64encode(lab.pack(SLOW_FIX)).decode()
     _send_and_leave(app_target.pid, "load", data=data)
     _wait_for("the lost reply", lambda: len(_records(app_target, "fix-price")) >= 3)
     assert _records(app_target, "fix-price") == [
