@@ -235,34 +235,39 @@ def test_a_peer_of_another_uid_is_refused_by_the_agent_and_audited(lab, monkeypa
     assert refused["peer"]["uid"] == 65534 and refused["peer"]["via"] == "socket"
 
 
-def test_a_fork_while_the_engine_is_being_created_leaves_the_child_a_working_lock():
-    """A request creating the process engine while the main thread forks: the child
-    must not inherit the creation lock held (its agent would hang for good)."""
+def test_a_fork_during_an_import_of_the_agent_waits_for_it(tmp_path):
+    """The program forks while an agent thread imports a module (the engine, at a first
+    request): the fork waits for the import, so the child's agent can import too (it
+    used to wait for good on the module's import lock, held by a thread the child does
+    not have)."""
+    (tmp_path / "slowmod.py").write_text(
+        "import builtins, time\nbuiltins._plp_importing.set()\ntime.sleep(0.5)\nVALUE = 42\n"
+    )
     code = textwrap.dedent(
         """
-        import os, sys, threading
+        import builtins, os, sys, threading
         from pylivepatch import process_engine
 
-        held, go = threading.Event(), threading.Event()
-
-        def creating():
-            with process_engine._lock:  # as get() holds it while importing the engine
-                held.set()
-                go.wait(10)
-
-        t = threading.Thread(target=creating)
+        builtins._plp_importing = threading.Event()
+        t = threading.Thread(target=process_engine.imported, args=("slowmod",))
         t.start()
-        held.wait(10)
-        pid = os.fork()
+        builtins._plp_importing.wait(10)
+        pid = os.fork()  # in the middle of the import
         if pid == 0:
-            done = threading.Event()
-            threading.Thread(target=lambda: (process_engine.get(), done.set()), daemon=True).start()
-            os._exit(0 if done.wait(20) else 3)
-        go.set()
+            out = []
+            child = threading.Thread(
+                target=lambda: out.append(process_engine.imported("slowmod").VALUE), daemon=True
+            )
+            child.start()
+            child.join(20)
+            os._exit(0 if out == [42] else 3)
         t.join()
         _, status = os.waitpid(pid, 0)
         sys.exit(os.waitstatus_to_exitcode(status))
         """
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
     assert r.returncode == 0, r.stderr

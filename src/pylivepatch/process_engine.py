@@ -8,9 +8,12 @@ agent's audit log listens to it that way).
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 import threading
 from collections.abc import Callable
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -39,15 +42,48 @@ def created() -> Engine | None:
     return _engine
 
 
+def imported(name: str) -> ModuleType:
+    """Import ``name`` for the agent under the same lock as the engine's creation, so
+    that a fork never copies it half-imported (below)."""
+    module = sys.modules.get(name)
+    spec = getattr(module, "__spec__", None)
+    if module is not None and not getattr(spec, "_initializing", False):
+        return module
+    with _lock:
+        return importlib.import_module(name)
+
+
+# Forks and the agent's lazy imports. A thread of the agent importing the engine (or
+# another module) while the program forks leaves the child with that module's import
+# lock held by a thread that does not exist there: the child's agent would wait on it
+# for good at its first request (seen in the fleet lab and in CI). So a fork waits for
+# an import under ``_lock`` to end (at most FORK_WAIT seconds: a fork is the program's,
+# and must not hang because of us), and the child gets a fresh lock.
+FORK_WAIT = 5.0
+_held_for_fork = False
+
+
+def _before_fork() -> None:
+    global _held_for_fork
+    _held_for_fork = _lock.acquire(timeout=FORK_WAIT)
+
+
+def _after_fork_in_parent() -> None:
+    global _held_for_fork
+    if _held_for_fork:
+        _held_for_fork = False
+        _lock.release()
+
+
 def _after_fork_in_child() -> None:
-    """A fork while another thread was creating the engine leaves the child with the
-    lock held and no engine: every later request would wait on it for good. The child
-    has only the forking thread: a fresh lock is right (it makes its own engine)."""
-    global _lock
+    global _lock, _held_for_fork
     _lock = threading.Lock()
+    _held_for_fork = False
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
 
 
 def when_created(callback: Callable[[Engine], None]) -> None:

@@ -300,7 +300,8 @@ class Agent:
 
 def _bound(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[], Any]:
     """``method`` with these arguments, after checking them against its signature."""
-    import inspect  # only when serving: an idle agent does not pay for it
+    # only when serving: an idle agent does not pay for it
+    inspect = process_engine.imported("inspect")
 
     inspect.signature(method).bind(*args, **kwargs)
     return functools.partial(method, *args, **kwargs)
