@@ -88,12 +88,18 @@ class EngineBase:
         if self._inject is not None:
             self._inject(point, None)
 
-    def _pause(self, point: str, ops: pause.Ops, blocking: set[int] | None) -> pause.PauseResult:
+    def _pause(
+        self,
+        point: str,
+        ops: pause.Ops,
+        blocking: set[int] | None,
+        in_flight: pause.InFlight | None = None,
+    ) -> pause.PauseResult:
         """:func:`pause.run`, as the fault point ``point`` (armed, it fails half-way).
         The caller has noted in the undo log what ``ops`` touches."""
         if self._inject is not None:
             self._inject(point, ops)
-        return pause.run(ops, blocking)
+        return pause.run(ops, blocking, in_flight)
 
     def _touch(
         self, undo: Undo | None, slots: builtins.list[FuncSlot], dslots: builtins.list[DataSlot]

@@ -20,7 +20,7 @@ from .hooked import Hooked
 from .records import DataSlot, FuncSlot
 from .swap import undo_data_ops
 from .table import Action, State
-from .transition import Transition
+from .transition import Transition, in_flight
 
 
 class Consistency(Hooked):
@@ -51,7 +51,9 @@ class Consistency(Hooked):
         delay = 0.001
         waited = False
         while True:
-            result = self._pause("pause:swap", ops, None if mode == "immediate" else blocking)
+            result = self._pause(
+                "pause:swap", ops, None if mode == "immediate" else blocking, in_flight
+            )
             if result.swapped:
                 break
             if result.blockers:
@@ -135,6 +137,7 @@ class Consistency(Hooked):
                 back.dict_sets, back.dict_dels = undo_data.dict_sets, undo_data.dict_dels
                 back.class_sets, back.class_dels = undo_data.class_sets, undo_data.class_dels
             pause.run(back, None)
+            trans.end()
             raise
         trans.arm()
         act.emit(
@@ -234,6 +237,7 @@ class Consistency(Hooked):
                 except BaseException:
                     pause.run(back, None)  # plain values put back: cannot fail
                     raise
+                trans.end()
                 break
             except BaseException as exc:  # noqa: BLE001 - reversed, then raised below
                 # KeyboardInterrupt and SystemExit too: undone at once, the threads still

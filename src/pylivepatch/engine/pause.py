@@ -10,10 +10,11 @@ made only of C builtins. No bytecode runs from the first swap to the last, so no
 thread runs Python code in between, and nothing is allocated but iterator cells.
 
 For ``atomic`` the check "no thread's stack holds a function of the payload" must
-hold *at* the swap. The stacks are walked in Python first (that walk can be
-interrupted); then the same single C call re-checks, before the first swap, that
-every thread's top frame is still the frame the walk saw and that every generator or
-coroutine frame on those stacks still has the caller it had. While a frame stays on
+hold *at* the swap. The stacks are read first, at one instant (:func:`stack_walk`),
+then looked at in Python (which can be interrupted); then the same single C call
+re-checks, before the first swap, that every thread's top frame is still the frame the
+walk saw and that every generator or coroutine frame on those stacks still has the
+caller it had. While a frame stays on
 top, the frames below it cannot change, so the stacks at the swap are exactly the
 stacks the walk approved. If anything moved, nothing is swapped and the caller retries.
 
@@ -31,26 +32,61 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain, compress, repeat, starmap
+from functools import partial
+from itertools import accumulate, chain, compress, repeat, starmap, takewhile, tee
 from typing import Any
 
 _GENERATOR_LIKE = 0x20 | 0x80 | 0x100 | 0x200  # generator, coroutine, iterable coroutine, async gen
+# (frame, the frame it calls or None) -> whether the frame blocks the swap
+InFlight = Callable[[types.FrameType, "types.FrameType | None"], bool]
 
 
-def current_frames() -> dict[int, types.FrameType]:
-    """``sys._current_frames()`` with the garbage collector off.
+_NOT_NONE = partial(operator.is_not, None)
+_F_BACK = repeat("f_back")  # endless, shared by every walk
 
-    On CPython 3.11 the call holds the runtime's thread-list lock while it makes frame
-    objects; an allocation there can start a collection whose finalizers take that lock
-    again, and the process hangs for good (CPython gh-106883, not fixed in 3.11; 3.12
-    collects only at the eval breaker). Found by the soak (benchmarks/soak.py): a
-    gunicorn worker stopped answering its heartbeat until it was killed."""
+
+def stack_walk() -> Iterator[tuple[int, list[types.FrameType]]]:
+    """Every thread's stack, innermost frame first, as a lazy iterator of (thread id,
+    frames); nothing is read until it is consumed.
+
+    Consumed by *one* C call (``dict(stack_walk())``), the whole walk happens while no
+    other thread runs: ``sys._current_frames()`` and every ``f_back`` are called from C
+    builtins (``starmap``, ``accumulate(…, getattr)``, ``takewhile``), never from
+    bytecode. So ``f_back`` is only ever asked of frames that are live on a stack at
+    that instant. Asked later, of a frame its thread has left meanwhile, it can follow
+    a dangling pointer on CPython 3.11 (``take_ownership`` may keep a ``previous`` link
+    into the thread's frame stack; crashes in ``PyFrame_GetBack``, CPython gh-99110 and
+    sentry-python #2386): the soak (benchmarks/soak.py) met exactly that, a revert
+    failing with "'code' object has no attribute 'f_code'" and workers dying. The frames
+    returned keep what the engine reads of them later (``f_code``, ``f_lineno``,
+    ``f_globals``, ``f_locals``): CPython copies a frame into its frame object when the
+    thread leaves it.
+
+    The caller's own thread shows the frame that consumes the walk on top (which
+    :func:`run` relies on). Consume it with the garbage collector off (:func:`stacks`):
+    a collection could run finalizers (bytecode) in the middle of the walk, and on
+    CPython 3.11 one inside ``sys._current_frames()`` can deadlock (gh-106883)."""
+    pairs = chain.from_iterable(map(dict.items, starmap(sys._current_frames, ((),))))
+    ids, tops = tee(pairs)
+    walks = map(
+        accumulate,
+        map(chain, map(operator.itemgetter(slice(1, 2)), tops), repeat(_F_BACK)),
+        repeat(getattr),
+    )
+    frames = map(list, map(takewhile, repeat(_NOT_NONE), walks))
+    return zip(map(operator.itemgetter(0), ids), frames, strict=True)
+
+
+def stacks() -> dict[int, list[types.FrameType]]:
+    """Every thread's stack, read at one instant (:func:`stack_walk`); this thread's
+    innermost frame is this function's."""
+    walk = stack_walk()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return sys._current_frames()
+        return dict(walk)
     finally:
         if was_enabled:
             gc.enable()
@@ -123,32 +159,33 @@ def _describe(tid: int, frame: types.FrameType) -> Blocker:
 
 
 def _inspect(
-    frames: dict[int, types.FrameType], blocking: set[int]
+    stacks: dict[int, list[types.FrameType]], blocking: set[int], in_flight: InFlight | None
 ) -> tuple[list[Blocker], list[types.FrameType], list[types.FrameType | None]]:
     blockers: list[Blocker] = []
     gens: list[types.FrameType] = []
     backs: list[types.FrameType | None] = []
-    for tid, top in frames.items():
-        f: types.FrameType | None = top
-        while f is not None:
+    for tid, frames in stacks.items():
+        for i, f in enumerate(frames):
             code = f.f_code
-            if id(code) in blocking:
+            if id(code) in blocking or (
+                in_flight is not None and in_flight(f, frames[i - 1] if i else None)
+            ):
                 blockers.append(_describe(tid, f))
                 break
-            back = f.f_back
             if code.co_flags & _GENERATOR_LIKE:
                 gens.append(f)
-                backs.append(back)
-            f = back
+                backs.append(frames[i + 1] if i + 1 < len(frames) else None)
     return blockers, gens, backs
 
 
-def run(ops: Ops, blocking: set[int] | None) -> PauseResult:
+def run(ops: Ops, blocking: set[int] | None, in_flight: InFlight | None = None) -> PauseResult:
     """Swap everything in ``ops`` in one pause.
 
     ``blocking`` is the set of ``id()`` of code objects that no thread may be running
-    at the swap (``None``: swap at once, no check). Returns whether it swapped, the
-    pause length, and the blockers found if it did not.
+    at the swap (``None``: swap at once, no check); ``in_flight(frame, callee)`` says
+    whether a frame blocks too, whatever its code (a dispatcher about to call a version
+    chosen before: engine/transition.py). Returns whether it swapped, the pause length,
+    and the blockers found if it did not.
     """
     done: list[bool] = []
     stamps: list[int] = []
@@ -161,19 +198,22 @@ def run(ops: Ops, blocking: set[int] | None) -> PauseResult:
     if blocking is None:
         gated: Iterable[Any] = work
     else:
-        # Must be taken in this frame (the check compares this thread's top frame too),
-        # so not through current_frames(), but with the collector off as it does.
+        # Consumed in this frame (the check compares this thread's top frame too), so
+        # not through stacks(), but with the collector off as it does.
+        walk = stack_walk()
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            frames = sys._current_frames()
+            all_stacks = dict(walk)
         finally:
             if was_enabled:
                 gc.enable()
-        blockers, gens, backs = _inspect(frames, blocking)
+        blockers, gens, backs = _inspect(all_stacks, blocking, in_flight)
         if blockers:
             return PauseResult(False, 0, tuple(blockers))
-        # (inside the pause the collector is already off: see current_frames)
+        frames = {tid: frames[0] for tid, frames in all_stacks.items() if frames}
+        del all_stacks
+        # (inside the pause the collector is already off: see stack_walk)
         same_tops = map(operator.eq, (frames,), starmap(sys._current_frames, ((),)))
         same_backs = map(operator.eq, (backs,), map(list, (map(getattr, gens, repeat("f_back")),)))
         gate = map(all, (chain(same_tops, same_backs),))

@@ -35,19 +35,29 @@ _SUSPENDABLE_TYPES = frozenset({types.GeneratorType, types.CoroutineType, types.
 class Dispatch:
     """Per function: which version a call gets, by its stack."""
 
-    __slots__ = ("transition", "source", "target")
+    __slots__ = ("transition", "function", "source", "target")
 
     def __init__(
-        self, transition: Transition, source: types.FunctionType, target: types.FunctionType
+        self,
+        transition: Transition,
+        function: types.FunctionType,
+        source: types.FunctionType,
+        target: types.FunctionType,
     ) -> None:
         self.transition = transition
+        self.function = function  # the patched function itself
         self.source = source  # the version the transition leaves
         self.target = target  # the version it goes to
 
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         # ``self`` is positional-only: a call may pass a keyword argument named "self".
-        # One read: a reversal flips every dispatcher at the same instant.
-        armed, old_ids, back = self.transition.view
+        # One read: a reversal flips every dispatcher at the same instant. The view read
+        # stays in this frame's locals until the chosen version runs: a check that finds
+        # this frame switched out in between compares it with the view now (in_flight).
+        view = self.transition.view
+        armed, old_ids, back, over = view
+        if over:  # a call that entered the dispatcher as the transition ended
+            return self.function(*args, **kwargs)  # what is installed now
         older, newer = (self.target, self.source) if back else (self.source, self.target)
         if not armed:  # not every function has its dispatcher yet
             return older(*args, **kwargs)
@@ -60,6 +70,26 @@ class Dispatch:
 
 
 _DISPATCH_CODE = Dispatch.__call__.__code__
+
+
+def in_flight(frame: types.FrameType, callee: types.FrameType | None) -> bool:
+    """Whether ``frame`` is a dispatcher that chose a version on a view its transition
+    has since left (armed, reversed or ended) and has not started that version yet
+    (``callee``: the frame it calls, if any). Switched out in between, it would run a
+    version that the transition, or an action after it, no longer allows: a check of
+    any later action must wait for it (a few bytecodes, once it gets the GIL back).
+
+    Reads the frame's locals, never its ``f_back``: ``frame`` comes from
+    :func:`pause.stacks` and its thread may have left it since."""
+    if frame.f_code is not _DISPATCH_CODE:
+        return False
+    seen = frame.f_locals
+    d, view = seen.get("self"), seen.get("view")
+    if not isinstance(d, Dispatch) or view is None:  # no view read yet: it reads the current
+        return False
+    if callee is not None and callee.f_code in (d.source.__code__, d.target.__code__):
+        return False  # the chosen version runs: its frame is judged by its own code
+    return view is not d.transition.view
 
 
 def _impl(fn: types.FunctionType, triple: Triple) -> types.FunctionType:
@@ -75,20 +105,21 @@ class Transition:
     """One payload's functions moving from ``source`` to ``target`` triples.
 
     ``view`` is what every dispatcher reads, as one tuple so that it changes for all of
-    them with one store: (armed, ids of the code being left, reversed). Not armed until
-    the pause that installs the dispatchers has installed all of them: until then every
-    call gets the old version, so a pause that fails half-way never lets new code call
-    a function that has no dispatcher yet."""
+    them with one store: (armed, ids of the code being left, reversed, over). Not armed
+    until the pause that installs the dispatchers has installed all of them: until then
+    every call gets the old version, so a pause that fails half-way never lets new code
+    call a function that has no dispatcher yet. Over once the dispatchers are gone from
+    the functions: a call already inside a dispatcher then runs what is installed."""
 
     def __init__(self, pairs: list[tuple[types.FunctionType, Triple, Triple]]) -> None:
         self.pairs = pairs
         self.dispatchers: list[Dispatch] = []
         self.dispatch_codes: list[types.CodeType] = []
         for fn, source, target in pairs:
-            d = Dispatch(self, _impl(fn, source), _impl(fn, target))
+            d = Dispatch(self, fn, _impl(fn, source), _impl(fn, target))
             self.dispatchers.append(d)
             self.dispatch_codes.append(_dispatcher_code(fn, source[0], d))
-        self.view: tuple[bool, set[int], bool] = (False, self._ids_of(pairs), False)
+        self.view: tuple[bool, set[int], bool, bool] = (False, self._ids_of(pairs), False, False)
         self.qualnames = _qualnames(pairs)
         # the code of both versions of every function: what a dispatcher calls
         self.version_ids = {id(t[0]) for _, s, t in pairs for t in (s, t)}
@@ -112,14 +143,20 @@ class Transition:
 
     def arm(self) -> None:
         """Every dispatcher is installed: calls may now get the new version."""
-        _, ids, back = self.view
-        self.view = (True, ids, back)
+        _, ids, back, over = self.view
+        self.view = (True, ids, back, over)
 
     def reverse(self) -> None:
         """Go back: calls from frames of the new code keep it, others get the old."""
-        armed, _, back = self.view
+        armed, _, back, over = self.view
         self.pairs = [(fn, target, source) for fn, source, target in self.pairs]
-        self.view = (armed, self._ids_of(self.pairs), not back)
+        self.view = (armed, self._ids_of(self.pairs), not back, over)
+
+    def end(self) -> None:
+        """The dispatchers are no longer installed (the final pause, or the pause that
+        put the old code back): a call still inside one runs the installed code."""
+        armed, ids, back, _ = self.view
+        self.view = (armed, ids, back, True)
 
     def start_triples(self) -> list[tuple[types.FunctionType, Triple]]:
         """What the first pause installs: the dispatchers (asked for once).
@@ -139,37 +176,26 @@ class Transition:
         return [(fn, target) for fn, _, target in self.pairs]
 
     def blockers(self) -> list[str]:
-        """Threads and suspended generators/coroutines still running old code."""
+        """Threads and suspended generators/coroutines still running old code.
+
+        The stacks are read at one instant, in C (:func:`pause.stacks`); after that only
+        what a frame keeps is read (its code, line, globals and, for a dispatcher, its
+        locals), never ``f_back`` of a frame its thread may have left."""
         found: list[str] = []
         names = {t.ident: t.name for t in threading.enumerate()}
-        for tid, top in pause.current_frames().items():
-            f: types.FrameType | None = top
-            callee: types.CodeType | None = None
-            while f is not None:
-                code = f.f_code
-                if id(code) in self.old_ids:
+        for tid, frames in pause.stacks().items():
+            for i, f in enumerate(frames):
+                if id(f.f_code) in self.old_ids:
                     where = _where(f, self.qualnames)
                     found.append(f"thread {names.get(tid, '?')!r} (id {tid}) in {where}")
                     break
-                if code is _DISPATCH_CODE and (
-                    callee is None or id(callee) not in self.version_ids
-                ):
-                    # A dispatcher that chose a version but has not called it yet, on a
-                    # view that has changed since (a reversal, or the arming): switched
-                    # out in between, it would run a version the transition has left.
-                    seen = f.f_locals
-                    if "back" in seen and (seen["armed"], seen["back"]) != (
-                        self.view[0],
-                        self.view[2],
-                    ):
-                        where = _where(f.f_back, self.qualnames) if f.f_back else "?"
-                        found.append(
-                            f"thread {names.get(tid, '?')!r} (id {tid}) choosing a version "
-                            f"in a dispatcher ({where})"
-                        )
-                        break
-                callee = code
-                f = f.f_back
+                if in_flight(f, frames[i - 1] if i else None):
+                    where = _where(frames[i + 1], self.qualnames) if i + 1 < len(frames) else "?"
+                    found.append(
+                        f"thread {names.get(tid, '?')!r} (id {tid}) choosing a version "
+                        f"in a dispatcher ({where})"
+                    )
+                    break
         if found:
             return found
         if self.suspendable:
