@@ -16,6 +16,7 @@ same moment sees the payload whole or not at all.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -36,10 +37,19 @@ AUDIT_ROTATE_BYTES = 16 * 1024 * 1024  # then audit.jsonl becomes audit.jsonl.1
 
 
 def state_dir() -> Path:
-    explicit = os.environ.get("PYLIVEPATCH_STATE_DIR")
+    env = os.environ
+    return _state_dir(env.get("PYLIVEPATCH_STATE_DIR"), env.get("XDG_STATE_HOME"), env.get("HOME"))
+
+
+@functools.lru_cache(maxsize=16)
+def _state_dir(explicit: str | None, xdg: str | None, home: str | None) -> Path:
+    # Cached (by what decides it), like the paths below: every audit line would
+    # otherwise parse the path again, and pathlib interns each part; the parts die with
+    # the path, so CPython's table of interned strings fills with deleted entries and,
+    # after some thousands of actions, doubles (a step of about 0.5 MB of resident
+    # memory in every process, found by the soak, benchmarks/soak.py).
     if explicit:
         return Path(explicit)
-    xdg = os.environ.get("XDG_STATE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "pylivepatch"
 
 
@@ -54,7 +64,12 @@ def check_app(app: str) -> str:
 
 
 def app_dir(app: str | None) -> Path:
-    return state_dir() / "apps" / (check_app(app) if app else NO_APP)
+    return _app_dir(state_dir(), app)
+
+
+@functools.lru_cache(maxsize=64)
+def _app_dir(root: Path, app: str | None) -> Path:
+    return root / "apps" / (check_app(app) if app else NO_APP)
 
 
 def _make_private(path: Path) -> Path:
@@ -198,7 +213,12 @@ def uninstall(app: str, name: str) -> Installed:
 
 
 def audit_path(app: str | None) -> Path:
-    return app_dir(app) / AUDIT_FILE
+    return _audit_path(app_dir(app))
+
+
+@functools.lru_cache(maxsize=64)
+def _audit_path(directory: Path) -> Path:
+    return directory / AUDIT_FILE
 
 
 def append_audit(app: str | None, record: dict[str, Any]) -> None:
