@@ -325,3 +325,21 @@ def test_load_after_install_leaves_processes_that_applied_it_at_start_alone(lab)
     finally:
         for proc in procs:
             finish(proc)
+
+
+def test_the_state_and_audit_paths_follow_the_environment(tmp_path, monkeypatch):
+    """The paths are cached (parsing them again for every audit line churned CPython's
+    table of interned strings: a step of resident memory found by the soak), but by
+    what decides them: a changed state directory or app gives new paths."""
+    monkeypatch.setenv("PYLIVEPATCH_STATE_DIR", str(tmp_path / "one"))
+    first = store.audit_path("web")
+    assert first == tmp_path / "one" / "apps" / "web" / store.AUDIT_FILE
+    assert store.audit_path("web") is first, "the same path object: nothing parsed again"
+    assert store.audit_path("api") == tmp_path / "one" / "apps" / "api" / store.AUDIT_FILE
+    monkeypatch.setenv("PYLIVEPATCH_STATE_DIR", str(tmp_path / "two"))
+    assert store.audit_path("web") == tmp_path / "two" / "apps" / "web" / store.AUDIT_FILE
+    store.append_audit("web", {"action": "check"})
+    assert [r["action"] for r in store.read_audit("web")] == ["check"]
+    monkeypatch.delenv("PYLIVEPATCH_STATE_DIR")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert store.state_dir() == tmp_path / "xdg" / "pylivepatch"
