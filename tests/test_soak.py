@@ -37,13 +37,6 @@ def available(server: str) -> bool:
     return importlib.util.find_spec("uvicorn") is not None
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known engine defect the soak found (issue 14 note): a transition's blocker "
-    "check reads other threads' frames outside the pause (f_back, f_locals), and a worker "
-    "sometimes dies or fails a revert; until it is redesigned the short soak reports "
-    "instead of gating CI",
-)
 @pytest.mark.parametrize("server", ["gunicorn", "uvicorn"])
 def test_short_soak(server):
     if not available(server):
