@@ -121,8 +121,6 @@ class Transition:
             self.dispatch_codes.append(_dispatcher_code(fn, source[0], d))
         self.view: tuple[bool, set[int], bool, bool] = (False, self._ids_of(pairs), False, False)
         self.qualnames = _qualnames(pairs)
-        # the code of both versions of every function: what a dispatcher calls
-        self.version_ids = {id(t[0]) for _, s, t in pairs for t in (s, t)}
 
     def _ids_of(self, pairs: list[tuple[types.FunctionType, Triple, Triple]]) -> set[int]:
         """Ids of the code (nested code too) the pairs leave."""
@@ -185,11 +183,12 @@ class Transition:
         names = {t.ident: t.name for t in threading.enumerate()}
         for tid, frames in pause.stacks().items():
             for i, f in enumerate(frames):
-                if id(f.f_code) in self.old_ids:
+                code = f.f_code
+                if id(code) in self.old_ids:
                     where = _where(f, self.qualnames)
                     found.append(f"thread {names.get(tid, '?')!r} (id {tid}) in {where}")
                     break
-                if in_flight(f, frames[i - 1] if i else None):
+                if code is _DISPATCH_CODE and in_flight(f, frames[i - 1] if i else None):
                     where = _where(frames[i + 1], self.qualnames) if i + 1 < len(frames) else "?"
                     found.append(
                         f"thread {names.get(tid, '?')!r} (id {tid}) choosing a version "
