@@ -53,6 +53,7 @@ class EngineBase:
     _undo: Undo | None  # the undo log of the running action
     # fault injection (engine/faults.py): None except while a test arms a point
     _inject: Callable[[str, pause.Ops | None], None] | None
+    _saved_switch_interval: float | None  # the process's own, while a transition runs
 
     def original_value(self, holder: types.ModuleType | type, name: str) -> Any:
         """What ``holder.name`` held before any payload changed it (``ABSENT`` if nothing)."""

@@ -146,7 +146,7 @@ class Consistency(Hooked):
         # A thread preempted inside old code must get the GIL back to leave it: with many
         # busy threads a round of the default 5 ms switch interval takes long, so the
         # interval is shortened while the transition waits (and restored after).
-        interval = sys.getswitchinterval()
+        interval = self._saved_switch_interval = sys.getswitchinterval()  # (engine/forks.py)
         sys.setswitchinterval(min(interval, TRANSITION_SWITCH_INTERVAL))
         try:
             return self._wait_transition(
@@ -154,6 +154,7 @@ class Consistency(Hooked):
             )
         finally:
             sys.setswitchinterval(interval)
+            self._saved_switch_interval = None
 
     def _wait_transition(
         self,

@@ -27,7 +27,7 @@ from ..errors import LivepatchError
 from ..payload import archive, signing
 from ..payload.fingerprint import ModuleSource, python_tag
 from ..payload.manifest import DataEntry, FuncEntry, Manifest
-from . import pause
+from . import forks, pause
 from .base import Act, NoAction, imported, module_of, prev_states
 from .compile import LoadedPackage, load_package, lookup
 from .events import Event, History
@@ -61,6 +61,8 @@ class Engine(LateObjects):
         self._undo: Undo | None = None  # the undo log of the running action
         # fault injection (engine/faults.py): None except while a test arms a point
         self._inject: Callable[[str, pause.Ops | None], None] | None = None
+        self._saved_switch_interval: float | None = None  # while a transition shortens it
+        forks.track(self)  # a fork during an action: engine/forks.py
 
     def list(self) -> builtins.list[PayloadStatus]:
         return [self._status(r) for r in list(self._payloads.values())]
