@@ -14,9 +14,9 @@ hold *at* the swap. The stacks are read first, at one instant (:func:`stack_walk
 then looked at in Python (which can be interrupted); then the same single C call
 re-checks, before the first swap, that every thread's top frame is still the frame the
 walk saw and that every generator or coroutine frame on those stacks still has the
-caller it had. While a frame stays on
-top, the frames below it cannot change, so the stacks at the swap are exactly the
-stacks the walk approved. If anything moved, nothing is swapped and the caller retries.
+caller it had. While a frame stays on top, the frames below it cannot change, so the
+stacks at the swap are exactly the stacks the walk approved. If anything moved, nothing
+is swapped and the caller retries.
 
 The garbage collector is disabled during the call: a collection could run ``__del__``
 methods, which are bytecode. Old code objects, defaults and values stay referenced by
@@ -28,10 +28,11 @@ One kind of bytecode cannot be kept out: an audit hook written in Python
 the GIL over. The switch interval is therefore raised to :data:`PAUSE_SWITCH_INTERVAL`
 for the length of the call: a thread that starts waiting for the GIL then asks for it
 only after that long. A thread that was already waiting, with the interval it read
-before, can still get in (measured with a hook and a thread spinning beside the pauses: another
-thread ran in 1 pause of 50 on CPython 3.11 and in none on 3.12 and 3.13, against 48 to 50
-of 50 without the raised interval). CPython runs audit hooks with tracing off, so the
-engine cannot tell that such a hook exists; docs/operating.md names the limit.
+before, can still get in (measured with a hook and a thread spinning beside the
+pauses: another thread ran in 1 pause of 50 on CPython 3.11 and in none on 3.12 and
+3.13, against 48 to 50 of 50 without the raised interval). CPython runs audit hooks
+with tracing off, so the engine cannot tell that such a hook exists; docs/design.md
+("The pause") names the limit.
 """
 
 from __future__ import annotations
@@ -223,7 +224,7 @@ def run(ops: Ops, blocking: set[int] | None, in_flight: InFlight | None = None) 
         blockers, gens, backs = _inspect(all_stacks, blocking, in_flight)
         if blockers:
             return PauseResult(False, 0, tuple(blockers))
-        frames = {tid: frames[0] for tid, frames in all_stacks.items() if frames}
+        frames = {tid: stack[0] for tid, stack in all_stacks.items() if stack}
         del all_stacks
         # (inside the pause the collector is already off: see stack_walk)
         same_tops = map(operator.eq, (frames,), starmap(sys._current_frames, ((),)))
