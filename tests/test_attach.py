@@ -619,20 +619,30 @@ def test_gdb_past_its_time_limit_is_stopped_and_the_target_runs_on(tmp_path: Pat
     the target is left running, untraced and not stopped; attach then works. (The
     limit here is shorter than gdb's start, so the cut comes before any call: a call
     cut while it waits on a lock could hang the target, which is why the real limit is
-    a generous last resort.)"""
+    a generous last resort.) On a loaded machine gdb can get further than that before
+    the interrupt takes effect (seen in CI): when its script reports the bootstrap done,
+    attach says it attached, not that gdb was stopped before anything happened."""
     from pylivepatch.attach import attach
 
     t = Target(tmp_path, "busy")
     try:
         t.ready()
-        with pytest.raises(LivepatchError) as exc:
-            attach(t.pid, gdb_limit=0.001, timeout=60)
-        assert exc.value.code == "attach-hung"
-        assert exc.value.message.startswith("gdb did not finish within 0.001 s and was stopped")
+        try:
+            first = attach(t.pid, gdb_limit=0.001, timeout=60)
+        except LivepatchError as exc:
+            assert exc.code == "attach-hung"
+            assert exc.message.startswith("gdb did not finish within 0.001 s and was stopped")
+            cut = True
+        else:
+            assert first.via in ("pending", "direct")
+            cut = False
         status = Path(f"/proc/{t.pid}/status").read_text()
         assert "TracerPid:\t0\n" in status and "State:\tT" not in status, status
         t.alive_and_sound()
-        assert attach_json(t.pid)["result"] in ("pending", "direct")
+        again = attach_json(t.pid)["result"]
+        # After a cut, the bootstrap may still have been queued (a pending call runs
+        # once gdb has let go): the agent is then up already. Either way there is one.
+        assert again in ("pending", "direct", "already") if cut else again == "already"
         assert t.alive_and_sound()["threads"].count("pylivepatch-agent") == 1
     finally:
         t.stop()

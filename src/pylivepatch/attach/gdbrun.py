@@ -132,6 +132,11 @@ def inject(
         except subprocess.TimeoutExpired:
             output = _stop(proc)
             resumed = _resume_if_left_stopped(pid)
+            done = _outcome(result_file)
+            if done.get("ok"):
+                # The interrupt came too late to stop anything: the bootstrap ran (gdb
+                # can defer an interrupt until its script is done). Say what happened.
+                return _from_doc(done, (time.monotonic() - started) * 1000)
             raise LivepatchError(
                 "attach-hung",
                 f"gdb did not finish within {limit:g} s and was stopped (a call it was "
@@ -144,6 +149,19 @@ def inject(
         if not result_file.exists():
             raise _failure(gdb, pid, text)
         doc = json.loads(result_file.read_text())
+    return _from_doc(doc, wall)
+
+
+def _outcome(result_file: Path) -> dict[str, Any]:
+    """What gdb's script wrote, if it wrote anything readable."""
+    try:
+        doc = json.loads(result_file.read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _from_doc(doc: dict[str, Any], wall: float) -> Outcome:
     return Outcome(
         ok=bool(doc.get("ok")),
         plan=str(doc.get("plan", "")),
