@@ -75,3 +75,31 @@ def test_the_collector_stays_off_if_it_was_off():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_stacks_gives_every_threads_whole_stack_innermost_first():
+    """One C-level walk (pause.stack_walk) reads each thread's stack whole: here a thread
+    30 calls deep, waiting, and this thread's own stack, whose innermost frame is the
+    one that asked."""
+    stop = threading.Event()
+    t = threading.Thread(target=deep, args=(30, stop))
+    t.start()
+    try:
+        for _ in range(500):  # until the thread is at the bottom of its recursion
+            names = [f.f_code.co_name for f in pause.stacks().get(t.ident or 0, [])]
+            if names.count("deep") == 31:
+                break
+            threading.Event().wait(0.01)
+        assert names.count("deep") == 31, names
+        assert names.index("deep") < names.index("run"), "innermost first"
+        mine = pause.stacks()[threading.get_ident()]
+        assert mine[0].f_code is pause.stacks.__code__
+        assert mine[1].f_code.co_name == sys._getframe().f_code.co_name
+        expected, f = [], sys._getframe()
+        while f is not None:
+            expected.append(f)
+            f = f.f_back
+        assert mine[1:] == expected, "the same frames as walking f_back from here"
+    finally:
+        stop.set()
+        t.join(10)
