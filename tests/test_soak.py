@@ -37,6 +37,13 @@ def available(server: str) -> bool:
     return importlib.util.find_spec("uvicorn") is not None
 
 
+@pytest.mark.xfail(
+    sys.version_info[:2] == (3, 12),
+    strict=False,
+    reason="open defect (issue 14 note, docs/benchmarks.md (i)): on CPython 3.12.1 a worker "
+    "sometimes dies of a segmentation fault while the engine reads its threads' stacks "
+    "(atomic and transition; never in immediate mode or with the stack reading taken out)",
+)
 @pytest.mark.parametrize("server", ["gunicorn", "uvicorn"])
 def test_short_soak(server):
     if not available(server):
