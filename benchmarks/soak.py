@@ -151,14 +151,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def rss_kb(pid: int) -> int:
+def status(pid: int) -> dict[str, int]:
+    """The numeric fields of /proc/PID/status (VmRSS in kB, Threads, ...)."""
+    found = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
+            key, _, value = line.partition(":")
+            first = value.split()[:1]
+            if first and first[0].isdigit():
+                found[key] = int(first[0])
     except OSError:
         pass
-    return 0
+    return found
 
 
 def agents(app: str) -> list[int]:
@@ -292,6 +296,7 @@ class Driver:
     samples: int = 20
     pauses_ns: list[int] = field(default_factory=list)
     rss: list[tuple[int, int]] = field(default_factory=list)  # (cycle, kB)
+    threads: list[int] = field(default_factory=list)  # the process's threads, per rss sample
     error: str | None = None
     done: int = 0
     seconds: float = 0.0
@@ -299,31 +304,38 @@ class Driver:
     dumped: bool = False
 
     def run(self) -> None:
-        client = Client(self.pid, timeout=120)
         try:
-            client.upload(PAYLOAD, self.data)
-            total = self.warmup + self.cycles
-            every = max(1, self.cycles // self.samples)
-            t0 = time.perf_counter()
-            for n in range(total):
-                mode = self.modes[n % len(self.modes)]
-                self.since = time.monotonic()
-                a = client.apply(PAYLOAD, consistency=mode, timeout=60)
-                r = client.revert(PAYLOAD, consistency=mode, timeout=60)
-                if n >= self.warmup:
-                    self.pauses_ns += [a.pause_ns, r.pause_ns]
-                    k = n - self.warmup
-                    if k % every == 0 or k == self.cycles - 1:
-                        self.rss.append((k + 1, rss_kb(self.pid)))
-                elif n == self.warmup - 1:
-                    self.rss.append((0, rss_kb(self.pid)))
-                self.done = n + 1
-            self.seconds = time.perf_counter() - t0
-            client.unload(PAYLOAD)
+            # one kept connection, as a controller would hold: the agent serves all
+            # the cycles with one thread instead of starting one per request
+            with Client(self.pid, timeout=120) as client:
+                client.upload(PAYLOAD, self.data)
+                total = self.warmup + self.cycles
+                every = max(1, self.cycles // self.samples)
+                t0 = time.perf_counter()
+                for n in range(total):
+                    mode = self.modes[n % len(self.modes)]
+                    self.since = time.monotonic()
+                    a = client.apply(PAYLOAD, consistency=mode, timeout=60)
+                    r = client.revert(PAYLOAD, consistency=mode, timeout=60)
+                    if n >= self.warmup:
+                        self.pauses_ns += [a.pause_ns, r.pause_ns]
+                        k = n - self.warmup
+                        if k % every == 0 or k == self.cycles - 1:
+                            self.sample(k + 1)
+                    elif n == self.warmup - 1:
+                        self.sample(0)
+                    self.done = n + 1
+                self.seconds = time.perf_counter() - t0
+                client.unload(PAYLOAD)
         except Exception as exc:  # noqa: BLE001 - reported with the pid
             self.error = f"process {self.pid}: {exc!r}"
         finally:
             self.since = 0.0
+
+    def sample(self, cycle: int) -> None:
+        now = status(self.pid)
+        self.rss.append((cycle, now.get("VmRSS", 0)))
+        self.threads.append(now.get("Threads", 0))
 
 
 # --- one service ---------------------------------------------------------------------
@@ -368,6 +380,7 @@ class Outcome:
     rss: dict[int, list[tuple[int, int]]]
     answered: dict[int, dict[str, int]]
     log_tail: list[str] = field(default_factory=list)  # the server's own output
+    threads: dict[int, list[int]] = field(default_factory=dict)  # per rss sample
 
     @property
     def max_growth(self) -> float:
@@ -516,6 +529,7 @@ def soak(
                 pause_max_us=max(pauses, default=0) / 1e3,
                 growth=growth,
                 rss={d.pid: d.rss for d in drivers},
+                threads={d.pid: d.threads for d in drivers},
                 answered={pid: dict(v) for pid, v in load.by_pid.items()},
                 log_tail=_log_tail((root / "server.log").read_text(errors="replace")),
             )
@@ -543,11 +557,13 @@ def write(out: Path, outcomes: list[Outcome]) -> None:
         w.writerows(rows)
     with (out / "soak_rss.csv").open("w", newline="") as f:
         w2 = csv.writer(f)
-        w2.writerow(["server", "pid", "worker", "cycle", "rss_kb"])
+        w2.writerow(["server", "pid", "worker", "cycle", "rss_kb", "threads"])
         for o in outcomes:
             for pid, samples in o.rss.items():
-                for cycle, kb in samples:
-                    w2.writerow([o.server, pid, pid in o.growth, cycle, kb])
+                threads = o.threads.get(pid, [])
+                for i, (cycle, kb) in enumerate(samples):
+                    n = threads[i] if i < len(threads) else ""
+                    w2.writerow([o.server, pid, pid in o.growth, cycle, kb, n])
     try:
         import matplotlib
 
@@ -613,7 +629,11 @@ def main(argv: list[str] | None = None) -> int:
         ok &= passed
         print(json.dumps({**o.summary(), "passed": passed}))
         for pid, g in sorted(o.growth.items()):
-            print(f"  worker {pid}: RSS {o.rss[pid][0][1]} -> {o.rss[pid][-1][1]} kB ({g:+.2f} %)")
+            counts = o.threads.get(pid) or [0]
+            print(
+                f"  worker {pid}: RSS {o.rss[pid][0][1]} -> {o.rss[pid][-1][1]} kB "
+                f"({g:+.2f} %), threads {min(counts)}-{max(counts)}"
+            )
         for line in o.failed[:5] + o.mixed[:5] + o.errors[:5]:
             print(f"  {line}")
         if not passed:

@@ -132,6 +132,70 @@ def test_oversized_and_stalled_clients_do_not_block_others(target):
     garbage.close()
 
 
+def connections(pid: int) -> set[str]:
+    """The sockets process ``pid`` holds open, named by inode: its agent's listening
+    socket and one per open control connection (the target has no other)."""
+    found = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:"):
+            found.add(link)
+    return found
+
+
+def settled_connections(pid: int, count: int) -> set[str]:
+    """The target's sockets once it holds ``count`` of them (a closed connection is
+    closed by the agent's thread a moment after the reply)."""
+    deadline = time.monotonic() + 30
+    while len(found := connections(pid)) != count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return found
+
+
+def test_a_client_in_a_with_block_keeps_one_connection(lab, target):
+    proc, call = target
+    listening = settled_connections(proc.pid, 1)
+    # control: without ``with`` each request has a connection of its own, closed after it
+    client = Client(proc.pid)
+    client.ping()
+    assert settled_connections(proc.pid, 1) == listening
+    with Client(proc.pid) as kept:
+        kept.ping()
+        first = connections(proc.pid)
+        assert len(first) == 2
+        kept.load(lab.pack(FIX))
+        assert call() == "6"
+        kept.revert("fix-price")
+        assert kept.status("fix-price").state == "CHECKED"
+        assert connections(proc.pid) == first, "every request went over the first connection"
+        with kept:  # nested: still the same connection
+            kept.ping()
+        assert connections(proc.pid) == first
+    assert settled_connections(proc.pid, 1) == listening, "closed at the end of the block"
+    assert call() == "4"
+
+
+def test_a_kept_connection_is_renewed_when_idle_or_closed_by_the_agent(target):
+    proc, _ = target
+    listening = settled_connections(proc.pid, 1)
+    with Client(proc.pid) as kept:
+        kept.KEEP_IDLE = 0.0  # renewed before every request
+        kept.ping()
+        first = connections(proc.pid) - listening
+        kept.ping()
+        assert len(second := settled_connections(proc.pid, 2) - listening) == 1
+        assert second != first
+        # the agent closes a connection idle for protocol.READ_TIMEOUT; a client that
+        # does not renew it in time sends its next request over a new one
+        kept.KEEP_IDLE = float("inf")
+        assert settled_connections(proc.pid, 1) == listening
+        assert kept.ping()["pid"] == proc.pid
+        assert len(connections(proc.pid)) == 2
+
+
 def _python_for_nobody() -> str | None:
     """An interpreter another user can run (pyenv's under /root may not be)."""
     for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):

@@ -178,6 +178,7 @@ def exercise(lab, app: str, load: Load, workers: set[int], expected_agents: int)
     assert all(r.startswith("applied") for r in results.values()), results
     settle(load, "v2", workers, "after load")
     victim = max(workers)
+    before = set(agents(lab, app))
     killed_at = time.monotonic()
     os.kill(victim, signal.SIGKILL)
     wait_until(
@@ -185,9 +186,12 @@ def exercise(lab, app: str, load: Load, workers: set[int], expected_agents: int)
         "the killed worker's replacement",
     )
     respawned_at = time.monotonic()
-    fresh = set(agents(lab, app)) - {p for p in agents(lab, app) if p in workers or p < 0}
-    newcomer = max(fresh - workers)
-    assert agents(lab, app)[newcomer] == ["svc-v2"], "the new worker has the fix applied"
+    # the one process that was not there before (not the highest pid: pids wrap around)
+    now = agents(lab, app)
+    fresh = set(now) - before
+    assert len(fresh) == 1, (sorted(before), now)
+    (newcomer,) = fresh
+    assert now[newcomer] == ["svc-v2"], "the new worker has the fix applied"
     workers = (workers - {victim}) | {newcomer}
     settle(load, "v2", workers, "after the respawn")
     out = cli("revert", "svc-v2", "--app", app, cwd=lab.root)

@@ -7,6 +7,7 @@ import base64
 import builtins
 import os
 import socket
+import time
 from typing import Any
 
 from .agent import protocol
@@ -23,39 +24,98 @@ def _status(doc: dict[str, Any]) -> PayloadStatus:
 
 
 class Client:
-    """A connection to the agent of process ``pid`` (one request at a time)."""
+    """A connection to the agent of process ``pid`` (one request at a time).
+
+    Each call opens its own connection; inside ``with Client(pid) as c:`` the calls
+    share one, so that a controller sending many requests costs the agent one
+    connection (and one thread), not one per request."""
+
+    #: A kept connection idle this long is renewed before the next request, well
+    #: before the agent closes it (``protocol.READ_TIMEOUT``).
+    KEEP_IDLE = protocol.READ_TIMEOUT / 2
 
     def __init__(self, pid: int, timeout: float = 120.0) -> None:
         self.pid = pid
         self.path = protocol.socket_path(pid)
         self.timeout = timeout
+        self._kept: socket.socket | None = None
+        self._keeping = 0  # nested ``with`` blocks
+        self._idle_since = 0.0
 
-    def _call(self, verb: str, **args: Any) -> Any:
+    def __enter__(self) -> Client:
+        self._keeping += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._keeping -= 1
+        if not self._keeping:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None
+
+    def _open(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         try:
+            self._connect(sock)
+        except FileNotFoundError:
+            sock.close()
+            raise LivepatchError(
+                "not-found", f"process {self.pid} has no pylivepatch agent ({self.path})"
+            ) from None
+        except PermissionError:
+            sock.close()
+            raise LivepatchError("permission-denied", f"cannot connect to {self.path}") from None
+        except OSError as exc:
+            sock.close()
+            raise LivepatchError(
+                "not-found", f"agent of process {self.pid} is not answering: {exc}"
+            ) from None
+        return sock
+
+    def _socket(self) -> tuple[socket.socket, bool]:
+        """The connection for the next request, and whether it was used before."""
+        if not self._keeping:
+            return self._open(), False
+        if self._kept is not None and time.monotonic() - self._idle_since > self.KEEP_IDLE:
+            self._drop()
+        if self._kept is None:
+            self._kept = self._open()
+            return self._kept, False
+        return self._kept, True
+
+    def _call(self, verb: str, **args: Any) -> Any:
+        message = protocol.encode({"verb": verb, "args": args})
+        sock, used = self._socket()
+        try:
             try:
-                self._connect(sock)
-            except FileNotFoundError:
-                raise LivepatchError(
-                    "not-found", f"process {self.pid} has no pylivepatch agent ({self.path})"
-                ) from None
-            except PermissionError:
-                raise LivepatchError(
-                    "permission-denied", f"cannot connect to {self.path}"
-                ) from None
-            except OSError as exc:
-                raise LivepatchError(
-                    "not-found", f"agent of process {self.pid} is not answering: {exc}"
-                ) from None
-            sock.sendall(protocol.encode({"verb": verb, "args": args}))
+                sock.sendall(message)
+            except OSError:
+                if not used:
+                    raise
+                # the agent closed the kept connection: nothing was delivered (a
+                # local socket refuses the bytes); send once more on a new one
+                self._drop()
+                sock, used = self._socket()
+                sock.sendall(message)
             try:
                 reply = protocol.receive(sock)
             except (protocol.ProtocolError, OSError) as exc:
                 raise LivepatchError("busy", f"agent of process {self.pid}: {exc}") from None
+        except BaseException:
+            if sock is self._kept:
+                self._drop()
+            raise
         finally:
-            sock.close()
+            if sock is not self._kept:
+                sock.close()
+        self._idle_since = time.monotonic()
         if reply is None:
+            if sock is self._kept:
+                self._drop()
             raise LivepatchError("busy", f"agent of process {self.pid} closed the connection")
         if not reply.get("ok"):
             err = reply.get("error") or {}
@@ -67,7 +127,6 @@ class Client:
     def _connect(self, sock: socket.socket) -> None:
         """Connect; a full listen queue (EAGAIN) is waited out for up to the timeout."""
         import errno
-        import time
 
         deadline = time.monotonic() + min(self.timeout, 10.0)
         while True:

@@ -33,6 +33,16 @@ pauses: another thread ran in 1 pause of 50 on CPython 3.11 and in none on 3.12 
 3.13, against 48 to 50 of 50 without the raised interval). CPython runs audit hooks
 with tracing off, so the engine cannot tell that such a hook exists; docs/design.md
 ("The pause") names the limit.
+
+Reading the stacks makes a frame object for every frame of every thread, and those
+must be gone when the check is done (:func:`release`). A frame object still referenced
+when its function returns takes that function's locals over and keeps them alive; the
+engine's own frames are on the stacks it reads, so its lists of frames would reference
+the frames that reference the lists: a cycle, freed only by the garbage collector,
+later and in any order. The program's objects would then die late (a file closed at
+return stays open), and on CPython 3.12.1 a ``BytesIO`` buffer freed in the wrong order
+crashes the process (CPython gh-111049): the soak met it in uvicorn workers, whose
+thread that answers the supervisor's pings sends through such a buffer.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ import time
 import types
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import accumulate, chain, compress, repeat, starmap, takewhile, tee
@@ -94,15 +105,38 @@ def stack_walk() -> Iterator[tuple[int, list[types.FrameType]]]:
 
 def stacks() -> dict[int, list[types.FrameType]]:
     """Every thread's stack, read at one instant (:func:`stack_walk`); this thread's
-    innermost frame is this function's."""
+    innermost frame is this function's. The caller empties it with :func:`release`
+    (or uses :func:`read_stacks`)."""
     walk = stack_walk()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return dict(walk)
+        found = dict(walk)
     finally:
         if was_enabled:
             gc.enable()
+    # The walk's buffers still hold every thread's top frame, this function's among
+    # them, and this frame outlives the call (it is in ``found``): a cycle.
+    del walk
+    return found
+
+
+def release(found: dict[int, list[types.FrameType]]) -> None:
+    """Let go of every frame a walk returned, so that each dies with its function, as
+    it would without the engine (module docstring)."""
+    for frames in found.values():
+        frames.clear()
+    found.clear()
+
+
+@contextmanager
+def read_stacks() -> Iterator[dict[int, list[types.FrameType]]]:
+    """:func:`stacks`, emptied at the end of the block."""
+    found = stacks()
+    try:
+        yield found
+    finally:
+        release(found)
 
 
 def gil_disabled() -> bool:
@@ -208,39 +242,54 @@ def run(ops: Ops, blocking: set[int] | None, in_flight: InFlight | None = None) 
     work = chain(
         clock, ops.iterator(done), map(stamps.append, starmap(time.perf_counter_ns, ((),)))
     )
-    if blocking is None:
-        gated: Iterable[Any] = work
-    else:
-        # Consumed in this frame (the check compares this thread's top frame too), so
-        # not through stacks(), but with the collector off as it does.
-        walk = stack_walk()
+    # Every frame the check reads is let go of at the end, whatever happens (module
+    # docstring): the containers are emptied, since this frame is among their frames.
+    all_stacks: dict[int, list[types.FrameType]] = {}
+    frames: dict[int, types.FrameType] = {}
+    gens: list[types.FrameType] = []
+    backs: list[types.FrameType | None] = []
+    try:
+        if blocking is None:
+            gated: Iterable[Any] = work
+        else:
+            # Consumed in this frame (the check compares this thread's top frame too),
+            # so not through stacks(), but with the collector off as it does.
+            walk = stack_walk()
+            was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                all_stacks = dict(walk)
+            finally:
+                if was_enabled:
+                    gc.enable()
+            del walk  # its buffers hold every top frame, this one's among them
+            blockers, gens, backs = _inspect(all_stacks, blocking, in_flight)
+            if blockers:
+                return PauseResult(False, 0, tuple(blockers))
+            frames = {tid: stack[0] for tid, stack in all_stacks.items() if stack}
+            release(all_stacks)
+            # (inside the pause the collector is already off: see stack_walk)
+            same_tops = map(operator.eq, (frames,), starmap(sys._current_frames, ((),)))
+            same_backs = map(
+                operator.eq, (backs,), map(list, (map(getattr, gens, repeat("f_back")),))
+            )
+            gate = map(all, (chain(same_tops, same_backs),))
+            gated = chain.from_iterable(compress((work,), gate))
+        interval = sys.getswitchinterval()
         was_enabled = gc.isenabled()
         gc.disable()
+        sys.setswitchinterval(PAUSE_SWITCH_INTERVAL)  # against Python audit hooks: docstring
         try:
-            all_stacks = dict(walk)
+            deque(gated, 0)
         finally:
+            sys.setswitchinterval(interval)
             if was_enabled:
                 gc.enable()
-        blockers, gens, backs = _inspect(all_stacks, blocking, in_flight)
-        if blockers:
-            return PauseResult(False, 0, tuple(blockers))
-        frames = {tid: stack[0] for tid, stack in all_stacks.items() if stack}
-        del all_stacks
-        # (inside the pause the collector is already off: see stack_walk)
-        same_tops = map(operator.eq, (frames,), starmap(sys._current_frames, ((),)))
-        same_backs = map(operator.eq, (backs,), map(list, (map(getattr, gens, repeat("f_back")),)))
-        gate = map(all, (chain(same_tops, same_backs),))
-        gated = chain.from_iterable(compress((work,), gate))
-    interval = sys.getswitchinterval()
-    was_enabled = gc.isenabled()
-    gc.disable()
-    sys.setswitchinterval(PAUSE_SWITCH_INTERVAL)  # against Python audit hooks: docstring
-    try:
-        deque(gated, 0)
     finally:
-        sys.setswitchinterval(interval)
-        if was_enabled:
-            gc.enable()
+        release(all_stacks)
+        frames.clear()
+        gens.clear()
+        backs.clear()
     if not done:
         return PauseResult(False)
     return PauseResult(True, stamps[1] - stamps[0], started_ns=stamps[0])

@@ -173,15 +173,12 @@ class Transition:
     def final_triples(self) -> list[tuple[types.FunctionType, Triple]]:
         return [(fn, target) for fn, _, target in self.pairs]
 
-    def blockers(self) -> list[str]:
-        """Threads and suspended generators/coroutines still running old code.
-
-        The stacks are read at one instant, in C (:func:`pause.stacks`); after that only
-        what a frame keeps is read (its code, line, globals and, for a dispatcher, its
-        locals), never ``f_back`` of a frame its thread may have left."""
+    def _on_stacks(self, stacks: dict[int, list[types.FrameType]]) -> list[str]:
+        """The threads that block: a function of its own, not on the stacks it reads,
+        so that no frame it holds references it (pause module docstring)."""
         found: list[str] = []
         names = {t.ident: t.name for t in threading.enumerate()}
-        for tid, frames in pause.stacks().items():
+        for tid, frames in stacks.items():
             for i, f in enumerate(frames):
                 code = f.f_code
                 if id(code) in self.old_ids:
@@ -195,6 +192,16 @@ class Transition:
                         f"in a dispatcher ({where})"
                     )
                     break
+        return found
+
+    def blockers(self) -> list[str]:
+        """Threads and suspended generators/coroutines still running old code.
+
+        The stacks are read at one instant, in C (:func:`pause.stacks`); after that only
+        what a frame keeps is read (its code, line, globals and, for a dispatcher, its
+        locals), never ``f_back`` of a frame its thread may have left."""
+        with pause.read_stacks() as stacks:  # every frame let go of at the end
+            found = self._on_stacks(stacks)
         if found:
             return found
         if self.suspendable:
