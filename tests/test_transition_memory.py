@@ -108,3 +108,30 @@ def test_a_frame_still_in_a_dispatcher_keeps_it_until_it_returns(lab):
     assert mod.slow(0) == ("slow-2", (2, 2))
     lab.engine.revert("tr-memory")
     assert live(Transition) == before
+
+
+def test_actions_leave_no_garbage_for_the_collector(lab):
+    """A finished action is freed by reference counting alone: it leaves no cycle for
+    the garbage collector. Garbage in cycles waits for a collection of the oldest
+    generation, which gets rarer as a process holds more objects; the soak saw it as
+    0.5 MB more in every gunicorn worker on CPython 3.13 (benchmarks.md (i)). Before,
+    each transition left a cycle of its Transition and its Dispatch objects, and one of
+    a recursive inner function with its own cell."""
+    mod = lab.module("trmem", TARGET)
+    lab.engine.upload("tr-memory", lab.pack(FIX))
+    for mode in ("atomic", "transition"):  # the first round creates what stays
+        lab.engine.apply("tr-memory", consistency=mode)
+        lab.engine.revert("tr-memory", consistency=mode)
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        for mode in ("atomic", "transition", "immediate"):
+            lab.engine.apply("tr-memory", consistency=mode)
+            assert mod.outer(0) == (2, 2)
+            lab.engine.revert("tr-memory", consistency=mode)
+            assert mod.outer(0) == (1, 1)
+            assert gc.collect() == 0, f"{mode}: cycles left for the collector"
+    finally:
+        if was_enabled:
+            gc.enable()

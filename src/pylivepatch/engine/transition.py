@@ -113,12 +113,15 @@ class Transition:
 
     def __init__(self, pairs: list[tuple[types.FunctionType, Triple, Triple]]) -> None:
         self.pairs = pairs
-        self.dispatchers: list[Dispatch] = []
-        self.dispatch_codes: list[types.CodeType] = []
-        for fn, source, target in pairs:
-            d = Dispatch(self, fn, _impl(fn, source), _impl(fn, target))
-            self.dispatchers.append(d)
-            self.dispatch_codes.append(_dispatcher_code(fn, source[0], d))
+        # Each Dispatch is kept by its dispatcher code alone (as a constant), never by
+        # the transition it points to: a finished transition is then freed by
+        # reference counting, with nothing left to the garbage collector.
+        self.dispatch_codes: list[types.CodeType] = [
+            _dispatcher_code(
+                fn, source[0], Dispatch(self, fn, _impl(fn, source), _impl(fn, target))
+            )
+            for fn, source, target in pairs
+        ]
         self.view: tuple[bool, set[int], bool, bool] = (False, self._ids_of(pairs), False, False)
         self.qualnames = _qualnames(pairs)
 
@@ -246,16 +249,17 @@ def _qualnames(pairs: list[tuple[types.FunctionType, Triple, Triple]]) -> dict[i
     """id of code -> qualified name, for the functions' code of both versions and the
     code nested in it (what ``co_qualname`` says from Python 3.11 on)."""
     names: dict[int, str] = {}
-
-    def walk(code: types.CodeType, qual: str) -> None:
+    # A loop, not a recursive inner function: that one would be a cycle (the function
+    # and its own cell) left to the garbage collector at every transition.
+    todo = [(triple[0], fn.__qualname__) for fn, *triples in pairs for triple in triples]
+    while todo:
+        code, qual = todo.pop()
         names.setdefault(id(code), qual)
-        for const in code.co_consts:
-            if isinstance(const, types.CodeType):
-                walk(const, f"{qual}.<locals>.{const.co_name}")
-
-    for fn, source, target in pairs:
-        walk(source[0], fn.__qualname__)
-        walk(target[0], fn.__qualname__)
+        todo.extend(
+            (const, f"{qual}.<locals>.{const.co_name}")
+            for const in code.co_consts
+            if isinstance(const, types.CodeType)
+        )
     return names
 
 
