@@ -177,8 +177,9 @@ class Transition:
         return [(fn, target) for fn, _, target in self.pairs]
 
     def _on_stacks(self, stacks: dict[int, list[types.FrameType]]) -> list[str]:
-        """The threads that block: a function of its own, not on the stacks it reads,
-        so that no frame it holds references it (pause module docstring)."""
+        """The threads whose stacks block the transition. A function apart from
+        :meth:`blockers`: its loop variables, which hold frames, then live in a frame
+        that is not on the stacks read, so they form no cycle (pause module docstring)."""
         found: list[str] = []
         names = {t.ident: t.name for t in threading.enumerate()}
         for tid, frames in stacks.items():
