@@ -113,10 +113,9 @@ def test_a_frame_still_in_a_dispatcher_keeps_it_until_it_returns(lab):
 def test_actions_leave_no_garbage_for_the_collector(lab):
     """A finished action is freed by reference counting alone: it leaves no cycle for
     the garbage collector. Garbage in cycles waits for a collection of the oldest
-    generation, which gets rarer as a process holds more objects; the soak saw it as
-    0.5 MB more in every gunicorn worker on CPython 3.13 (benchmarks.md (i)). Before,
-    each transition left a cycle of its Transition and its Dispatch objects, and one of
-    a recursive inner function with its own cell."""
+    generation, which gets rarer as a process holds more objects (benchmarks.md (i),
+    fix 8). Before, each transition left a cycle of its Transition and its Dispatch
+    objects, and one of a recursive inner function with its own cell."""
     mod = lab.module("trmem", TARGET)
     lab.engine.upload("tr-memory", lab.pack(FIX))
     for mode in ("atomic", "transition"):  # the first round creates what stays
