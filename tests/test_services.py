@@ -100,7 +100,11 @@ def wait_until(condition, what: str, seconds: float = 60.0) -> None:
 
 
 class Load:
-    """Client threads sending requests until stopped; answers and failures with times."""
+    """Client threads sending requests until stopped; answers and failures with times.
+
+    An answer carries the time its request was *sent*: one sent before an action and
+    read after it (a client thread switched out meanwhile) is not an answer "since" a
+    mark taken after the action. A failure carries the time it was seen."""
 
     def __init__(self, port: int, threads: int = 4) -> None:
         self.port = port
@@ -114,10 +118,11 @@ class Load:
     def run(self) -> None:
         deadline = time.monotonic() + 300
         while not self.stop.is_set() and time.monotonic() < deadline:
+            sent = time.monotonic()
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=10) as r:
                     version, pid = r.read().decode().split()
-                    self.answers.append((time.monotonic(), version, int(pid)))
+                    self.answers.append((sent, version, int(pid)))
             except Exception as exc:  # noqa: BLE001 - counted, must stay empty
                 self.failures.append((time.monotonic(), repr(exc)))
 
