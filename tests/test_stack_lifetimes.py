@@ -20,23 +20,7 @@ import weakref
 import pytest
 
 from pylivepatch.engine import pause
-
-TARGET = """
-    def inner(n):
-        return 1
-
-    def outer(n):
-        return (1, inner(n))
-"""
-
-FIX = """
-    import pylivepatch as lp
-    patch = lp.Patch("lifetimes", consistency="transition")
-
-    @patch.function("{m}lifetimes:inner")
-    def inner(n):
-        return 2
-"""
+from test_transition_memory import FIX, TARGET  # outer and inner, both changed
 
 
 class Marker:
@@ -91,13 +75,13 @@ def test_reading_the_stacks_directly():
 
 @pytest.mark.parametrize("mode", ["atomic", "transition"])
 def test_a_consistent_action_leaves_other_threads_locals_to_die_at_return(lab, mode):
-    mod = lab.module("lifetimes", TARGET)
-    lab.engine.upload("lifetimes", lab.pack(FIX))
+    mod = lab.module("trmem", TARGET)
+    lab.engine.upload("tr-memory", lab.pack(FIX))
 
     def apply_and_revert() -> None:
-        lab.engine.apply("lifetimes", consistency=mode)
-        assert mod.outer(0) == (1, 2)
-        lab.engine.revert("lifetimes", consistency=mode)
+        lab.engine.apply("tr-memory", consistency=mode)
+        assert mod.outer(0) == (2, 2)
+        lab.engine.revert("tr-memory", consistency=mode)
         assert mod.outer(0) == (1, 1)
 
     ref = run_beside_a_holder(apply_and_revert)
