@@ -10,12 +10,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+NO_RACE = "WRONG: the race should lose updates before the fix"
+
+
 def test_sessions_example_state_shadow_replace_revert():
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "sessions" / "run.py")],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+    # The unpatched code's race needs the threads to interleave; on a loaded machine
+    # they may happen not to (CI met it once on 3.10). Only that precondition is
+    # tried again, at most three runs in all; any other failure fails at once.
+    for _ in range(3):
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "sessions" / "run.py")],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        wrong = [ln.strip() for ln in out.stdout.splitlines() if ln.strip().startswith("WRONG:")]
+        if not (wrong and all(w.startswith(NO_RACE) for w in wrong)):
+            break
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     assert lines[-1] == "every step behaved as expected"
