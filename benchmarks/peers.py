@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import importlib
+import importlib.util
 import json
 import os
 import shutil
