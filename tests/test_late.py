@@ -189,3 +189,25 @@ def test_code_generated_at_import_does_not_hide_the_module_build_id(lab, importe
         lab.engine.load(fix, wait_imports=True)
         mod = importlib.import_module(name)
     assert mod.norm(mod.Point(3, 4)) == 25
+
+
+def test_a_reload_of_a_module_whose_only_patched_objects_are_data(lab):
+    """A payload that sets only data in a module: its reload sets the data again. Before,
+    ``_apply_late`` and ``_reapply`` called each other until a RecursionError, and the
+    import of the module failed."""
+    mod = lab.module("consts", "LIMIT = 1\n\ndef limit():\n    return LIMIT\n")
+    e = lab.engine
+    e.load(
+        lab.pack(
+            """
+            import pylivepatch as lp
+            patch = lp.Patch("more", consistency="atomic")
+            patch.data("{m}consts:LIMIT", 2)
+            """
+        )
+    )
+    assert mod.limit() == 2
+    importlib.reload(mod)
+    assert mod.LIMIT == 2 and mod.limit() == 2, "the reload's value is patched again"
+    e.revert("more")
+    assert mod.LIMIT == 1

@@ -178,9 +178,10 @@ class LateObjects(Consistency):
         name = module.__name__
         applied = self._applied()
         waiting = [r for r in applied if name in r.pending]
-        if not waiting:  # a reload
-            self._reapply(module, applied, undo)
-            return
+        if not waiting:
+            if not reloading:  # a reload: its functions are new objects
+                self._reapply(module, applied, undo)
+            return  # _reapply found no function of the module to patch again (data only)
         prepared: builtins.list[
             tuple[Record, builtins.list[FuncPlan], builtins.list[DataPlan], Act]
         ] = []
@@ -304,7 +305,8 @@ class LateObjects(Consistency):
                 old[id(rec)] = plans
                 rec.pending[name] = (list({p.entry.target: p.entry for p in plans}.values()), [])
         try:
-            self._apply_late(module, undo, reloading=True)
+            if old:  # else only data of the module is patched: set again below
+                self._apply_late(module, undo, reloading=True)
         finally:
             for rec in applied:
                 rec.pending.pop(name, None)
