@@ -27,6 +27,13 @@ CODES: dict[str, int] = {
     "unsupported-target": _errno.ENOSYS,
     "inconsistent": _errno.ENOTRECOVERABLE,
     "permission-denied": _errno.EACCES,
+    # Not in the spec's list: a transition whose way back could not finish in time; it
+    # is kept (never forced) until ``revert``/``apply`` finds it free or is given
+    # ``--force`` (docs/design.md, "Stuck transitions").
+    "transition-stuck": _errno.EINPROGRESS,
+    # A request whose arguments are not what the verb takes (type, range, shape):
+    # refused before anything is armed (docs/security.md, "Agent and engine").
+    "bad-request": _errno.EBADMSG,
     # Not in the spec's list: an unexpected failure inside pylivepatch (a bug, an
     # injected fault, MemoryError). The action was undone like any other failure; the
     # audit record and the message carry the cause.
@@ -47,6 +54,9 @@ CODES: dict[str, int] = {
     "version-mismatch": _errno.ENOEXEC,
     "agent-import-failed": _errno.ELIBACC,
     "attach-hung": _errno.EDEADLK,
+    # The CLI and ``Client``: a socket directory another user could write to, or a
+    # socket whose listener is not the target process (SO_PEERCRED): nothing is sent.
+    "untrusted-socket": _errno.EPERM,
 }
 
 #: Codes after which the same request may succeed later (exit code 2).

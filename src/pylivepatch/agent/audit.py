@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 _context = threading.local()
 
 #: the engine events that become audit records
-AUDITED = frozenset({"finished", "forced", "refused"})
+AUDITED = frozenset({"finished", "forced", "refused", "stuck", "requested"})
 
 
 @contextmanager
@@ -86,7 +86,7 @@ class Audit:
             record["duration_ms"] = round(d["duration_ns"] / 1e6, 3)
         if "pause_ns" in d:
             record["pause_us"] = round(d["pause_ns"] / 1e3, 1)
-        if event.kind == "forced":
+        if event.kind in ("forced", "stuck"):
             record["blockers"] = d.get("blockers", [])
             if "reason" in d:
                 record["reason"] = d["reason"]

@@ -47,7 +47,9 @@ class EngineBase:
     _progress: dict[str, dict[str, Any]]
     _sources: dict[str, tuple[tuple[str, int, int], ModuleSource]]
     _owner: int | None  # thread running an action
-    _reverse_requests: dict[str, bool]
+    # payload -> (timeout, force) of a revert asked for during its apply's transition
+    _reverse_requests: dict[str, tuple[float | None, bool]]
+    _stuck: dict[str, Any]  # payload -> consistency.Stuck: a way back that did not finish
     _waited: frozenset[str]  # modules applied payloads wait for
     _patched_modules: frozenset[str]  # modules applied payloads patch
     _undo: Undo | None  # the undo log of the running action
@@ -164,10 +166,13 @@ class Act:
         self.result_message = ""
         self.build_id = ""
         self.undo: Undo | None = None
+        # a transition whose way back is stuck (consistency.Stuck): never undone at once
+        self.stuck: Any = None
 
     def rollback(self) -> None:
-        """Undo what this action changed (once; see :mod:`.undo`)."""
-        if self.undo is not None:
+        """Undo what this action changed (once; see :mod:`.undo`); not while its
+        transition is stuck: that would mix versions in the chains still running."""
+        if self.undo is not None and self.stuck is None:
             self.undo.restore(self.engine)
 
     def emit(self, kind: str, **detail: Any) -> None:

@@ -11,6 +11,7 @@ import builtins
 import sys
 import time
 import types
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import LivepatchError
@@ -195,7 +196,14 @@ class Consistency(Hooked):
                     elapsed=time.monotonic() - t0,
                     blockers=blockers,
                 )
-                if blockers and not reversed_ and self._reverse_requests.pop(act.name, False):
+                request = (
+                    self._reverse_requests.pop(act.name, None)
+                    if blockers and not reversed_
+                    else None
+                )
+                if request is not None:  # the way back gets the revert's timeout and force
+                    limit = limit if request[0] is None else request[0]
+                    force = request[1]
                     act.emit("reversing", reason="revert requested during the transition")
                     first_blockers, cancelled = (
                         ["a revert of the payload during its transition"],
@@ -205,12 +213,21 @@ class Consistency(Hooked):
                     reversed_, deadline, delay = True, time.monotonic() + limit, 0.001
                     continue
                 if blockers and time.monotonic() >= deadline:
-                    if force and not reversed_:
-                        act.emit("forced", blockers=blockers)
+                    if force:  # an operator's --force: mixing is asked for, and recorded
+                        act.emit(
+                            "forced",
+                            blockers=blockers,
+                            **({"reason": "reverse transition blocked"} if reversed_ else {}),
+                        )
                         blockers = []
-                    elif reversed_:  # the way back is blocked too: finish it regardless
-                        act.emit("forced", blockers=blockers, reason="reverse transition blocked")
-                        blockers = []
+                    elif reversed_:  # the way back is blocked too: stuck, never forced
+                        stuck = Stuck(
+                            act, trans, ops, undo_data, data, dispatchers, data_first,
+                            first_blockers, blockers, failure, cancelled, limit,
+                        )  # fmt: skip
+                        act.stuck = stuck
+                        act.emit("stuck", blockers=blockers, target=stuck.target)
+                        raise stuck.error(str(act.action))
                     else:
                         act.emit("reversing", blockers=blockers)
                         first_blockers = blockers
@@ -220,29 +237,15 @@ class Consistency(Hooked):
                     time.sleep(delay)
                     delay = min(delay * 2, 1.0)
                     continue
-                final = pause.Ops(caches=ops.caches, func_attrs=func_attrs(trans.final_triples()))
-                if reversed_:
-                    if data_first:
-                        final.dict_sets, final.dict_dels = undo_data.dict_sets, undo_data.dict_dels
-                        final.class_sets, final.class_dels = (
-                            undo_data.class_sets,
-                            undo_data.class_dels,
-                        )
-                elif not data_first:
-                    final.dict_sets, final.dict_dels = data.dict_sets, data.dict_dels
-                    final.class_sets, final.class_dels = data.class_sets, data.class_dels
-                back = undo_data_ops(final)  # its data as it is now, should it stop half-way
-                back.func_attrs = dispatchers.func_attrs
-                try:
-                    result = self._pause("pause:transition-final", final, None)
-                except BaseException:
-                    pause.run(back, None)  # plain values put back: cannot fail
-                    raise
-                trans.end()
+                result = self._final_pause(
+                    trans, ops, undo_data, data, dispatchers, data_first, reversed_
+                )
                 break
             except BaseException as exc:  # noqa: BLE001 - reversed, then raised below
                 # KeyboardInterrupt and SystemExit too: undone at once, the threads still
                 # in new code would call old code.
+                if act.stuck is not None:
+                    raise  # the way back is stuck: the dispatchers stay (Stuck)
                 if failure is not None:
                     raise  # failing again on the way back: the undo log restores at once
                 failure = exc
@@ -269,4 +272,142 @@ class Consistency(Hooked):
         act.emit("transition-complete", elapsed_ns=int((time.monotonic() - t0) * 1e9))
         return pause.PauseResult(
             True, first.pause_ns + result.pause_ns, started_ns=result.started_ns
+        )
+
+    def _final_pause(
+        self,
+        trans: Transition,
+        ops: pause.Ops,
+        undo_data: pause.Ops,
+        data: pause.Ops,
+        dispatchers: pause.Ops,
+        data_first: bool,
+        reversed_: bool,
+    ) -> pause.PauseResult:
+        """The pause that ends a transition (forward or reversed): the code it leads to
+        and the data that goes with it; stopped half-way, the dispatchers go back."""
+        final = pause.Ops(caches=ops.caches, func_attrs=func_attrs(trans.final_triples()))
+        if reversed_:
+            if data_first:
+                final.dict_sets, final.dict_dels = undo_data.dict_sets, undo_data.dict_dels
+                final.class_sets, final.class_dels = undo_data.class_sets, undo_data.class_dels
+        elif not data_first:
+            final.dict_sets, final.dict_dels = data.dict_sets, data.dict_dels
+            final.class_sets, final.class_dels = data.class_sets, data.class_dels
+        back = undo_data_ops(final)  # its data as it is now, should it stop half-way
+        back.func_attrs = dispatchers.func_attrs
+        try:
+            result = self._pause("pause:transition-final", final, None)
+        except BaseException:
+            pause.run(back, None)  # plain values put back: cannot fail
+            raise
+        trans.end()
+        return result
+
+    def _settle(self, act: Act, stuck: Stuck, limit: float, force: bool) -> pause.PauseResult:
+        """Wait again, at most ``limit`` seconds, for the way back of a stuck transition,
+        then end it in one pause; still blocked, it stays stuck (``transition-stuck``),
+        or with ``force`` it ends regardless (recorded)."""
+        act.stuck = stuck  # a failure here leaves the dispatchers as they are
+        progress = self._progress[act.name]
+        progress.update(transition="reversing", target=stuck.target, blockers=stuck.blockers)
+        t0 = time.monotonic()
+        deadline, delay = t0 + limit, 0.001
+        interval = self._saved_switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, TRANSITION_SWITCH_INTERVAL))
+        try:
+            while True:
+                self._at("transition.wait")
+                blockers = stuck.trans.blockers()
+                stuck.blockers = blockers
+                progress.update(elapsed=time.monotonic() - t0, blockers=blockers)
+                if blockers and time.monotonic() >= deadline:
+                    if not force:
+                        act.emit("stuck", blockers=blockers, target=stuck.target)
+                        raise stuck.error(str(act.action), again=True)
+                    act.emit("forced", blockers=blockers, reason="stuck transition finished")
+                    blockers = []
+                if blockers:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                result = self._final_pause(
+                    stuck.trans, stuck.ops, stuck.undo_data, stuck.data, stuck.dispatchers,
+                    stuck.data_first, True,
+                )  # fmt: skip
+                break
+        finally:
+            sys.setswitchinterval(interval)
+            self._saved_switch_interval = None
+        act.stuck = None
+        act.emit("transition-reversed")
+        return result
+
+
+class Stuck:
+    """A transition whose way back could not finish in time (SPEC §5, docs/design.md
+    "Stuck transitions"). Never forced without an operator's ``force``: every
+    dispatcher stays armed and reversed, so each call chain keeps its version, the old
+    code for new chains. The engine keeps it until ``revert`` (or ``apply``, for a
+    revert's transition: the action that leads to ``target``) finds no blocker left or
+    is given ``force``; every other action is refused meanwhile."""
+
+    def __init__(
+        self,
+        act: Act,
+        trans: Transition,
+        ops: pause.Ops,
+        undo_data: pause.Ops,
+        data: pause.Ops,
+        dispatchers: pause.Ops,
+        data_first: bool,
+        first_blockers: builtins.list[str],
+        blockers: builtins.list[str],
+        failure: BaseException | None,
+        cancelled: bool,
+        limit: float,
+    ) -> None:
+        self.action, self.name = str(act.action), act.name
+        self.trans, self.ops, self.undo_data, self.data = trans, ops, undo_data, data
+        self.dispatchers, self.data_first = dispatchers, data_first
+        self.first_blockers, self.blockers = first_blockers, blockers
+        self.cause = (
+            f"{type(failure).__name__}: {failure}"
+            if failure is not None
+            else "a revert during the transition"
+            if cancelled
+            else f"it did not complete within {limit:g}s"
+        )
+        self.limit = limit
+        self.since = time.time()
+        # the state the way back leads to, and the action that resumes it
+        self.target = str(State.CHECKED if data_first else State.APPLIED)
+        self.resume = Action.REVERT if data_first else Action.APPLY
+        self.post: Callable[[], None] | None = None  # the post hook, run once it ends
+
+    def progress(self) -> dict[str, Any]:
+        """What ``status`` shows as ``in_progress`` while it is stuck."""
+        return {
+            "action": self.action,
+            "transition": "stuck",
+            "target": self.target,
+            "started": self.since,
+            "blockers": list(self.blockers),
+            "resume": str(self.resume),
+        }
+
+    def error(self, action: str, again: bool = False) -> LivepatchError:
+        blocked = "; ".join(self.blockers) or "?"
+        head = (
+            f"{action} {self.name}: the way back of the stuck transition ({self.action} "
+            f"{self.name}) is still blocked by {blocked}"
+            if again
+            else f"{action} {self.name}: the transition was reversed ({self.cause}) and the way "
+            f"back did not complete within {self.limit:g}s either; blocked by {blocked}"
+        )
+        return LivepatchError(
+            "transition-stuck",
+            f"{head}. The transition is stuck, not forced: every call chain keeps its version "
+            f"and new calls run the old code. Run `{self.resume} {self.name}` again once the blockers are gone, or `{self.resume} {self.name} --force` to end "
+            f"it now (mixing versions in the chains named above)",
         )

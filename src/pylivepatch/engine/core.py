@@ -28,8 +28,9 @@ from ..payload import archive, signing
 from ..payload.fingerprint import ModuleSource, python_tag
 from ..payload.manifest import DataEntry, FuncEntry, Manifest
 from . import forks, pause
-from .base import Act, NoAction, imported, module_of, prev_states
+from .base import DEFAULT_TIMEOUT, Act, NoAction, imported, module_of, prev_states
 from .compile import LoadedPackage, load_package, lookup
+from .consistency import Stuck
 from .events import Event, History
 from .late import LateImportHook, LateObjects
 from .records import ActionResult, DataSlot, FuncSlot, FuncStatus, PayloadStatus, Record
@@ -54,7 +55,8 @@ class Engine(LateObjects):
         self._progress: dict[str, dict[str, Any]] = {}
         self._sources: dict[str, tuple[tuple[str, int, int], ModuleSource]] = {}
         self._owner: int | None = None  # thread running an action
-        self._reverse_requests: dict[str, bool] = {}
+        self._reverse_requests: dict[str, tuple[float | None, bool]] = {}
+        self._stuck: dict[str, Stuck] = {}
         self._waited: frozenset[str] = frozenset()  # modules applied payloads wait for
         self._patched_modules: frozenset[str] = frozenset()  # modules applied payloads patch
         self._late = LateImportHook(self._wants_module, self._module_imported)
@@ -85,6 +87,9 @@ class Engine(LateObjects):
     def _status(self, r: Record) -> PayloadStatus:
         tag = python_tag()
         progress = self._progress.get(r.name)  # read once: an action may end meanwhile
+        stuck = self._stuck.get(r.name) if progress is None else None
+        if stuck is not None:
+            progress = stuck.progress()
         funcs = []
         for plan in r.funcs:
             slot = self._funcs.get(id(plan.target.func))
@@ -102,7 +107,7 @@ class Engine(LateObjects):
         return PayloadStatus(
             name=r.name,
             state=str(r.state),
-            rc=errno.EAGAIN if progress is not None else r.rc,
+            rc=errno.EAGAIN if progress is not None and stuck is None else r.rc,
             build_id=r.build_id,
             depends=r.manifest.depends,
             metadata=dict(r.manifest.metadata),
@@ -143,14 +148,26 @@ class Engine(LateObjects):
             act.build_id = before.build_id if before is not None else ""
             self._progress[name] = {"action": str(action), "started": time.time(), "blockers": []}
             act.emit("started")
+            stuck = next(iter(self._stuck.values()), None)
         except BaseException:  # MemoryError, KeyboardInterrupt: never keep the lock
             self._progress.pop(name, None)
             self._undo = self._owner = None
             self._lock.release()
             raise
         try:
+            if stuck is not None and (stuck.name, stuck.resume) != (name, action):
+                raise LivepatchError(
+                    "transition-stuck",
+                    f"{action} {name}: the transition of {stuck.action} {stuck.name} is stuck "
+                    f"on its way back to {stuck.target} (blocked by "
+                    f"{'; '.join(stuck.blockers) or '?'}); nothing else is done until it ends: "
+                    f"run `{stuck.resume} {stuck.name}` once the blockers are gone, or "
+                    f"`{stuck.resume} {stuck.name} --force` to end it now (mixing versions)",
+                )
             yield act
         except LivepatchError as exc:
+            if act.stuck is not None:
+                self._stuck[name] = act.stuck
             act.rollback()
             if not re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", exc.message):
                 # every message names the payload
@@ -170,6 +187,8 @@ class Engine(LateObjects):
             # Not a refusal: a bug, MemoryError, an injected fault, KeyboardInterrupt.
             # Undone like any failure; an Exception becomes the ``internal`` error (its
             # cause chained), anything else goes on as it is.
+            if act.stuck is not None:
+                self._stuck[name] = act.stuck
             act.rollback()
             internal = LivepatchError(
                 "internal",
@@ -390,6 +409,8 @@ class Engine(LateObjects):
         """Make a ``CHECKED`` payload's code run."""
         with self._action(Action.APPLY, name) as act:
             rec = self._get(name)
+            if name in self._stuck:
+                return self._resume(act, rec, timeout, force)
             try:
                 self._table(act, rec)
             except NoAction as done:
@@ -452,12 +473,14 @@ class Engine(LateObjects):
         transition (Linux semantics) and returns once it is back."""
         progress = self._progress.get(name)
         if progress is not None and progress.get("action") == "apply" and "transition" in progress:
-            reversal = self._reverse_running(name)
+            reversal = self._reverse_running(name, timeout, force)
             if reversal.state != str(State.APPLIED):
                 return reversal
             # the transition completed before it saw the request: revert as usual
         with self._action(Action.REVERT, name) as act:
             rec = self._get(name)
+            if name in self._stuck:
+                return self._resume(act, rec, timeout, force)
             try:
                 self._table(act, rec, force=force)
             except NoAction as done:
@@ -655,13 +678,38 @@ class Engine(LateObjects):
             )
         return verbs[verb](name, **options)
 
-    def _reverse_running(self, name: str) -> ActionResult:
+    def _resume(self, act: Act, rec: Record, timeout: float | None, force: bool) -> ActionResult:
+        """End the stuck transition of ``rec`` (``Stuck``): wait for its way back again,
+        or with ``force`` end it regardless; then it is as the failed action left it."""
+        stuck = self._stuck[rec.name]
+        limit = DEFAULT_TIMEOUT["transition"] if timeout is None else timeout
+        act.emit("checked", consistency="transition", resumes=stuck.action, force=force)
+        result = self._settle(act, stuck, limit, force)
+        del self._stuck[rec.name]
+        if stuck.post is not None:
+            stuck.post()
+        act.pause_ns = result.pause_ns
+        act.result_message = (
+            f"the stuck transition of {stuck.action} {rec.name} ended"
+            f"{' by force' if force else ''}; {rec.name} is {rec.state}"
+        )
+        return act.result(rec.state, pause_ns=result.pause_ns, consistency="transition")
+
+    def _reverse_running(self, name: str, timeout: float | None, force: bool) -> ActionResult:
+        """A revert during the payload's apply transition: the transition is reversed
+        (its way back bounded by ``timeout``, ended by force only with ``force``)."""
         t0 = time.perf_counter_ns()
-        self._reverse_requests[name] = True
-        self._history.emit("revert", name, "note", message="reversing the running transition")
+        self._reverse_requests[name] = (timeout, force)
+        self._history.emit(
+            "revert", name, "requested", message="reversing the running transition",
+            timeout=timeout, force=force,
+        )  # fmt: skip
         while self._progress.get(name, {}).get("action") == "apply":
             time.sleep(0.001)
         self._reverse_requests.pop(name, None)
+        stuck = self._stuck.get(name)
+        if stuck is not None:
+            raise stuck.error("revert")
         state = str(self._get(name).state)  # APPLIED if it completed before seeing us
         return ActionResult(
             "revert", name, state, False, "the transition was reversed",

@@ -59,6 +59,9 @@ class Hooked(Checks):
         except BaseException as exc:
             act.rollback()  # the post hook sees the process as it is again
             rc = exc.errno if isinstance(exc, LivepatchError) else errno.EIO
+            if act.stuck is not None:  # not as it was yet: the post hook runs once it is
+                act.stuck.post = lambda: self._post(act, post, post_kind, ctx, rc)
+                raise
             self._post(act, post, post_kind, ctx, rc)
             raise
         self._post(act, post, post_kind, ctx, 0)

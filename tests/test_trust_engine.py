@@ -1,0 +1,183 @@
+"""Trust under attack, the engine's side (issue 21): no call chain mixes versions
+unless an operator asks for ``force``, even when a transition cannot end; arguments
+are checked before anything is armed; targets inside pylivepatch are refused."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from pylivepatch import LivepatchError
+
+from conftest import assert_identical, snapshot
+
+CHAIN = """
+    def inner():
+        return "inner-old"
+
+    def outer(wait):
+        first = inner()
+        wait()
+        return ("outer-old", first, inner())
+"""
+
+CHAIN_FIX = """
+    import pylivepatch as lp
+    patch = lp.Patch("chain-v2", consistency="transition")
+
+    @patch.function("{m}chain:inner")
+    def inner():
+        return "inner-new"
+
+    @patch.function("{m}chain:outer")
+    def outer(wait):
+        first = inner()
+        wait()
+        return ("outer-new", first, inner())
+"""
+
+
+class Request:
+    """A call of ``outer`` in its own thread that parks in ``wait`` until released."""
+
+    def __init__(self, outer: Any, name: str) -> None:
+        self.inside, self.release = threading.Event(), threading.Event()
+        self.result: Any = None
+        self.thread = threading.Thread(target=self._run, args=(outer,), name=name, daemon=True)
+        self.thread.start()
+        assert self.inside.wait(30)
+
+    def _wait(self) -> None:
+        self.inside.set()
+        assert self.release.wait(60)
+
+    def _run(self, outer: Any) -> None:
+        self.result = outer(self._wait)
+
+    def finish(self) -> Any:
+        self.release.set()
+        self.thread.join(60)
+        return self.result
+
+
+class Background:
+    def __init__(self, call: Any, *args: Any, **kwargs: Any) -> None:
+        self.outcome: dict[str, Any] = {}
+        self.thread = threading.Thread(target=self._run, args=(call, args, kwargs), daemon=True)
+        self.thread.start()
+
+    def _run(self, call: Any, args: Any, kwargs: Any) -> None:
+        try:
+            self.outcome["result"] = call(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            self.outcome["error"] = exc
+
+    def join(self) -> Any:
+        self.thread.join(120)
+        assert not self.thread.is_alive()
+        return self.outcome
+
+
+def until(cond: Any, what: str) -> Any:
+    for _ in range(6000):
+        value = cond()
+        if value:
+            return value
+        threading.Event().wait(0.005)
+    raise AssertionError(f"never happened: {what}")
+
+
+def stuck_transition(lab: Any, chain: Any) -> tuple[Request, Request, Background]:
+    """An apply whose transition is reversed while a request runs new ``outer`` (it
+    started during the transition) and a request parked in old ``outer`` keeps the
+    forward way blocked: the way back is blocked by the new one."""
+    old_request = Request(chain.outer, "old-request")  # blocks the way forward
+    apply = Background(lab.engine.apply, "chain-v2", timeout=600)
+    until(
+        lambda: (lab.engine.status("chain-v2").in_progress or {}).get("blockers"),
+        "the transition waits for the old request",
+    )
+    new_request = Request(chain.outer, "new-request")  # started during the transition
+    with pytest.raises(LivepatchError) as err:
+        lab.engine.revert("chain-v2", timeout=0.2)  # reverses it; the way back is blocked
+    assert err.value.code == "transition-stuck"
+    return old_request, new_request, apply
+
+
+def test_a_reverse_that_cannot_finish_is_stuck_not_forced(lab):
+    """Issue 21 item 2: the way back of a transition blocked by a request running the
+    new code is never forced: the request's chain stays new to its end, the payload
+    is reported stuck with its blocker, every other action is refused, and ``revert``
+    ends it once the blocker is gone, leaving every function as it was."""
+    chain = lab.module("chain", CHAIN)
+    lab.engine.upload("chain-v2", lab.pack(CHAIN_FIX))
+    before = snapshot(chain.inner, chain.outer, chain)
+    since = lab.mark()
+    old_request, new_request, apply = stuck_transition(lab, chain)
+    try:
+        failed = apply.join()["error"]
+        assert failed.code == "transition-stuck" and not failed.retryable
+        assert "new-request" in failed.message and "--force" in failed.message
+        st = lab.engine.status("chain-v2")
+        assert st.state == "CHECKED" and st.error == "transition-stuck"
+        assert st.in_progress["transition"] == "stuck"
+        assert st.in_progress["target"] == "CHECKED"
+        assert any("new-request" in b for b in st.in_progress["blockers"])
+        assert chain.outer(lambda: None)[0] == "outer-old", "new calls run the old code"
+        for refused in (
+            lambda: lab.engine.apply("chain-v2"),
+            lambda: lab.engine.unload("chain-v2"),
+            lambda: lab.engine.upload("other", b"x"),
+        ):
+            with pytest.raises(LivepatchError) as err:
+                refused()
+            assert err.value.code == "transition-stuck"
+            assert "revert chain-v2" in err.value.message
+        with pytest.raises(LivepatchError) as err:  # still blocked: stuck again
+            lab.engine.revert("chain-v2", timeout=0.05)
+        assert err.value.code == "transition-stuck"
+        # the chains: each keeps its version to its end
+        assert new_request.finish() == ("outer-new", "inner-new", "inner-new")
+        assert old_request.finish() == ("outer-old", "inner-old", "inner-old")
+        result = lab.engine.revert("chain-v2", timeout=60)
+        assert result.state == "CHECKED" and "ended" in result.message
+        assert lab.engine.status("chain-v2").in_progress is None
+        assert_identical(before, snapshot(chain.inner, chain.outer, chain))
+        kinds = [ev.kind for ev in lab.engine.history(since) if ev.payload == "chain-v2"]
+        assert "stuck" in kinds and "forced" not in kinds
+        lab.engine.unload("chain-v2")
+    finally:
+        new_request.release.set()
+        old_request.release.set()
+        if "chain-v2" in lab.engine._stuck:
+            lab.engine.revert("chain-v2", force=True, timeout=0)
+
+
+def test_force_ends_a_stuck_transition_and_is_recorded(lab):
+    """``revert --force`` ends a stuck transition at once (the operator's choice to mix
+    the chains named), recorded as ``forced``."""
+    chain = lab.module("chain", CHAIN)
+    lab.engine.upload("chain-v2", lab.pack(CHAIN_FIX))
+    before = snapshot(chain.inner, chain.outer, chain)
+    since = lab.mark()
+    old_request, new_request, apply = stuck_transition(lab, chain)
+    try:
+        assert apply.join()["error"].code == "transition-stuck"
+        result = lab.engine.revert("chain-v2", timeout=0.05, force=True)
+        assert result.state == "CHECKED"
+        assert_identical(before, snapshot(chain.inner, chain.outer, chain))
+        (forced,) = [
+            ev
+            for ev in lab.engine.history(since)
+            if ev.payload == "chain-v2" and ev.kind == "forced"
+        ]
+        assert any("new-request" in b for b in forced.detail["blockers"])
+        assert new_request.finish() == ("outer-new", "inner-new", "inner-old"), "forced: mixed"
+        old_request.finish()
+    finally:
+        new_request.release.set()
+        old_request.release.set()
+        if "chain-v2" in lab.engine._stuck:
+            lab.engine.revert("chain-v2", force=True, timeout=0)
