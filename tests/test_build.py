@@ -579,9 +579,9 @@ def test_refused_instance_state_unless_allowed(lab, versions):
         """
     new = """
         class Conn:
-            def __init__(self):
+            def __init__(self, sent=0):
                 self.open = True
-                self.sent = 0
+                self.sent = sent
 
             def send(self, data):
                 self.sent += len(data)

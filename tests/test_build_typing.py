@@ -577,4 +577,8 @@ def test_a_new_instance_attribute_read_with_a_default_builds_and_one_read_plainl
     lab.engine.revert(name)
     plain = new.replace("getattr(self, 'sent', 0)", "getattr(self, 'sent')")
     (v.new / v.pkg / "m.py").write_text(with_fix(plain, FIX_NEW))
+    migrated = v.build()  # 0 whatever the arguments: a class-level default for old objects
+    assert not migrated.refusals and f"{v.pkg}.m:Conn.sent" in [c.target for c in migrated.changes]
+    computed = plain.replace("self.sent = 0", "self.sent = len(b'')")
+    (v.new / v.pkg / "m.py").write_text(with_fix(computed, FIX_NEW))
     assert [r.kind for r in v.build().refusals] == ["instance-state"]

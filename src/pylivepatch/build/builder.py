@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LivepatchError
-from . import sources
+from . import sources, state
 from .compare import (
     REFUSALS,
     UNALLOWABLE,
@@ -240,6 +240,7 @@ def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult
                 )
                 continue
             refusals += captured
+    refusals += state.check(diffs, index)  # may migrate: adds changes, drops refusals
     changes = [c for d in diffs for c in d.changes]
     refusals = [r for d in diffs for r in d.refusals] + refusals
     warnings += [w for d in diffs for w in d.warnings]
