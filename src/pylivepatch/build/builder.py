@@ -24,6 +24,7 @@ from typing import Any
 from ..errors import LivepatchError
 from . import sources, state
 from .compare import (
+    NOT_YET,
     REFUSALS,
     UNALLOWABLE,
     Change,
@@ -81,6 +82,10 @@ class BuildResult:
 
 def build(old: str, new: str, options: BuildOptions) -> BuildResult:
     for kind in options.allow:
+        if kind in NOT_YET:
+            raise LivepatchError(
+                "invalid-payload", f"--allow {kind}: not yet available: {NOT_YET[kind]}"
+            )
         if kind in UNALLOWABLE:
             raise LivepatchError(
                 "invalid-payload", f"--allow {kind}: no payload can be written with such a change"
@@ -205,6 +210,19 @@ def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult
                         "have; a payload patches existing modules (ship the module first)",
                     )
                 )  # fmt: skip
+    old_data, new_data = old_tree.data_files(), new_tree.data_files()
+    for rel in sorted(set(old_data) | set(new_data)):
+        if old_data.get(rel) == new_data.get(rel):
+            continue
+        how = "added" if rel not in old_data else "removed" if rel not in new_data else "changed"
+        refusals.append(
+            Refusal(
+                "data-files", rel, 0, rel,
+                f"a data file of the distribution was {how}; a payload patches code and "
+                "cannot carry data files yet: the running process would keep reading the old "
+                "file. Ship the release, or change the code so it does not need the new file",
+            )
+        )  # fmt: skip
     for rel in sorted(_changed_extensions(old_tree, new_tree)):
         refusals.append(
             Refusal(
@@ -230,7 +248,14 @@ def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult
                 old_asts[m] = _parse(text)
         for c, d in constants:
             captured = _captured(c, d, old_asts, files)
-            if captured and c.qualname in VERSION_NAMES and c.kind == "constant":
+            if (
+                captured
+                and c.kind == "constant"
+                and (
+                    c.qualname in VERSION_NAMES
+                    or c.qualname in metadata_parts(old_asts.get(c.module))
+                )
+            ):
                 d.changes.remove(c)  # the copy and the name stay as they are, consistently
                 where = captured[0].reason.split(";")[0].replace("its old value was ", "")
                 warnings.append(
@@ -243,6 +268,18 @@ def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult
     refusals += state.check(diffs, index)  # may migrate: adds changes, drops refusals
     changes = [c for d in diffs for c in d.changes]
     refusals = [r for d in diffs for r in d.refusals] + refusals
+    metadata = [c for c in changes if _is_release_metadata(c, old_tree)]
+    if changes and len(metadata) == len(changes):
+        listed = ", ".join(c.target for c in metadata)
+        refusals.append(
+            Refusal(
+                "nothing-to-patch", metadata[0].file, metadata[0].line, metadata[0].target,
+                f"the only changes are release metadata ({listed}); a payload of them would make "
+                "the process report the fixed version and keep the old behaviour"
+                + ("; the fix is in the data files refused here" if any(
+                    r.kind == "data-files" for r in refusals) else ""),
+            )
+        )  # fmt: skip
     warnings += [w for d in diffs for w in d.warnings]
     for c in changes:
         if c.kind in ("function", "method") and _makes_closures(c.node):
@@ -251,6 +288,51 @@ def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult
                 "before the patch keep their old code"
             )
     return BuildResult(diffs, changes, refusals, [], warnings)
+
+
+#: names of version components that release metadata is built from
+VERSION_PARTS = frozenset(
+    {"MAJOR", "MINOR", "MICRO", "PATCH", "RELEASE", "SERIAL", "PRE", "POST", "DEV", "BUILD",
+     "RELEASELEVEL", "VERSION_MAJOR", "VERSION_MINOR", "VERSION_MICRO", "VERSION_PATCH"}
+)  # fmt: skip
+
+
+def old_asts_of(tree: sources.Tree, module: str) -> ast.Module | None:
+    rel = tree.modules().get(module)
+    return _parse(tree.read(rel)) if rel else None
+
+
+def metadata_parts(module: ast.Module | None) -> set[str]:
+    """Names that only release metadata of ``module`` reads at import
+    (``VERSION = (MAJOR, MINOR, MICRO)``; ``__version__ = f"{MAJOR}.{MINOR}"``)."""
+    if module is None:
+        return set()
+    from .typing_only import is_release_metadata
+
+    parts: set[str] = set()
+    others: set[str] = set()
+    for expr, _ in import_time_reads(module.body):
+        names = loads(expr)
+        if isinstance(expr, (ast.Assign, ast.AnnAssign)):
+            targets = expr.targets if isinstance(expr, ast.Assign) else [expr.target]
+            if targets and all(
+                isinstance(t, ast.Name) and is_release_metadata(t.id, expr) for t in targets
+            ):
+                parts |= names
+                continue
+        others |= names
+    return parts - others
+
+
+def _is_release_metadata(c: Change, old_tree: sources.Tree) -> bool:
+    """A changed constant that describes the release: a version name, or a component
+    of one (``MICRO = 1`` read only by ``VERSION = (MAJOR, MINOR, MICRO)``)."""
+    if c.kind != "constant" or "." in c.qualname:
+        return False
+    name = c.qualname
+    if name in VERSION_NAMES or name.upper() in VERSION_PARTS:
+        return True
+    return name in metadata_parts(old_asts_of(old_tree, c.module))
 
 
 class _Index(TreeIndex):

@@ -31,6 +31,8 @@ SKIP_DIRS = {
 SKIP_FILES = {"setup.py", "conftest.py", "noxfile.py", "fabfile.py", "tasks.py"}
 #: what the builder reads: sources (Python and extension code)
 WANTED = (".py", ".pyi", ".c", ".h", ".pyx", ".pxd", ".cpp", ".cc")
+#: files in a package that are not data of the distribution
+_NOT_DATA = (".pyc", ".pyo", ".so", ".pyd", ".dylib", "RECORD", "INSTALLER", ".orig", ".rej", "~")
 
 
 class Tree:
@@ -38,9 +40,16 @@ class Tree:
     memory for an archive (writing thousands of files to a slow disk costs more than
     the whole comparison), and written to disk only where a step needs files."""
 
-    def __init__(self, files: dict[str, bytes] | None = None, root: Path | None = None) -> None:
+    def __init__(
+        self,
+        files: dict[str, bytes] | None = None,
+        root: Path | None = None,
+        data: dict[str, str] | None = None,
+    ) -> None:
         self._files = files
         self._root = root
+        self._data = dict(data or {})  # other files (archives): path -> sha256
+        self._other: list[str] = []  # other files (a directory), read on demand
         if root is not None:
             self.paths = []
             for here, dirs, names in os.walk(root):
@@ -52,6 +61,7 @@ class Tree:
                 rel = Path(here).relative_to(root).as_posix()
                 prefix = "" if rel == "." else rel + "/"
                 self.paths += [prefix + n for n in names if n.endswith(WANTED)]
+                self._other += [prefix + n for n in names if not n.endswith(WANTED)]
             self.paths.sort()
         else:
             self.paths = sorted(files or {})
@@ -121,6 +131,32 @@ class Tree:
             found[".".join(parts)] = rel
         return found
 
+    def data_files(self) -> dict[str, str]:
+        """The distribution's other files inside its packages (certificate bundles, JSON
+        tables, templates...): relative path -> sha256 of the content. Bytecode,
+        metadata and the directories a package's modules skip are left out."""
+        packages = {rel.rsplit("/", 1)[0] for rel in self.modules().values() if "/" in rel}
+        out: dict[str, str] = {}
+        others = {p: "" for p in self._other} if self._root is not None else dict(self._data)
+        for path, digest in others.items():
+            if not path.startswith(self.prefix):
+                continue
+            rel = path[len(self.prefix) :]
+            if "/" not in rel or rel.rsplit("/", 1)[0].split("/")[0] not in {
+                p.split("/")[0] for p in packages
+            }:
+                continue
+            parts = rel.split("/")
+            if rel.endswith(_NOT_DATA) or any(
+                p in SKIP_DIRS or p.endswith((".dist-info", ".egg-info")) for p in parts[:-1]
+            ):
+                continue
+            if not digest:
+                assert self._root is not None
+                digest = hashlib.sha256((self._root / path).read_bytes()).hexdigest()
+            out[rel] = digest
+        return out
+
     def extensions(self) -> dict[str, str]:
         return {
             r: r for r in self.rel
@@ -139,8 +175,9 @@ class Tree:
 
 def materialize(spec: str, workdir: Path, label: str, repo: str | None = None) -> Tree:
     """The source files of ``spec``."""
+    data: dict[str, str] = {}  # other files of an archive: path -> sha256
     if repo is not None:
-        return Tree(files=_git(repo, spec))
+        return Tree(files=_git(repo, spec, data), data=data)
     pin = pinned(spec)
     if pin is not None:
         spec = str(fetch(*pin, workdir / f"{label}-download", label))
@@ -155,9 +192,9 @@ def materialize(spec: str, workdir: Path, label: str, repo: str | None = None) -
         )
     name = path.name
     if name.endswith((".whl", ".zip")):
-        return Tree(files=_unzip(path))
+        return Tree(files=_unzip(path, data), data=data)
     if name.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar")):
-        return Tree(files=_untar(path))
+        return Tree(files=_untar(path, data), data=data)
     raise LivepatchError(
         "invalid-payload", f"{label} {spec}: not a directory, sdist (.tar.gz) or wheel (.whl)"
     )
@@ -169,26 +206,31 @@ def _check_member(name: str, label: str) -> None:
         raise LivepatchError("invalid-payload", f"{label}: archive member {name!r} escapes")
 
 
-def _unzip(path: Path) -> dict[str, bytes]:
+def _unzip(path: Path, data: dict[str, str] | None = None) -> dict[str, bytes]:
+    """The source files; the sha256 of every other file goes to ``data``."""
     files: dict[str, bytes] = {}
     try:
         with zipfile.ZipFile(path) as zf:
             total = 0
             for info in zf.infolist():
                 _check_member(info.filename, str(path))
-                if info.is_dir() or not info.filename.endswith(WANTED):
+                if info.is_dir():
                     continue
                 total += info.file_size
                 if total > MAX_UNPACKED:
                     raise LivepatchError("invalid-payload", f"{path}: unpacks to too much data")
-                files[info.filename] = zf.read(info)
+                if info.filename.endswith(WANTED):
+                    files[info.filename] = zf.read(info)
+                elif data is not None:
+                    data[info.filename] = hashlib.sha256(zf.read(info)).hexdigest()
     except zipfile.BadZipFile as exc:
         raise LivepatchError("invalid-payload", f"{path}: not a readable zip: {exc}") from None
     return files
 
 
-def _untar(path: Path | io.BytesIO) -> dict[str, bytes]:
-    """Only the source files, kept in memory: nothing of the archive reaches the disk."""
+def _untar(path: Path | io.BytesIO, data: dict[str, str] | None = None) -> dict[str, bytes]:
+    """Only the source files, kept in memory: nothing of the archive reaches the disk;
+    the sha256 of every other file goes to ``data``."""
     files: dict[str, bytes] = {}
     try:
         with (
@@ -197,20 +239,24 @@ def _untar(path: Path | io.BytesIO) -> dict[str, bytes]:
             total = 0
             for m in tf:
                 _check_member(m.name, str(path))
-                if not m.isfile() or not m.name.endswith(WANTED):
+                if not m.isfile():
                     continue
                 total += m.size
                 if total > MAX_UNPACKED:
                     raise LivepatchError("invalid-payload", f"{path}: unpacks to too much data")
                 fh = tf.extractfile(m)
-                if fh is not None:
+                if fh is None:
+                    continue
+                if m.name.endswith(WANTED):
                     files[m.name] = fh.read()
+                elif data is not None:
+                    data[m.name] = hashlib.sha256(fh.read()).hexdigest()
     except tarfile.TarError as exc:
         raise LivepatchError("invalid-payload", f"{path}: not a readable tar: {exc}") from None
     return files
 
 
-def _git(repo: str, rev: str) -> dict[str, bytes]:
+def _git(repo: str, rev: str, data: dict[str, str] | None = None) -> dict[str, bytes]:
     try:
         archive = subprocess.run(
             ["git", "-C", repo, "archive", "--format=tar", rev],
@@ -223,7 +269,7 @@ def _git(repo: str, rev: str) -> dict[str, bytes]:
         raise LivepatchError(
             "not-found", f"git revision {rev!r} of {repo}: {msg[-1] if msg else 'failed'}"
         ) from None
-    return _untar(io.BytesIO(archive.stdout))
+    return _untar(io.BytesIO(archive.stdout), data)
 
 
 # --- `pkg==X.Y.Z`: a release fetched with pip -------------------------------------------
@@ -382,11 +428,18 @@ def installed(dist: str, env: str | None) -> Installed:
         )
     location = Path(info["location"])
     files: dict[str, bytes] = {}
+    others: dict[str, str] = {}
     warnings: list[str] = []
     for rel, digest, mode in info["files"]:
         rel = rel.replace("\\", "/")
-        if rel.startswith(("../", "/")) or not rel.endswith(WANTED):
-            continue  # scripts and data outside site-packages, bytecode, metadata
+        if rel.startswith(("../", "/")):
+            continue  # scripts and data outside site-packages
+        if not rel.endswith(WANTED):
+            try:  # package data: compared with NEW's (bytecode and metadata left out later)
+                others[rel] = hashlib.sha256((location / rel).read_bytes()).hexdigest()
+            except OSError:
+                pass
+            continue
         try:
             data = (location / rel).read_bytes()
         except OSError as exc:
@@ -410,5 +463,5 @@ def installed(dist: str, env: str | None) -> Installed:
         )
     return Installed(
         info["name"], info["version"], str(location), info["python"], info["executable"],
-        Tree(files=files), warnings,
+        Tree(files=files, data=others), warnings,
     )  # fmt: skip
