@@ -40,6 +40,9 @@ atexit.register(shutil.rmtree, os.environ["PYLIVEPATCH_STATE_DIR"], ignore_error
 # the user's own agents are never touched.
 os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(prefix="pylivepatch-run-")
 atexit.register(shutil.rmtree, os.environ["XDG_RUNTIME_DIR"], ignore_errors=True)
+# The caller's own PYLIVEPATCH_SOCKET_DIR would win over it (and an agent makes its
+# directory private): the tests never use it.
+os.environ.pop("PYLIVEPATCH_SOCKET_DIR", None)
 
 
 class Lab:

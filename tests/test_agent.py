@@ -289,6 +289,7 @@ def test_a_peer_of_another_uid_is_refused_by_the_agent_and_audited(lab, monkeypa
         reply = json.loads(out.stdout)
         assert reply["ok"] is False and reply["error"]["code"] == "permission-denied", out
         assert "uid 65534 may not control this process" in reply["error"]["message"]
+        sock.parent.chmod(0o700)  # the client refuses an open directory (untrusted-socket)
         assert Client(proc.pid).list() == [], "the owner is still served"
     finally:
         proc.stdin.close()

@@ -57,6 +57,9 @@ CODES: dict[str, int] = {
     # The CLI and ``Client``: a socket directory another user could write to, or a
     # socket whose listener is not the target process (SO_PEERCRED): nothing is sent.
     "untrusted-socket": _errno.EPERM,
+    # The CLI and ``Client``: a socket directory another user could write to, or a
+    # socket whose listener is not the target process (SO_PEERCRED): nothing is sent.
+    "untrusted-socket": _errno.EPERM,
 }
 
 #: Codes after which the same request may succeed later (exit code 2).

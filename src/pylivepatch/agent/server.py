@@ -96,6 +96,9 @@ def _jsonable(value: Any) -> Any:
 def _prepare_dir(path: Path) -> None:
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = path.stat()
+    if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, 0o700)  # our own directory made by a plain mkdir: make it private
+        st = path.stat()
     if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
         raise LivepatchError(
             "permission-denied",

@@ -347,8 +347,12 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
         command = args.command[1:] if args.command[:1] == ["--"] else args.command
         if not command:
             raise UsageError("run needs a command: pylivepatch run -- CMD ...", args.verbs["run"])
+        from ..agent import protocol
         from ..agent.run import run
 
+        # The agents of CMD's processes put their sockets there: a directory they would
+        # refuse (another user's) is an error now, not a service without agents.
+        protocol.prepare_dir(protocol.socket_dir())
         return run(args.app, command)
     from . import remote
 
@@ -400,10 +404,9 @@ def _pack(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from ..engine.core import _read
     from ..payload import archive
 
-    payload = archive.read(_read(args.file))
+    payload = archive.read(archive.read_file(args.file))
     man = payload.manifest
     if args.json:
         doc: dict[str, Any] = man.to_json()

@@ -39,7 +39,10 @@ def autocomplete(parser: argparse.ArgumentParser) -> None:
 def _live() -> list[dict[str, Any]]:
     from .remote import discover
 
-    return discover()
+    try:
+        return discover(warn=False)
+    except LivepatchError:  # an untrusted socket directory: nothing to offer
+        return []
 
 
 def pids(prefix: str = "", **_: Any) -> list[str]:

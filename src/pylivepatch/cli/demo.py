@@ -33,6 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..agent import protocol
+from ..errors import LivepatchError
+
 WORKERS = 3
 
 SERVICE = '''
@@ -190,11 +193,16 @@ class _Demo:
     def wait_for_agents(self) -> None:
         from .remote import discover
 
-        for _ in range(400):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
             if sum(1 for p in discover() if p["app"] == self.app) == WORKERS + 1:
                 return
             time.sleep(0.025)
-        raise RuntimeError("the demo service's agents did not come up")
+        raise LivepatchError(
+            "timeout",
+            f"the demo service's {WORKERS + 1} agents did not come up within 30 s in "
+            f"{protocol.socket_dir()} (its stderr above says why)",
+        )
 
     # --- the tour ------------------------------------------------------------------
 
@@ -202,6 +210,9 @@ class _Demo:
         from ..agent.run import environment
         from ..build.pack import pack
 
+        # the service's agents put their sockets there: one they would refuse is an
+        # error now (untrusted-socket, with what to do), not a wait for agents
+        protocol.prepare_dir(protocol.socket_dir())
         (self.root / "demo_shop.py").write_text(textwrap.dedent(SERVICE))
         (self.root / "fix_double_discount.py").write_text(textwrap.dedent(FIX))
         os.environ["PYLIVEPATCH_STATE_DIR"] = str(self.root / "state")
@@ -218,7 +229,9 @@ class _Demo:
             assert service.stdout is not None
             line = service.stdout.readline().split()
             if line[:1] != ["listening"]:
-                raise RuntimeError("the demo service did not start")
+                raise LivepatchError(
+                    "internal", "the demo service did not start (its stderr above says why)"
+                )
             self.port = int(line[1])
             self.wait_for_agents()
             self.say(

@@ -419,11 +419,7 @@ class Rollout:
 def rollout(args: argparse.Namespace) -> int:
     from ..payload import archive
 
-    try:
-        data = Path(args.file).read_bytes()
-    except OSError as exc:
-        raise LivepatchError("not-found", f"cannot read payload file {args.file}: "
-                             f"{exc.strerror}") from None  # fmt: skip
+    data = archive.read_file(args.file)
     payload = archive.read(data)
     man = payload.manifest
     if args.keys and payload.signature is None:

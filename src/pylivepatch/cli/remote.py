@@ -50,17 +50,27 @@ def add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
 
 
-def discover() -> list[dict[str, Any]]:
+def discover(warn: bool = True) -> list[dict[str, Any]]:
     """Every process of this user with a live agent, by pid. The socket of a process
-    that is gone (killed before it could remove it) is removed on the way."""
+    that is gone (killed before it could remove it) is removed on the way. A socket
+    whose listener is not the process it names (an impostor) is not listed (with
+    ``warn``, a warning on stderr names it); a socket directory another user could
+    write to is ``untrusted-socket`` (for root, each socket is checked on its own)."""
     found = []
     directory = protocol.socket_dir()
-    paths = directory.glob("*.sock") if directory.is_dir() else []
+    if not directory.is_dir():
+        return []
+    if os.geteuid() != 0:
+        protocol.check_dir(directory)
+    paths = directory.glob("*.sock")
     for pid, path in sorted((int(p.stem), p) for p in paths if p.stem.isdigit()):
         try:
             found.append(Client(pid, timeout=5).ping())
-        except LivepatchError:
-            if not pid_exists(pid):
+        except LivepatchError as exc:
+            if exc.code == "untrusted-socket":
+                if warn:
+                    print(f"pylivepatch: warning: {exc} (not listed)", file=sys.stderr)
+            elif not pid_exists(pid):
                 try:
                     path.unlink()
                 except OSError:
@@ -435,14 +445,7 @@ def _newcomers(
 
 
 def _payload_bytes(path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise LivepatchError("not-found", f"payload file {path} does not exist") from None
-    except OSError as exc:
-        raise LivepatchError(
-            "not-found", f"cannot read payload file {path}: {exc.strerror}"
-        ) from None
+    return archive.read_file(path)
 
 
 def _quietly(call: Any, *args: Any) -> None:

@@ -31,10 +31,7 @@ def keygen(args: argparse.Namespace) -> int:
 
 
 def sign(args: argparse.Namespace) -> int:
-    try:
-        data = Path(args.file).read_bytes()
-    except OSError as exc:
-        raise LivepatchError("not-found", f"cannot read {args.file}: {exc.strerror}") from None
+    data = archive.read_file(args.file)
     signed = sign_bytes(data, args.key)
     out = args.output or args.file
     Path(out).write_bytes(signed)
@@ -47,10 +44,7 @@ def sign(args: argparse.Namespace) -> int:
 
 
 def verify(args: argparse.Namespace) -> int:
-    try:
-        data = Path(args.file).read_bytes()
-    except OSError as exc:
-        raise LivepatchError("not-found", f"cannot read {args.file}: {exc.strerror}") from None
+    data = archive.read_file(args.file)
     env = {}
     if args.keys:
         env[signing.TRUSTED_KEYS] = args.keys

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import os
+import re
 import stat
 import struct
 import zipfile
@@ -23,6 +26,7 @@ MAX_TOTAL_BYTES = 64 * 1024 * 1024
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_RATIO = 200  # uncompressed / compressed, for members above 1 MiB
 MAX_PATH = 255
+MAX_DEPTH = 32  # JSON nesting of a manifest or a control message (a real one has < 8)
 
 MANIFEST = "manifest.json"
 SIGNATURE = "SIGNATURE"
@@ -58,6 +62,77 @@ def content_build_id(manifest_without_id: bytes, files: dict[str, bytes]) -> str
         h.update(path.encode() + b"\x00" + len(data).to_bytes(8, "big"))
         h.update(hashlib.sha256(data).digest())
     return h.hexdigest()
+
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_EMPTY_PAIRS = (b"[]", b"{}")
+
+
+def json_depth_over(data: bytes, limit: int = MAX_DEPTH) -> bool:
+    """Whether JSON text nests arrays and objects deeper than ``limit``, found without
+    parsing it (the parser recurses: 200,000 levels are a RecursionError): strings
+    are dropped, then the innermost empty pairs peeled off, at most ``limit`` times,
+    each a pass at C speed. Unbalanced text counts as too deep (it is not JSON)."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        peeled = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        if peeled == brackets:
+            return True  # unbalanced: not JSON
+        brackets = peeled
+    return bool(brackets)
+
+
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+
+
+def loads_bounded(data: bytes | str, limit: int = MAX_DEPTH) -> object:
+    """``json.loads``, but text nested deeper than ``limit`` is a ``ValueError`` before
+    it is parsed, and so are ``NaN`` and ``Infinity`` (not JSON)."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if json_depth_over(raw, limit):
+        raise ValueError(f"JSON nested deeper than {limit} levels")
+    return json.loads(raw, parse_constant=_no_constant)
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_file(path: str | os.PathLike[str], what: str = "payload file") -> bytes:
+    """The bytes of an archive named on a command line: a regular file of at most
+    ``MAX_ARCHIVE_BYTES``, read without waiting (a FIFO, a device or a directory is
+    refused at once, never read without bound)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise LivepatchError("not-found", f"{what} {path} does not exist") from None
+    except OSError as exc:
+        code = "permission-denied" if isinstance(exc, PermissionError) else "invalid-payload"
+        raise LivepatchError(code, f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _bad(f"{what} {path} is not a regular file; give the .lpz archive itself")
+        if st.st_size > MAX_ARCHIVE_BYTES:
+            raise _bad(f"{what} {path} is {st.st_size} bytes; the limit is {MAX_ARCHIVE_BYTES}")
+        chunks, left = [], MAX_ARCHIVE_BYTES + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left <= 0:
+            raise _bad(f"{what} {path} grew past {MAX_ARCHIVE_BYTES} bytes while read")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise _bad(f"cannot read {what} {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def _bad(why: str) -> LivepatchError:
@@ -152,6 +227,8 @@ def read(data: bytes, check_signature: SignatureCheck | None = None) -> Payload:
         raise _bad("payload has no manifest.json")
     if SOURCE_ROOT + "__init__.py" not in files:
         raise _bad("payload has no payload/__init__.py")
+    if json_depth_over(files[MANIFEST]):
+        raise _bad(f"manifest.json nests deeper than {MAX_DEPTH} levels (no manifest does)")
     man = _manifest.parse(files[MANIFEST])
     sources = {p: b for p, b in files.items() if p != MANIFEST}
     expected = content_build_id(man.canonical(with_build_id=False), sources)
@@ -165,10 +242,8 @@ def read(data: bytes, check_signature: SignatureCheck | None = None) -> Payload:
 
 def _peek_name(files: dict[str, bytes]) -> str:
     """The payload's name for messages, before the manifest is validated."""
-    import json
-
     try:
-        name = json.loads(files.get(MANIFEST, b"{}")).get("name")
+        name = loads_bounded(files.get(MANIFEST, b"{}")).get("name")  # type: ignore[attr-defined]
     except (ValueError, AttributeError):
         name = None
     return name if isinstance(name, str) and len(name) < 128 else "(unnamed)"
