@@ -302,7 +302,7 @@ def test_callbacks_busy_target(lab, cb):
             actor.join(10)
     assert out["result"].state == "APPLIED" and e.status("p2").state == "CHECKED"
     assert transcript(lab, since) == [
-        "apply p1: started",
+        "apply p1: started timeout=10",
         "apply p1: checked funcs=1 data=0 consistency=transition nodeps=False",
         "apply p1: hook-log message=pre_apply apply",
         "apply p1: hook hook=pre_apply result=ok",
@@ -344,7 +344,7 @@ def test_callbacks_post_hooks_after_a_transition_timeout(lab, cb):
     assert e.status("p1").state == "APPLIED" and cb.greet("x") == "p1 x"
     sitter_new = SITTER.replace("<root>/{m}cb.py:3", "<pylivepatch p1>/payload/__init__.py:5")
     assert transcript(lab, since) == [
-        "apply p1: started",
+        "apply p1: started timeout=0.3",
         "apply p1: checked funcs=1 data=0 consistency=transition nodeps=False",
         "apply p1: hook-log message=pre_apply apply",
         "apply p1: hook hook=pre_apply result=ok",
@@ -365,7 +365,7 @@ def test_callbacks_post_hooks_after_a_transition_timeout(lab, cb):
         "apply p1: hook-log message=post_apply apply rc=0",
         "apply p1: hook hook=post_apply rc=0 result=ok",
         "apply p1: finished rc=0",
-        "revert p1: started",
+        "revert p1: started timeout=0.3",
         "revert p1: checked consistency=transition",
         "revert p1: hook-log message=pre_revert revert",
         "revert p1: hook hook=pre_revert result=ok",
@@ -660,7 +660,7 @@ def test_livepatch_atomic_replace_in_transition_mode(lab, cb):
             actor.join(10)
     assert out["result"].state == "APPLIED" and e.status("p1").state == "CHECKED"
     assert transcript(lab, since) == [
-        "replace cum: started",
+        "replace cum: started timeout=10",
         "replace cum: checked funcs=1 data=0 consistency=transition replaces=[p1]",
         "replace cum: hook-log message=pre_apply replace",
         "replace cum: hook hook=pre_apply result=ok",
@@ -746,7 +746,7 @@ def test_xen_post_hooks_see_rc(lab, cb):
     e.apply("p1")
     e.revert("p1")
     assert transcript(lab, since) == [
-        "apply p1: started",
+        "apply p1: started timeout=0.2",
         "apply p1: checked funcs=1 data=0 consistency=atomic nodeps=False",
         "apply p1: hook-log message=pre_apply apply",
         "apply p1: hook hook=pre_apply result=ok",

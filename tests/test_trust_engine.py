@@ -181,3 +181,67 @@ def test_force_ends_a_stuck_transition_and_is_recorded(lab):
         old_request.release.set()
         if "chain-v2" in lab.engine._stuck:
             lab.engine.revert("chain-v2", force=True, timeout=0)
+
+
+PRICE = """
+    def price(x):
+        return x * 2
+"""
+
+PRICE_FIX = """
+    import pylivepatch as lp
+    patch = lp.Patch("price-v2", consistency="transition")
+
+    @patch.function("{m}price:price")
+    def price(x):
+        return x * 3
+"""
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"timeout": "10"},
+        {"timeout": 10**400},
+        {"timeout": float("nan")},
+        {"timeout": float("inf")},
+        {"timeout": -1},
+        {"timeout": True},
+        {"force": "yes"},
+        {"nodeps": 1},
+        {"consistency": 5},
+        {"consistency": "eventually"},
+    ],
+    ids=repr,
+)
+def test_bad_arguments_are_refused_before_anything_is_armed(lab, options):
+    """Issue 21 item 3: a timeout that is not a finite number of seconds (a string,
+    10**400, NaN, infinity, a negative number, a bool), a flag that is not a bool, an
+    unknown mode: ``bad-request`` before the action starts, audited as refused, and
+    every function as it was (before, a string timeout failed after the dispatchers
+    were armed and the undo put the old code back at once)."""
+    mod = lab.module("price", PRICE)
+    lab.engine.upload("price-v2", lab.pack(PRICE_FIX))
+    before = snapshot(mod.price, mod)
+    since = lab.mark()
+    with pytest.raises(LivepatchError) as err:
+        lab.engine.apply("price-v2", **options)
+    assert err.value.code == "bad-request" and "price-v2" in err.value.message
+    events = [ev for ev in lab.engine.history(since) if ev.payload == "price-v2"]
+    assert [ev.kind for ev in events] == ["refused"], "nothing started, nothing armed"
+    assert events[0].detail["error"] == "bad-request"
+    assert_identical(before, snapshot(mod.price, mod))
+    assert lab.engine.status("price-v2").state == "CHECKED"
+    with pytest.raises(LivepatchError) as err:
+        lab.engine.load(lab.pack(PRICE_FIX), **options)
+    assert err.value.code == "bad-request"
+
+
+@pytest.mark.parametrize("name", [5, ["x"], None, "", "x" * 200], ids=repr)
+def test_a_name_that_is_not_a_string_is_a_bad_request(lab, name):
+    since = lab.mark()
+    for call in (lab.engine.apply, lab.engine.revert, lab.engine.unload):
+        with pytest.raises(LivepatchError) as err:
+            call(name)
+        assert err.value.code == "bad-request"
+    assert {ev.kind for ev in lab.engine.history(since)} == {"refused"}

@@ -54,13 +54,15 @@ CODES: dict[str, int] = {
     "version-mismatch": _errno.ENOEXEC,
     "agent-import-failed": _errno.ELIBACC,
     "attach-hung": _errno.EDEADLK,
-    # The CLI and ``Client``: a socket directory another user could write to, or a
-    # socket whose listener is not the target process (SO_PEERCRED): nothing is sent.
-    "untrusted-socket": _errno.EPERM,
+    "remote-exec-failed": _errno.EIO,  # sys.remote_exec failed for a cause without a code
     # The CLI and ``Client``: a socket directory another user could write to, or a
     # socket whose listener is not the target process (SO_PEERCRED): nothing is sent.
     "untrusted-socket": _errno.EPERM,
 }
+
+#: the longest timeout (seconds) an action accepts, a week: beyond it a number is a
+#: mistake (``bad-request``, like a timeout that is not a finite number from 0)
+MAX_TIMEOUT = 7 * 86400.0
 
 #: Codes after which the same request may succeed later (exit code 2).
 RETRYABLE = frozenset({"busy", "timeout"})

@@ -1,8 +1,13 @@
 """The agent inside a target process: a control socket over the engine (SPEC §9).
 
 One thread blocks in ``accept`` (no polling: an idle agent costs nothing but that
-thread); each connection gets a short-lived thread with a read timeout, so a slow or
-silent client never holds up another. Peers are checked with ``SO_PEERCRED``: only the
+thread); each connection gets a short-lived thread, and each request a total deadline
+(``protocol.READ_TIMEOUT`` for all its bytes, however slowly they come), so a slow or
+silent client never holds a slot longer. A request's frame is checked for its shape
+(at most :data:`MAX_CONTAINERS` arrays and objects, :data:`MAX_ELEMENTS` elements)
+before it is parsed, and its arguments against the verb (type, range, finite numbers)
+before the engine is called: anything else is answered ``bad-request`` and nothing is
+armed. Peers are checked with ``SO_PEERCRED``: only the
 process's own user and root are served; anyone else is refused and logged. The
 directory is 0700 and the socket 0600. The engine stays sans-IO: this module only
 translates messages into engine calls and results into JSON.
@@ -25,19 +30,21 @@ import atexit
 import base64
 import errno
 import functools
+import json
 import logging
 import os
 import socket
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import process_engine
-from ..errors import LivepatchError
+from ..errors import MAX_TIMEOUT, LivepatchError
 from . import protocol, store
 from .audit import Audit, requested_by
 
@@ -58,6 +65,38 @@ MAX_CONNECTIONS = 128
 
 #: verbs that change something (audited when refused before reaching the engine)
 ACTIONS = frozenset({"upload", "load", "apply", "revert", "replace", "unload"})
+
+#: a request frame may hold at most this many arrays and objects (a real one has 2) and
+#: this many separators (a real one has about 10): a 24 MiB ``[{},{},...]`` would cost
+#: hundreds of MB once parsed, so it is refused before (``bad-request``)
+MAX_CONTAINERS = 64
+MAX_ELEMENTS = 1024
+
+_FLAG = "flag"
+_TIMEOUT = "timeout"
+_MODE = "mode"
+_NAME = "name"
+_DATA = "data"
+_SINCE = "since"
+#: the arguments each verb takes, and their kinds (checked before anything is called)
+VERBS: dict[str, dict[str, str]] = {
+    "ping": {},
+    "list": {},
+    "status": {"name": _NAME},
+    "log": {"since": _SINCE},
+    "upload": {"name": _NAME, "data": _DATA, "no_expect": _FLAG, "no_object_check": _FLAG,
+               "wait_imports": _FLAG},
+    "load": {"data": _DATA, "nodeps": _FLAG, "timeout": _TIMEOUT, "force": _FLAG,
+             "consistency": _MODE, "no_expect": _FLAG, "no_object_check": _FLAG,
+             "wait_imports": _FLAG},
+    "apply": {"name": _NAME, "nodeps": _FLAG, "timeout": _TIMEOUT, "force": _FLAG,
+              "consistency": _MODE, "no_expect": _FLAG},
+    "revert": {"name": _NAME, "timeout": _TIMEOUT, "force": _FLAG, "consistency": _MODE},
+    "replace": {"name": _NAME, "timeout": _TIMEOUT, "force": _FLAG, "consistency": _MODE,
+                "no_expect": _FLAG},
+    "unload": {"name": _NAME},
+}  # fmt: skip
+REQUIRED = {"name", "data"}
 
 
 class _Seen(threading.local):
@@ -211,20 +250,25 @@ class Agent:
                     },
                 )
                 return
-            conn.settimeout(protocol.READ_TIMEOUT)
             while True:
+                deadline = time.monotonic() + protocol.READ_TIMEOUT  # for the whole request
                 try:
-                    request = protocol.receive(conn)
+                    request = _receive(conn, deadline)
+                except TimeoutError:
+                    self._send(conn, {"ok": False, "error": _error(LivepatchError(
+                        "bad-request", f"no complete request within {protocol.READ_TIMEOUT:g}s; "
+                        "the connection is closed"))})  # fmt: skip
+                    return
                 except (protocol.ProtocolError, OSError) as exc:
-                    self._send(
-                        conn,
-                        {"ok": False, "error": _error(LivepatchError("invalid-payload", str(exc)))},
-                    )
+                    self._send(conn, {"ok": False, "error": _error(LivepatchError(
+                        "bad-request", f"malformed request: {exc}"))})  # fmt: skip
                     return
                 if request is None:
                     return
+                conn.settimeout(None)  # the reply: sent whatever the action took
                 verb, args = request.get("verb"), request.get("args")
-                name = str(args.get("name", "")) if isinstance(args, dict) else ""
+                name = args.get("name", "") if isinstance(args, dict) else ""
+                name = name if isinstance(name, str) else ""
                 with requested_by("socket", uid, pid):
                     reply = self._answer(request)
                     if not self._send(conn, reply):
@@ -251,22 +295,22 @@ class Agent:
         return True
 
     def _answer(self, request: dict[str, Any]) -> dict[str, Any]:
-        verb, args = request.get("verb"), request.get("args") or {}
-        name = str(args.get("name", "")) if isinstance(args, dict) else ""
+        verb, args = request.get("verb"), request.get("args")
+        args = {} if args is None else args
+        name = args.get("name", "") if isinstance(args, dict) else ""
+        name = name if isinstance(name, str) else ""
         _seen.payload, _seen.internal = "", False
         try:
-            if not isinstance(args, dict):
-                raise LivepatchError("invalid-payload", "request args must be an object")
             call = self._bind(verb, args)
         except LivepatchError as exc:
+            if (
+                isinstance(verb, str) and verb in ACTIONS and _audit is not None
+            ):  # refused before the engine: audited
+                _audit.write(
+                    {"action": verb, "payload": name, "result": exc.code, "rc": exc.errno,
+                     "message": exc.message}
+                )  # fmt: skip
             return {"ok": False, "error": _error(exc)}
-        except (TypeError, KeyError, ValueError) as exc:  # the request's arguments
-            return {
-                "ok": False,
-                "error": _error(
-                    LivepatchError("invalid-payload", f"bad request for {verb!r}: {exc}")
-                ),
-            }
         try:
             result = call()
         except LivepatchError as exc:
@@ -280,34 +324,145 @@ class Agent:
         except Exception as exc:  # noqa: BLE001 - a result JSON cannot carry (a bug)
             return {"ok": False, "error": _error(_internal(str(verb), name, exc))}
 
-    def _bind(self, verb: object, args: dict[str, Any]) -> Callable[[], Any]:
-        """The call that answers ``verb``, its arguments checked now: a bad request
-        fails here (TypeError, KeyError, ValueError), before the engine acts; what
+    def _bind(self, verb: object, args: object) -> Callable[[], Any]:
+        """The call that answers ``verb``, its arguments checked now (``bad-request``:
+        the verb, each argument's name, type and range), before the engine acts; what
         fails inside the call is the engine's own failure."""
+        args = _checked(verb, args)
         if verb == "ping":
             return self.describe
         e = process_engine.get()
         if verb in ("upload", "load"):
-            data = base64.b64decode(str(args.pop("data", "")), validate=True)
+            try:
+                data = base64.b64decode(args.pop("data"), validate=True)
+            except ValueError as exc:
+                raise LivepatchError("bad-request", f"{verb}: data is not base64: {exc}") from None
             if verb == "upload":
-                return _bound(e.upload, args.pop("name"), data, **args)
-            return _bound(e.load, data, **args)
+                return functools.partial(e.upload, args.pop("name"), data, **args)
+            return functools.partial(e.load, data, **args)
         if verb in ("apply", "revert", "replace", "unload", "status"):
-            return _bound(getattr(e, verb), args.pop("name"), **args)
+            return functools.partial(getattr(e, str(verb)), args.pop("name"), **args)
         if verb == "list":
             return e.list
-        if verb == "log":
-            return functools.partial(_history, e, int(args.get("since", 0)))
-        raise LivepatchError("invalid-payload", f"unknown verb {verb!r}")
+        return functools.partial(_history, e, args.get("since", 0))
 
 
-def _bound(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[], Any]:
-    """``method`` with these arguments, after checking them against its signature."""
-    # only when serving: an idle agent does not pay for it
-    inspect = process_engine.imported("inspect")
+def _checked(verb: object, args: object) -> dict[str, Any]:
+    """The arguments of a request, checked against what ``verb`` takes (``VERBS``)."""
+    if type(verb) is not str or verb not in VERBS:
+        raise LivepatchError(
+            "bad-request",
+            f"unknown verb {_shown(verb)}; verbs are {', '.join(sorted(VERBS))}",
+        )
+    if not isinstance(args, dict):
+        raise LivepatchError("bad-request", f"{verb}: args must be an object, not {_shown(args)}")
+    kinds = VERBS[verb]
+    unknown = sorted(str(k) for k in args if k not in kinds)
+    if unknown:
+        raise LivepatchError(
+            "bad-request",
+            f"{verb}: unknown argument(s) {', '.join(unknown)[:200]}; {verb} takes "
+            f"{', '.join(kinds) or 'none'}",
+        )
+    for key in REQUIRED & set(kinds):
+        if key not in args:
+            raise LivepatchError("bad-request", f"{verb}: the argument {key} is missing")
+    for key, value in args.items():
+        kind = kinds[key]
+        bad = ""
+        if kind == _NAME and (type(value) is not str or not 0 < len(value) <= 128):
+            bad = "a string of 1 to 128 characters"
+        elif kind == _DATA and type(value) is not str:
+            bad = "a base64 string"
+        elif kind == _FLAG and type(value) is not bool:
+            bad = "true or false"
+        elif (
+            kind == _MODE
+            and value is not None
+            and value not in ("transition", "atomic", "immediate")
+        ):
+            bad = "transition, atomic, immediate or null"
+        elif kind == _SINCE and (type(value) is not int or not 0 <= value < 1 << 62):
+            bad = "an event number (an integer from 0)"
+        elif (
+            kind == _TIMEOUT
+            and value is not None
+            and (type(value) not in (int, float) or not 0 <= _finite(value) <= MAX_TIMEOUT)
+        ):
+            bad = f"a finite number of seconds from 0 to {MAX_TIMEOUT:g}"
+        if bad:
+            raise LivepatchError("bad-request", f"{verb}: {key} must be {bad}, not {_shown(value)}")
+    return dict(args)
 
-    inspect.signature(method).bind(*args, **kwargs)
-    return functools.partial(method, *args, **kwargs)
+
+def _finite(value: float) -> float:
+    try:
+        number = float(value)
+    except OverflowError:
+        return float("inf")
+    return number if number == number else float("inf")  # NaN is out of range too
+
+
+def _receive(conn: socket.socket, deadline: float) -> dict[str, Any] | None:
+    """One request frame, all of it by ``deadline`` (``TimeoutError``), its shape
+    checked before it is parsed (``ProtocolError``); None at a clean end of stream."""
+    head = _recv_exact(conn, 4, deadline, first=True)
+    if not head:
+        return None
+    (length,) = struct.unpack(">I", head)
+    if length > protocol.MAX_MESSAGE:
+        raise protocol.ProtocolError(
+            f"message of {length} bytes exceeds the {protocol.MAX_MESSAGE}-byte cap"
+        )
+    body = _recv_exact(conn, length, deadline)
+    containers = body.count(b"[") + body.count(b"{")
+    if containers > MAX_CONTAINERS or body.count(b",") + body.count(b":") > 2 * MAX_ELEMENTS:
+        raise protocol.ProtocolError(
+            f"a request holds at most {MAX_CONTAINERS} arrays and objects and "
+            f"{MAX_ELEMENTS} elements (this one {containers} arrays and objects)"
+        )
+    try:
+        message = json.loads(body, parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise protocol.ProtocolError(f"message is not JSON: {exc}") from None
+    if not isinstance(message, dict) or message.get("v") != protocol.VERSION:
+        raise protocol.ProtocolError(f"message is not a protocol-{protocol.VERSION} object")
+    return message
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _recv_exact(conn: socket.socket, n: int, deadline: float, first: bool = False) -> bytes:
+    chunks: list[bytes] = []
+    got = 0
+    while got < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline")
+        conn.settimeout(left)
+        chunk = conn.recv(min(n - got, 1 << 20))
+        if not chunk:
+            if first and not got:
+                return b""
+            raise protocol.ProtocolError(
+                "the peer closed the connection in the middle of a message"
+            )
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _shown(value: object) -> str:
+    """A value of a bad request, for a message (never its own ``repr`` code)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        text = (
+            repr(value) if not isinstance(value, int) or abs(value) < 10**30 else "a huge integer"
+        )
+    else:
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _history(e: Engine, since: int) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import LivepatchError
+from ..errors import MAX_TIMEOUT, LivepatchError
 from ..payload import archive, signing
 from ..payload.fingerprint import ModuleSource, python_tag
 from ..payload.manifest import DataEntry, FuncEntry, Manifest
@@ -127,7 +127,17 @@ class Engine(LateObjects):
         )
 
     @contextmanager
-    def _action(self, action: Action, name: str) -> Iterator[Act]:
+    def _action(self, action: Action, name: str, **options: Any) -> Iterator[Act]:
+        request = _request_detail(options)
+        try:
+            check_request(name, options)
+        except LivepatchError as bad:  # nothing armed, nothing looked up: audited all the same
+            shown = name if isinstance(name, str) else _shown(name)
+            self._history.emit(
+                str(action), shown, "refused", error=bad.code, rc=bad.errno,
+                message=f"{action} {shown}: {bad.message}", build_id="", **request,
+            )  # fmt: skip
+            raise LivepatchError(bad.code, f"{action} {shown}: {bad.message}") from None
         if not self._lock.acquire(blocking=False):
             running = (
                 ", ".join(f"{v['action']} {k}" for k, v in list(self._progress.items()))
@@ -137,7 +147,7 @@ class Engine(LateObjects):
             known = self._payloads.get(name)
             self._history.emit(  # refused before it started: audited all the same
                 str(action), name, "refused", error=busy.code, rc=busy.errno,
-                message=busy.message, build_id=known.build_id if known else "",
+                message=busy.message, build_id=known.build_id if known else "", **request,
             )  # fmt: skip
             raise busy
         try:
@@ -147,7 +157,7 @@ class Engine(LateObjects):
             before = self._payloads.get(name)
             act.build_id = before.build_id if before is not None else ""
             self._progress[name] = {"action": str(action), "started": time.time(), "blockers": []}
-            act.emit("started")
+            act.emit("started", **request)
             stuck = next(iter(self._stuck.values()), None)
         except BaseException:  # MemoryError, KeyboardInterrupt: never keep the lock
             self._progress.pop(name, None)
@@ -257,7 +267,10 @@ class Engine(LateObjects):
         it cannot be found yet (at interpreter start-up, before the program has put its
         own directories on ``sys.path``).
         """
-        with self._action(Action.UPLOAD, name) as act:
+        with self._action(
+            Action.UPLOAD, name, no_expect=no_expect, no_object_check=no_object_check,
+            wait_imports=wait_imports,
+        ) as act:  # fmt: skip
             data = _read(source)
             payload = archive.read(data, check_signature=signing.Policy.from_env().check)
             self._at("upload.read")
@@ -378,8 +391,20 @@ class Engine(LateObjects):
         wait_imports: bool = False,
     ) -> ActionResult:
         """Upload and apply; the payload is unloaded again if the apply fails."""
-        data = _read(source)
-        name = _peek_name(data)
+        options = dict(
+            nodeps=nodeps, timeout=timeout, force=force, consistency=consistency,
+            no_expect=no_expect, no_object_check=no_object_check, wait_imports=wait_imports,
+        )  # fmt: skip
+        try:
+            check_request("load", options)
+            data = _read(source)
+            name = _peek_name(data)
+        except LivepatchError as exc:  # before any action started: audited here
+            self._history.emit(
+                "load", "", "refused", error=exc.code, rc=exc.errno, message=exc.message,
+                build_id="", **_request_detail(options),
+            )  # fmt: skip
+            raise
         self.upload(
             name, data, no_expect=no_expect, no_object_check=no_object_check,
             wait_imports=wait_imports,
@@ -407,7 +432,10 @@ class Engine(LateObjects):
         no_expect: bool = False,
     ) -> ActionResult:
         """Make a ``CHECKED`` payload's code run."""
-        with self._action(Action.APPLY, name) as act:
+        with self._action(
+            Action.APPLY, name, nodeps=nodeps, timeout=timeout, force=force,
+            consistency=consistency, no_expect=no_expect,
+        ) as act:  # fmt: skip
             rec = self._get(name)
             if name in self._stuck:
                 return self._resume(act, rec, timeout, force)
@@ -471,13 +499,19 @@ class Engine(LateObjects):
 
         A revert of a payload whose apply is still in its transition reverses that
         transition (Linux semantics) and returns once it is back."""
-        progress = self._progress.get(name)
+        try:  # a bad request is refused (and audited) by _action below
+            check_request(name, {"timeout": timeout, "force": force, "consistency": consistency})
+            progress = self._progress.get(name)
+        except LivepatchError:
+            progress = None
         if progress is not None and progress.get("action") == "apply" and "transition" in progress:
             reversal = self._reverse_running(name, timeout, force)
             if reversal.state != str(State.APPLIED):
                 return reversal
             # the transition completed before it saw the request: revert as usual
-        with self._action(Action.REVERT, name) as act:
+        with self._action(
+            Action.REVERT, name, timeout=timeout, force=force, consistency=consistency
+        ) as act:
             rec = self._get(name)
             if name in self._stuck:
                 return self._resume(act, rec, timeout, force)
@@ -557,7 +591,10 @@ class Engine(LateObjects):
         no_expect: bool = False,
     ) -> ActionResult:
         """Make ``name`` the only applied payload, in one pause (SPEC §7)."""
-        with self._action(Action.REPLACE, name) as act:
+        with self._action(
+            Action.REPLACE, name, timeout=timeout, force=force, consistency=consistency,
+            no_expect=no_expect,
+        ) as act:  # fmt: skip
             rec = self._get(name)
             try:
                 self._table(act, rec)
@@ -749,4 +786,73 @@ def _read(source: str | os.PathLike[str] | bytes) -> bytes:
 
 
 def _peek_name(data: bytes) -> str:
-    return archive.read(data).manifest.name
+    """The payload's name, the signature policy applied (a tampered payload is a
+    signature error here as at upload)."""
+    return archive.read(data, check_signature=signing.Policy.from_env().check).manifest.name
+
+
+_FLAGS = ("nodeps", "force", "no_expect", "no_object_check", "wait_imports")
+
+
+def _shown(value: object) -> str:
+    """A value of a bad request, for a message (never its own ``repr`` code)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        text = repr(value)
+    else:
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_request(name: object, options: dict[str, Any]) -> None:
+    """The arguments of an action, checked before anything is looked up or armed
+    (``bad-request``): a name is a non-empty string, a timeout a finite number of
+    seconds from 0 to :data:`MAX_TIMEOUT` (not a bool, not a string), a flag
+    ``True`` or ``False``, a consistency mode one of the modes or None."""
+    if type(name) is not str or not name or len(name) > 128:
+        raise LivepatchError(
+            "bad-request",
+            f"a payload name must be a string of 1 to 128 characters, not {_shown(name)}",
+        )
+    timeout = options.get("timeout")
+    if timeout is not None:
+        if type(timeout) not in (int, float):
+            raise LivepatchError(
+                "bad-request", f"timeout must be a number of seconds, not {_shown(timeout)}"
+            )
+        try:
+            seconds = float(timeout)
+        except OverflowError:
+            seconds = float("inf")
+        if not (0 <= seconds <= MAX_TIMEOUT):  # NaN fails this too
+            raise LivepatchError(
+                "bad-request",
+                f"timeout must be a finite number of seconds from 0 to {MAX_TIMEOUT:g}, "
+                f"not {_shown(timeout)}",
+            )
+    for flag in _FLAGS:
+        if flag in options and type(options[flag]) is not bool:
+            raise LivepatchError(
+                "bad-request", f"{flag} must be true or false, not {_shown(options[flag])}"
+            )
+    mode = options.get("consistency")
+    if mode is not None and (type(mode) is not str or mode not in DEFAULT_TIMEOUT):
+        raise LivepatchError(
+            "bad-request",
+            f"consistency must be one of {', '.join(DEFAULT_TIMEOUT)}, not {_shown(mode)}",
+        )
+
+
+def _request_detail(options: dict[str, Any]) -> dict[str, Any]:
+    """What an action was asked with, for its events and audit record: the mode asked
+    for, the flags set, the timeout (only what differs from the defaults)."""
+    detail: dict[str, Any] = {}
+    mode = options.get("consistency")
+    if isinstance(mode, str):
+        detail["mode"] = mode
+    flags = [f.replace("_", "-") for f in _FLAGS if options.get(f) is True]
+    if flags:
+        detail["flags"] = flags
+    timeout: Any = options.get("timeout")
+    if type(timeout) in (int, float):
+        detail["timeout"] = timeout if timeout == timeout and abs(timeout) < 1e300 else str(timeout)
+    return detail

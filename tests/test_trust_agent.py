@@ -1,0 +1,231 @@
+"""Trust under attack, the agent's side (issue 21): malformed, hostile and slow
+requests against a real target process get an error reply with its own code
+(``bad-request``), never a closed connection, an ``internal`` error, a traceback on
+the target's stderr or an action left without its end; nothing is armed for them."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pylivepatch import Client
+from pylivepatch.agent import protocol, store
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+PROGRAM = """
+import sys
+sys.path[:0] = [{root!r}]
+import pylivepatch
+from pylivepatch.agent import protocol
+protocol.READ_TIMEOUT = {read_timeout!r}  # the whole-request deadline, short for the test
+import {module} as shop
+pylivepatch.start()
+print("ready", flush=True)
+for line in sys.stdin:
+    print(shop.price(2), flush=True)
+"""
+
+FIX = """
+    import pylivepatch as lp
+    patch = lp.Patch("fix-price", consistency="transition")
+
+    @patch.function("{m}shop:price")
+    def price(x):
+        return x * 3
+"""
+
+
+class Target:
+    def __init__(self, lab: Any, read_timeout: float = 10.0) -> None:
+        lab.module("shop", "def price(x):\n    return x * 2\n")
+        self.stderr = lab.root / "target.err"
+        program = PROGRAM.format(
+            root=str(lab.root), module=lab.name("shop"), read_timeout=read_timeout
+        )
+        with open(self.stderr, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", program],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                env=dict(os.environ, PYTHONPATH=SRC),
+            )  # fmt: skip
+        assert self.proc.stdout.readline().strip() == "ready"
+        self.path = str(protocol.socket_path(self.proc.pid))
+
+    def raw(self, body: bytes) -> dict[str, Any] | None:
+        """Send one frame of exactly ``body``; the reply (None: closed without one)."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(self.path)
+            s.sendall(struct.pack(">I", len(body)) + body)
+            return protocol.receive(s)
+
+    def request(self, verb: Any, args: Any) -> dict[str, Any] | None:
+        return self.raw(json.dumps({"v": 1, "verb": verb, "args": args}).encode())
+
+    def call(self) -> str:
+        self.proc.stdin.write("x\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def peak_kib(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmHWM")
+
+    def stop(self) -> str:
+        self.proc.stdin.close()
+        self.proc.wait(30)
+        return self.stderr.read_text()
+
+
+@pytest.fixture
+def target(lab):
+    t = Target(lab)
+    try:
+        yield t
+    finally:
+        if t.proc.poll() is None:
+            t.stop()
+
+
+BAD = {
+    "string timeout": ("apply", {"name": "fix-price", "timeout": "10"}),
+    "huge timeout": ("apply", {"name": "fix-price", "timeout": 10**400}),
+    "negative timeout": ("apply", {"name": "fix-price", "timeout": -1}),
+    "bool timeout": ("apply", {"name": "fix-price", "timeout": True}),
+    "string force": ("apply", {"name": "fix-price", "force": "yes"}),
+    "unknown mode": ("apply", {"name": "fix-price", "consistency": "later"}),
+    "number name": ("apply", {"name": 5}),
+    "list name": ("revert", {"name": ["fix-price"]}),
+    "object name": ("status", {"name": {}}),
+    "no name": ("unload", {}),
+    "unknown argument": ("apply", {"name": "fix-price", "sudo": True}),
+    "unknown verb": ("reboot", {}),
+    "verb not a string": (["apply"], {}),
+    "args not an object": ("apply", ["fix-price"]),
+    "since a string": ("log", {"since": "0"}),
+    "since a float": ("log", {"since": 1.5}),
+    "data not base64": ("upload", {"name": "x", "data": "%%%"}),
+    "data a number": ("load", {"data": 5}),
+}
+
+RAW = {
+    "NaN timeout": b'{"v":1,"verb":"apply","args":{"name":"fix-price","timeout":NaN}}',
+    "Infinity since": b'{"v":1,"verb":"log","args":{"since":Infinity}}',
+    "-Infinity timeout": b'{"v":1,"verb":"apply","args":{"name":"fix-price","timeout":-Infinity}}',
+    "nested 1,001 deep": b'{"v":1,"verb":"ping","args":{},"x":' + b"[" * 1001 + b"]" * 1001 + b"}",
+    "nested 100,000 deep": b"[" * 100_000 + b"]" * 100_000,
+    "not JSON": b"nope!",
+    "not UTF-8": b'{"v":1,"verb":"\xff"}',
+    "not an object": b"[1,2,3]",
+    "no version": b'{"verb":"ping","args":{}}',
+}
+
+
+def test_malformed_requests_get_bad_request_and_arm_nothing(lab, target):
+    """Issue 21 items 3 and 8: every malformed request is answered ``bad-request`` (not
+    a closed connection, not ``internal``, not ``invalid-payload``), nothing starts,
+    the payload stays CHECKED and the process runs the old code, and the target's
+    stderr has no traceback."""
+    client = Client(target.proc.pid)
+    client.upload("fix-price", lab.write("fix.lpz", "") and _packed(lab))
+    since = client.log()[-1]["seq"]
+    replies = {what: target.request(*req) for what, req in BAD.items()}
+    replies.update({what: target.raw(body) for what, body in RAW.items()})
+    for what, reply in replies.items():
+        assert reply is not None, f"{what}: the connection closed without a reply"
+        assert not reply["ok"], what
+        assert reply["error"]["code"] == "bad-request", (what, reply["error"])
+        assert "Traceback" not in reply["error"]["message"]
+    assert client.status("fix-price").state == "CHECKED"
+    assert target.call() == "4", "the old code runs: nothing was armed"
+    events = [ev for ev in client.log(since) if ev["seq"] > since]
+    assert not [ev for ev in events if ev["event"] == "started"], "no action started"
+    refused = [r for r in store.read_audit(None) if r.get("pid") == target.proc.pid]
+    assert {r["result"] for r in refused if r["action"] == "apply"} == {"bad-request"}
+    assert Client(target.proc.pid).ping()["pid"] == target.proc.pid, "the agent serves on"
+    stderr = target.stop()
+    assert "Traceback" not in stderr and "internal" not in stderr, stderr
+
+
+def _packed(lab: Any) -> Path:
+    path = lab.root / "fix.lpz"
+    path.write_bytes(lab.pack(FIX))
+    return path
+
+
+def test_every_started_action_over_the_socket_has_its_end(lab, target):
+    """A request whose action starts (a good one, then ones refused by the engine)
+    leaves a ``finished`` for every ``started`` in the history."""
+    client = Client(target.proc.pid)
+    client.upload("fix-price", _packed(lab))
+    for verb, args in [
+        ("apply", {"name": "fix-price", "timeout": 0}),
+        ("revert", {"name": "nothing-here"}),
+        ("apply", {"name": "fix-price", "consistency": "immediate"}),
+        ("revert", {"name": "fix-price", "consistency": "immediate"}),
+    ]:
+        reply = target.request(verb, args)
+        assert reply is not None and reply.get("error", {}).get("code") != "internal", reply
+    events = client.log()
+    started = [ev["seq"] for ev in events if ev["event"] == "started"]
+    finished = [ev for ev in events if ev["event"] == "finished"]
+    assert len(started) == len(finished)
+
+
+def test_a_slow_client_gets_no_more_than_the_request_deadline(lab):
+    """Issue 21 item 9: the read limit is for the whole request, not for each read: a
+    client sending a byte every 1.5 s (under the 2 s limit of this target) is answered
+    ``bad-request`` and disconnected once 2 s have passed, before its frame is done
+    (before, each byte gave it another second: one byte every 8 s held a slot for
+    ever)."""
+    target = Target(lab, read_timeout=2.0)
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(target.path)
+            frame = struct.pack(">I", 20) + b'{"v":1,"verb":"ping"}'
+            for byte in frame[:2]:
+                s.sendall(bytes([byte]))
+                time.sleep(1.5)  # 3 s in all, at most 1.5 s between two bytes
+            s.setblocking(False)
+            try:
+                head = s.recv(4)
+            except BlockingIOError:
+                head = b""
+            assert len(head) == 4, "answered before the frame was complete"
+            s.setblocking(True)
+            (length,) = struct.unpack(">I", head)
+            body = b""
+            while len(body) < length:
+                chunk = s.recv(length - len(body))
+                assert chunk
+                body += chunk
+            reply = json.loads(body)
+            assert reply["error"]["code"] == "bad-request"
+            assert "within 2s" in reply["error"]["message"]
+        assert "Traceback" not in target.stop()
+    finally:
+        if target.proc.poll() is None:
+            target.stop()
+
+
+def test_a_frame_of_many_small_objects_is_refused_before_it_is_parsed(lab, target):
+    """Issue 21 item 9: a 24 MiB frame of ``[{},{},...]`` (it would cost hundreds of MB
+    once parsed) is refused ``bad-request`` from its shape, without parsing it."""
+    before = target.peak_kib()
+    body = b'{"v":1,"verb":"ping","args":{},"x":[' + b"{}," * (8 * 1024 * 1024 - 20) + b"{}]}"
+    assert len(body) <= protocol.MAX_MESSAGE
+    reply = target.raw(body)
+    assert reply is not None and reply["error"]["code"] == "bad-request"
+    assert target.peak_kib() - before < 100 * 1024, "far less than the 668 MB a parse costs"
