@@ -17,7 +17,9 @@ from pylivepatch.build.pack import pack
 
 TESTS = Path(__file__).resolve().parent
 TARGET = TESTS / "attach_target.py"
-MODES = ("busy", "cpu", "sleep", "accept", "wait", "asyncio", "contended")
+MODES = ("busy", "cpu", "sleep", "accept", "wait", "asyncio", "contended", "pause", "returned")
+#: where CI installs CPython 3.14 and 3.15 (.ci/cpython-sid: Debian unstable's packages)
+SID = Path("/opt/cpython-sid/usr/bin")
 GDB = shutil.which("gdb")
 
 PAYLOAD_SOURCE = """\
@@ -140,10 +142,33 @@ def attach_json(pid: int, *args: str) -> dict[str, Any]:
 
 
 def interpreters() -> dict[str, str]:
-    """Every CPython 3.10-3.13 of pyenv here, by minor version."""
+    """Every supported CPython here (pyenv's, and 3.14/3.15 where .ci/cpython-sid puts
+    them), by minor version."""
     root = Path(os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))) / "versions"
     found: dict[str, str] = {}
-    for minor in ("3.10", "3.11", "3.12", "3.13", "3.14"):
+    for minor in ("3.10", "3.11", "3.12", "3.13", "3.14", "3.15"):
         for exe in sorted(root.glob(f"{minor}.*/bin/python{minor}")):
             found[minor] = str(exe)
+        if (SID / f"python{minor}").exists():
+            found[minor] = str(SID / f"python{minor}")
+    found["{}.{}".format(*sys.version_info[:2])] = sys.executable
     return found
+
+
+def with_remote_exec() -> str:
+    """An interpreter that has sys.remote_exec (3.14+) for a target: this one if it
+    has, else the newest here (CI installs 3.14 and 3.15 for every suite)."""
+    if sys.version_info >= (3, 14):
+        return sys.executable
+    newer = [exe for minor, exe in sorted(interpreters().items()) if minor >= "3.14"]
+    assert newer, "no CPython 3.14+ here: .ci/cpython-sid installs it (see .ci/run)"
+    return newer[-1]
+
+
+def without_remote_exec() -> str:
+    """An interpreter older than 3.14 for a target (this one if it is)."""
+    if sys.version_info < (3, 14):
+        return sys.executable
+    older = [exe for minor, exe in sorted(interpreters().items()) if minor < "3.14"]
+    assert older, "no CPython 3.10-3.13 here"
+    return older[-1]

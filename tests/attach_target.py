@@ -12,12 +12,15 @@
   loop), ``sleep`` (one long sleep), ``accept`` (a blocked ``accept``), ``wait``
   (``threading.Event().wait()``), ``asyncio`` (an idle event loop), ``flock`` (blocked
   in ``flock`` on the file named by $ATTACH_TARGET_LOCK, a call attach cannot run
-  Python in), ``nothreads`` (a pure loop, no other thread at all), ``contended`` (a
+  Python in), ``pause`` (``signal.pause()``), ``returned`` (the main module ends; the
+  interpreter's shutdown waits in the main thread for the monitor, not a daemon), ``nothreads`` (a pure loop, no other thread at all), ``contended`` (a
   pure loop, and the workers never sleep: the main thread is often parked in a futex
   waiting for the GIL, where pyrasite's recipe deadlocks).
 
 Every 50 ms the monitor writes a JSON status to STATUS_FILE (atomically). With
-``--usr1`` the program handles SIGUSR1 in Python. It never imports pylivepatch.
+``--usr1`` the program handles SIGUSR1 in Python; with ``--block-signals`` it enables
+faulthandler and blocks every signal in every thread, and reports every signal's
+handler (``handlers``). It never imports pylivepatch.
 """
 
 from __future__ import annotations
@@ -90,6 +93,8 @@ def monitor() -> None:
             state["beat"] = time.time()
             state["modules"] = sorted(m for m in sys.modules if m.startswith("pylivepatch"))[:3]
             state["threads"] = sorted(t.name for t in threading.enumerate())
+            if "handlers" in state:
+                state["handlers"] = handlers()
             tmp = STATUS + ".tmp"
             with open(tmp, "w") as fh:
                 json.dump(state, fh)
@@ -100,12 +105,37 @@ def on_usr1(signum: int, frame: object) -> None:
     state["usr1"] += 1
 
 
+def handlers() -> dict[str, list[int]]:
+    """Every signal's handler address and flags as the kernel has them (sigaction),
+    C handlers included (faulthandler's), which the signal module cannot show."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    out = {}
+    for sig in range(1, 32):
+        buf = ctypes.create_string_buffer(256)  # struct sigaction, with room to spare
+        if libc.sigaction(sig, None, buf) == 0:
+            raw = buf.raw
+            # x86-64 glibc: sa_handler (8 bytes), sa_mask (128), sa_flags (int)
+            out[str(sig)] = [int.from_bytes(raw[:8], "little"), int.from_bytes(raw[136:140], "little")]  # fmt: skip
+    return out
+
+
 if "--usr1" in sys.argv:
     signal.signal(signal.SIGUSR1, on_usr1)
+if "--block-signals" in sys.argv:
+    # faulthandler's C handlers, and every signal blocked in every thread (the threads
+    # below inherit the mask): what gdb's calls must leave as they found it
+    import faulthandler
+
+    faulthandler.enable()
+    signal.pthread_sigmask(signal.SIG_BLOCK, set(signal.Signals) - {signal.SIGKILL, signal.SIGSTOP})
+    state["handlers"] = handlers()
 if MODE != "nothreads":
     for _ in range(2):
         threading.Thread(target=work, daemon=True).start()
-    threading.Thread(target=monitor, daemon=True).start()
+    # "returned": the main thread ends while the monitor (not a daemon) runs on
+    threading.Thread(target=monitor, daemon=MODE != "returned").start()
 
 if MODE == "busy":
     while True:
@@ -140,6 +170,10 @@ elif MODE == "asyncio":
     import asyncio
 
     asyncio.run(asyncio.sleep(3600))
+elif MODE == "pause":
+    signal.pause()
+elif MODE == "returned":
+    pass  # the interpreter's shutdown waits for the monitor, which never ends
 elif MODE == "flock":
     import fcntl
 

@@ -1,7 +1,8 @@
 """``pylivepatch attach``: real targets started without pylivepatch, in every main-thread
 state, on this interpreter (CI runs the suite on every interpreter it has), attached
-through the real command line and gdb, then patched and reverted through the attached
-agent. Each target checks its own results while being attached and stays alive; its
+through the real command line by each method the version has (gdb; sys.remote_exec on
+3.14+; auto, which on 3.14+ combines both), then patched and reverted through the
+attached agent. Each target checks its own results while being attached and stays alive; its
 longest freeze is reported (``-rA`` or the summary at the end)."""
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from attach_support import (
     interpreters,
     payload,
     target_env,
+    without_remote_exec,
 )
 from pylivepatch import Client, LivepatchError
 
@@ -35,7 +37,7 @@ pytestmark = pytest.mark.skipif(
     reason="gdb is not installed (.ci/run installs it: attach needs it before 3.14)",
 )
 
-#: how each main-thread state is entered (auto plan): queued for the main thread, or
+#: how gdb enters each main-thread state (auto plan): queued for the main thread, or
 #: run on it while it waits in an allow-listed system call
 PLANS = {
     "busy": {"pending", "direct"},  # bytecode with 1 ms sleeps: either, by the moment
@@ -45,8 +47,33 @@ PLANS = {
     "wait": {"pending"},  # a futex: never direct; woken with EINTR
     "asyncio": {"direct"},
     "contended": {"pending"},  # often parked in a futex waiting for the GIL: never direct
+    "pause": {"direct"},
+    "returned": {"pending"},  # the interpreter's shutdown waits on a lock: EINTR
 }
+#: 3.14+, method auto: sys.remote_exec where the main thread runs bytecode (GIL-contended:
+#: the main thread may not get the GIL within the grace on a loaded machine, then gdb);
+#: gdb where it does not
+AUTO_314 = {
+    **PLANS,
+    "busy": {"remote-exec"},
+    "cpu": {"remote-exec"},
+    "contended": {"remote-exec", "pending"},
+}
+#: the states where the main thread runs bytecode, which sys.remote_exec alone serves
+RUNS_BYTECODE = ("busy", "cpu", "contended")
 PYTHON = "{}.{}".format(*sys.version_info[:2])
+NEW = sys.version_info >= (3, 14)
+
+
+def _cases() -> list[tuple[str, str, set[str]]]:
+    """(mode, method, the ways it may be entered) for this interpreter's methods."""
+    out = []
+    for mode in MODES:
+        out.append((mode, "gdb", PLANS[mode]))
+        out.append((mode, "auto", AUTO_314[mode] if NEW else PLANS[mode]))
+        if NEW and mode in RUNS_BYTECODE:
+            out.append((mode, "remote-exec", {"remote-exec"}))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +93,20 @@ def patch_and_revert(t: Target, data: bytes) -> None:
     client.unload("attach-fix")
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(("mode", "method", "ways"), _cases())
 def test_attach_in_each_main_thread_state(
-    tmp_path: Path, mode: str, fix: bytes, record_property: pytest.RecordProperty
+    tmp_path: Path,
+    mode: str,
+    method: str,
+    ways: set[str],
+    fix: bytes,
+    record_property: pytest.RecordProperty,
 ) -> None:
     t = Target(tmp_path, mode)
     try:
         before = t.ready()
-        r = attach_json(t.pid)
-        assert r["result"] in PLANS[mode], r
+        r = attach_json(t.pid, "--method", method)
+        assert r["result"] in ways, r
         assert r["python"] == sys.version.split()[0]
         after = t.alive_and_sound()
         assert "pylivepatch-agent" in after["threads"]
@@ -83,7 +115,8 @@ def test_attach_in_each_main_thread_state(
         final = t.alive_and_sound()
         record_property(
             "report",
-            f"attach python {PYTHON} main thread {mode}: via {r['result']}, agent up in "
+            f"attach python {PYTHON} main thread {mode} --method {method}: via "
+            f"{r['result']}, agent up in "
             f"{r['total_ms']:.0f} ms, gdb {r['gdb_ms']:.0f} ms, longest freeze "
             f"{final['max_gap_ms']:.0f} ms (before attach {before['max_gap_ms']:.0f} ms), "
             f"{final['checks']} checks, 0 wrong",
@@ -140,14 +173,11 @@ def test_attach_to_debians_stripped_interpreter(tmp_path: Path, fix: bytes) -> N
 
 
 def test_every_other_interpreter_here_in_two_states(tmp_path: Path) -> None:
-    """The suite runs on one interpreter; every other CPython 3.10-3.13 here is attached
-    too (by path: they have no pylivepatch), blocked and running bytecode. (Once, from
-    3.11: CI runs the whole matrix above on each interpreter it has.)"""
-    if PYTHON != "3.11":
-        pytest.skip("run from the 3.11 suite")
-    others = {v: exe for v, exe in interpreters().items() if v != PYTHON and v < "3.14"}
-    if not others:
-        pytest.skip("no other CPython here")
+    """The suite runs on one interpreter; every other CPython 3.10-3.15 here is attached
+    too (by path: they have no pylivepatch), blocked and running bytecode: across
+    versions, sys.remote_exec is called from the target's own interpreter."""
+    others = {v: exe for v, exe in interpreters().items() if v != PYTHON}
+    assert others, "no other CPython here (.ci/run installs 3.14 and 3.15)"
     for version, exe in sorted(others.items()):
         for mode in ("wait", "cpu"):
             t = Target(tmp_path, mode, python=exe)
@@ -194,7 +224,8 @@ def test_two_attaches_at_once_make_one_agent(tmp_path: Path) -> None:
             out, err = p.communicate(timeout=120)
             assert p.returncode == 0, err
             docs.append(json.loads(out)["results"][0]["result"])
-        assert sorted(docs)[0] == "already" and sorted(docs)[1] in ("pending", "direct"), docs
+        assert sorted(docs)[0] == "already", docs
+        assert sorted(docs)[1] in ("pending", "direct", "remote-exec"), docs
         assert t.alive_and_sound()["threads"].count("pylivepatch-agent") == 1
     finally:
         t.stop()
@@ -312,7 +343,7 @@ def test_unsupported_version(tmp_path: Path) -> None:
     try:
         time.sleep(0.3)
         line = refused(p.pid, "unsupported-version")
-        assert "runs CPython 3.9." in line and "support CPython 3.10-3.14" in line
+        assert "runs CPython 3.9." in line and "support CPython 3.10-3.15" in line
     finally:
         p.kill()
         p.wait()
@@ -470,10 +501,12 @@ def test_gdb_missing(tmp_path: Path) -> None:
         t.stop()
 
 
-def test_timeout_then_wake_with_a_handled_signal(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["gdb", "auto", *(["remote-exec"] if NEW else [])])
+def test_timeout_then_wake_with_a_handled_signal(tmp_path: Path, method: str) -> None:
     """A main thread blocked in flock (no allow-listed call, not a lock wait) runs the
     queued bootstrap only when it next runs Python: exit 2 with what was done; a
     signal the program handles wakes it."""
+    queued = "remote-exec" if method == "remote-exec" else "pending"
     lock = tmp_path / "lock"
     lock.write_text("")
     with open(lock) as held:
@@ -482,11 +515,11 @@ def test_timeout_then_wake_with_a_handled_signal(tmp_path: Path) -> None:
         t = Target(tmp_path, "flock", extra=["--usr1"], env=env)
         try:
             t.ready()
-            line = refused(t.pid, "timeout", "--timeout", "2")
-            assert "the bootstrap is queued (pending); the main thread is blocked in flock" in line
+            line = refused(t.pid, "timeout", "--timeout", "2", "--method", method)
+            assert f"the bootstrap is queued ({queued}); the main thread is blocked in flock" in line  # fmt: skip
             assert "`--signal SIG`" in line
-            r = attach_json(t.pid, "--signal", "USR1")
-            assert r["result"] in ("pending", "already"), r
+            r = attach_json(t.pid, "--signal", "USR1", "--method", method)
+            assert r["result"] in (queued, "already"), r
             after = t.alive_and_sound()
             assert after["usr1"] >= 1
             assert after["threads"].count("pylivepatch-agent") == 1
@@ -579,7 +612,7 @@ def test_an_undumpable_process_of_your_own_needs_cap_sys_ptrace() -> None:
 
 
 def test_remote_exec_needs_3_14_in_the_target(tmp_path: Path) -> None:
-    t = Target(tmp_path, "sleep")
+    t = Target(tmp_path, "sleep", python=without_remote_exec())
     try:
         t.ready()
         line = refused(t.pid, "unsupported-version", "--method", "remote-exec")
@@ -628,7 +661,7 @@ def test_gdb_past_its_time_limit_is_stopped_and_the_target_runs_on(tmp_path: Pat
     try:
         t.ready()
         try:
-            first = attach(t.pid, gdb_limit=0.001, timeout=60)
+            first = attach(t.pid, gdb_limit=0.001, timeout=60, method="gdb")
         except LivepatchError as exc:
             assert exc.code == "attach-hung"
             assert exc.message.startswith("gdb did not finish within 0.001 s and was stopped")

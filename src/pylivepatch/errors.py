@@ -34,6 +34,9 @@ CODES: dict[str, int] = {
     # A request whose arguments are not what the verb takes (type, range, shape):
     # refused before anything is armed (docs/security.md, "Agent and engine").
     "bad-request": _errno.EBADMSG,
+    # ``PYLIVEPATCH_AUDIT=require``: the agent could not record an action's request in
+    # the audit log (a full or read-only disk), so it did not run it.
+    "audit-failed": _errno.EIO,
     # Not in the spec's list: an unexpected failure inside pylivepatch (a bug, an
     # injected fault, MemoryError). The action was undone like any other failure; the
     # audit record and the message carry the cause.

@@ -4,11 +4,16 @@ without pylivepatch (SPEC §9), safely.
 The order of an attach:
 
 1. An agent that already answers is left alone (attach is idempotent: exit 0).
-2. Pre-flight without ptrace (:mod:`.preflight`): the process exists, is not a zombie,
-   stopped or traced, we may trace it, and it is CPython 3.10–3.14.
+2. Pre-flight without ptrace (:mod:`.preflight`): the process exists (a process, not
+   one of its threads), is not a zombie, stopped or traced, we may trace it, and it is
+   CPython 3.10–3.15.
 3. A lock per target (two attaches at once: the second waits, then finds the agent).
 4. A side channel and the bootstrap (:mod:`.bootstrap`), then the injection: gdb
-   (:mod:`.gdbrun`, 3.10–3.13) or ``sys.remote_exec`` (:mod:`.remote`, 3.14+).
+   (:mod:`.gdbrun`, 3.10–3.13); on 3.14+ ``sys.remote_exec`` (:mod:`.remote`) first,
+   then gdb if the main thread has not run the bootstrap within ``REMOTE_GRACE``
+   seconds (it runs it only when it next executes bytecode: an idle main thread never
+   does) or has no Python state (the main module returned). Both carry the same
+   bootstrap, which runs once: the first copy to run removes the attach's token file.
 5. The handshake: the target's new thread reports on the side channel (its pid checked
    with ``SO_PEERCRED``), and the agent answers a ping on its control socket.
 
@@ -107,7 +112,8 @@ def attach(
         if target.other_namespace:
             _prepare(here_dir)
         library = bootstrap.library(here_dir)
-        channel = bootstrap.Channel(here_dir, str(directory))
+        bootstrap.sweep(here_dir)
+        channel = bootstrap.Channel(here_dir, str(directory), pid)
         try:
             boot = bootstrap.render(
                 channel=channel.target_channel,
@@ -118,11 +124,14 @@ def attach(
                 state_dir="" if target.other_namespace else str(store.state_dir()),
                 app=app or "",
                 public_pid=pid,
+                once=channel.target_once,
             )
             use = method if method != "auto" else (
-                "remote-exec" if target.version[:2] >= (3, 14) else "gdb"
+                "both" if target.version[:2] >= (3, 14) else "gdb"
             )  # fmt: skip
-            via, held = _inject(target, use, plan, boot, here_dir, str(directory), gdb_limit)
+            via, held = _inject(
+                target, use, plan, boot, here_dir, str(directory), gdb_limit, channel, deadline
+            )
             if wake is not None:
                 os.kill(pid, wake)
             report = channel.wait(pid, deadline)
@@ -169,6 +178,11 @@ def _already(pid: int, info: dict[str, Any], started: float) -> Attached:
     )
 
 
+#: seconds a main thread gets to run the bootstrap queued by sys.remote_exec before
+#: ``auto`` enters by gdb (a main thread running bytecode takes milliseconds)
+REMOTE_GRACE = 0.5
+
+
 def _inject(
     target: preflight.Target,
     use: str,
@@ -177,9 +191,12 @@ def _inject(
     here_dir: Path,
     directory: str,
     gdb_limit: float,
+    channel: bootstrap.Channel,
+    deadline: float,
 ) -> tuple[str, float]:
-    """Run or queue the bootstrap; (how, ms gdb ran)."""
-    if use == "remote-exec":
+    """Run or queue the bootstrap; (how, ms gdb ran). ``use``: gdb, remote-exec, or
+    both (3.14+: remote-exec, then gdb unless the bootstrap ran within the grace)."""
+    if use in ("remote-exec", "both"):
         if target.version[:2] < (3, 14):
             raise LivepatchError(
                 "unsupported-version",
@@ -188,8 +205,59 @@ def _inject(
             )
         from . import remote
 
-        name = f"attach-{os.getpid()}-{int(time.monotonic() * 1e6)}"
-        return remote.inject(target, boot, here_dir, directory, name), 0.0
+        try:
+            script = remote.inject(target, boot, here_dir, directory, channel.name)
+        except LivepatchError as exc:
+            # No Python state in the main thread (its module returned): gdb can still
+            # queue a pending call there. Any other refusal stands for both paths.
+            if use == "remote-exec" or exc.code != "wrong-state" or not _gdb_usable(target):
+                raise
+            return _gdb(target, plan, boot, gdb_limit, channel)
+        channel.queued = True
+        if use == "remote-exec":
+            return "remote-exec", 0.0
+        grace = min(time.monotonic() + REMOTE_GRACE, deadline)
+        while time.monotonic() < grace:
+            if channel.claimed():
+                return "remote-exec", 0.0
+            time.sleep(0.005)
+        if channel.claimed() or not _gdb_usable(target):
+            return "remote-exec", 0.0  # no gdb here: the queued bootstrap is all there is
+        try:
+            via, held = _gdb(target, plan, boot, gdb_limit, channel)
+        except LivepatchError:
+            if channel.claimed():  # the main thread got to it meanwhile
+                return "remote-exec", 0.0
+            raise
+        remote.disarm(script, directory)  # its bootstrap would only find the token gone
+        return via, held
+    return _gdb(target, plan, boot, gdb_limit, channel)
+
+
+def _gdb_usable(target: preflight.Target) -> bool:
+    """Whether the gdb path can serve as the fallback of a 3.14+ attach here."""
+    import platform
+    import shutil
+
+    return shutil.which("gdb") is not None and platform.machine() in ("x86_64", "AMD64")
+
+
+def _gdb(
+    target: preflight.Target, plan: str, boot: bytes, gdb_limit: float, channel: bootstrap.Channel
+) -> tuple[str, float]:
+    try:
+        done = _gdb_inject(target, plan, boot, gdb_limit)
+    except LivepatchError as exc:
+        if exc.code == "attach-hung":  # the bootstrap may have been queued: its token stays
+            channel.queued = True
+        raise
+    channel.queued = True
+    return done
+
+
+def _gdb_inject(
+    target: preflight.Target, plan: str, boot: bytes, gdb_limit: float
+) -> tuple[str, float]:
     from . import gdbrun
 
     for attempt in range(4):
@@ -209,6 +277,13 @@ def _inject(
             "wrong-state",
             f"--plan direct: {outcome.message} in process {target.pid}; nothing was "
             "changed (the default plan queues the bootstrap instead)",
+        )
+    if outcome.code == "signal-ignored":
+        raise LivepatchError(
+            "wrong-state",
+            f"process {target.pid}: {outcome.message}; nothing was called, the process was "
+            "detached unchanged"
+            + ("" if target.version[:2] < (3, 14) else " (--method remote-exec needs no gdb)"),
         )
     if outcome.code in ("not-initialized", "not-cpython"):
         raise LivepatchError(outcome.code, f"process {target.pid}: {outcome.message}")
@@ -252,10 +327,16 @@ def _timed_out(target: preflight.Target, via: str, timeout: float) -> LivepatchE
             f"the bootstrap is queued ({via}); the main thread is blocked in {main}, and it "
             "starts when the main thread next runs Python code"
         )
-        if via == "pending":
+        if via in ("pending", "remote-exec"):
             detail += (
                 "; if the program handles a signal in Python (e.g. SIGUSR1, SIGHUP), "
                 "`--signal SIG` sends it to wake the main thread"
+            )
+        if via == "remote-exec":
+            detail += (
+                " (sys.remote_exec runs only when the main thread next executes bytecode; "
+                "without --method remote-exec attach goes on with gdb, which needs gdb "
+                "installed and x86-64)"
             )
     return LivepatchError(
         "timeout",

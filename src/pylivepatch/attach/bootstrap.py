@@ -1,8 +1,9 @@
 """What attach puts into the target: the bootstrap, the agent's code, the side channel.
 
 The bootstrap is the only code the target's main thread runs on attach's behalf. It
-binds no name in ``__main__``, imports only the built-in ``_thread``, starts one thread
-and cannot raise: a string run by ``PyRun_SimpleString`` from a pending call that
+binds no name in ``__main__``, imports only the built-ins ``posix`` and ``_thread``, runs
+at most once per attach (it first removes the attach's token file: a copy that finds it
+gone does nothing), starts one thread and cannot raise: a string run by ``PyRun_SimpleString`` from a pending call that
 raised would leave the main thread with ``SystemError`` and kill the program. The new
 thread then finds pylivepatch (the target's own install, else a private read-only copy
 of ours that attach adds at the end of ``sys.path``), starts the agent
@@ -17,6 +18,7 @@ import compileall
 import errno
 import hashlib
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -67,12 +69,19 @@ else:
     attached.main(_report, {socket_dir!r}, {state_dir!r}, {app!r}, {public_pid!r}, {peer!r})
 """
 
-#: what the target's main thread runs: start the thread above, and nothing else
+#: what the target's main thread runs: claim the attach's token (the first of its
+#: bootstraps to remove the file goes on: attach may queue the same bootstrap by two
+#: paths, sys.remote_exec and gdb), start the thread above, and nothing else
 _BOOTSTRAP = """\
 try:
-    __import__('_thread').start_new_thread(exec, ({source!r}, {{'__name__': '__pylivepatch_attach__'}}))
+    __import__('posix').unlink({once!r})
 except BaseException:
     pass
+else:
+    try:
+        __import__('_thread').start_new_thread(exec, ({source!r}, {{'__name__': '__pylivepatch_attach__'}}))
+    except BaseException:
+        pass
 """
 
 
@@ -85,13 +94,15 @@ def render(
     state_dir: str,
     app: str,
     public_pid: int,
+    once: str,
 ) -> bytes:
-    """The bootstrap text (paths as the target sees them)."""
+    """The bootstrap text (paths as the target sees them); ``once``: the token file
+    whose removal lets exactly one copy of this bootstrap start the agent's thread."""
     source = _THREAD_SOURCE.format(
         channel=channel, fallback=fallback, library=library, socket_dir=socket_dir,
         state_dir=state_dir, app=app, public_pid=public_pid, peer=(os.getpid(), os.getuid()),
     )  # fmt: skip
-    text = _BOOTSTRAP.format(source=source)
+    text = _BOOTSTRAP.format(source=source, once=once)
     compile(text, "<pylivepatch attach>", "exec")  # ours: a bug here is caught before the target
     return text.encode()
 
@@ -177,10 +188,12 @@ class Report:
 class Channel:
     """The socket the target's new thread answers on (SPEC §9: peers by SO_PEERCRED)."""
 
-    def __init__(self, directory: Path, target_path: str) -> None:
+    def __init__(self, directory: Path, target_path: str, pid: int) -> None:
         """``directory``: where to bind, as reached from here; ``target_path``: the same
-        folder as the target sees it."""
-        name = f"attach-{secrets.token_hex(8)}"
+        folder as the target sees it; ``pid``: the target (in the files' names, so that
+        :func:`sweep` can tell whose they are)."""
+        name = f"attach-{pid}-{secrets.token_hex(8)}"
+        self.name = name
         self.path = directory / f"{name}.sock"
         self.fallback = directory / f"{name}.err"
         self.target_channel = f"{target_path.rstrip('/')}/{name}.sock"
@@ -193,6 +206,15 @@ class Channel:
             os.umask(old)
         self.sock.listen(4)
         self.strangers: list[int] = []  # pids that connected but are not the target
+        # The bootstrap's token: an empty file the first bootstrap to run removes.
+        self.once = directory / f"{name}.once"
+        self.target_once = f"{target_path.rstrip('/')}/{name}.once"
+        os.close(os.open(self.once, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        self.queued = False  # set once a bootstrap was queued: its token must stay
+
+    def claimed(self) -> bool:
+        """Whether a bootstrap of this attach has run (and removed the token)."""
+        return not self.once.exists()
 
     def wait(self, pid: int, deadline: float) -> Report | None:
         """The target's report, or None if none came before ``deadline``."""
@@ -233,9 +255,33 @@ class Channel:
 
     def close(self) -> None:
         self.sock.close()
-        for p in (self.path, self.fallback):
+        # A bootstrap still queued in the target may run later and start the agent (a
+        # later attach finds it): its token stays. Nothing queued: nothing may run.
+        for p in (
+            (self.path, self.fallback) if self.queued else (self.path, self.fallback, self.once)
+        ):
             try:
                 p.unlink()
+            except OSError:
+                pass
+
+
+_LEFT = re.compile(r"attach-(\d+)-[0-9a-f]+\.(?:once|py|err|sock)")
+
+
+def sweep(directory: Path) -> None:
+    """Remove what attaches left for processes that are gone: the tokens and scripts of
+    bootstraps that were queued but never ran (they stay while their process lives: it
+    may still run them)."""
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        m = _LEFT.fullmatch(entry.name)
+        if m and not os.path.exists(f"/proc/{m.group(1)}"):
+            try:
+                entry.unlink()
             except OSError:
                 pass
 

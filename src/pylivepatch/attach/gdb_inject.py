@@ -17,6 +17,10 @@ Rules, each from a way targets were seen to hang or die (docs/operating.md, atta
   dynamic loader, ``fork``/``pthread_create`` or the pending-call machinery.
 - Only exported (dynamic) symbols are used, so a stripped interpreter works; gdb reads
   the symbols of libc and the loader only (to name the frames of the checks above).
+- Every thread's signal mask and every signal disposition is left as found: a call
+  returns to gdb through a fault the kernel forces, which would unblock that signal
+  and reset its handler if the thread blocked it; it is unblocked for the call only
+  (``call``), and a process that ignores it is refused.
 
 Inputs come from the environment (``PYLIVEPATCH_ATTACH_BOOT``: the bootstrap file;
 ``PYLIVEPATCH_ATTACH_API``: the C API's addresses and first code bytes;
@@ -34,9 +38,10 @@ from typing import Any
 import gdb
 
 #: blocking system calls (x86-64 numbers) where the main thread waits without the GIL
-#: and may run the bootstrap directly: sleeps, socket waits, reads, child waits
+#: and may run the bootstrap directly: sleeps, ``signal.pause()``, socket waits, reads,
+#: child waits
 DIRECT_SYSCALLS = {
-    230: "clock_nanosleep", 35: "nanosleep", 23: "select", 270: "pselect6", 7: "poll",
+    230: "clock_nanosleep", 35: "nanosleep", 34: "pause", 23: "select", 270: "pselect6", 7: "poll",
     271: "ppoll", 232: "epoll_wait", 281: "epoll_pwait", 441: "epoll_pwait2",
     43: "accept", 288: "accept4", 0: "read", 45: "recvfrom", 47: "recvmsg",
     61: "wait4", 247: "waitid",
@@ -59,8 +64,53 @@ FRAMES = 12
 PAGE = 4096
 
 
+#: ptrace requests (Linux 3.11+) that read and set a stopped tracee's signal mask
+PTRACE_GETSIGMASK, PTRACE_SETSIGMASK = 0x420A, 0x420B
+#: signals through which an inferior call returns to gdb: the return address gdb
+#: pushes is on the (non-executable) stack, so the call ends in SIGSEGV; a breakpoint
+#: would be SIGTRAP. The kernel forces such a signal: if the thread blocks it (or the
+#: process ignores it), it unblocks it for good and resets its handler to the default
+#: (faulthandler and crash reporters silently switched off). So they are unblocked
+#: for the call only, and the thread's mask is put back after it.
+RETURN_SIGNALS = (1 << (11 - 1)) | (1 << (5 - 1))  # SIGSEGV, SIGTRAP
+
+
+class _Ptrace:
+    def __init__(self) -> None:
+        import ctypes
+
+        self.ctypes = ctypes
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]  # fmt: skip
+        self.libc.ptrace.restype = ctypes.c_long
+
+    def mask(self, tid: int) -> int:
+        buf = self.ctypes.c_uint64(0)
+        if self.libc.ptrace(PTRACE_GETSIGMASK, tid, 8, self.ctypes.byref(buf)) != 0:
+            raise gdb.error(f"cannot read the signal mask of thread {tid} (errno {self.ctypes.get_errno()})")  # fmt: skip
+        return int(buf.value)
+
+    def set_mask(self, tid: int, mask: int) -> None:
+        buf = self.ctypes.c_uint64(mask)
+        if self.libc.ptrace(PTRACE_SETSIGMASK, tid, 8, self.ctypes.byref(buf)) != 0:
+            raise gdb.error(f"cannot set the signal mask of thread {tid} (errno {self.ctypes.get_errno()})")  # fmt: skip
+
+
+PTRACE = _Ptrace()
+
+
 def call(expr: str) -> int:
-    return int(gdb.parse_and_eval(expr))
+    """Make an inferior call on the selected thread, with the signals it returns
+    through unblocked for the call only (see RETURN_SIGNALS)."""
+    tid = gdb.selected_thread().ptid[1]
+    mask = PTRACE.mask(tid)
+    if mask & RETURN_SIGNALS:
+        PTRACE.set_mask(tid, mask & ~RETURN_SIGNALS)
+    try:
+        return int(gdb.parse_and_eval(expr))
+    finally:
+        if mask & RETURN_SIGNALS:
+            PTRACE.set_mask(tid, mask)
 
 
 def thread_facts(inferior: Any, thread: Any) -> dict[str, Any]:
@@ -91,6 +141,14 @@ def thread_facts(inferior: Any, thread: Any) -> dict[str, Any]:
     facts["frames"] = names
     facts["unsafe"] = unsafe
     return facts
+
+
+def _ignored_signals(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("SigIgn:"):
+                return int(line.split()[1], 16)
+    return 0
 
 
 STARTED = time.monotonic()
@@ -139,6 +197,15 @@ def inject(result: dict[str, Any]) -> None:
             )
             return
         api[name] = address
+    ignored = _ignored_signals(pid) & RETURN_SIGNALS
+    if ignored:
+        # A forced signal that is ignored is reset to the default: refuse, unchanged.
+        result.update(
+            code="signal-ignored",
+            message="the process ignores SIGSEGV or SIGTRAP (SigIgn), through which gdb's "
+            "calls return: the kernel would reset that disposition to the default",
+        )
+        return
     try:
         gdb.parse_and_eval("mmap")
     except gdb.error:
@@ -187,7 +254,7 @@ def inject(result: dict[str, Any]) -> None:
             try:
                 rc = call(f"((int (*)(void *)) {api['PyRun_SimpleString']})({page})")
             finally:  # even if interrupted: the main thread must not keep the GIL
-                gdb.parse_and_eval(f"((void (*)(int)) {api['PyGILState_Release']})({state})")
+                call(f"((int (*)(int)) {api['PyGILState_Release']})({state})")
             result.update(ok=rc == 0, plan="direct", rc=rc)
             if rc != 0:
                 result.update(code="gdb-error", message=f"PyRun_SimpleString returned {rc}")

@@ -1,4 +1,4 @@
-"""Drive gdb (CPython 3.10–3.13): attach, run ``gdb_inject.py``, detach — bounded.
+"""Drive gdb (CPython 3.10–3.13, and 3.14+ when ``sys.remote_exec`` cannot serve): attach, run ``gdb_inject.py``, detach — bounded.
 
 gdb is started with every default that can stall or surprise a production host turned
 off: no debuginfod (it may try the network), no auto-loaded scripts, no pagination or
@@ -67,7 +67,8 @@ def find_gdb() -> str:
     if gdb is None:
         raise LivepatchError(
             "gdb-missing",
-            "attach to CPython 3.10-3.13 needs gdb, which is not installed: "
+            "attach to CPython 3.10-3.13 (and to a 3.14+ process whose main thread does "
+            "not run bytecode) needs gdb, which is not installed: "
             "`apt-get install gdb` (Debian/Ubuntu), `dnf install gdb` (Fedora/RHEL)",
         )
     return gdb

@@ -1,4 +1,4 @@
-"""Attach's pre-flight: is this a live, untraced CPython 3.10–3.14 that we may trace?
+"""Attach's pre-flight: is this a live, untraced CPython 3.10–3.15 that we may trace?
 
 Everything is decided from ``/proc`` and the target's binaries before any debugger
 touches the process, so a wrong PID, a zombie, a stopped or traced process, a missing
@@ -16,7 +16,8 @@ from pathlib import Path
 from ..errors import LivepatchError
 from . import elf, procfs
 
-#: what attach calls in the target (3.10-3.13, through gdb)
+#: what attach calls in the target through gdb (3.10-3.15; on 3.14+ when
+#: sys.remote_exec cannot serve)
 C_API = frozenset(
     {
         "Py_IsInitialized",
@@ -29,7 +30,7 @@ C_API = frozenset(
 )
 WANTED = C_API | {"Py_Version"}
 
-OLDEST, NEWEST = (3, 10), (3, 14)
+OLDEST, NEWEST = (3, 10), (3, 15)
 
 _LIBPYTHON = re.compile(r"/libpython(\d+)\.(\d+)(t?)(?:d?m?u?)\.so")
 _EXT_TAG = re.compile(r"\.cpython-(\d)(\d+)(t?)-")
@@ -63,6 +64,12 @@ def check_process(pid: int) -> procfs.Status:
     st = procfs.status(pid)
     if st is None:
         raise LivepatchError("no-such-process", f"there is no process {pid}")
+    if st.tgid and st.tgid != pid:
+        # /proc answers for a thread id too; an agent is named after its process
+        raise LivepatchError(
+            "no-such-process",
+            f"{pid} is a thread of process {st.tgid} ({st.name}), not a process: attach {st.tgid}",
+        )
     if st.state in ("Z", "X"):
         raise LivepatchError(
             "no-such-process",
@@ -213,13 +220,13 @@ def find_target(pid: int, privileges: procfs.Privileges | None = None) -> Target
             "unsupported-version",
             f"process {pid} ({exe}) runs CPython, but its version cannot be told (no "
             "Py_Version, no versioned libpython or extension module mapped); attach "
-            "supports CPython 3.10-3.14",
+            "supports CPython 3.10-3.15",
         )
     if not OLDEST <= version[:2] <= NEWEST:
         raise LivepatchError(
             "unsupported-version",
             f"process {pid} runs CPython {'.'.join(map(str, version))}; attach (and "
-            "pylivepatch) support CPython 3.10-3.14",
+            "pylivepatch) support CPython 3.10-3.15",
         )
     if free:
         raise LivepatchError(

@@ -39,6 +39,7 @@ class Status:
     euid: int
     caught_signals: int  # SigCgt: signals with a handler
     threads: int
+    tgid: int = 0  # the process a thread id belongs to (== pid for a process)
 
 
 def status(pid: int) -> Status | None:
@@ -64,6 +65,7 @@ def status(pid: int) -> Status | None:
         euid=int(uids[1]),
         caught_signals=int(fields.get("SigCgt", "0"), 16),
         threads=int(fields.get("Threads", "1")),
+        tgid=int(fields.get("Tgid", str(pid))),
     )
 
 

@@ -24,9 +24,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "attach",
         help="start the agent in running Python processes started without pylivepatch",
-        description="Start a pylivepatch agent inside running CPython 3.10-3.14 processes "
-        "that were started without `pylivepatch run` (gdb for 3.10-3.13, sys.remote_exec "
-        "for 3.14+). A process that already has an agent is left alone (exit 0). See "
+        description="Start a pylivepatch agent inside running CPython 3.10-3.15 processes "
+        "that were started without `pylivepatch run` (gdb for 3.10-3.13; on 3.14+ "
+        "sys.remote_exec, then gdb if the main thread does not run bytecode soon). A "
+        "process that already has an agent is left alone (exit 0). See "
         "docs/operating.md, 'Attach'.",
     )
     p.add_argument("pids", nargs="+", type=int, metavar="PID", help="a process to attach to")
@@ -42,8 +43,8 @@ def register(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS", help=TIMEOUT_HELP)
     p.add_argument(
         "--method", choices=("auto", "gdb", "remote-exec"), default="auto",
-        help="how to enter the process: auto (sys.remote_exec on 3.14+, gdb before), gdb, "
-        "or remote-exec",
+        help="how to enter the process: auto (3.14+: sys.remote_exec, then gdb if the main "
+        "thread has not run it within half a second; gdb before 3.14), gdb, or remote-exec",
     )  # fmt: skip
     p.add_argument(
         "--plan", choices=("auto", "pending", "direct"), default="auto",
