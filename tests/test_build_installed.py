@@ -201,8 +201,8 @@ def test_not_installed_and_usage_errors(service, tmp_path):
         1,
         usage + "pylivepatch: usage: build --installed takes NEW only (OLD is what is installed)\n",
     )
-    out = cli("build", "a", "b", "--python-env", str(python), "-o", "x.lpz", cwd=tmp_path)
-    assert out.stderr == usage + "pylivepatch: usage: --python-env and --dist go with --installed\n"
+    out = cli("build", "a", "b", "--dist", "calc", "-o", "x.lpz", cwd=tmp_path)
+    assert out.stderr == usage + "pylivepatch: usage: --dist goes with --installed\n"
     out = cli("build", "--installed", wheel_path, "--python-env", str(tmp_path / "no"),
               "-o", "x.lpz", cwd=tmp_path)  # fmt: skip
     assert out.stderr == (
@@ -210,3 +210,39 @@ def test_not_installed_and_usage_errors(service, tmp_path):
         "virtualenv\n"
     )
     assert not (tmp_path / "x.lpz").exists()
+
+
+def test_python_env_with_old_and_new_directories_runs_the_code_with_the_services_packages(
+    service, tmp_path
+):
+    """An app that depends on calc (installed in the service's virtualenv, not where the
+    build runs): without --python-env the build imports neither; with it, the payload's
+    code runs there, and a dependency missing there is named with what to do."""
+    root, python, _, _ = service
+    for side, extra in (("old", ""), ("new", "\nLIMIT = int(div(4, 2))\n")):
+        pkg = tmp_path / side / "app"
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "main.py").write_text(
+            "from calc.ops import div\n\ndef half(x):\n    return div(x, 2)\n"
+            + (extra and extra + "\ndef limit():\n    return LIMIT\n")
+        )
+    plain = cli("build", "old", "new", "-o", "fix.lpz", cwd=tmp_path)
+    assert plain.returncode == 1 and "(here calc)" in plain.stderr, plain.stderr
+    assert "  patch    app/main.py:6  new name      app.main:LIMIT" in plain.stdout
+    env = cli(
+        "build", "old", "new", "-o", "fix.lpz", "--python-env", str(root / "venv"), cwd=tmp_path
+    )
+    assert env.returncode == 0, env.stderr
+    assert f"python {tag(python)}" in env.stdout.splitlines()[-1]
+    (tmp_path / "new" / "app" / "main.py").write_text(
+        (tmp_path / "new" / "app" / "main.py")
+        .read_text()
+        .replace("from calc.ops import div\n", "from calc.ops import div\nimport lpt_not_there\n")
+    )
+    missing = cli("build", "old", "new", "-o", "fix.lpz", "--python-env", str(python), cwd=tmp_path)
+    assert missing.returncode == 1
+    assert "No module named 'lpt_not_there'" in missing.stderr
+    assert "provides lpt_not_there is not installed in the environment of --python-env" in (
+        missing.stderr
+    )

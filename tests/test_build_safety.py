@@ -5,6 +5,7 @@ refused as nothing to patch; a version component is not a captured constant."""
 from __future__ import annotations
 
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +103,63 @@ def test_a_version_component_is_not_a_captured_constant(versions):
     assert not result.refusals and result.data
     assert [c.target.replace(v.pkg, "pkg") for c in result.changes] == ["pkg.m:f"]
     assert any("MICRO" in w and "release metadata" in w for w in result.warnings)
+
+
+# --- no import of the target's dependencies at build time --------------------------------
+
+DEP_OLD = """
+import lpt_missing_dep as dep
+
+def limit(x):
+    return x
+"""
+DEP_NEW = """
+import lpt_missing_dep as dep
+from lpt_missing_dep.sub import Base
+
+def limit(x, cap=dep.CAP):
+    return min(x, cap)
+
+class Helper(Base):
+    pass
+"""
+
+
+def test_new_code_using_a_dependency_builds_without_importing_it(versions):
+    """The target imports a dependency not installed where the build runs, and the new
+    code uses it in a default value and a base class: before, `build` failed with
+    `importing its code raised ModuleNotFoundError`."""
+    import sys
+
+    v = versions({"m.py": DEP_OLD}, {"m.py": DEP_NEW})
+    for old, new in ((str(v.old), str(v.new)), (_wheel(v, v.old, "1.0"), _wheel(v, v.new, "1.1"))):
+        result = build(old, new, BuildOptions(name="fix"))
+        assert not result.refusals and not result.error, result.error
+        assert result.data
+        assert sorted(c.kind for c in result.changes) == ["function", "new class", "new import"]
+    assert "lpt_missing_dep" not in sys.modules, "no stub left behind"
+
+
+def test_code_that_truly_needs_the_dependency_names_it_and_the_report_is_printed(lab, versions):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    new = DEP_NEW + "\nLIMIT = int(dep.CAP)\n\ndef capped(x):\n    return min(x, LIMIT)\n"
+    v = versions({"m.py": DEP_OLD}, {"m.py": new})
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    out = subprocess.run(
+        [sys.executable, "-m", "pylivepatch", "build", str(v.old), str(v.new), "-o", "f.lpz",
+         "--emit", "payload.py", "--json"],
+        cwd=lab.root, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=src),
+    )  # fmt: skip
+    assert out.returncode == 1
+    report = json.loads(out.stdout)
+    assert [c["kind"] for c in report["changes"]], "the report is printed"
+    assert report["message"].startswith("invalid-payload: payload pack: importing its code raised")
+    assert "(here lpt_missing_dep)" in report["message"]
+    assert "--python-env ENV" in report["message"]
+    assert (lab.root / "payload.py").is_file(), "--emit writes the payload module"
+    assert not (lab.root / "f.lpz").exists()

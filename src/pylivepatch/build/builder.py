@@ -70,6 +70,7 @@ class BuildResult:
     data: bytes = b""  # the packed archive
     manifest: dict[str, Any] | None = None
     installed: dict[str, str] | None = None  # OLD as found installed: name, version, where
+    error: str = ""  # "code: message" of a failure after the comparison (packing)
 
     @property
     def ok(self) -> bool:
@@ -107,6 +108,12 @@ def build(old: str, new: str, options: BuildOptions) -> BuildResult:
                 options.pythons = [found.python]
         else:
             old_tree = sources.materialize(old, work, "old", options.repo)
+            if options.python_env:  # the service's interpreter checks the payload's code
+                exe = sources.environment_python(options.python_env)
+                version = sources.python_version(exe)
+                interpreters[version] = exe
+                if not options.pythons:
+                    options.pythons = [version]
         new_tree = sources.materialize(new, work, "new", options.repo)
         versions = tuple(
             (int(v.split(".")[0]), int(v.split(".")[1]))
@@ -137,10 +144,15 @@ def build(old: str, new: str, options: BuildOptions) -> BuildResult:
         from .pack import pack
 
         old_root = old_tree.write(work / "old", _needed_on_disk(old_tree, result))
-        packed = pack(
-            payload, against=str(old_root), pythons=options.pythons,
-            made_by=("built-by", "pylivepatch build"), interpreters=interpreters,
-        )  # fmt: skip
+        try:
+            packed = pack(
+                payload, against=str(old_root), pythons=options.pythons,
+                made_by=("built-by", "pylivepatch build"), interpreters=interpreters,
+                stub_imports=not options.python_env,
+            )  # fmt: skip
+        except LivepatchError as exc:  # the report is printed and --emit written all the same
+            result.error = f"{exc.code}: {exc.message}"
+            return result
         result.data, result.manifest = packed.data, packed.manifest
         result.warnings += packed.warnings
         return result

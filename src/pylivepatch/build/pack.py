@@ -75,26 +75,116 @@ def _literal_source(value: Any) -> str | None:
     return text if back == value and type(back) is type(value) else None
 
 
+# --- imports the builder does not make ------------------------------------------------
+
+
+class _Stub:
+    """Stands, while a built payload's code runs at build time, for an object of a
+    module the build does not import (the target's code and its dependencies): any
+    attribute, call, subscript or operation gives another stub; as a base class it
+    stands for ``object``. What the payload binds from it is found by name, as any
+    non-literal value; the target checks the real objects (upload, ``pylivepatch test``)."""
+
+    def __init__(self, name: str) -> None:
+        object.__setattr__(self, "_lp_name", name)
+
+    def __repr__(self) -> str:
+        return f"<not imported at build time: {object.__getattribute__(self, '_lp_name')}>"
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") and attr.endswith("__"):
+            raise AttributeError(attr)
+        return _Stub(f"{object.__getattribute__(self, '_lp_name')}.{attr}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return _Stub(f"{object.__getattribute__(self, '_lp_name')}()")
+
+    def __getitem__(self, key: Any) -> Any:
+        return _Stub(f"{object.__getattribute__(self, '_lp_name')}[]")
+
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
+        return ()
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def _op(self, *other: Any) -> Any:
+        return _Stub(f"{object.__getattribute__(self, '_lp_name')} (an operation)")
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __mod__ = __rmod__ = _op
+    __or__ = __ror__ = __and__ = __rand__ = __xor__ = __rxor__ = __truediv__ = _op
+    __floordiv__ = __lshift__ = __rshift__ = __neg__ = __invert__ = __pos__ = _op
+
+
+class _StubModule(types.ModuleType):
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") and attr.endswith("__"):
+            raise AttributeError(attr)
+        return _Stub(f"{self.__name__}.{attr}")
+
+
+class _StubFinder:
+    """First on ``sys.meta_path`` while a built payload runs at build time: every
+    module outside the standard library and pylivepatch is a stub module (importing
+    the target's code would run it and need its dependencies where the build runs)."""
+
+    def __init__(self) -> None:
+        self.made: list[str] = []
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        top = fullname.split(".")[0]
+        if top in sys.stdlib_module_names or top in ("pylivepatch", "_pylivepatch_pack"):
+            return None
+        import importlib.machinery
+
+        return importlib.machinery.ModuleSpec(fullname, self, is_package=True)  # type: ignore[arg-type]
+
+    def create_module(self, spec: Any) -> types.ModuleType:
+        module = _StubModule(spec.name)
+        module.__path__ = []
+        self.made.append(spec.name)
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        pass
+
+    def tops(self) -> list[str]:
+        return sorted({n.split(".")[0] for n in self.made})
+
+
 # --- one interpreter's analysis -------------------------------------------------------
 
 
 def analyze(
-    sources: dict[str, str], against: str | None, search: list[str] | None = None
+    sources: dict[str, str],
+    against: str | None,
+    search: list[str] | None = None,
+    stub_imports: bool = False,
 ) -> dict[str, Any]:
     """Everything interpreter-specific pack needs, computed in this interpreter.
 
     Targets and the payload's own imports are found on ``sys.path`` plus ``search``
     (the payload's directory and the working directory, as ``python FILE`` would) and
-    ``against``.
+    ``against``. With ``stub_imports`` (a built payload), no module outside the standard
+    library is imported: each is a stub (:class:`_StubFinder`).
     """
     added = [p for p in ([against] if against else []) + (search or []) if p not in sys.path]
     sys.path[:0] = added
+    stubs = _StubFinder() if stub_imports else None
+    if stubs is not None:
+        sys.meta_path.insert(0, stubs)
     try:
         loaded = load_sources("pack", "_pylivepatch_pack", sources, "pack")
-    except BaseException:
+    except BaseException as exc:
         for p in added:
             sys.path.remove(p)
+        if stubs is not None:
+            _drop_stubs(stubs)
+        if isinstance(exc, LivepatchError):
+            raise _explain(exc, stubs) from None
         raise
+    if stubs is not None:
+        _drop_stubs(stubs)
     try:
         patches = [v for v in loaded.namespace.values() if isinstance(v, Patch)]
         if len(patches) != 1:
@@ -206,6 +296,35 @@ def analyze(
         loaded.discard()
         for p in added:
             sys.path.remove(p)
+
+
+def _drop_stubs(stubs: _StubFinder) -> None:
+    while stubs in sys.meta_path:
+        sys.meta_path.remove(stubs)
+    for name in stubs.made:
+        if isinstance(sys.modules.get(name), _StubModule):
+            del sys.modules[name]
+
+
+def _explain(exc: LivepatchError, stubs: _StubFinder | None) -> LivepatchError:
+    """The payload's code failed to run at build time: name what it needed."""
+    if stubs is not None and stubs.made:
+        return LivepatchError(
+            exc.code,
+            f"{exc.message}; the build does not import the target's code and its dependencies "
+            f"(here {', '.join(stubs.tops())}), and this code needs them: check the payload "
+            "where they are installed (`pylivepatch test`, or upload it to the service), or "
+            "build with --python-env ENV, the service's interpreter or virtualenv",
+        )
+    m = re.search(r"ModuleNotFoundError: No module named '([^']+)'", exc.message)
+    if m:
+        return LivepatchError(
+            exc.code,
+            f"{exc.message}: the distribution that provides {m.group(1).split('.')[0]} is not "
+            "installed in the environment of --python-env; install it there, or build without "
+            "--python-env (the build then imports none of the target's dependencies)",
+        )
+    return exc
 
 
 def _import(modname: str) -> types.ModuleType:
@@ -421,6 +540,7 @@ def _analyze_in(
     against: str | None,
     search: list[str],
     exe: str | None = None,
+    stub_imports: bool = False,
 ) -> dict[str, Any]:
     exe = exe or find_interpreter(version)
     if exe is None:
@@ -435,7 +555,9 @@ def _analyze_in(
     )
     proc = subprocess.run(
         [exe, "-c", "from pylivepatch.build.pack import _child; _child()"],
-        input=json.dumps({"sources": sources, "against": against, "search": search}),
+        input=json.dumps(
+            {"sources": sources, "against": against, "search": search, "stub": stub_imports}
+        ),
         capture_output=True,
         text=True,
         env=env,
@@ -459,7 +581,12 @@ def _child() -> None:
     request = json.loads(sys.stdin.read())
     try:
         reply: dict[str, Any] = {
-            "result": analyze(request["sources"], request["against"], request["search"])
+            "result": analyze(
+                request["sources"],
+                request["against"],
+                request["search"],
+                request.get("stub", False),
+            )
         }
     except LivepatchError as exc:
         reply = {"error": {"code": exc.code, "message": exc.message}}
@@ -473,6 +600,7 @@ def pack(
     pythons: list[str] | None = None,
     made_by: tuple[str, str] = ("packed-by", "pylivepatch pack"),
     interpreters: dict[str, str] | None = None,
+    stub_imports: bool = False,
 ) -> Packed:
     """Pack a payload module (file or package directory) into archive bytes.
     ``made_by`` is the metadata entry that says what made it (``pylivepatch build``
@@ -492,9 +620,9 @@ def pack(
     for version in dict.fromkeys(versions):
         exe = (interpreters or {}).get(version)
         if version == python_tag() and exe is None:
-            results.append(analyze(sources, root, search))
+            results.append(analyze(sources, root, search, stub_imports))
         else:  # another version, or the service's own interpreter (its packages)
-            results.append(_analyze_in(version, sources, root, search, exe))
+            results.append(_analyze_in(version, sources, root, search, exe, stub_imports))
     first = results[0]
     for other in results[1:]:
         if [f["target"] for f in other["funcs"]] != [f["target"] for f in first["funcs"]]:

@@ -400,6 +400,21 @@ def environment_python(env: str | None) -> str:
     return str(path)
 
 
+def python_version(python: str) -> str:
+    """``3.X`` of an interpreter."""
+    try:
+        out = subprocess.run(
+            [python, "-I", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LivepatchError("not-found", f"--python-env {python}: cannot run it ({exc})") from None
+    version = out.stdout.strip()
+    if out.returncode or not re.match(r"^3\.[0-9]+$", version):
+        raise LivepatchError("not-found", f"--python-env {python}: not a Python 3 interpreter")
+    return version
+
+
 def installed(dist: str, env: str | None) -> Installed:
     """The source files of ``dist`` as the environment's interpreter imports them: the
     files its dist-info RECORD lists, read from site-packages (what the service runs)."""

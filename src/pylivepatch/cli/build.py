@@ -32,8 +32,10 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     p.add_argument(
         "--python-env", metavar="PATH",
-        help="the service's interpreter or virtualenv directory, for --installed (default: the "
-        "interpreter running pylivepatch); expectations are written for its Python version",
+        help="the service's interpreter or virtualenv directory: --installed reads OLD there "
+        "(default: the interpreter running pylivepatch); expectations are written for its "
+        "Python version, and the payload's code is run there at build time with the target's "
+        "dependencies (without it, the build imports none of them)",
     )  # fmt: skip
     p.add_argument(
         "--dist", metavar="NAME",
@@ -94,8 +96,8 @@ def build_command(args: argparse.Namespace) -> int:
         old, new = "", args.old
     elif new is None:
         raise UsageError("build needs OLD and NEW (or --installed NEW)")
-    elif args.python_env or args.dist:
-        raise UsageError("--python-env and --dist go with --installed")
+    elif args.dist:
+        raise UsageError("--dist goes with --installed")
     name = args.name or (Path(args.output).stem if args.output else None)
     if not name:
         raise UsageError("build needs --name or -o OUT.lpz")
@@ -128,6 +130,8 @@ def build_command(args: argparse.Namespace) -> int:
 
 def not_written(result: BuildResult) -> str:
     """Why no payload was written: one line that says what to do."""
+    if result.error:
+        return result.error
     if result.refusals:
         kinds = sorted({r.kind for r in result.refusals})
         return (
