@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import LivepatchError
+from ..payload import static
 from ..payload.fingerprint import ModuleSource
 from . import pause
 from .events import History
@@ -62,7 +63,7 @@ class EngineBase:
         slot = self._data.get((id(holder), name))
         if slot is not None and slot.holder is holder:
             return slot.original
-        return vars(holder).get(name, ABSENT)
+        return static.namespace(holder).get(name, ABSENT)
 
     def is_added(self, holder: object, name: str) -> bool:
         """Whether ``holder.name`` exists only because a payload added it."""
@@ -218,7 +219,7 @@ def module_of(target: str) -> str:
 
 
 def imported(modname: str) -> bool:
-    return isinstance(sys.modules.get(modname), types.ModuleType)
+    return static.is_module(sys.modules.get(modname))  # never isinstance: see payload/static.py
 
 
 def prev_states(records: list[Record]) -> dict[int, SystemState]:

@@ -11,6 +11,7 @@ import sys
 import types
 
 from ..errors import LivepatchError
+from ..payload import static
 from ..payload.fingerprint import (
     ModuleSource,
     compile_module,
@@ -28,6 +29,7 @@ from .compile import (
     compile_replacement,
     data_value,
     lookup,
+    move_to_target,
 )
 from .records import DataPlan, FuncPlan, Record
 from .resolve import DataTarget, FunctionTarget, resolve_data, resolve_function
@@ -59,7 +61,7 @@ class Checks(EngineBase):
             if ids is None:
                 continue
             module = sys.modules.get(modname)
-            if not isinstance(module, types.ModuleType):
+            if not static.is_module(module):  # never isinstance: it may ask __class__
                 continue  # checked when it is imported
             expected = ids.get(tag)
             if expected is None:
@@ -182,6 +184,7 @@ class Checks(EngineBase):
         data = [
             DataPlan(e, dt, data_value(loaded, e, dt)) for e, dt in zip(dentries, dts, strict=True)
         ]
+        _imported_from_home(loaded, data)
         for plan in data:
             check_data_expectation(
                 plan.entry, plan.target, plan.value, self._original_value(plan.target)
@@ -230,3 +233,30 @@ class Checks(EngineBase):
             rec.funcs += funcs
             rec.data += data
             del rec.pending[name]
+
+
+#: set by ``pylivepatch build`` on a function it adds to module A that module B newly
+#: imports (``from A import f``): B's name must be A's function, with A's globals
+HOME = "__pylivepatch_home__"
+
+
+def _imported_from_home(loaded: LoadedPackage, data: builtins.list[DataPlan]) -> None:
+    """A payload function that names its home module (``HOME``) runs with that
+    module's globals in every module it is given to: the copy ``from A import f`` gives
+    module B reads A's globals, as in NEW. Before, B's copy got B's globals, and the
+    check refused it for a global only A has."""
+    for plan in data:
+        if not static.is_function(plan.value):
+            continue
+        home = plan.value.__dict__.pop(HOME, None)  # a copy the engine made of the payload's
+        if home is None or home == plan.target.module.__name__:
+            continue
+        module = sys.modules.get(home)
+        if not static.is_module(module):
+            continue
+        raw = lookup(loaded, plan.entry.value_source, plan.entry.target)
+        name = raw.__name__
+        plan.value = move_to_target(
+            raw, loaded.package, DataTarget(f"{home}:{name}", module, module, name)
+        )
+        plan.value.__dict__.pop(HOME, None)

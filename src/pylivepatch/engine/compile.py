@@ -22,6 +22,14 @@ replacement would lack the flag. So new code (and a trampoline or dispatcher) ge
 flag when the code it replaces has it, or when the payload's own function has it (the
 payload applied the decorator, which is dropped here). A revert puts back the original
 code object, with exactly the flags it had.
+
+The modules the payload's code imports while it runs (``import django.utils.log`` at
+the top of a payload module) are noted by an :class:`ImportRecord`: when the payload
+is discarded (its upload fails, a ``load`` fails to apply it, it is unloaded) they are
+taken out again — the ``sys.modules`` entries, the attribute each one set on its parent
+package, and the import hooks their code put on ``sys.meta_path``/``sys.path_hooks`` —
+so a refused action leaves the process's modules as they were (docs/design.md, "What a
+failed action leaves behind").
 """
 
 from __future__ import annotations
@@ -29,11 +37,13 @@ from __future__ import annotations
 import ast
 import builtins
 import copy
-import importlib.machinery
+import encodings.cp437  # noqa: F401 - zipfile decodes payload file names with it: imported
+import importlib.machinery  # with the engine, never during an action (see ImportRecord)
 import importlib.util
 import linecache
 import sys
 import textwrap
+import threading
 import types
 import warnings
 from collections.abc import Iterator, Sequence
@@ -41,7 +51,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LivepatchError
-from ..payload.archive import Payload
+from ..payload import authoring, static  # noqa: F401 - every payload's code uses authoring:
+from ..payload.archive import Payload  # imported with the engine, not by a payload
 from ..payload.fingerprint import RUNTIME_FLAGS, global_names, nested_code, unwrap_function
 from ..payload.manifest import DataEntry, FuncEntry
 from .resolve import ABSENT, DataTarget, FunctionTarget
@@ -106,11 +117,128 @@ class LoadedPackage:
         self.trees.clear()
         self._defs.clear()
 
+    imports: ImportRecord | None = None  # what running the payload's code imported
+
     def discard(self) -> None:
+        """Forget the payload's modules, and take out the modules its code imported
+        (:meth:`ImportRecord.undo`): a payload is discarded when its upload fails, when
+        a ``load`` fails to apply it, and at ``unload`` (it is not applied then)."""
         for name in self.modules:
             sys.modules.pop(name, None)
         for filename in self.filenames.values():
             linecache.cache.pop(filename, None)
+        if self.imports is not None:
+            self.imports.undo()
+            self.imports = None
+
+
+class ImportRecord:
+    """A meta-path finder that finds nothing: it notes the modules one thread imports
+    while it runs a payload's code, and what their parent packages held under their
+    names, so that :meth:`undo` can take them out again."""
+
+    def __init__(self, own: str) -> None:
+        self.thread = threading.get_ident()
+        self.own = own  # the payload's private package: discarded on its own
+        self.before = frozenset(sys.modules)
+        self.names: list[str] = []
+        self.parents: dict[str, object] = {}  # name -> what its parent held under it
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if (
+            threading.get_ident() == self.thread
+            and fullname not in sys.modules
+            and fullname not in self.parents
+            and not (fullname == self.own or fullname.startswith(self.own + "."))
+        ):
+            self.names.append(fullname)
+            parent, _, child = fullname.rpartition(".")
+            holder = sys.modules.get(parent) if parent else None
+            self.parents[fullname] = (
+                static.module_dict(holder).get(child, static.MISSING)
+                if static.is_module(holder)
+                else static.MISSING
+            )
+        return None
+
+    def __enter__(self) -> ImportRecord:
+        sys.meta_path.insert(0, self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for i in range(len(sys.meta_path) - 1, -1, -1):
+            if sys.meta_path[i] is self:
+                del sys.meta_path[i]
+
+    def undo(self) -> list[str]:
+        """Take out the modules noted (still the ones imported then), deepest first:
+        their ``sys.modules`` entries, what they set on their parent packages (the old
+        value is put back), and the import hooks defined in them. A module that a module
+        kept holds in its namespace — itself, or a function or class of it — is kept,
+        with its parent packages. Returns the names taken out."""
+        noted = [
+            n for n in self.names if n not in self.before and static.is_module(sys.modules.get(n))
+        ]
+        doomed = set(noted)
+        kept = self._referenced(doomed)
+        for name in kept:
+            while name:
+                doomed.discard(name)
+                name = name.rpartition(".")[0]
+        removed: list[str] = []
+        for name in sorted(doomed, key=lambda n: -n.count(".")):
+            module = sys.modules.pop(name)
+            removed.append(name)
+            parent, _, child = name.rpartition(".")
+            holder = sys.modules.get(parent) if parent else None
+            if not static.is_module(holder) or parent in doomed:
+                continue
+            ns = static.module_dict(holder)
+            if ns.get(child) is module:
+                prior = self.parents.get(name, static.MISSING)
+                if prior is static.MISSING:
+                    del ns[child]
+                else:
+                    ns[child] = prior
+        for hooks in (sys.meta_path, sys.path_hooks):
+            for i in range(len(hooks) - 1, -1, -1):
+                hook = hooks[i]
+                where = (
+                    hook.__module__ if static.is_function(hook) else static.class_module(type(hook))
+                )
+                if where in doomed:
+                    del hooks[i]
+        return removed
+
+    @staticmethod
+    def _referenced(doomed: set[str]) -> set[str]:
+        """The names in ``doomed`` that the process took up: a module outside it holds
+        it in its namespace (the module itself — other than as the attribute the import
+        set on its parent — or a function or class defined in it), or a payload of the
+        engine waited for it and patched it at its import (its loader is the engine's)."""
+        by_id = {id(sys.modules[n]): n for n in doomed}
+        found: set[str] = set()
+        for name in doomed:
+            spec = static.module_dict(sys.modules[name]).get("__spec__")
+            loader = static.static_attr(spec, "loader", None) if spec is not None else None
+            if static.class_module(type(loader)) == "pylivepatch.engine.late":
+                found.add(name)
+        for name, module in list(sys.modules.items()):
+            if name in doomed or not static.is_module(module):
+                continue
+            for key, value in list(static.module_dict(module).items()):
+                held = by_id.get(id(value))
+                if held is not None:
+                    if held != f"{name}.{key}":  # not just the attribute the import set
+                        found.add(held)
+                elif static.is_function(value):
+                    if value.__module__ in doomed:
+                        found.add(value.__module__)
+                elif static.is_class(value):
+                    where = static.class_module(value)
+                    if where is not None and where in doomed:
+                        found.add(where)
+        return found
 
 
 class _PayloadImporter:
@@ -174,8 +302,11 @@ def load_sources(name: str, package: str, sources: dict[str, str], tag: str) -> 
     loaded = LoadedPackage(package, {}, sorted(modules), filenames, trees, texts)
     importer = _PayloadImporter(modules)
     sys.meta_path.insert(0, importer)
+    record = ImportRecord(package)
+    loaded.imports = record
     try:
-        module = importlib.import_module(package)
+        with record:
+            module = importlib.import_module(package)
     except BaseException as exc:
         loaded.modules = sorted(
             n for n in sys.modules if n == package or n.startswith(package + ".")
@@ -197,7 +328,7 @@ def load_sources(name: str, package: str, sources: dict[str, str], tag: str) -> 
 def lookup(loaded: LoadedPackage, symbol: str, what: str) -> Any:
     value: Any = loaded.namespace
     for part in symbol.split("."):
-        space = value if isinstance(value, dict) else getattr(value, "__dict__", {})
+        space = value if type(value) is dict else (static.instance_dict(value) or {})
         if part not in space:
             raise LivepatchError("invalid-payload", f"{what}: the payload defines no {symbol!r}")
         value = space[part]
@@ -246,7 +377,7 @@ def _in_scope(
     for cls in reversed(classes):
         body = [
             ast.ClassDef(
-                name=cls.__name__,
+                name=static.class_name(cls),
                 bases=[],
                 keywords=[],
                 body=body,
@@ -300,12 +431,12 @@ def compile_replacement(loaded: LoadedPackage, entry: FuncEntry, ft: FunctionTar
     """Compile ``entry.new`` for the context of ``ft`` (see module docstring)."""
     what = f"{entry.target}"
     new = lookup(loaded, entry.new, what)
-    if isinstance(new, (staticmethod, classmethod)):
-        new = new.__func__
-    if not isinstance(new, types.FunctionType):
+    if static.is_a(new, (staticmethod, classmethod)):
+        new = static.func_of(new)
+    if not static.is_function(new):
         raise LivepatchError(
             "invalid-payload",
-            f"{what}: replacement {entry.new!r} is a {type(new).__name__}, not a function",
+            f"{what}: replacement {entry.new!r} is a {static.class_name(type(new))}, not a function",
         )
     node = copy.copy(_def_node(loaded, new, what))  # shallow: only decorator_list changes
     node.decorator_list = []
@@ -482,7 +613,7 @@ def trampoline_code(
 
 
 def needed_globals(code: types.CodeType) -> set[str]:
-    return {n for n in global_names(code) if not hasattr(builtins, n)}
+    return {n for n in global_names(code) if n not in static.module_dict(builtins)}
 
 
 def check_globals(
@@ -498,7 +629,7 @@ def check_globals(
     payload's object is the replacement of the target's (``stands_in``: id of a
     replacement -> the function it patches): the new code then calls the patched
     function, as the payload's author meant."""
-    target_ns = module.__dict__
+    target_ns = static.module_dict(module)
     for code in codes:
         for name in sorted(needed_globals(code)):
             if name in provided:
@@ -512,13 +643,13 @@ def check_globals(
                 if name in payload_ns:
                     raise LivepatchError(
                         "exists",
-                        f"{what}: the payload defines {name!r} but module {module.__name__} already has a different "
+                        f"{what}: the payload defines {name!r} but module {static.module_name(module)} already has a different "
                         f"{name!r}; the new code would see the module's. Rename it in the payload",
                     )
                 continue
             raise LivepatchError(
                 "invalid-payload",
-                f"{what}: the new code reads global {name!r}, which module {module.__name__} lacks and the payload "
+                f"{what}: the new code reads global {name!r}, which module {static.module_name(module)} lacks and the payload "
                 "does not add (pack adds names the payload defines; define or import it in the payload)",
             )
 
@@ -532,12 +663,20 @@ def literal_digest(value: object) -> str | None:
 
     from ..payload.fingerprint import _const
 
+    # The value may be the program's (a data entry's current value): only its type is
+    # looked at, and only exact literal types count (an enum member or another subclass
+    # of int or str would need its own __repr__, the program's code).
     def is_literal(v: object) -> bool:
-        if v is None or v is Ellipsis or isinstance(v, (bool, int, float, complex, str, bytes)):
+        if v is None or v is Ellipsis or type(v) in (bool, int, float, complex, str, bytes):
             return True
-        if isinstance(v, (tuple, frozenset)):
-            return all(is_literal(x) for x in v)
-        return False
+        items: Iterator[object]
+        if static.is_a(v, tuple):
+            items = tuple.__iter__(v)  # type: ignore[arg-type]
+        elif static.is_a(v, frozenset):
+            items = frozenset.__iter__(v)  # type: ignore[arg-type]
+        else:
+            return False
+        return all(is_literal(x) for x in items)
 
     if not is_literal(value):
         return None
@@ -567,10 +706,19 @@ def move_to_target(value: Any, package: str, dt: DataTarget) -> Any:
     class, that class as the ``__class__`` of zero-argument ``super()``); a class the
     payload defines has its methods moved the same way (the class object is the
     payload's own, so changing it changes nothing of the process)."""
-    holder = dt.holder if isinstance(dt.holder, type) else None
+    holder: type | None = dt.holder if static.is_class(dt.holder) else None
 
     def ours(obj: Any) -> bool:
-        return str(getattr(obj, "__module__", "") or "").startswith(package)
+        # The value may be the program's (a payload may name an object of the target):
+        # its module is read statically, never through a __getattr__ or a property.
+        module: str | None
+        if static.is_function(obj):
+            module = obj.__module__
+        elif static.is_class(obj):
+            module = static.class_module(obj)
+        else:
+            return False
+        return str(module or "").startswith(package)
 
     def move(func: types.FunctionType, cls: type | None) -> types.FunctionType:
         closure = func.__closure__
@@ -587,28 +735,31 @@ def move_to_target(value: Any, package: str, dt: DataTarget) -> Any:
         moved.__dict__.update(func.__dict__)
         moved.__module__ = dt.module.__name__
         if cls is not None:  # named as the method of the class it joins
-            moved.__qualname__ = f"{cls.__qualname__}.{dt.name if cls is holder else func.__name__}"
+            moved.__qualname__ = (
+                f"{static.class_qualname(cls)}.{dt.name if cls is holder else func.__name__}"
+            )
         return moved
 
     def convert(obj: Any, cls: type | None) -> Any:
-        if isinstance(obj, types.FunctionType) and ours(obj):
+        if static.is_function(obj) and ours(obj):
             return move(obj, cls)
-        if isinstance(obj, staticmethod) and isinstance(obj.__func__, types.FunctionType):
-            return staticmethod(convert(obj.__func__, cls)) if ours(obj.__func__) else obj
-        if isinstance(obj, classmethod) and isinstance(obj.__func__, types.FunctionType):
-            return classmethod(convert(obj.__func__, cls)) if ours(obj.__func__) else obj
-        if isinstance(obj, property) and any(ours(f) for f in (obj.fget, obj.fset, obj.fdel)):
-            return property(  # type: ignore[call-arg]
-                *(
-                    convert(f, cls) if f is not None else None
-                    for f in (obj.fget, obj.fset, obj.fdel)
-                ),
-                obj.__doc__,
-            )
+        if static.is_a(obj, (staticmethod, classmethod)):
+            func = static.func_of(obj)
+            if not static.is_function(func) or not ours(func):
+                return obj
+            kind = staticmethod if static.is_a(obj, staticmethod) else classmethod
+            return kind(convert(func, cls))
+        if static.is_a(obj, property):
+            parts = [static.property_part(obj, p) for p in ("fget", "fset", "fdel")]
+            if any(ours(f) for f in parts):
+                return property(  # type: ignore[call-arg]
+                    *(convert(f, cls) if f is not None else None for f in parts),
+                    obj.__doc__,
+                )
         return obj
 
-    if isinstance(value, type) and ours(value):
-        for key, member in list(vars(value).items()):
+    if static.is_class(value) and ours(value):
+        for key, member in list(static.class_dict(value).items()):
             converted = convert(member, value)
             if converted is not member:
                 setattr(value, key, converted)
@@ -627,7 +778,7 @@ def check_data_expectation(entry: DataEntry, dt: DataTarget, value: Any, current
             raise LivepatchError(
                 "exists",
                 f"{entry.target}: the payload adds {dt.name!r} but it already exists there as a different "
-                f"{type(current).__name__}",
+                f"{static.class_name(type(current))}",
             )
         return
     digest = literal_digest(current) if current is not ABSENT else None
@@ -635,7 +786,7 @@ def check_data_expectation(entry: DataEntry, dt: DataTarget, value: Any, current
         shown = (
             "absent"
             if current is ABSENT
-            else f"{type(current).__name__} {digest[:12] if digest else '(not a literal)'}"
+            else f"{static.class_name(type(current))} {digest[:12] if digest else '(not a literal)'}"
         )
         raise LivepatchError(
             "expectation-failed",

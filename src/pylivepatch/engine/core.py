@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import builtins
 import errno
-import importlib.util
 import os
 import re
 import threading
@@ -34,7 +33,7 @@ from .consistency import Stuck
 from .events import Event, History
 from .late import LateImportHook, LateObjects
 from .records import ActionResult, DataSlot, FuncSlot, FuncStatus, PayloadStatus, Record
-from .resolve import DataTarget, FunctionTarget, resolve_data, resolve_function
+from .resolve import DataTarget, FunctionTarget, importable, resolve_data, resolve_function
 from .state import SystemState, check_compatible
 from .swap import data_ops, func_ops, installed_codes
 from .table import FORCE_ONLY, GONE, NOOP, TABLE, Action, State, allowed_from
@@ -759,10 +758,7 @@ def _target_modules(man: Manifest) -> set[str]:
 
 
 def _importable(modname: str) -> bool:
-    try:
-        return importlib.util.find_spec(modname) is not None
-    except (ImportError, ValueError):
-        return False
+    return importable(modname)  # engine/resolve.py: imports nothing, not even its parents
 
 
 def _read(source: str | os.PathLike[str] | bytes) -> bytes:

@@ -6,10 +6,17 @@ the innermost Python function: staticmethod/classmethod ``__func__``, property
 getter/setter/deleter, and ``__wrapped__`` chains (``functools.wraps``,
 ``lru_cache``, ``singledispatch``). Patching that innermost function in place is what
 makes every wrapper, alias, bound method and registry see the new code.
+
+Everything is read with ``type()`` and static lookups (``payload/static.py``): no
+``isinstance`` (it falls back to ``__class__``), no ``getattr``/``hasattr`` (they reach
+``__getattr__``, properties, descriptors and metaclasses). Resolving a target never
+runs the program's code.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -17,9 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LivepatchError
+from ..payload import static
 from ..payload.manifest import split_target
 
 _PROPERTY_PARTS = {"getter": "fget", "setter": "fset", "deleter": "fdel"}
+_LRU_WRAPPER: type = type(functools.lru_cache(lambda: None))
 ABSENT: object = type("Absent", (), {"__repr__": lambda self: "<absent>"})()
 
 
@@ -50,9 +59,9 @@ class DataTarget:
     @property
     def namespace(self) -> dict[str, object]:
         return (
-            self.holder.__dict__
-            if isinstance(self.holder, types.ModuleType)
-            else dict(vars(self.holder))
+            static.module_dict(self.holder)
+            if static.is_module(self.holder)
+            else dict(static.class_dict(self.holder))  # type: ignore[arg-type]
         )
 
     def current(self) -> object:
@@ -64,13 +73,9 @@ def find_module(target: str, field_name: str) -> types.ModuleType:
     engine as pending before resolution is asked for)."""
     modname, _ = split_target(target, field_name)
     module = sys.modules.get(modname)
-    if isinstance(module, types.ModuleType):
+    if static.is_module(module):
         return module
-    try:
-        spec = importlib.util.find_spec(modname)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
+    if not importable(modname):
         raise LivepatchError(
             "not-found", f"{target}: module {modname} does not exist in this process"
         )
@@ -87,17 +92,17 @@ def _walk(
     holder: object = module
     classes: list[type] = []
     for i, part in enumerate(parts[:-1]):
-        namespace = vars(holder)
+        namespace = static.namespace(holder)
         if part not in namespace:
             where = ".".join(parts[:i]) or module.__name__
             raise LivepatchError("not-found", f"{target}: {where} has no attribute {part!r}")
         value = namespace[part]
-        if isinstance(value, property) and i == len(parts) - 2 and parts[-1] in _PROPERTY_PARTS:
+        if static.is_a(value, property) and i == len(parts) - 2 and parts[-1] in _PROPERTY_PARTS:
             return classes, value, parts[-1]
-        if not isinstance(value, type):
+        if not static.is_class(value):
             raise LivepatchError(
                 "unsupported-target",
-                f"{target}: {'.'.join(parts[: i + 1])} is a {type(value).__name__}, not a class; "
+                f"{target}: {'.'.join(parts[: i + 1])} is a {static.class_name(type(value))}, not a class; "
                 "a target walks through classes only",
             )
         classes.append(value)
@@ -116,49 +121,39 @@ def _locate(target: str) -> tuple[types.ModuleType, list[type], object, str]:
 def resolve_function(target: str) -> FunctionTarget:
     """Resolve a ``funcs`` target to the innermost Python function."""
     module, classes, holder, last = _locate(target)
-    if isinstance(holder, property):
-        obj = getattr(holder, _PROPERTY_PARTS[last])
+    obj: object
+    if static.is_a(holder, property):
+        obj = static.property_part(holder, _PROPERTY_PARTS[last])  # type: ignore[arg-type]
         if obj is None:
             raise LivepatchError("not-found", f"{target}: the property has no {last}")
     else:
-        namespace = vars(holder)
+        namespace = static.namespace(holder)
         if last not in namespace:
-            inherited = isinstance(holder, type) and any(
-                last in vars(k) for k in holder.__mro__[1:]
+            inherited = static.is_class(holder) and any(
+                last in static.class_dict(k) for k in static.mro(holder)[1:]
             )
             hint = " (it is inherited: target the class that defines it)" if inherited else ""
             raise LivepatchError("not-found", f"{target}: {last!r} is not defined there{hint}")
         obj = namespace[last]
-    if isinstance(obj, property):
-        obj = obj.fget
+    if static.is_a(obj, property):
+        obj = static.property_part(obj, "fget")  # type: ignore[arg-type]
         if obj is None:
             raise LivepatchError("not-found", f"{target}: the property has no getter")
-    caches: list[object] = []
-    seen = 0
-    while True:
-        seen += 1
-        if seen > 100:
-            raise LivepatchError(
-                "unsupported-target", f"{target}: __wrapped__ chain is too long or cyclic"
-            )
-        if isinstance(obj, (staticmethod, classmethod)):
-            obj = obj.__func__
-            continue
-        if callable(_attr(obj, "cache_clear")) and not isinstance(obj, type):
-            caches.append(obj)
-        wrapped = None if isinstance(obj, type) else _attr(obj, "__wrapped__")
-        if wrapped is not None:
-            obj = wrapped
-            continue
-        break
-    if not isinstance(obj, types.FunctionType):
-        kind = type(obj).__name__
-        if isinstance(
+    try:
+        obj, passed = static.unwrap(obj)
+    except RecursionError:
+        raise LivepatchError(
+            "unsupported-target", f"{target}: __wrapped__ chain is too long or cyclic"
+        ) from None
+    caches = [o for o in (*passed, obj) if _is_cache(o)]
+    if not static.is_function(obj):
+        kind = static.class_name(type(obj))
+        if static.is_a(
             obj,
             (types.BuiltinFunctionType, types.WrapperDescriptorType, types.MethodDescriptorType),
         ):
             why = "a C function; only functions written in Python can be patched"
-        elif isinstance(obj, type):
+        elif static.is_class(obj):
             why = "a class; patch its methods one by one"
         else:
             why = f"a {kind}, not a Python function"
@@ -166,31 +161,72 @@ def resolve_function(target: str) -> FunctionTarget:
     return FunctionTarget(target, module, obj, classes, caches)
 
 
+def _is_cache(obj: object) -> bool:
+    """An ``functools.lru_cache``/``cache`` wrapper, whose ``cache_clear`` the engine
+    calls after a swap: the C wrapper, or the pure-Python one (a function carrying
+    ``cache_clear`` in its ``__dict__``, made by ``functools``)."""
+    if static.is_a(obj, _LRU_WRAPPER):
+        return True
+    if not static.is_function(obj):
+        return False
+    own = static.instance_dict(obj)
+    clear = own.get("cache_clear") if own is not None else None
+    return static.is_function(clear) and clear.__module__ == "functools"
+
+
 def resolve_data(target: str) -> DataTarget:
     """Resolve a ``data`` target to its holder (module or class) and attribute name."""
     module, _, holder, last = _locate(target)
-    if isinstance(holder, property):
+    if static.is_a(holder, property):
         raise LivepatchError(
             "unsupported-target", f"{target}: a property part is code; patch it as a function"
         )
-    assert isinstance(holder, (types.ModuleType, type))
-    if isinstance(holder, type) and not _writable_class(holder):
+    assert static.is_module(holder) or static.is_class(holder)
+    if static.is_class(holder) and not _writable_class(holder):
         raise LivepatchError(
-            "unsupported-target", f"{target}: class {holder.__qualname__} is immutable (a C type)"
+            "unsupported-target",
+            f"{target}: class {static.class_qualname(holder)} is immutable (a C type)",
         )
+    assert static.is_module(holder) or static.is_class(holder)
     return DataTarget(target, module, holder, last)
 
 
 def _writable_class(cls: type) -> bool:
-    return (
-        not (cls.__flags__ & (1 << 8)) if hasattr(cls, "__flags__") else True
-    )  # Py_TPFLAGS_IMMUTABLETYPE
+    flags = type.__dict__["__flags__"].__get__(cls)  # not through a metaclass
+    return not flags & (1 << 8)  # Py_TPFLAGS_IMMUTABLETYPE
 
 
-def _attr(obj: Any, name: str) -> Any:
-    """``getattr(obj, name, None)``, also when a wrapper's ``__getattr__`` raises
-    something else than AttributeError (then it has no such attribute, for us)."""
-    try:
-        return getattr(obj, name, None)
-    except Exception:  # noqa: BLE001 - a target's own code, whatever it raises
-        return None
+def importable(modname: str) -> bool:
+    """Whether module ``modname`` can be found, without importing anything: neither it
+    nor its parent packages (``importlib.util.find_spec`` of a dotted name imports the
+    parents, and a package's ``__init__`` is the program's code). A parent already
+    imported gives its ``__path__`` (read from its namespace); one not imported is found
+    on the file system, and its search locations are used for the next part."""
+    parts = modname.split(".")
+    path: Any = None
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        last = i == len(parts) - 1
+        module = sys.modules.get(name)
+        if static.is_module(module):
+            if last:
+                return True
+            path = static.module_dict(module).get("__path__")
+            if path is None:
+                return False  # not a package
+            continue
+        try:
+            if i == 0:
+                spec = importlib.util.find_spec(name)  # a top-level name imports nothing
+            else:
+                spec = importlib.machinery.PathFinder.find_spec(name, list(path))
+        except (ImportError, ValueError, TypeError):
+            return False
+        if spec is None:
+            return False
+        if last:
+            return True
+        path = spec.submodule_search_locations
+        if path is None:
+            return False
+    return True

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..errors import LivepatchError
+from ..payload import static
 from ..payload.fingerprint import nested_code
 from . import pause
 from .records import DataSlot, FuncSlot, Record, Triple
@@ -38,17 +39,17 @@ def func_ops(ops: pause.Ops, slot: FuncSlot, triple: Triple) -> None:
 
 def data_ops(ops: pause.Ops, slot: DataSlot, value: Any) -> None:
     holder, name = slot.holder, slot.name
-    if isinstance(holder, types.ModuleType):
+    if static.is_module(holder):
         if value is ABSENT:
             if name in holder.__dict__:
                 ops.dict_dels.append((holder.__dict__, name))
         else:
             ops.dict_sets.append((holder.__dict__, name, value))
     elif value is ABSENT:
-        if name in vars(holder):
-            ops.class_dels.append((holder, name))
+        if name in static.class_dict(holder):  # type: ignore[arg-type]
+            ops.class_dels.append((holder, name))  # type: ignore[arg-type]
     else:
-        ops.class_sets.append((holder, name, value))
+        ops.class_sets.append((holder, name, value))  # type: ignore[arg-type]
 
 
 def installed_codes(slot: FuncSlot) -> Iterator[types.CodeType]:
@@ -70,11 +71,11 @@ def undo_data_ops(ops: pause.Ops) -> pause.Ops:
         if key in d:
             undo.dict_sets.append((d, key, d[key]))
     for cls, name, _ in ops.class_sets:
-        if name in vars(cls):
-            undo.class_sets.append((cls, name, vars(cls)[name]))
+        if name in static.class_dict(cls):
+            undo.class_sets.append((cls, name, static.class_dict(cls)[name]))
         else:
             undo.class_dels.append((cls, name))
     for cls, name in ops.class_dels:
-        if name in vars(cls):
-            undo.class_sets.append((cls, name, vars(cls)[name]))
+        if name in static.class_dict(cls):
+            undo.class_sets.append((cls, name, static.class_dict(cls)[name]))
     return undo

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from itertools import compress
 from typing import Any
 
+from ..payload import static
 from ..payload.fingerprint import nested_code
 from . import pause
 from .compile import FunctionTarget, trampoline_code
@@ -241,7 +242,9 @@ def _dispatcher_code(fn: types.FunctionType, source: types.CodeType, d: Dispatch
         for c in compile(src, "<pylivepatch dispatcher>", "exec").co_consts
         if isinstance(c, types.CodeType)
     )
-    module = sys.modules.get(fn.__module__) or types.ModuleType(fn.__module__)
+    module = sys.modules.get(fn.__module__)
+    if not static.is_module(module):  # never its truth value or isinstance: the program's
+        module = types.ModuleType(fn.__module__)
     target = FunctionTarget(f"{fn.__module__}:{fn.__qualname__}", module, fn, [])
     return trampoline_code(target, shape, d)  # type: ignore[arg-type]
 
@@ -306,13 +309,22 @@ def _task_of(coro: Any) -> str | None:
     asyncio = sys.modules.get("asyncio")
     if asyncio is None:
         return None
+    task_type = asyncio.Task
     for obj in gc.get_objects():
-        if isinstance(obj, asyncio.Task):
+        # type() only: isinstance would ask every object of the heap for __class__ (a
+        # lazy proxy's setup), and an awaited object may be anything of the program's.
+        if static.is_a(obj, task_type):
             c = obj.get_coro()
             for _ in range(100):
                 if c is coro:
                     return str(obj.get_name())
-                c = getattr(c, "cr_await", None) or getattr(c, "gi_yieldfrom", None)
+                kind = type(c)
+                if kind is types.CoroutineType:
+                    c = c.cr_await
+                elif kind is types.GeneratorType:
+                    c = c.gi_yieldfrom
+                else:
+                    break
                 if c is None:
                     break
     return None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..payload import static
 from . import pause
 from .resolve import ABSENT
 from .swap import data_ops, func_ops
@@ -51,7 +52,7 @@ class Undo:
             )
         for d in dslots:
             self._live_data.setdefault(
-                (id(d.holder), d.name), (d, vars(d.holder).get(d.name, ABSENT))
+                (id(d.holder), d.name), (d, static.namespace(d.holder).get(d.name, ABSENT))
             )
 
     def keep(self, engine: Engine, inner: Undo) -> None:

@@ -13,8 +13,10 @@ It also leaves out the flags that code gets at run time rather than from the
 compiler (``RUNTIME_FLAGS``): ``types.coroutine`` (and ``asyncio.coroutine`` of 3.10)
 replaces a generator function's ``__code__`` with a copy carrying
 CO_ITERABLE_COROUTINE, so the live code of such a function would never match its
-source. The decorator call itself is module code, so the object build id still sees
-it; what a fingerprint of one function cannot tell is whether something flagged it.
+source; on CPython 3.15 the flag also changes the oparg of ``yield from``'s GET_ITER
+when the code object is made, so such code is fingerprinted as it is without the flag.
+The decorator call itself is module code, so the object build id still sees it; what a
+fingerprint of one function cannot tell is whether something flagged it.
 The engine keeps the flag on the code it installs instead (``engine/compile.py``).
 
 An *object build id* names the code of a whole module: the fingerprint of the
@@ -27,12 +29,16 @@ checks it against every function it can reach in the live module (see
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import os
 import sys
 import types
+import zipimport
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+from . import static
 
 # Flags set at run time, never by the compiler: CO_ITERABLE_COROUTINE, which
 # ``types.coroutine`` puts on a generator function's code so that it can be awaited
@@ -57,31 +63,41 @@ def python_tag(version: tuple[int, ...] | None = None) -> str:
 
 
 def _const(value: object, out: list[bytes]) -> None:
-    if isinstance(value, types.CodeType):
-        out.append(b"C" + fingerprint(value).encode())
-    elif isinstance(value, tuple):
-        out.append(b"T%d(" % len(value))
-        for item in value:
+    # Code constants are of the exact types below; a data value's literal digest
+    # (engine/compile.py) may also see tuple/frozenset subclasses, read with the base
+    # type's own methods (never a method of the program's class).
+    kind = type(value)
+    if kind is types.CodeType:
+        out.append(b"C" + fingerprint(value).encode())  # type: ignore[arg-type]
+    elif static.is_a(value, tuple):
+        out.append(b"T%d(" % tuple.__len__(value))  # type: ignore[arg-type]
+        item: object
+        for item in tuple.__iter__(value):  # type: ignore[arg-type]
             _const(item, out)
         out.append(b")")
-    elif isinstance(value, frozenset):
+    elif static.is_a(value, frozenset):
         parts = []
-        for item in value:
+        for item in frozenset.__iter__(value):  # type: ignore[arg-type]
             sub: list[bytes] = []
             _const(item, sub)
             parts.append(b"".join(sub))
         out.append(b"S%d(" % len(parts) + b",".join(sorted(parts)) + b")")
-    elif value is None or value is Ellipsis or isinstance(value, (bool, int, float, complex)):
-        out.append(type(value).__name__.encode() + b":" + repr(value).encode())
-    elif isinstance(value, str):
-        out.append(b"str:" + value.encode("utf-8", "surrogatepass") + b"\x00")
-    elif isinstance(value, bytes):
-        out.append(b"bytes:%d:" % len(value) + value)
-    else:  # e.g. slice constants of 3.14
-        out.append(type(value).__name__.encode() + b":" + repr(value).encode())
+    elif value is None or value is Ellipsis or kind in (bool, int, float, complex):
+        out.append(kind.__name__.encode() + b":" + repr(value).encode())
+    elif kind is str:
+        out.append(b"str:" + value.encode("utf-8", "surrogatepass") + b"\x00")  # type: ignore[attr-defined]
+    elif kind is bytes:
+        out.append(b"bytes:%d:" % len(value) + value)  # type: ignore[arg-type, operator]
+    else:  # e.g. slice constants of 3.14 (never a program's object: see literal_digest)
+        out.append(kind.__name__.encode() + b":" + repr(value).encode())
 
 
 def _fingerprint_bytes(code: types.CodeType) -> bytes:
+    if code.co_flags & RUNTIME_FLAGS:
+        # CPython 3.15 makes the bytecode follow the flag: a code object made with
+        # CO_ITERABLE_COROUTINE gets another oparg for ``yield from``'s GET_ITER. The
+        # code as the compiler made it (without the flag) is what is fingerprinted.
+        code = code.replace(co_flags=code.co_flags & ~RUNTIME_FLAGS)
     out: list[bytes] = [
         FINGERPRINT_VERSION.encode(),
         code.co_name.encode(),
@@ -155,22 +171,15 @@ def definitions_in_code(module_code: types.CodeType) -> dict[str, list[str]]:
 
 
 def unwrap_function(obj: object) -> types.FunctionType | None:
-    """The innermost Python function behind staticmethod/classmethod/``__wrapped__``."""
-    seen = 0
-    while seen < 100:
-        seen += 1
-        if isinstance(obj, (staticmethod, classmethod)):
-            obj = obj.__func__
-            continue
-        if isinstance(obj, types.FunctionType) and "__wrapped__" not in getattr(
-            obj, "__dict__", {}
-        ):
-            return obj
-        wrapped = getattr(obj, "__wrapped__", None) if not isinstance(obj, type) else None
-        if wrapped is None:
-            return obj if isinstance(obj, types.FunctionType) else None
-        obj = wrapped
-    return None
+    """The innermost Python function behind staticmethod/classmethod/``__wrapped__``.
+
+    Read statically (``payload/static.py``): ``obj`` is the target's, and reading it
+    must not run its code (a ``__getattr__``, a property, a lazy proxy's setup)."""
+    try:
+        inner, _ = static.unwrap(obj)
+    except RecursionError:
+        return None
+    return inner if static.is_function(inner) else None
 
 
 IsAdded = Callable[[object, str], bool]
@@ -180,13 +189,18 @@ def live_functions(
     module: types.ModuleType, is_added: IsAdded = lambda holder, name: False
 ) -> Iterator[tuple[str, types.FunctionType]]:
     """(qualname, function) for functions defined at module/class level in ``module``,
-    leaving out the attributes ``is_added(holder, name)`` says a payload added."""
-    modname = module.__name__
+    leaving out the attributes ``is_added(holder, name)`` says a payload added.
+
+    Every global of the module is read with ``type()`` and static lookups only
+    (``payload/static.py``): a lazy object, a proxy, a class with a metaclass of its own
+    is looked at, never asked."""
+    modname = static.module_name(module)
     seen: set[int] = set()
 
     def from_value(value: object) -> Iterator[types.FunctionType]:
-        if isinstance(value, property):
-            for part in (value.fget, value.fset, value.fdel):
+        if static.is_a(value, property):
+            for name in ("fget", "fset", "fdel"):
+                part = static.property_part(value, name)  # type: ignore[arg-type]
                 fn = unwrap_function(part) if part is not None else None
                 if fn is not None:
                     yield fn
@@ -201,12 +215,14 @@ def live_functions(
         for key, value in list(namespace.items()):
             if is_added(holder, key):
                 continue
-            if isinstance(value, type):
-                if depth < 20 and value.__module__ == modname and id(value) not in seen:
-                    qual = getattr(value, "__qualname__", "")
-                    if qual == prefix + value.__name__:
+            if static.is_class(value):
+                if depth < 20 and static.class_module(value) == modname and id(value) not in seen:
+                    qual = static.class_qualname(value)
+                    if qual == prefix + static.class_name(value):
                         seen.add(id(value))
-                        yield from visit(value, dict(vars(value)), qual + ".", depth + 1)
+                        yield from visit(
+                            value, dict(static.class_dict(value)), qual + ".", depth + 1
+                        )
                 continue
             for fn in from_value(value):
                 qual = fn.__qualname__
@@ -215,22 +231,74 @@ def live_functions(
                 seen.add(id(fn))
                 yield qual, fn
 
-    yield from visit(module, dict(vars(module)), "", 0)
+    yield from visit(module, dict(static.module_dict(module)), "", 0)
+
+
+# Loaders whose ``get_code`` is the standard library's own, called as it is.
+_STDLIB_LOADERS: tuple[type, ...] = (
+    importlib.machinery.SourceFileLoader,
+    importlib.machinery.SourcelessFileLoader,
+    zipimport.zipimporter,
+)
+
+
+def _module_spec(module: types.ModuleType) -> object:
+    return static.module_dict(module).get("__spec__")
+
+
+def _source_origin(module: types.ModuleType) -> str | None:
+    """The ``.py`` file a module was loaded from by the standard source loader."""
+    spec = _module_spec(module)
+    if spec is None:
+        return None
+    origin = static.static_attr(spec, "origin", None)
+    loader = _own_loader(static.static_attr(spec, "loader", None))
+    if type(origin) is not str or not origin.endswith(".py"):
+        return None
+    if not static.is_a(loader, importlib.machinery.SourceFileLoader):
+        return None
+    return origin
+
+
+def _own_loader(loader: object) -> object:
+    """The loader behind pylivepatch's own wrappers of a loader (the engine's late
+    imports, ``engine/late.py``; ``pylivepatch test``, ``agent/testing.py``)."""
+    for _ in range(10):
+        if not str(static.class_module(type(loader)) or "").startswith("pylivepatch."):
+            return loader
+        own = static.instance_dict(loader)
+        loader = own.get("_loader") if own is not None else None
+    return loader
 
 
 def module_code(module: types.ModuleType) -> types.CodeType | None:
-    """Recompile the source the module was loaded from (None if it has none)."""
-    loader = getattr(module, "__loader__", None)
-    spec = getattr(module, "__spec__", None)
-    name = spec.name if spec is not None else module.__name__
-    get_code = getattr(loader, "get_code", None)
-    if get_code is None:
+    """Compile again the source the module was loaded from (None if it has none).
+
+    The module's objects are not asked: its ``__spec__`` is read from its namespace, a
+    ``.py`` file loaded by the standard source loader is compiled here as that loader
+    compiles it, and a standard sourceless or zip loader is asked for its code. Any
+    other loader is the program's own code: the module then has no source we can use."""
+    origin = _source_origin(module)
+    if origin is not None:
+        try:
+            with open(origin, "rb") as f:
+                data = f.read()
+            code = compile(data, origin, "exec", dont_inherit=True, optimize=-1)
+        except (OSError, SyntaxError, ValueError):
+            return None
+        return code
+    spec = _module_spec(module)
+    loader = _own_loader(static.static_attr(spec, "loader", None) if spec is not None else None)
+    if loader is None or type(loader) not in _STDLIB_LOADERS:
+        return None
+    name = static.static_attr(spec, "name", None)
+    if type(name) is not str:
         return None
     try:
-        code = get_code(name)
-    except Exception:
+        code = loader.get_code(name)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a missing or unreadable file: no source
         return None
-    return code if isinstance(code, types.CodeType) else None
+    return code if type(code) is types.CodeType else None
 
 
 def source_object_build_id(code: types.CodeType) -> str:
@@ -248,8 +316,9 @@ class ModuleSource:
 
 def source_key(module: types.ModuleType) -> tuple[str, int, int] | None:
     """(path, mtime, size) of the file a module was loaded from, to cache its compile."""
-    origin = getattr(getattr(module, "__spec__", None), "origin", None)
-    if not origin:
+    spec = _module_spec(module)
+    origin = static.static_attr(spec, "origin", None) if spec is not None else None
+    if type(origin) is not str or not origin:
         return None
     try:
         st = os.stat(origin)
@@ -281,7 +350,10 @@ def live_object_build_id(
     """
     source = source or compile_module(module)
     if source is None:
-        return None, f"module {module.__name__} has no source or code to compute its build id from"
+        return (
+            None,
+            f"module {static.module_name(module)} has no source or code to compute its build id from",
+        )
     for qual, fn in live_functions(module, is_added):
         code = original_code(fn)
         if code.co_filename.startswith("<"):
@@ -289,7 +361,7 @@ def live_object_build_id(
         fp = fingerprint(code)
         if fp not in source.defs.get(qual, ()):
             return None, (
-                f"module {module.__name__}: the running code of {qual} differs from its source file "
+                f"module {static.module_name(module)}: the running code of {qual} differs from its source file "
                 "(the file changed after import, or the function was made at run time)"
             )
     return source.build_id, ""
