@@ -199,3 +199,24 @@ def test_fail_closed_without_cryptography(signed):
     )  # fmt: skip
     assert out.stdout.startswith("signature-invalid upload fix-sign: cannot verify or make "
                                  "signatures: the cryptography package is not installed"), out  # fmt: skip
+
+
+def test_a_tampered_payload_through_load_is_a_signature_error_and_recorded(signed, monkeypatch):
+    """Issue 21 item 6: ``load`` of a tampered signed payload under ``require`` is
+    ``signature-invalid`` (before, ``invalid-payload``: its name was read without the
+    policy), recorded as a refused ``load`` in the history the audit log follows."""
+    lab, _ = signed
+    monkeypatch.setenv(signing.POLICY, "require")
+    data = (lab.root / "signed.lpz").read_bytes()
+
+    def change(m):
+        m["payload/__init__.py"] = m["payload/__init__.py"].replace(b"return 2", b"return 3")
+
+    since = lab.mark()
+    with pytest.raises(LivepatchError) as err:
+        lab.engine.load(rewrite(data, change), force=True, consistency="immediate")
+    assert err.value.code == "signature-invalid", err.value.message
+    (refused,) = [ev for ev in lab.engine.history(since) if ev.action == "load"]
+    assert refused.kind == "refused" and refused.detail["error"] == "signature-invalid"
+    assert refused.detail["mode"] == "immediate" and refused.detail["flags"] == ["force"]
+    assert [s.name for s in lab.engine.list()] == []

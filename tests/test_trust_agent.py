@@ -5,12 +5,14 @@ the target's stderr or an action left without its end; nothing is armed for them
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import pytest
 
 from pylivepatch import Client
 from pylivepatch.agent import protocol, store
+from pylivepatch.agent.audit import Audit, requested_by
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -46,7 +49,7 @@ FIX = """
 
 
 class Target:
-    def __init__(self, lab: Any, read_timeout: float = 10.0) -> None:
+    def __init__(self, lab: Any, read_timeout: float = 10.0, **env: str) -> None:
         lab.module("shop", "def price(x):\n    return x * 2\n")
         self.stderr = lab.root / "target.err"
         program = PROGRAM.format(
@@ -56,7 +59,7 @@ class Target:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", program],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
-                env=dict(os.environ, PYTHONPATH=SRC),
+                env=dict(os.environ, PYTHONPATH=SRC, **env),
             )  # fmt: skip
         assert self.proc.stdout.readline().strip() == "ready"
         self.path = str(protocol.socket_path(self.proc.pid))
@@ -229,3 +232,110 @@ def test_a_frame_of_many_small_objects_is_refused_before_it_is_parsed(lab, targe
     reply = target.raw(body)
     assert reply is not None and reply["error"]["code"] == "bad-request"
     assert target.peak_kib() - before < 100 * 1024, "far less than the 668 MB a parse costs"
+
+
+def test_every_attempt_is_audited_with_its_requester_mode_and_flags(lab, target):
+    """Issue 21 item 6: a ``load`` of bytes that are not a zip is audited (before, only
+    an upload of the same was), and every record names the requester (pid and uid of
+    the peer), the mode asked for (``immediate`` too) and the flags."""
+    client = Client(target.proc.pid)
+    reply = target.request("load", {"data": base64.b64encode(b"not a zip").decode(), "force": True})
+    assert reply is not None and reply["error"]["code"] == "invalid-payload"
+    client.upload("fix-price", _packed(lab))
+    reply = target.request(
+        "apply", {"name": "fix-price", "consistency": "immediate", "force": True, "timeout": 3}
+    )
+    assert reply is not None and reply["ok"], reply
+    assert target.call() == "6"
+    records = [r for r in store.read_audit(None) if r.get("pid") == target.proc.pid]
+    (load,) = [r for r in records if r["action"] == "load"]
+    assert load["result"] == "invalid-payload" and load["flags"] == ["force"]
+    assert load["peer"] == {"via": "socket", "uid": os.getuid(), "pid": os.getpid()}
+    (apply,) = [r for r in records if r["action"] == "apply"]
+    assert apply["result"] == "ok" and apply["mode"] == "immediate"
+    assert apply["flags"] == ["force"] and apply["timeout"] == 3
+    assert apply["peer"]["pid"] == os.getpid()
+
+
+def test_a_revert_asked_during_a_transition_is_recorded_with_who_asked(lab, tmp_path):
+    """Issue 21 item 6: a revert asked for while the payload's apply is in its
+    transition is in the audit log, with the peer that asked (before: not at all)."""
+    mod = lab.module("shop", "def price(x):\n    return x * 2\n")
+    lab.engine.upload("fix-price", lab.pack(FIX))
+    audit = Audit(None)
+    lab.engine.add_listener(audit)
+    inside, release = threading.Event(), threading.Event()
+
+    class Parked:
+        def __mul__(self, other: Any) -> int:
+            inside.set()
+            release.wait(60)
+            return 0
+
+    parked = threading.Thread(target=mod.price, args=(Parked(),), daemon=True)
+    parked.start()
+    assert inside.wait(30)
+    outcome: dict[str, Any] = {}
+
+    def apply() -> None:
+        try:
+            lab.engine.apply("fix-price", timeout=600)
+        except Exception as exc:  # noqa: BLE001 - checked below
+            outcome["error"] = exc
+
+    applier = threading.Thread(target=apply, daemon=True)
+    try:
+        applier.start()
+        for _ in range(6000):
+            if (lab.engine.status("fix-price").in_progress or {}).get("blockers"):
+                break
+            time.sleep(0.005)
+        with requested_by("socket", 4242, 4343):
+            result = lab.engine.revert("fix-price", timeout=30)
+        assert result.state == "CHECKED"
+        applier.join(60)
+        assert outcome["error"].code == "vetoed"
+    finally:
+        release.set()
+        parked.join(60)
+        lab.engine.remove_listener(audit)
+    asked = [
+        r for r in store.read_audit(None)
+        if r["action"] == "revert" and r["payload"] == "fix-price" and r["event"] == "requested"
+        and r["peer"] == {"via": "socket", "uid": 4242, "pid": 4343}
+    ]  # fmt: skip
+    assert asked and all(r["timeout"] == 30 for r in asked)
+
+
+def test_an_audit_log_that_cannot_be_written_is_reported_and_can_refuse(lab, tmp_path):
+    """Issue 21 item 6: when the audit log cannot be written (here: its file is a
+    directory) the reply of each action says so (``audit_error``), and with
+    ``PYLIVEPATCH_AUDIT=require`` the agent refuses the action (``audit-failed``)."""
+    for policy, state in (("", "best-effort"), ("require", "require")):
+        state_dir = tmp_path / state
+        (state_dir / "apps" / store.NO_APP).mkdir(parents=True, mode=0o700)
+        os.chmod(state_dir, 0o700)
+        os.chmod(state_dir / "apps", 0o700)
+        (state_dir / "apps" / store.NO_APP / "audit.jsonl").mkdir()
+        target = Target(lab, PYLIVEPATCH_STATE_DIR=str(state_dir), PYLIVEPATCH_AUDIT=policy)
+        try:
+            client = Client(target.proc.pid)
+            client.upload("fix-price", _packed(lab)) if not policy else None
+            if policy:
+                reply = target.request(
+                    "upload",
+                    {
+                        "name": "fix-price",
+                        "data": base64.b64encode(_packed(lab).read_bytes()).decode(),
+                    },
+                )
+                assert reply is not None and reply["error"]["code"] == "audit-failed", reply
+                assert "audit.jsonl" in reply["error"]["message"]
+                assert client.list() == [], "refused: nothing uploaded"
+            else:
+                reply = target.request("apply", {"name": "fix-price"})
+                assert reply is not None and reply["ok"], reply
+                assert "audit.jsonl" in reply["audit_error"]
+                assert target.call() == "6"
+        finally:
+            target.stop()

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 from .. import process_engine
 from ..errors import MAX_TIMEOUT, LivepatchError
 from . import protocol, store
-from .audit import Audit, requested_by
+from .audit import Audit, requested_by, required, take_failure
 
 if TYPE_CHECKING:
     from ..engine.core import Engine
@@ -270,7 +270,11 @@ class Agent:
                 name = args.get("name", "") if isinstance(args, dict) else ""
                 name = name if isinstance(name, str) else ""
                 with requested_by("socket", uid, pid):
+                    take_failure()
                     reply = self._answer(request)
+                    failure = take_failure()
+                    if failure is not None:  # the client learns that its record is missing
+                        reply["audit_error"] = failure
                     if not self._send(conn, reply):
                         if isinstance(verb, str) and verb in ACTIONS:
                             _reply_lost(verb, name or _seen.payload, reply)
@@ -311,6 +315,18 @@ class Agent:
                      "message": exc.message}
                 )  # fmt: skip
             return {"ok": False, "error": _error(exc)}
+        if isinstance(verb, str) and verb in ACTIONS and required():
+            # PYLIVEPATCH_AUDIT=require: the request is in the log before anything runs
+            asked = {k: v for k, v in args.items() if k != "data"}
+            if _audit is None or not _audit.write(
+                {"action": verb, "payload": name, "event": "requested", "result": "requested",
+                 "rc": 0, "asked": asked}
+            ):  # fmt: skip
+                return {"ok": False, "error": _error(LivepatchError(
+                    "audit-failed",
+                    f"{verb} {name}: not done: the audit log cannot be written "
+                    f"({take_failure() or 'no audit log'}) and PYLIVEPATCH_AUDIT=require; "
+                    "free or fix its disk (see docs/operating.md, the audit log)"))}  # fmt: skip
         try:
             result = call()
         except LivepatchError as exc:
