@@ -28,6 +28,7 @@ checks it against every function it can reach in the live module (see
 
 from __future__ import annotations
 
+import dis  # at the engine's import, never during an action (engine/compile.py ImportRecord)
 import hashlib
 import importlib.machinery
 import os
@@ -133,8 +134,6 @@ def nested_code(code: types.CodeType) -> Iterator[types.CodeType]:
 
 def global_names(code: types.CodeType) -> set[str]:
     """Names ``code`` (and nested code) may look up in its module's globals."""
-    import dis
-
     found: set[str] = set()
     for c in nested_code(code):
         for ins in dis.get_instructions(c):
