@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from pylivepatch import LivepatchError
+from pylivepatch.payload import manifest, signing
 
 from conftest import assert_identical, snapshot
 
@@ -245,3 +246,49 @@ def test_a_name_that_is_not_a_string_is_a_bad_request(lab, name):
             call(name)
         assert err.value.code == "bad-request"
     assert {ev.kind for ev in lab.engine.history(since)} == {"refused"}
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["pylivepatch.payload.signing:Policy.check", "pylivepatch.engine.checks:Checks._check_objects"],
+)
+def test_a_payload_may_not_patch_pylivepatch(lab, target):
+    """Issue 21: a payload (a signed one too) must not patch the engine, e.g. turn the
+    signature checks off for good: ``unsupported-target`` at upload."""
+    fix = f"""
+    import pylivepatch as lp
+    patch = lp.Patch("self-patch")
+
+    @patch.function("{target}")
+    def check(*args, **kwargs):
+        return "verified by nobody"
+    """
+    original = signing.Policy.check.__code__
+    with pytest.raises(LivepatchError) as err:
+        lab.engine.load(lab.pack(fix))
+    assert err.value.code == "unsupported-target" and "part of pylivepatch" in err.value.message
+    assert signing.Policy.check.__code__ is original
+    assert [s.name for s in lab.engine.list()] == []
+
+
+def test_a_name_imported_from_pylivepatch_is_ours_too(lab):
+    """A target module that imported one of pylivepatch's functions: the function is
+    pylivepatch's, refused by where its code lives."""
+    lab.module("uses", "from pylivepatch.payload.signing import Policy\n")
+    fix = """
+    import pylivepatch as lp
+    patch = lp.Patch("self-patch")
+
+    @patch.function("{m}uses:Policy.check")
+    def check(*args, **kwargs):
+        return "verified by nobody"
+    """
+    with pytest.raises(LivepatchError) as err:
+        lab.engine.upload("self-patch", lab.pack(fix))
+    assert err.value.code == "unsupported-target"
+
+
+@pytest.mark.parametrize("name", ["fix\n", "fix\nsecond-line"])
+def test_a_payload_name_is_matched_whole(name):
+    """Issue 21: a name check with ``$`` let a final newline through."""
+    assert manifest.NAME_RE.match(name) is None

@@ -295,6 +295,7 @@ class Engine(LateObjects):
                 if on
             )
             self._check_python(man, no_expect)
+            _not_ours(name, _target_modules(man))
             pending = {
                 m
                 for m in _target_modules(man)
@@ -303,6 +304,9 @@ class Engine(LateObjects):
             fentries = [e for e in man.funcs if module_of(e.target) not in pending]
             dentries = [e for e in man.data if module_of(e.target) not in pending]
             fplans = [resolve_function(e.target) for e in fentries]
+            for e, ft in zip(fentries, fplans, strict=True):  # a name for one of ours
+                if ft.func.__code__.co_filename.startswith(_OURS):
+                    _not_ours(name, {e.target}, ft.func.__code__.co_filename)
             seen: dict[int, str] = {}
             for e, ft in zip(fentries, fplans, strict=True):
                 if id(ft.func) in seen:
@@ -751,6 +755,25 @@ class Engine(LateObjects):
             "revert", name, state, False, "the transition was reversed",
             0, time.perf_counter_ns() - t0, "transition",
         )  # fmt: skip
+
+
+#: pylivepatch's own directory: no payload patches code there
+_OURS = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _not_ours(name: str, targets: set[str], where: str = "") -> None:
+    """Refuse (``unsupported-target``) targets inside pylivepatch itself: a payload,
+    even a signed one, must not patch the engine (turn its own checks off)."""
+    ours = sorted(
+        t for t in targets if where or t.split(":")[0].split(".")[0] == __name__.split(".")[0]
+    )
+    if ours:
+        raise LivepatchError(
+            "unsupported-target",
+            f"upload {name}: {', '.join(ours)} is part of pylivepatch"
+            f"{f' ({where})' if where else ''}; pylivepatch does not patch itself "
+            "(a payload could turn its own checks off): upgrade pylivepatch instead",
+        )
 
 
 def _target_modules(man: Manifest) -> set[str]:
