@@ -84,6 +84,8 @@ HAZARDS = {
 
 
     class Recorded(metaclass=Meta):
+        LIMIT = 1
+
         def method(self):
             return "old method"
 
@@ -110,6 +112,8 @@ HAZARDS = {
 
 TAIL = """
     class Plain:
+        LIMIT = 1
+
         def method(self):
             return "old method"
 
@@ -152,6 +156,8 @@ def fix(
     @patch.function("{{m}}tgt:{cls}.method")
     def method(self):
         return {tag + " method"!r}
+
+    patch.data("{{m}}tgt:{cls}.LIMIT", {factor})
     """
 
 
@@ -167,8 +173,9 @@ def tgt(lab):
     return make_target(lab, list(HAZARDS))
 
 
-def _calls(module, cls: str = "Recorded") -> tuple[int, int, str]:
-    return module.price(2), module.priced(2), vars(module)[cls]().method()
+def _calls(module, cls: str = "Recorded") -> tuple[int, int, str, int]:
+    instance = vars(module)[cls]()
+    return module.price(2), module.priced(2), instance.method(), instance.LIMIT
 
 
 @pytest.mark.parametrize("hazard", [*HAZARDS, "all"])
@@ -180,11 +187,13 @@ def test_load_revert_replace_never_run_the_target(lab, mode, hazard):
     e = lab.engine
     before = _calls(module, cls)
     assert calls == []  # calling the code does not set anything off
-    assert before == (4, 4, "old method")
-    e.load(lab.pack(fix("p1", mode, cls=cls)))
-    assert _calls(module, cls) == (6, 6, "new method")
-    e.load(lab.pack(fix("p2", mode, replace=True, factor=5, tag="cum", cls=cls)))
-    assert _calls(module, cls) == (10, 10, "cum method")
+    assert before == (4, 4, "old method", 1)
+    p1 = lab.pack(fix("p1", mode, cls=cls))
+    p2 = lab.pack(fix("p2", mode, replace=True, factor=5, tag="cum", cls=cls))
+    e.load(p1)
+    assert _calls(module, cls) == (6, 6, "new method", 3)
+    e.load(p2)
+    assert _calls(module, cls) == (10, 10, "cum method", 5)
     e.revert("p2")
     assert _calls(module, cls) == before
     for name in ("p2", "p1"):
@@ -249,10 +258,12 @@ def test_in_a_child_process_under_the_agent(lab, tgt):
             return proc.stdout.readline().strip()
 
         client = Client(proc.pid)
+        c1 = lab.pack(fix("c1", "transition"))
+        c2 = lab.pack(fix("c2", "atomic", replace=True, factor=5, tag="cum"))
         assert ask() == "4 old method 0 []"
-        assert client.load(lab.pack(fix("c1", "transition"))).state == "APPLIED"
+        assert client.load(c1).state == "APPLIED"
         assert ask() == "6 new method 0 []"
-        client.load(lab.pack(fix("c2", "atomic", replace=True, factor=5, tag="cum")))
+        client.load(c2)
         assert ask() == "10 cum method 0 []"
         client.action("c2", "revert")
         assert ask() == "4 old method 0 []"

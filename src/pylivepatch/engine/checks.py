@@ -192,15 +192,14 @@ class Checks(EngineBase):
         stands_in: dict[int, types.FunctionType] = {}
         for fplan in funcs:
             new = lookup(loaded, fplan.entry.new, fplan.entry.target)
-            stands_in[id(new)] = stands_in[id(getattr(new, "__func__", new))] = fplan.target.func
+            inner = static.func_of(new) if static.is_a(new, (staticmethod, classmethod)) else new
+            stands_in[id(new)] = stands_in[id(inner)] = fplan.target.func
         provided: dict[str, set[str]] = {}
         for plan in data:
-            if isinstance(plan.target.holder, types.ModuleType):
+            if static.is_module(plan.target.holder):
                 provided.setdefault(plan.target.module.__name__, set()).add(plan.target.name)
         for dslot in self._data.values():  # what this payload already set (a reload)
-            if isinstance(dslot.holder, types.ModuleType) and any(
-                r.loaded is loaded for r, _ in dslot.stack
-            ):
+            if static.is_module(dslot.holder) and any(r.loaded is loaded for r, _ in dslot.stack):
                 provided.setdefault(dslot.holder.__name__, set()).add(dslot.name)
         checks: builtins.list[tuple[str, builtins.list[types.CodeType], types.ModuleType]] = []
         for fplan in funcs:
@@ -209,10 +208,7 @@ class Checks(EngineBase):
             checks.append((fplan.entry.target, [code], fplan.target.module))
         for plan in data:
             value = plan.value
-            if (
-                isinstance(value, types.FunctionType)
-                and value.__module__ == plan.target.module.__name__
-            ):
+            if static.is_function(value) and value.__module__ == plan.target.module.__name__:
                 checks.append((plan.entry.target, [value.__code__], plan.target.module))
         for what, codes, mod in checks:
             check_globals(
