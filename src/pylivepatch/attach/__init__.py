@@ -196,6 +196,10 @@ def _inject(
 ) -> tuple[str, float]:
     """Run or queue the bootstrap; (how, ms gdb ran). ``use``: gdb, remote-exec, or
     both (3.14+: remote-exec, then gdb unless the bootstrap ran within the grace)."""
+    if use == "both" and target.other_namespace:
+        # sys.remote_exec checks the script's path in the caller's own file system: a
+        # container's files are not there under the paths the target knows
+        use = "gdb"
     if use in ("remote-exec", "both"):
         if target.version[:2] < (3, 14):
             raise LivepatchError(
