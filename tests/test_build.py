@@ -777,19 +777,20 @@ def test_refused_syntax_errors_and_name_collisions(lab, versions):
     name = lab.engine.load(v.build().data).name
     assert (a.f(), b.g(), a._h.__name__, b._h.__name__) == ("a", "b", "_h", "_h")
     lab.engine.revert(name)
-    # a value computed when the payload is imported needs one name for two objects
+    lab.engine.unload(name)
+    # values computed when the payload is imported read one name for two objects: each
+    # target module has its own (before: name-collision)
+    import os
+
     (v.new / v.pkg / "a.py").write_text(
         "from os import sep as S\nA = S + 'a'\n\ndef f():\n    return 1\n"
     )
     (v.new / v.pkg / "b.py").write_text(
         "from os import curdir as S\nB = S + 'b'\n\ndef g():\n    return 1\n"
     )
-    assert v.refusals() == [
-        f"pkg/b.py:{line}: name-collision: pkg.b:S: the payload needs 'S' as from os import "
-        "curdir as S, and as from os import sep as S for pkg.a; build one payload per module, "
-        "or rename it in the new version"
-        for line in (1, 2)  # the new import itself, and the value that reads it
-    ]
+    name = lab.engine.load(v.build().data).name
+    assert (os.sep + "a", os.curdir + "b", os.sep, os.curdir) == (a.A, b.B, a.S, b.S)
+    lab.engine.revert(name)
     with pytest.raises(LivepatchError) as err:
         v.build("name-collision")
     assert (

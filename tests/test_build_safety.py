@@ -163,3 +163,82 @@ def test_code_that_truly_needs_the_dependency_names_it_and_the_report_is_printed
     assert "--python-env ENV" in report["message"]
     assert (lab.root / "payload.py").is_file(), "--emit writes the payload module"
     assert not (lab.root / "f.lpz").exists()
+
+
+def test_a_new_helper_imported_by_another_module_keeps_its_own_globals(lab, versions):
+    """A new helper defined in module a (reading a's global _SECRET) is newly imported
+    by module b: b's copy must run with a's globals. Before, the engine checked it
+    against b's globals and refused: `the new code reads global '_SECRET', which module
+    b lacks`."""
+    v = versions(
+        {"a.py": "_SECRET = 'a'\n\ndef f():\n    return 1\n", "b.py": "def g():\n    return 0\n"},
+        {
+            "a.py": "_SECRET = 'a'\n\ndef _h():\n    return _SECRET\n\ndef f():\n    return 1\n",
+            "b.py": "from .a import _h\n\ndef g():\n    return _h()\n",
+        },
+    )
+    a, b = v.module("a"), v.module("b")
+    result = v.build()
+    assert not result.refusals and result.data, result.refusals
+    name = lab.engine.load(result.data).name
+    assert b.g() == "a" and a._h() == "a"
+    assert b._h.__globals__ is a.__dict__ and "__pylivepatch_home__" not in vars(b._h)
+    lab.engine.revert(name)
+    assert not hasattr(b, "_h") and b.g() == 0
+
+
+def test_a_changed_helper_newly_imported_by_another_module(lab, versions):
+    """z._h changes and module a newly imports it: a's name is z's (patched) function,
+    imported under its own name in the payload. Before: name-collision (the payload
+    needed '_h' as the replacement of z:_h and as a's import)."""
+    v = versions(
+        {
+            "a.py": "def g():\n    return 0\n",
+            "z.py": "_SECRET = 'z'\n\ndef _h():\n    return 'old'\n",
+        },
+        {
+            "a.py": "from .z import _h\n\ndef g():\n    return _h()\n",
+            "z.py": "_SECRET = 'z'\n\ndef _h():\n    return _SECRET\n",
+        },
+    )
+    a, z = v.module("a"), v.module("z")
+    result = v.build()
+    assert not result.refusals and result.data, result.refusals
+    name = lab.engine.load(result.data).name
+    assert a.g() == "z" and a._h is z._h
+    lab.engine.revert(name)
+    assert z._h() == "old" and not hasattr(a, "_h")
+
+
+def test_a_sync_module_and_its_async_twin_get_one_namespace_each(lab, versions):
+    """Two modules define the same names (a sync module and its async twin): new
+    functions whose defaults read each module's own LIMIT, and a new class of one name
+    in each. Before: name-collision."""
+    old_sync = "LIMIT = 10\n\ndef get(x):\n    return x\n"
+    new_sync = (
+        "LIMIT = 10\n\ndef _check(x, limit=LIMIT):\n    return min(x, limit)\n\n"
+        "class Guard:\n    kind = 'sync'\n\ndef get(x):\n    return (_check(x), Guard.kind)\n"
+    )
+    v = versions(
+        {
+            "_sync.py": old_sync,
+            "_async.py": old_sync.replace("10", "20").replace("def", "async def"),
+        },
+        {
+            "_sync.py": new_sync,
+            "_async.py": new_sync.replace("10", "20")
+            .replace("'sync'", "'async'")
+            .replace("def get(x):\n    return", "async def get(x):\n    return"),
+        },
+    )
+    sync, asyn = v.module("_sync"), v.module("_async")
+    result = v.build()
+    assert not result.refusals and result.data, result.refusals
+    name = lab.engine.load(result.data).name
+    import asyncio
+
+    assert sync.get(50) == (10, "sync")
+    assert asyncio.run(asyn.get(50)) == (20, "async")
+    assert (sync.Guard.__name__, asyn.Guard.__name__) == ("Guard", "Guard")
+    lab.engine.revert(name)
+    assert sync.get(50) == 50

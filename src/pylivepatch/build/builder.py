@@ -688,6 +688,13 @@ def emit(result: BuildResult, options: BuildOptions) -> str:
             body += ctx.emit(c)
     if names.deferred:
         body += ["# --- imports of what this payload adds to other modules", ""]
+        homes = {src: names.new_objects[src] for _, src in names.deferred}
+        for (module, _), local in sorted(homes.items()):
+            # a function keeps its own module's globals where another module imports it
+            body.append(
+                f"if isinstance({local}, type(lambda: 0)):\n"
+                f"    {local}.__pylivepatch_home__ = {module!r}"
+            )
         body += [f"patch.data({t!r}, {names.new_objects[src]})" for t, src in names.deferred]
     if options.hooks:
         body += _hooks(options.hooks, names)
@@ -712,21 +719,76 @@ class _ModuleContext:
             c.qualname: c.value for c in d.changes if c.kind == "constant" and "." not in c.qualname
         }
         self.emitted_new: set[str] = set()
+        self.renames: dict[str, str] = {}  # name -> what the payload imports it as
 
     # names a module-level expression of the payload needs at import
     def need(self, nodes: list[ast.AST]) -> None:
+        """Import what ``nodes`` read when the payload runs. A name the payload already
+        binds to another object (another target module's) is imported under a name of
+        this module's own, and :meth:`renamed` writes the expression with it: one
+        namespace per target module."""
         for name in sorted(loads(nodes)):
-            if hasattr(builtins, name) or name in self.emitted_new:
+            if hasattr(builtins, name) or name in self.emitted_new or name in self.renames:
                 continue
             if name in self.new_imports:
                 node, alias = self.new_imports[name]
                 line = self._import_line(node, alias)
-                if self.names.bind(name, self.module, line):
-                    self.imports.append(line)
+                what = line
             elif name in self.old_names:
+                node, alias = ast.ImportFrom(self.module, [ast.alias(name)], 0), ast.alias(name)
                 line = f"from {self.module} import {name}"
-                if self.names.bind(name, self.module, f"{self.module}.{name}"):
+                what = f"{self.module}.{name}"
+            else:
+                continue
+            have = self.names.bound.get(name)
+            if have is None:
+                self.names.bind(name, self.module, what)
+                self.imports.append(line)
+            elif have[1] != what:
+                local = f"{self.holder}__{name}"
+                line = self._import_line(node, ast.alias(alias.name, local))
+                if self.names.claim(local, self.module, line):
                     self.imports.append(line)
+                self.renames[name] = local
+
+    def renamed(self, node: ast.AST) -> Any:
+        """``node`` with the names :meth:`need` imported under another name written so,
+        where they are read when the payload runs (not in function bodies, which run
+        with the target module's globals)."""
+        if not self.renames:
+            return node
+        renames = self.renames
+
+        class Swap(ast.NodeTransformer):
+            def visit_Name(self, n: ast.Name) -> ast.AST:
+                if isinstance(n.ctx, ast.Load) and n.id in renames:
+                    return ast.copy_location(ast.Name(renames[n.id], ast.Load()), n)
+                return n
+
+            def _function(self, n: Any) -> Any:
+                n.decorator_list = [self.visit(d) for d in n.decorator_list]
+                n.args.defaults = [self.visit(d) for d in n.args.defaults]
+                n.args.kw_defaults = [
+                    self.visit(d) if d is not None else None for d in n.args.kw_defaults
+                ]
+                return n
+
+            def visit_FunctionDef(self, n: ast.FunctionDef) -> Any:
+                return self._function(n)
+
+            def visit_AsyncFunctionDef(self, n: ast.AsyncFunctionDef) -> Any:
+                return self._function(n)
+
+            def visit_Lambda(self, n: ast.Lambda) -> ast.AST:
+                n.args.defaults = [self.visit(d) for d in n.args.defaults]
+                return n
+
+        return Swap().visit(copy.deepcopy(node))
+
+    def _taken(self, name: str) -> bool:
+        """The payload binds ``name`` to another object than this module's import."""
+        have = self.names.bound.get(name)
+        return have is not None and have[1] != self._import_line(*self.new_imports[name])
 
     def _import_source(self, node: ast.Import | ast.ImportFrom, name: str) -> tuple[str, str]:
         if isinstance(node, ast.ImportFrom):
@@ -760,10 +822,20 @@ class _ModuleContext:
         elif c.kind == "new class":
             assert isinstance(node, ast.ClassDef)
             self.need([*node.bases, *node.keywords, *node.decorator_list, *_class_time(node)])
-            self.names.bind(node.name, self.module, f"class {c.target}")
-            self.names.new_objects[(self.module, node.name)] = node.name
-            self.emitted_new.add(node.name)
-            out += [ast.unparse(node), f"patch.data({c.target!r}, {node.name})"]
+            local = self.names.local(node.name, self.module, f"class {c.target}", self.holder)
+            self.names.new_objects[(self.module, node.name)] = local
+            written = self.renamed(node)
+            if local == node.name:
+                self.emitted_new.add(node.name)
+                out.append(ast.unparse(written))
+            else:  # another module's class has the name in the payload: its own, named as in NEW
+                self.renames[node.name] = local
+                written.name = local
+                out += [
+                    ast.unparse(written),
+                    f"{local}.__name__ = {local}.__qualname__ = {node.name!r}",
+                ]
+            out.append(f"patch.data({c.target!r}, {local})")
         elif c.kind in ("new import", "import"):
             assert isinstance(node, (ast.Import, ast.ImportFrom))
             name = c.qualname.rsplit(".", 1)[-1]
@@ -771,6 +843,14 @@ class _ModuleContext:
             if origin in self.names.will_add:  # added by this payload to another module
                 self.names.deferred.append((c.target, origin))
                 out.append(f"# {name}: {origin[0]}:{origin[1]}, added by this payload (below)")
+            elif name in self.new_imports and self._taken(name):
+                # the payload has another object under that name: import it under its own
+                node_, alias = self.new_imports[name]
+                local = f"{self.holder}__{name}"
+                line = self._import_line(node_, ast.alias(alias.name, local))
+                if self.names.claim(local, self.module, line):
+                    self.imports.append(line)
+                out.append(f"patch.data({c.target!r}, {local})")
             else:
                 self.need([ast.Name(id=name, ctx=ast.Load())])
                 out.append(f"patch.data({c.target!r}, {name})")
@@ -785,6 +865,7 @@ class _ModuleContext:
                 local = self.names.local(name, self.module, f"new {c.target}", self.holder)
                 self.names.new_objects[(self.module, name)] = local
                 self.emitted_new.add(name)
+                value = self.renamed(value)
                 out += [f"{local} = {ast.unparse(value)}", f"patch.data({c.target!r}, {local})"]
         elif c.kind == "new names":
             assert isinstance(node, ast.stmt)
@@ -794,7 +875,7 @@ class _ModuleContext:
                 self.names.bind(n, self.module, f"new {self.module}:{n}")
                 self.names.new_objects[(self.module, n)] = n
             self.emitted_new.update(bound)
-            out.append(ast.unparse(node))
+            out.append(ast.unparse(self.renamed(node)))
             for n in bound:  # a branch may leave a name unbound, as in NEW
                 out += [f"if {n!r} in globals():", f"    patch.data({f'{self.module}:{n}'!r}, {n})"]
         elif c.kind in ("pattern", "value"):
@@ -802,7 +883,7 @@ class _ModuleContext:
             self.need([node.value])
             local = f"{self.holder}__{c.qualname.replace('.', '__')}"
             self.names.bind(local, self.module, f"value of {c.target}")
-            out.append(f"{local} = {ast.unparse(node.value)}")
+            out.append(f"{local} = {ast.unparse(self.renamed(node.value))}")
             for target in [c.target, *(f"{m}:{c.qualname}" for m in c.importers)]:
                 out.append(f"patch.data({target!r}, {local})")
         elif c.kind == "constant":
@@ -832,6 +913,8 @@ class _ModuleContext:
         a.defaults = [self.new_values(d) for d in a.defaults]
         a.kw_defaults = [self.new_values(d) if d is not None else None for d in a.kw_defaults]
         self.need([*a.defaults, *[k for k in a.kw_defaults if k is not None]])
+        a.defaults = [self.renamed(d) for d in a.defaults]
+        a.kw_defaults = [self.renamed(d) if d is not None else None for d in a.kw_defaults]
         return clone
 
     def new_values(self, node: ast.expr) -> ast.expr:
@@ -853,7 +936,7 @@ class _ModuleContext:
         local = node.name if "." not in c.qualname and c.role is None else (
             f"{self.holder}__{c.qualname.replace('.', '__')}"
         )  # fmt: skip
-        if not self.names.bind(local, self.module, f"replacement of {c.target}"):
+        if not self.names.claim(local, self.module, f"replacement of {c.target}"):
             local = f"{self.holder}__{c.qualname.replace('.', '__')}"
             self.names.bind(local, self.module, f"replacement of {c.target}")
         clone = self._strip(node, local, {"staticmethod", "classmethod"})
