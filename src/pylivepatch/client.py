@@ -112,6 +112,15 @@ def _status(doc: Any) -> PayloadStatus:
     return _typed(PayloadStatus, doc)
 
 
+def _action(doc: Any) -> ActionResult:
+    return _typed(ActionResult, doc)
+
+
+_SHAPES: dict[str, Callable[[Any], Any]] = {
+    "ping": _ping, "list": _statuses, "status": _status, "log": _events,
+}  # fmt: skip
+
+
 class Client:
     """A connection to the agent of process ``pid`` (one request at a time).
 
@@ -279,6 +288,11 @@ class Client:
             raise LivepatchError("internal", f"agent of process {self.pid}: {code}: {text}")
         raise LivepatchError(code, text)
 
+    def _answer(self, verb: str, reply: dict[str, Any]) -> Any:
+        """What a method returns for ``reply`` to ``verb`` (a dict for ``ping``, a
+        ``PayloadStatus``, ...), or the ``LivepatchError`` it carries or its shape is."""
+        return self._shaped(_SHAPES.get(verb, _action), self._result(reply))
+
     def _malformed(self, why: str) -> LivepatchError:
         return LivepatchError(
             "internal", f"agent of process {self.pid} sent a malformed reply ({why})"
@@ -311,7 +325,7 @@ class Client:
         return base64.b64encode(data).decode()
 
     def _action(self, result: Any) -> ActionResult:
-        return self._shaped(lambda r: _typed(ActionResult, r), result)
+        return self._shaped(_action, result)
 
     def ping(self) -> dict[str, Any]:
         return self._shaped(_ping, self._call("ping"))

@@ -18,6 +18,11 @@ from typing import Any, NoReturn
 from ..errors import LivepatchError
 
 EXIT_OK, EXIT_ERROR, EXIT_RETRY = 0, 1, 2
+#: an action on several processes (or its clean-up) failed and could not be undone
+#: everywhere: the report names each process left changed and how to put it back
+EXIT_PARTIAL = 3
+#: stdout was closed before all was written (``| head``), as a shell reports SIGPIPE
+EXIT_PIPE = 141
 
 #: modules of this package that declare verbs of their own: each has
 #: ``register(sub)``, which adds its subparsers and sets ``command_function`` (called
@@ -101,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="pylivepatch",
         description="Live patching for running Python services.",
         epilog="`pylivepatch VERB -h` describes a verb. Exit codes: 0 ok, 1 error, 2 try "
-        "again (busy, timeout).",
+        "again (busy, timeout), 3 failed and not undone everywhere (the report names each "
+        "process left changed), 141 stdout closed early (`| head`).",
     )
     parser.add_argument(
         "--version", action="version", version=f"pylivepatch {__version__}",
@@ -293,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args, argv, exc)
     except LivepatchError as exc:
         return _fail(args, argv, exc)
+    except BrokenPipeError:  # stdout closed early (`pylivepatch log | head`): not an error
+        _stdout_gone()
+        return EXIT_PIPE
     except OSError as exc:  # the state directory, a file named on the command line
         code = {errno.EACCES: "permission-denied", errno.EPERM: "permission-denied",
                 errno.ENOENT: "not-found"}.get(exc.errno or 0)  # fmt: skip
@@ -301,6 +310,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+
+
+def _stdout_gone() -> None:
+    """Point stdout at /dev/null, so that the flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def _fail(

@@ -94,25 +94,87 @@ def targeted(args: argparse.Namespace) -> bool:
     return bool(args.pid or args.app or args.tree)
 
 
-def select(args: argparse.Namespace, live: list[dict[str, Any]] | None = None) -> list[int]:
+def select(
+    args: argparse.Namespace, live: list[dict[str, Any]] | None = None, complete: bool = False
+) -> list[int]:
     """The processes every TARGET option names, in order, each once; an ``--app`` or
-    ``--tree`` that names no live agent is ``not-found``."""
+    ``--tree`` that names no live agent is ``not-found``. With ``complete`` (an action),
+    so is a process of an ``--app`` or ``--tree`` that has no agent: a child of one of
+    its processes running the same program (a worker forked by C code, which Python's
+    at-fork hooks never see), whose code the action could not change."""
     if not targeted(args):
         raise UsageError("name the target: -p PID, --app NAME or --tree PID (see `pylivepatch ps`)")
     pids = list(args.pid)
     if args.app or args.tree:
         agents = {info["pid"]: info for info in (discover() if live is None else live)}
+        groups: list[tuple[str, list[int]]] = []
         for app in args.app:
             found = sorted(p for p, info in agents.items() if info.get("app") == app)
             if not found:
                 raise LivepatchError("not-found", f"no running process of app {app!r} has an agent")
-            pids += found
+            groups.append((f"app {app}", found))
         for root in args.tree:
             found = sorted(p for p in _tree(root) if p in agents)
             if not found:
                 raise LivepatchError("not-found", f"no process in the tree of {root} has an agent")
+            groups.append((f"the tree of {root}", found))
+        for what, found in groups:
             pids += found
+            if complete:
+                _all_have_agents(args, what, found)
     return list(dict.fromkeys(pids))
+
+
+#: how long a process of the target may take to start its agent (a worker just forked)
+AGENT_GRACE = 3.0
+
+
+def _all_have_agents(args: argparse.Namespace, what: str, members: list[int]) -> None:
+    """``not-found`` if a child of ``members`` runs the same program and has no agent
+    (after ``AGENT_GRACE`` seconds for one just started)."""
+    deadline = time.monotonic() + AGENT_GRACE
+    while True:
+        kids = _children()
+        missing = {
+            kid: parent for parent in members for kid in _descendants(kids, parent)
+            if kid not in members and _same_program(kid, parent)
+        }  # fmt: skip
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+        have = {p for p in missing if protocol.socket_path(p).exists()}
+        if have:  # a newcomer started its agent: it is part of the target now
+            members = members + sorted(have)
+    listed = ", ".join(f"{kid} (child of {parent})" for kid, parent in sorted(missing.items()))
+    app = f" --app {args.app[0]}" if args.app else ""
+    raise LivepatchError(
+        "not-found",
+        f"process(es) {listed} of {what} run the same program and have no pylivepatch "
+        f"agent: the action could not change their code, so nothing was changed. Give "
+        f"them one (pylivepatch attach PID{app}; a server forking workers from C code "
+        "under `pylivepatch run` gets none), or name the processes to change with -p",
+    )
+
+
+def _descendants(kids: dict[int, list[int]], root: int) -> list[int]:
+    todo, found = list(kids.get(root, [])), []
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(kids.get(pid, []))
+    return found
+
+
+def _same_program(pid: int, other: int) -> bool:
+    """Whether two live processes run the same executable (False if either cannot be
+    read: gone, a zombie, another user's)."""
+    try:
+        a, b = os.stat(f"/proc/{pid}/exe"), os.stat(f"/proc/{other}/exe")
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _target_words(args: argparse.Namespace) -> str:
@@ -260,15 +322,26 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
+#: how long the clean-up of a failed action (revert, unload) is retried while the
+#: process answers busy (another action of its own is finishing)
+UNDO_WAIT = 10.0
+
+
 def act(args: argparse.Namespace) -> int:
-    """upload/apply/revert/replace/unload/load on every selected process, all or nothing."""
-    pids = select(args)
+    """upload/apply/revert/replace/unload/load on every selected process, all or nothing.
+
+    The report is the truth: a clean-up (revert, unload) that fails after a refusal is
+    retried while the process is busy, and one that still fails leaves the process
+    named in the table, with what it still has and the command that removes it (exit
+    code 3, ``EXIT_PARTIAL``)."""
+    pids = select(args, complete=args.verb != "unload")
     options: dict[str, Any] = {}
     for key in ("nodeps", "timeout", "force"):
         if getattr(args, key, None):
             options[key] = getattr(args, key)
     checks = {k: True for k in ("no_expect", "no_object_check") if getattr(args, k, False)}
     results: dict[int, str] = {}
+    left: dict[int, str] = {}  # process -> what the failed action left there
     done: list[int] = []
     name = getattr(args, "name", None)
     failure: LivepatchError | None = None
@@ -312,11 +385,11 @@ def act(args: argparse.Namespace) -> int:
         if failure is not None or args.verb == "upload":
             if failure is not None:
                 for pid in uploaded:
-                    _quietly(Client(pid).unload, name)
-                    results[pid] = "uploaded, then unloaded (another process refused)"
-            return _report(args, name, pids, results, failure)
+                    results[pid] = "uploaded, then " + _unload_again(pid, name, left)
+            return _report(args, name, pids, results, failure, left)
     assert name is not None
     verb = "apply" if args.verb == "load" else args.verb
+    failed: int | None = None
     with render.progress(f"{verb} {name}", len(pids)) as steps:
         for pid in pids:
             try:
@@ -330,19 +403,59 @@ def act(args: argparse.Namespace) -> int:
                     if waiting:
                         results[pid] += f"; waits for the import of {', '.join(waiting)}"
             except LivepatchError as exc:
-                results[pid], failure = f"{exc.code}: {exc.message}", exc
+                results[pid], failure, failed = f"{exc.code}: {exc.message}", exc, pid
                 break
             steps.advance()
     if failure is not None and verb in ("apply", "replace"):
         for pid in done:  # all or nothing: put back what was applied
-            _quietly(Client(pid).revert, name)
-            results[pid] = f"{DONE[verb]}, then reverted (another process refused)"
+            err = _retrying(lambda p=pid: Client(p).revert(name))
+            if err is None:
+                results[pid] = f"{DONE[verb]}, then reverted (another process refused)"
+            else:
+                results[pid] = left[pid] = (
+                    f"{DONE[verb]}, and NOT reverted ({err.code}: {err.message}): {name} is "
+                    f"still APPLIED here; revert it: pylivepatch revert {name} -p {pid}"
+                )
         if args.verb == "load":
             for pid in uploaded:  # only what this action uploaded
-                _quietly(Client(pid).unload, name)
+                if pid in left:
+                    continue  # still applied: it cannot be unloaded
+                if pid in done or pid == failed:
+                    results[pid] += "; " + _unload_again(pid, name, left, results[pid])
+                else:
+                    results[pid] = "uploaded, then " + _unload_again(pid, name, left)
     if failure is None and (args.app or args.tree) and verb in ("apply", "revert"):
-        pids += _newcomers(args, pids, name, verb, data, results, checks)
-    return _report(args, name, pids, results, failure)
+        pids += _newcomers(args, pids, name, verb, data, results, checks, left)
+    return _report(args, name, pids, results, failure, left)
+
+
+def _retrying(call: Any) -> LivepatchError | None:
+    """Run a clean-up step, again while the process answers ``busy`` (at most
+    ``UNDO_WAIT`` seconds); its error if it still fails, None if it is done."""
+    deadline, delay = time.monotonic() + UNDO_WAIT, 0.05
+    while True:
+        try:
+            call()
+            return None
+        except LivepatchError as exc:
+            if exc.code != "busy" or time.monotonic() + delay > deadline:
+                return exc
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+def _unload_again(pid: int, name: str, left: dict[int, str], before: str = "") -> str:
+    """Unload what this action uploaded in ``pid``: "unloaded ...", or what is left
+    (recorded in ``left``) and how to remove it."""
+    err = _retrying(lambda: Client(pid).unload(name))
+    if err is None or err.code == "not-found":
+        return "unloaded (another process refused)" if not before else "unloaded again"
+    text = (
+        f"NOT unloaded ({err.code}: {err.message}): {name} is still uploaded (CHECKED) "
+        f"here; remove it: pylivepatch unload {name} -p {pid}"
+    )
+    left[pid] = f"{before}; {text}" if before else f"uploaded, then {text}"
+    return text
 
 
 @contextmanager
@@ -358,7 +471,7 @@ def _watching(pid: int, name: str, steps: render.Steps) -> Iterator[None]:
         client = Client(pid, timeout=5)
         while not stop.wait(0.2):
             try:
-                s = client._call("status", name=name)
+                s = asdict(client.status(name))
             except LivepatchError:
                 continue
             text = _transition(s)
@@ -377,7 +490,7 @@ def _watching(pid: int, name: str, steps: render.Steps) -> Iterator[None]:
 
 def _status_or_none(pid: int, name: str) -> dict[str, Any] | None:
     try:
-        return dict(Client(pid)._call("status", name=name))
+        return asdict(Client(pid).status(name))
     except LivepatchError:
         return None
 
@@ -416,9 +529,11 @@ def _newcomers(
     data: bytes,
     results: dict[int, str],
     checks: dict[str, bool],
+    left: dict[int, str],
 ) -> list[int]:
     """Processes of the target that appeared during the action (a worker respawned by
-    its master): bring each to the same state as the others."""
+    its master): bring each to the same state as the others; one that cannot be is
+    recorded in ``left``."""
     try:
         now = select(args)
     except LivepatchError:
@@ -440,19 +555,16 @@ def _newcomers(
             else:
                 results[pid] = f"appeared during the action: already {DONE[verb]}"
         except LivepatchError as exc:
-            results[pid] = f"appeared during the action: {exc.code}: {exc.message}"
+            again = f"load {args.file}" if data else f"{verb} {name}"
+            results[pid] = left[pid] = (
+                f"appeared during the action and is NOT {DONE[verb]} ({exc.code}: "
+                f"{exc.message}); bring it along: pylivepatch {again} -p {pid}"
+            )
     return fresh
 
 
 def _payload_bytes(path: str) -> bytes:
     return archive.read_file(path)
-
-
-def _quietly(call: Any, *args: Any) -> None:
-    try:
-        call(*args)
-    except LivepatchError:
-        pass
 
 
 def _report(
@@ -461,13 +573,21 @@ def _report(
     pids: list[int],
     results: dict[int, str],
     failure: LivepatchError | None,
+    left: dict[int, str] | None = None,
 ) -> int:
+    """The table (or JSON) of every process's result, the same text in both, and the
+    exit code: 0, 1 or 2 for the action (2: try again), 3 (``EXIT_PARTIAL``) when it
+    could not be undone (or done) everywhere: ``left`` names each such process."""
+    from . import EXIT_PARTIAL
+
+    left = left or {}
+    processes = {p: results.get(p, "not attempted") for p in pids}
     if args.json:
         doc: dict[str, Any] = {
-            "ok": failure is None,
+            "ok": failure is None and not left,
             "action": args.verb,
             "payload": name,
-            "processes": {str(p): results.get(p, "not attempted") for p in pids},
+            "processes": {str(p): text for p, text in processes.items()},
         }
         if failure is not None:
             doc["error"] = {
@@ -475,13 +595,19 @@ def _report(
                 "errno": failure.errno,
                 "message": failure.message,
             }
+        if left:
+            doc["left"] = {str(p): text for p, text in left.items()}
         print(json.dumps(doc))
     else:
-        render.table(["PID", "RESULT"], [[p, results.get(p, "not attempted")] for p in pids])
+        render.table(["PID", "RESULT"], [[p, text] for p, text in processes.items()])
+        if failure is not None:
+            print(f"pylivepatch: {failure.code}: {failure.message}", file=sys.stderr)
+        for pid, text in left.items():
+            print(f"pylivepatch: left in process {pid}: {text}", file=sys.stderr)
+    if left:
+        return EXIT_PARTIAL
     if failure is None:
         return 0
-    if not args.json:
-        print(f"pylivepatch: {failure.code}: {failure.message}", file=sys.stderr)
     return 2 if failure.retryable else 1
 
 
