@@ -242,3 +242,71 @@ def test_a_sync_module_and_its_async_twin_get_one_namespace_each(lab, versions):
     assert (sync.Guard.__name__, asyn.Guard.__name__) == ("Guard", "Guard")
     lab.engine.revert(name)
     assert sync.get(50) == 50
+
+
+# --- classes of the issue: changes read as something they are not -----------------------
+
+GUARDED = """
+try:
+    import lpt_fast_json as _fast
+except ImportError:
+    _fast = None
+
+HAVE_FAST = _fast is not None
+
+if not HAVE_FAST:
+    class Encoder:
+        def encode(self, value):
+            return repr(value)
+
+        def name(self):
+            return "slow"
+"""
+
+
+def test_methods_of_a_class_under_if_or_try_are_matched_as_methods(lab, versions):
+    """Only method bodies of a class defined under `if not HAVE_FAST:` changed (and of a
+    function under `try:`): before, the whole `if` was one changed statement
+    (side-effect)."""
+    old = GUARDED + "\ntry:\n    def probe():\n        return 1\nexcept Exception:\n    pass\n"
+    new = old.replace("return repr(value)", "return repr(value).upper()").replace(
+        "return 1", "return 2"
+    )
+    v = versions({"m.py": old}, {"m.py": new})
+    m = v.module("m")
+    obj = m.Encoder()
+    result = v.build()
+    assert not result.refusals and result.data, result.refusals
+    assert [(c.kind, c.target.replace(v.pkg, "pkg")) for c in result.changes] == [
+        ("method", "pkg.m:Encoder.encode"),
+        ("function", "pkg.m:probe"),
+    ]
+    lab.engine.load(result.data)
+    assert (obj.encode("a"), m.probe()) == ("'A'", 2)
+
+
+def test_a_change_of_the_guarding_statement_itself_is_still_a_side_effect(versions):
+    new = GUARDED.replace("if not HAVE_FAST:", "if True:").replace("repr(value)", "str(value)")
+    v = versions({"m.py": GUARDED}, {"m.py": new})
+    assert [r.split(": ")[1] for r in v.refusals()] == ["side-effect"]
+
+
+def test_object_base_del_and_respelled_imports_are_not_changes(lab, versions):
+    old = (
+        "try:\n    from secrets import compare_digest, token_hex\nexcept ImportError:\n    pass\n\n"
+        "class X(object):\n    def f(self):\n        return 1\n\n"
+        "_tmp = [1, 2]\nSIZE = 2\ndel _tmp\n"
+    )
+    new = (
+        "try:\n    from secrets import token_hex\n    from secrets import compare_digest\n"
+        "except ImportError:\n    pass\n\n"
+        "class X:\n    def f(self):\n        return 2\n\n"
+        "_tmp = [1, 2, 3]\nSIZE = 2\ndel _tmp\n"
+    )
+    v = versions({"m.py": old}, {"m.py": new})
+    result = v.build()
+    assert not result.refusals and result.data, result.refusals
+    assert [(c.kind, c.target.replace(v.pkg, "pkg")) for c in result.changes] == [
+        ("method", "pkg.m:X.f")
+    ]
+    assert any("_tmp" in w and "del" in w for w in result.warnings)

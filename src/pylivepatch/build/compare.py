@@ -203,6 +203,60 @@ def scope_entries(body: list[ast.stmt]) -> tuple[dict[str, Entry], list[ast.stmt
     return entries, others
 
 
+def _sdump(node: ast.stmt) -> str:
+    """A statement's dump with its imports in one canonical spelling: ``from m import
+    a, b``, ``from m import b, a`` and the same names on two lines bind the same
+    objects (a run of import statements is compared as the set of names it binds)."""
+    return _dump(_canonical_imports(node))
+
+
+def _canonical_imports(node: ast.stmt) -> ast.stmt:
+    if not any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(node)):
+        return node
+    node = copy.deepcopy(node)
+    for n in ast.walk(node):
+        for name in ("body", "orelse", "finalbody"):
+            stmts = getattr(n, name, None)
+            if isinstance(stmts, list) and stmts and isinstance(stmts[0], ast.stmt):
+                setattr(n, name, _canonical_run(stmts))
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return _canonical_run([node])[0] if len(node.names) == 1 else node
+    return node
+
+
+def _canonical_run(stmts: list[ast.stmt]) -> list[ast.stmt]:
+    out: list[ast.stmt] = []
+    run: list[ast.stmt] = []
+
+    def flush() -> None:
+        singles: set[tuple[str, int, str, str, str]] = set()
+        for imp in run:
+            for a in imp.names:  # type: ignore[attr-defined]
+                if isinstance(imp, ast.ImportFrom):
+                    singles.add(("from", imp.level, imp.module or "", a.name, a.asname or ""))
+                else:
+                    singles.add(("import", 0, "", a.name, a.asname or ""))
+        for kind, level, module, name, asname in sorted(singles):
+            alias = ast.alias(name, asname or None)
+            out.append(
+                ast.ImportFrom(module or None, [alias], level)
+                if kind == "from"
+                else ast.Import([alias])
+            )
+        run.clear()
+
+    for st in stmts:
+        if isinstance(st, (ast.Import, ast.ImportFrom)) and not any(
+            a.name == "*" for a in st.names
+        ):
+            run.append(st)
+            continue
+        flush()
+        out.append(st)
+    flush()
+    return out
+
+
 def _dump(node: ast.AST | list[Any] | None) -> str:
     if node is None:
         return ""
@@ -421,11 +475,20 @@ class Comparer:
         prefix = "".join(c.name + "." for c in new_path)
         in_class = bool(new_path)
         if _dump(old_other) != _dump(new_other):
-            self.statements(old_other, new_other, prefix, set(old))
+            self.statements(old_other, new_other, prefix, set(old), (old_path, new_path))
         self.typing_blocks(old_body, new_body, prefix)
+        gone = _deleted(old_body) & _deleted(new_body)  # `_tmp = ...; ...; del _tmp`
         for name, entry in new.items():
             qual = prefix + name
             before = old.get(name)
+            if name in gone:
+                if before is not None and _dump(before.node) != _dump(entry.node):
+                    self.ignore(
+                        entry.node.lineno, qual, "changed",
+                        "both versions delete it at import (`del`); what the module computed "
+                        "from it is compared on its own",
+                    )  # fmt: skip
+                continue
             if before is not None and before.kind == "annotation" != entry.kind:
                 before = None  # `x: int` gained a value: a new attribute
             if before is None:
@@ -559,9 +622,17 @@ class Comparer:
         new: list[ast.stmt],
         prefix: str,
         bound_old: set[str] = frozenset(),  # type: ignore[assignment]
+        paths: tuple[list[ast.ClassDef], list[ast.ClassDef]] = ([], []),
     ) -> None:
-        olds = {_dump(s) for s in old}
-        news = {_dump(s) for s in new}
+        olds = {_sdump(s) for s in old}
+        news = {_sdump(s) for s in new}
+        # `if HAVE_X:` / `try: ... except ImportError:` whose only change is in the bodies
+        # of the functions and classes it defines: those are compared as definitions
+        for o, n in self.definition_blocks(old, new, olds, news):
+            for ob, nb in _branches(o, n):
+                self.scope(ob, nb, *paths)
+            olds.add(_sdump(n))
+            news.add(_sdump(o))
         bound_old = set(bound_old)
         for s in old:
             bound_old |= binds_only(s) or set()
@@ -570,12 +641,12 @@ class Comparer:
             # is a definition of those names: new ones are added, removed ones left
             for s in new:
                 names = binds_only(s)
-                if _dump(s) not in olds and names and not names & bound_old:
+                if _sdump(s) not in olds and names and not names & bound_old:
                     self.change("new names", ",".join(sorted(names)), s, value=sorted(names))
-                    olds.add(_dump(s))
+                    olds.add(_sdump(s))
             for s in old:
                 names = binds_only(s)
-                if _dump(s) not in news and names is not None:
+                if _sdump(s) not in news and names is not None:
                     used = sorted(n for n in names if n in self.runtime_reads)
                     if used:
                         continue  # refused below: its effects stay and NEW reads them
@@ -584,9 +655,9 @@ class Comparer:
                         f"removed; the names it bound ({', '.join(sorted(names)) or 'none'}) stay, "
                         "and the new code does not read them"
                     )
-                    news.add(_dump(s))
+                    news.add(_sdump(s))
         for s in new:
-            if _dump(s) not in olds:
+            if _sdump(s) not in olds:
                 self.refuse(
                     "side-effect", s.lineno, prefix.rstrip("."),
                     f"the {'class body' if prefix else 'module-level'} statement "
@@ -594,12 +665,34 @@ class Comparer:
                 )  # fmt: skip
                 return
         for s in old:
-            if _dump(s) not in news:
+            if _sdump(s) not in news:
                 self.refuse(
                     "side-effect", s.lineno, prefix.rstrip("."),
                     f"the statement `{_short(s)}` was removed; its effects at import stay",
                 )  # fmt: skip
                 return
+
+    def definition_blocks(
+        self, old: list[ast.stmt], new: list[ast.stmt], olds: set[str], news: set[str]
+    ) -> list[tuple[ast.stmt, ast.stmt]]:
+        """Changed ``if``/``try`` statements paired with their OLD version when nothing
+        but the bodies of the definitions in them changed, and every name defined in
+        them is defined once (a patch target then names one definition)."""
+        candidates = [o for o in old if isinstance(o, (ast.If, ast.Try)) and _sdump(o) not in news]
+        pairs: list[tuple[ast.stmt, ast.stmt]] = []
+        for n in new:
+            if not isinstance(n, (ast.If, ast.Try)) or _sdump(n) in olds:
+                continue
+            shape = _skeleton(n)
+            match = next((o for o in candidates if _skeleton(o) == shape), None)
+            if match is None:
+                continue
+            defined = [getattr(d, "name", "") for d in _block_definitions(n)]
+            if len(defined) != len(set(defined)):
+                continue  # two definitions of one name (if/else): refused as a statement
+            candidates.remove(match)
+            pairs.append((match, n))
+        return pairs
 
     def new_uses(self, name: str, in_class: bool, path: list[ast.ClassDef]) -> str:
         """Where the NEW module reads ``name`` at run time (a global, or
@@ -742,7 +835,7 @@ class Comparer:
                     "no running code reads it (only annotations); typing-only",
                 )  # fmt: skip
             return
-        if _dump(old.bases) != _dump(new.bases):
+        if _dump(_bases(old)) != _dump(_bases(new)):
             self.refuse(
                 "class-bases", new.lineno, qual,
                 f"base classes changed ({', '.join(map(ast.unparse, old.bases)) or 'object'} -> "
@@ -969,6 +1062,63 @@ def binds_only(node: ast.stmt) -> set[str] | None:
     if not isinstance(node, (ast.If, ast.Try)):
         return None
     return names if walk([node]) else None
+
+
+def _block_definitions(node: ast.stmt) -> list[ast.stmt]:
+    """Functions and classes an ``if``/``try`` statement defines, in all its branches."""
+    out: list[ast.stmt] = []
+    for _, body in _branches(node, node):
+        for st in body:
+            if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                out.append(st)
+            elif isinstance(st, (ast.If, ast.Try)):
+                out += _block_definitions(st)
+    return out
+
+
+def _branches(old: ast.stmt, new: ast.stmt) -> list[tuple[list[ast.stmt], list[ast.stmt]]]:
+    """The bodies of two ``if``/``try`` statements of one shape, pairwise."""
+    pairs = []
+    for name in ("body", "orelse", "finalbody"):
+        a, b = getattr(old, name, None), getattr(new, name, None)
+        if isinstance(a, list) and isinstance(b, list):
+            pairs.append((a, b))
+    for ha, hb in zip(getattr(old, "handlers", []), getattr(new, "handlers", []), strict=False):
+        pairs.append((ha.body, hb.body))
+    return pairs
+
+
+def _skeleton(node: ast.stmt) -> str:
+    """A statement's dump with the bodies of the functions and classes it defines left
+    out (their decorators, bases and signatures stay)."""
+    node = copy.deepcopy(node)
+
+    def strip(stmts: list[ast.stmt]) -> None:
+        for st in stmts:
+            if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                st.body = [ast.Pass()]
+            elif isinstance(st, (ast.If, ast.Try)):
+                for _, body in _branches(st, st):
+                    strip(body)
+
+    strip([node])
+    return _sdump(node)
+
+
+def _bases(node: ast.ClassDef) -> list[ast.expr]:
+    """The bases as written, ``object`` left out (``class X(object):`` is ``class X:``)."""
+    return [b for b in node.bases if not (isinstance(b, ast.Name) and b.id == "object")]
+
+
+def _deleted(body: list[ast.stmt]) -> set[str]:
+    """Names a module or class body deletes with a top-level ``del``."""
+    return {
+        t.id
+        for n in runtime_statements(body)
+        if isinstance(n, ast.Delete)
+        for t in n.targets
+        if isinstance(t, ast.Name)
+    }
 
 
 def _typing_class(node: ast.ClassDef) -> bool:
