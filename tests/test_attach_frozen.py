@@ -7,6 +7,8 @@ is installed (the ``dev`` extra; CI's 3.11 run)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -65,6 +67,7 @@ def test_pyinstaller_bootloader_points_to_the_child_which_gets_the_bundled_agent
 ) -> None:
     state = tmp_path / "answer"
     boot = subprocess.Popen([str(frozen), str(state)], stdin=subprocess.DEVNULL)
+    child = 0
     try:
         child = child_of(boot.pid)
         for _ in range(3000):
@@ -96,4 +99,8 @@ def test_pyinstaller_bootloader_points_to_the_child_which_gets_the_bundled_agent
     finally:
         boot.kill()
         boot.wait()
-        subprocess.run(["pkill", "-KILL", "-f", str(frozen)], check=False)
+        if child:  # the bootloader's child, by its pid (never by name)
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
