@@ -1,12 +1,13 @@
-"""Longer fuzzing of what reads hostile bytes: the payload reader and the protocol reader.
+"""Longer fuzzing of what reads hostile bytes: the payload reader, the protocol reader,
+and the command line's readers (a manifest's JSON, an agent's reply to each verb).
 
     python fuzz/run.py [--seconds 300] [--seed N]
 
-Mutation-based, standard library only: inputs are real payload archives and protocol
-messages with bytes flipped, cut, inserted or repeated, zip members renamed, and plain
-random bytes. A *crash* is any exception other than the reader's own refusal
-(``LivepatchError`` / ``ProtocolError``); a *hang* is an input that takes more than
-two seconds. The same properties run briefly in CI (tests/test_hostile.py, hypothesis);
+Mutation-based, standard library only: inputs are real payload archives, protocol
+messages and agents' replies with bytes flipped, cut, inserted or repeated, zip members
+renamed, brackets nested deep, and plain random bytes. A *crash* is any exception other
+than the reader's own refusal (``LivepatchError`` / ``ProtocolError``); a *hang* is an
+input that takes more than two seconds. The same properties run briefly in CI (tests/test_hostile.py, hypothesis);
 this script runs them for as long as asked and prints the figures kept in
 docs/security.md; fuzz/coverage_guided.py is the coverage-guided twin (atheris). Exit code 1 if anything crashed or hung; the offending inputs are
 written to ``fuzz/findings/``.
@@ -31,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from pylivepatch import LivepatchError  # noqa: E402
+from pylivepatch import Client, LivepatchError  # noqa: E402
 from pylivepatch.agent import protocol  # noqa: E402
 from pylivepatch.build.pack import pack  # noqa: E402
 from pylivepatch.payload import archive  # noqa: E402
@@ -128,6 +129,72 @@ def read_protocol(data: bytes) -> None:
         b.close()
 
 
+#: real replies of an agent, one per verb the command line reads (their results'
+#: shapes: ping, list, status, log, an action), mutated as bytes
+REPLIES = {
+    "ping": {"ok": True, "result": {"pid": 1, "app": "shop", "python": "3.11", "applied": []}},
+    "list": {"ok": True, "result": []},
+    "status": {"ok": True, "result": {
+        "name": "fix", "state": "APPLIED", "rc": 0, "build_id": "ab", "depends": None,
+        "metadata": {"k": "v"}, "version": "1", "description": "", "consistency": "atomic",
+        "python": ["3.11"], "error": None, "message": "", "data": [], "pending": [],
+        "funcs": [{"target": "m:f", "applied": True, "active": True, "stack": ["fix"],
+                   "trampoline": False, "expect": None}]}},
+    "log": {"ok": True, "result": [{"seq": 1, "event": "started"}]},
+    "apply": {"ok": True, "result": {"action": "apply", "name": "fix", "state": "APPLIED",
+                                     "noop": False, "message": "applied"}},
+    "unload": {"ok": False, "error": {"code": "busy", "errno": 16, "message": "later"}},
+}  # fmt: skip
+
+
+def reply_input(rnd: random.Random) -> tuple[str, bytes]:
+    verb = rnd.choice(sorted(REPLIES))
+    text = json.dumps({"v": 1, **REPLIES[verb]}).encode()
+    if rnd.random() < 0.1:
+        depth = rnd.choice([33, 1000, 100_000])
+        text = text.replace(b'"result":', b'"result":' + b"[" * depth, 1) + b"]" * depth
+    return verb, mutate(text, rnd) if rnd.random() < 0.9 else text
+
+
+def read_reply(verb: str, data: bytes) -> None:
+    """What ``Client`` does with the bytes of a reply: frame, parse, check, shape."""
+    a, b = socket.socketpair()
+    try:
+        a.sendall(struct.pack(">I", len(data)) + data[:65536])
+        a.shutdown(socket.SHUT_WR)
+        try:
+            reply = protocol.receive(b, time.monotonic() + HANG_SECONDS)
+        except protocol.ProtocolError:
+            return
+        if reply is not None:
+            try:
+                Client(1)._answer(verb, reply)
+            except LivepatchError:
+                pass
+    finally:
+        a.close()
+        b.close()
+
+
+def manifest_input(rnd: random.Random, corpus: list[bytes]) -> bytes:
+    """A real archive whose manifest.json is mutated (or nested deep) and re-zipped."""
+    with zipfile.ZipFile(io.BytesIO(rnd.choice(corpus))) as zf:
+        members = {i.filename: zf.read(i) for i in zf.infolist()}
+    text = members["manifest.json"]
+    if rnd.random() < 0.2:
+        opener = rnd.choice([b"[", b'{"a":'])
+        depth = rnd.choice([32, 33, 5000, 200_000])
+        text = opener * depth + b"1" + (b"]" if opener == b"[" else b"}") * depth
+    else:
+        text = mutate(text, rnd)
+    members["manifest.json"] = text
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, content in members.items():
+            zf.writestr(name, content)
+    return buf.getvalue()
+
+
 def read_payload(data: bytes) -> None:
     try:
         archive.read(data)
@@ -144,17 +211,28 @@ def main() -> int:
     rnd = random.Random(args.seed)
     corpus = seeds()
     findings = ROOT / "fuzz" / "findings"
-    counts = {"payload": 0, "protocol": 0}
+    counts = {"payload": 0, "protocol": 0, "manifest": 0, "reply": 0}
     crashes: list[str] = []
     hangs = 0
     slowest = 0.0
     deadline = time.monotonic() + args.seconds
     while time.monotonic() < deadline:
-        target = "payload" if rnd.random() < 0.7 else "protocol"
-        data = mutate(rnd.choice(corpus), rnd) if target == "payload" else protocol_input(rnd)
+        target = rnd.choices(list(counts), weights=[5, 2, 2, 1])[0]
+        verb = ""
+        if target == "payload":
+            data = mutate(rnd.choice(corpus), rnd)
+        elif target == "manifest":
+            data = manifest_input(rnd, corpus)
+        elif target == "reply":
+            verb, data = reply_input(rnd)
+        else:
+            data = protocol_input(rnd)
         t0 = time.perf_counter()
         try:
-            (read_payload if target == "payload" else read_protocol)(data)
+            if target == "reply":
+                read_reply(verb, data)
+            else:
+                (read_protocol if target == "protocol" else read_payload)(data)
         except Exception as exc:  # noqa: BLE001 - a finding
             crashes.append(f"{target}: {type(exc).__name__}: {exc}")
             findings.mkdir(parents=True, exist_ok=True)
@@ -168,7 +246,8 @@ def main() -> int:
         counts[target] += 1
     total = sum(counts.values())
     print(f"fuzzed for {args.seconds:.0f} s (seed {args.seed}): {total:,} inputs "
-          f"({counts['payload']:,} payloads, {counts['protocol']:,} protocol messages), "
+          f"({counts['payload']:,} payloads, {counts['protocol']:,} protocol messages, "
+          f"{counts['manifest']:,} manifests, {counts['reply']:,} agent replies), "
           f"{len(crashes)} crashes, {hangs} hangs, slowest input {slowest * 1000:.1f} ms")  # fmt: skip
     for c in crashes[:20]:
         print("  crash:", c)
