@@ -176,6 +176,47 @@ def test_a_module_the_program_took_up_meanwhile_stays(lab, app):
     assert dict(vars(app)).keys() == before[1].keys() and app.helper == before[1]["helper"]
 
 
+EXTENSION = """
+    import importlib
+    import os
+    import pylivepatch as lp
+    import {m}lib.helper as helper
+
+    extension = importlib.import_module(os.environ["PAYLOAD_EXTENSION"])
+    patch = lp.Patch("extension", consistency="atomic")
+
+    @patch.function("{m}shop:price")
+    def price(x):
+        return x * 3
+"""
+
+
+def test_an_extension_module_the_payload_imported_stays(lab, app, monkeypatch):
+    """An extension module may refuse to be loaded twice in one process (numpy's does):
+    it stays, and so does what holds it; the Python modules only the payload held go."""
+    import importlib.util
+
+    names = ["_lzma", "_bz2", "mmap", "_uuid", "_zoneinfo", "_multibytecodec", "audioop"]
+    free = [
+        n
+        for n in names
+        if n not in sys.modules
+        and (spec := importlib.util.find_spec(n)) is not None
+        and str(spec.origin).endswith(".so")
+    ]
+    if not free:
+        pytest.skip("every extension module of the list is imported already")
+    monkeypatch.setenv("PAYLOAD_EXTENSION", free[0])
+    data = lab.pack(EXTENSION)
+    sys.modules.pop(free[0], None)  # pack imported it: the process had not
+    before = state(app)
+    lab.engine.upload("extension", data)
+    assert free[0] in sys.modules
+    lab.engine.unload("extension")
+    assert free[0] in sys.modules
+    assert_same((before[0] | {free[0]}, *before[1:]), state(app))
+
+
 # --- every process of an app ------------------------------------------------------------
 
 PROGRAM = """

@@ -132,6 +132,17 @@ class LoadedPackage:
             self.imports = None
 
 
+def _python_module(module: types.ModuleType) -> bool:
+    """Made from a ``.py``/``.pyc`` file, or a namespace package (read statically)."""
+    spec = static.module_dict(module).get("__spec__")
+    if spec is None:
+        return False
+    origin = static.static_attr(spec, "origin", None)
+    if origin is None or origin == "namespace":
+        return static.static_attr(spec, "submodule_search_locations", None) is not None
+    return type(origin) is str and origin.endswith((".py", ".pyc"))
+
+
 class ImportRecord:
     """A meta-path finder that finds nothing: it notes the modules one thread imports
     while it runs a payload's code, and what their parent packages held under their
@@ -175,16 +186,22 @@ class ImportRecord:
         their ``sys.modules`` entries, what they set on their parent packages (the old
         value is put back), and the import hooks defined in them. A module that a module
         kept holds in its namespace — itself, or a function or class of it — is kept,
-        with its parent packages. Returns the names taken out."""
+        with its parent packages; so is a module not made from Python source or bytecode
+        (an extension module may refuse to be loaded twice in a process, and a builtin
+        or frozen one is the interpreter's). Returns the names taken out."""
         noted = [
             n for n in self.names if n not in self.before and static.is_module(sys.modules.get(n))
         ]
         doomed = set(noted)
-        kept = self._referenced(doomed)
-        for name in kept:
-            while name:
-                doomed.discard(name)
-                name = name.rpartition(".")[0]
+        kept = {n for n in doomed if not _python_module(sys.modules[n])}
+        while True:  # what a kept module holds is kept too, until nothing more is
+            for name in kept:
+                while name:
+                    doomed.discard(name)
+                    name = name.rpartition(".")[0]
+            kept = self._referenced(doomed)
+            if not kept:
+                break
         removed: list[str] = []
         for name in sorted(doomed, key=lambda n: -n.count(".")):
             module = sys.modules.pop(name)
