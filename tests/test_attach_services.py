@@ -43,19 +43,31 @@ def start(lab, command: list[str]) -> subprocess.Popen[bytes]:
     )
 
 
-def attach_app(lab, pid: int, app: str, expected: int) -> dict[int, str]:
-    out = cli("attach", str(pid), "--app", app, "--json", cwd=lab.root)
+NEW = sys.version_info >= (3, 14)
+#: how each method may enter a process (3.14+: auto is sys.remote_exec, then gdb)
+WAYS = {
+    "gdb": {"pending", "direct"},
+    "auto": {"pending", "direct", "remote-exec"} if NEW else {"pending", "direct"},
+    "remote-exec": {"remote-exec"},
+}
+
+
+def attach_app(lab, pid: int, app: str, expected: int, method: str) -> dict[int, str]:
+    out = cli("attach", str(pid), "--app", app, "--json", "--method", method, cwd=lab.root)
     assert out.returncode == 0, out.stdout + out.stderr
     results = json.loads(out.stdout)["results"]
     attached = {r["pid"]: r["result"] for r in results if r["result"] != "skipped"}
     assert len(attached) == expected, results
-    assert set(attached.values()) <= {"pending", "direct"}, results
+    assert set(attached.values()) <= WAYS[method], results
     assert set(agents(lab, app)) == set(attached)
     return attached
 
 
 @pytest.mark.skipif(GUNICORN is None, reason="gunicorn is not installed")
-def test_gunicorn_started_without_pylivepatch(lab):
+@pytest.mark.parametrize("method", ["gdb", "auto", *(["remote-exec"] if NEW else [])])
+def test_gunicorn_started_without_pylivepatch(lab, method):
+    """Every process of gunicorn's runs bytecode at least once a second (the master's
+    and the workers' select timeouts): sys.remote_exec alone serves them too."""
     lab.module("svcapp", WSGI)
     port, app = free_port(), f"agu-{lab.prefix}".rstrip("_")
     server = start(lab, [
@@ -68,7 +80,7 @@ def test_gunicorn_started_without_pylivepatch(lab):
         load = Load(port, threads=4)
         wait_until(lambda: len(load.workers_saying("v1", 0)) == 2, "answers from 2 workers")
         workers = load.workers_saying("v1", 0)
-        attached = attach_app(lab, server.pid, app, expected=3)  # the master and 2 workers
+        attached = attach_app(lab, server.pid, app, expected=3, method=method)  # master, 2 workers
         assert workers | {server.pid} == set(attached)
         exercise(lab, app, load, workers, expected_agents=3)
     finally:
@@ -77,7 +89,10 @@ def test_gunicorn_started_without_pylivepatch(lab):
         stop(server)
 
 
-def test_uvicorn_started_without_pylivepatch(lab):
+@pytest.mark.parametrize("method", ["gdb", "auto"])
+def test_uvicorn_started_without_pylivepatch(lab, method):
+    """(Not --method remote-exec: multiprocessing's helper process, if there is one,
+    blocks in a read for good and never runs bytecode.)"""
     uvicorn = pytest.importorskip("uvicorn")
     if tuple(int(x) for x in uvicorn.__version__.split(".")[:2]) < (0, 30):
         pytest.skip("uvicorn < 0.30 does not restart a dead worker")
@@ -95,9 +110,11 @@ def test_uvicorn_started_without_pylivepatch(lab):
         wait_until(lambda: len(load.workers_saying("v1", 0)) == 2, "answers from 2 workers")
         workers = load.workers_saying("v1", 0)
         # the supervisor, the workers, and multiprocessing's helper if it has one
-        out = cli("attach", str(server.pid), "--app", app, "--json", cwd=lab.root)
+        out = cli("attach", str(server.pid), "--app", app, "--json", "--method", method, cwd=lab.root)  # fmt: skip
         assert out.returncode == 0, out.stdout + out.stderr
-        attached = {r["pid"] for r in json.loads(out.stdout)["results"] if r["ok"] and r["result"] != "skipped"}  # fmt: skip
+        results = json.loads(out.stdout)["results"]
+        attached = {r["pid"] for r in results if r["ok"] and r["result"] != "skipped"}
+        assert {r["result"] for r in results if r["pid"] in attached} <= WAYS[method], results
         assert workers | {server.pid} <= attached
         assert os.getpid() not in attached
         exercise(lab, app, load, workers, expected_agents=len(attached))
