@@ -6,6 +6,8 @@ class-level default, which objects made before the patch read."""
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 
 from test_build import Versions
@@ -168,3 +170,42 @@ def test_a_new_attribute_from_an_argument_or_mutable_is_refused(versions, value)
         refusals = v.refusals()
         assert [r.split(": ")[1] for r in refusals] == ["instance-state"], refusals
         assert "self.seen" in refusals[0]
+
+
+def test_a_new_parameter_stored_as_is_migrates_to_its_default(lab, versions):
+    """werkzeug 2.2.3's shape: __init__ gains `max_parts=None` and stores it; no object
+    made before the patch can have been given it, so each would have had None."""
+    old = """
+        class Decoder:
+            def __init__(self, limit=10):
+                self.limit = limit
+
+            def feed(self, parts):
+                return parts[: self.limit]
+        """
+    new = """
+        class Decoder:
+            def __init__(self, limit=10, max_parts=None):
+                self.limit = limit
+                self.max_parts = max_parts
+
+            def feed(self, parts):
+                if self.max_parts is not None and len(parts) > self.max_parts:
+                    raise ValueError("too many parts")
+                return parts[: self.limit]
+        """
+    v = versions({"m.py": old}, {"m.py": new})
+    m = v.module("m")
+    before = m.Decoder()
+    result = v.build()
+    assert not result.refusals, result.refusals
+    name = lab.engine.load(result.data).name
+    assert before.feed([1, 2, 3]) == [1, 2, 3], "the old object reads the default None"
+    with pytest.raises(ValueError):
+        m.Decoder(max_parts=2).feed([1, 2, 3])
+    lab.engine.revert(name)
+    # OLD's __init__ took **kwargs: an old object may have been given it: refused
+    (v.old / v.pkg / "m.py").write_text(
+        textwrap.dedent(old).replace("limit=10)", "limit=10, **kw)")
+    )
+    assert [r.kind for r in v.build().refusals] == ["instance-state"]

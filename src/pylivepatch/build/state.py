@@ -237,15 +237,24 @@ def _class_level(chain: list[Cls]) -> set[str]:
     }
 
 
-def migratable_default(chain: list[Cls], external: bool, attr: str) -> ast.expr | None:
-    """The immutable literal every ``__init__`` of ``chain`` sets ``self.attr`` to, as
-    the first statements of its body do (unconditionally, whatever the arguments), if a
-    class-level default of that value is provably what an object made before the patch
-    should read: no ``__slots__`` (a class attribute would replace the slot), no base
-    outside the trees (it could define a descriptor of that name), no class body
-    binding the name. None otherwise."""
+def migratable_default(
+    chain: list[Cls], external: bool, attr: str, old_chain: list[Cls] | None = None
+) -> ast.expr | None:
+    """The value an object made before the patch provably would have had for
+    ``self.attr`` under NEW's construction, if it is an immutable literal and a
+    class-level default of it is safe; None otherwise.
+
+    Every ``__init__`` of ``chain`` that sets it does so in a top-level statement of
+    its body (unconditionally) to the same value: an immutable literal, or a parameter
+    NEW adds to that ``__init__`` (OLD's has neither it nor ``**kwargs``, so no object
+    made before the patch was given it: each would have had the parameter's default,
+    which must be an immutable literal, and no other ``__init__`` of the hierarchy
+    passes it). Safe: no ``__slots__`` (a class attribute would replace the slot), no
+    base outside the trees (it could define a descriptor of that name), no class body
+    binding the name."""
     if external or attr in _class_level(chain):
         return None
+    olds = {c.key: c for c in old_chain or []}
     value: ast.expr | None = None
     for c in chain:
         if "__slots__" in scope_entries(c.node.body)[0]:
@@ -257,12 +266,41 @@ def migratable_default(chain: list[Cls], external: bool, attr: str) -> ast.expr 
         for s in stores:
             if s not in c.init.body or not isinstance(s, (ast.Assign, ast.AnnAssign)):
                 return None  # conditional, in a loop, augmented: depends on the run
-            if s.value is None or literal_value(s.value) is NOT_LITERAL:
+            given = s.value
+            if isinstance(given, ast.Name):
+                given = _new_parameter_default(c, olds.get(c.key), given.id, chain)
+            if given is None or literal_value(given) is NOT_LITERAL:
                 return None  # computed, from an argument, or mutable
-            if value is not None and _dump(value) != _dump(s.value):
+            if value is not None and _dump(value) != _dump(given):
                 return None
-            value = s.value
+            value = given
     return value
+
+
+def _new_parameter_default(
+    cls: Cls, old: Cls | None, param: str, chain: list[Cls]
+) -> ast.expr | None:
+    """The default of ``param``, a parameter NEW added to ``cls.__init__`` that no
+    object made before the patch can have been given (see :func:`migratable_default`)."""
+    init = cls.init
+    if init is None or old is None or old.init is None:
+        return None
+    a = init.args
+    if _params(init).get(param, "") == "":  # not a parameter, or one without a default
+        return None
+    o = old.init.args
+    if o.kwarg is not None or param in _params(old.init):
+        return None
+    if any(_keyword(c.init, param) is not None for c in chain if c.key != cls.key):
+        return None
+    positional = [*a.posonlyargs, *a.args]
+    for p_, d in zip(positional[len(positional) - len(a.defaults) :], a.defaults, strict=True):
+        if p_.arg == param:
+            return d
+    for p_, kd in zip(a.kwonlyargs, a.kw_defaults, strict=True):
+        if p_.arg == param:
+            return kd
+    return None
 
 
 def check(diffs: list[ModuleDiff], index: TreeIndex) -> list[Refusal]:
@@ -308,8 +346,9 @@ def check(diffs: list[ModuleDiff], index: TreeIndex) -> list[Refusal]:
                         continue  # objects without it read the class attribute
                     done.add(key)
                     refusals += _new_attribute(
-                        d, name, attr, reader, set_new[attr], new_chain, new_ext, by_module
-                    )
+                        d, name, attr, reader, set_new[attr], new_chain, new_ext, by_module,
+                        old_chain,
+                    )  # fmt: skip
                     continue
                 if attr not in set_new and attr not in set_old:
                     continue
@@ -346,10 +385,11 @@ def _new_attribute(
     chain: list[Cls],
     external: bool,
     by_module: dict[str, ModuleDiff],
+    old_chain: list[Cls],
 ) -> list[Refusal]:
     """A new attribute set up by an ``__init__`` of the hierarchy (another class than
     the one whose own ``__init__`` the comparer checks): migrated or refused."""
-    value = migratable_default(chain, external, attr)
+    value = migratable_default(chain, external, attr, old_chain)
     target = by_module.get(setter.module)
     own = setter.key == (d.module, name)
     if own and reader.split(":", 1)[1].split(".")[0] == name:
@@ -393,9 +433,10 @@ def _migrate(d: ModuleDiff, setter: Cls, attr: str, value: ast.expr) -> None:
         return
     d.changes.append(Change("new name", setter.module, qual, d.file, line, stmt))
     d.warnings.append(
-        f"{d.file}:{line}: {setter.module}:{qual}: __init__ now sets self.{attr} = "
-        f"{ast.unparse(value)}; migrated: the payload gives class {setter.node.name} that "
-        "value as a class-level default, which objects made before the patch read"
+        f"{d.file}:{line}: {setter.module}:{qual}: __init__ now sets self.{attr}, and an "
+        f"object made before the patch would have had {ast.unparse(value)}; migrated: the "
+        f"payload gives class {setter.node.name} that value as a class-level default, which "
+        "objects made before the patch read"
     )
 
 
