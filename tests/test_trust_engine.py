@@ -4,6 +4,7 @@ are checked before anything is armed; targets inside pylivepatch are refused."""
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any
 
@@ -292,3 +293,64 @@ def test_a_name_imported_from_pylivepatch_is_ours_too(lab):
 def test_a_payload_name_is_matched_whole(name):
     """Issue 21: a name check with ``$`` let a final newline through."""
     assert manifest.NAME_RE.match(name) is None
+
+
+def test_a_forked_child_ends_a_stuck_transition_its_blockers_stayed_in(lab):
+    """A child forked while a transition is stuck does not have the threads that block
+    it: the transition ends there at once (the parent's stays stuck)."""
+    chain = lab.module("chain", CHAIN)
+    lab.engine.upload("chain-v2", lab.pack(CHAIN_FIX))
+    before = snapshot(chain.inner, chain.outer, chain)
+    old_request, new_request, apply = stuck_transition(lab, chain)
+    try:
+        assert apply.join()["error"].code == "transition-stuck"
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit status only
+            ok = (
+                not lab.engine._stuck
+                and lab.engine.status("chain-v2").in_progress is None
+                and chain.outer(lambda: None) == ("outer-old", "inner-old", "inner-old")
+            )
+            try:
+                assert_identical(before, snapshot(chain.inner, chain.outer, chain))
+            except AssertionError:
+                ok = False
+            os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert "chain-v2" in lab.engine._stuck, "the parent's blockers are still there"
+    finally:
+        new_request.release.set()
+        old_request.release.set()
+        new_request.thread.join(60)
+        if "chain-v2" in lab.engine._stuck:
+            lab.engine.revert("chain-v2", timeout=60)
+
+
+def test_the_issue_scenario_a_timed_out_transition_whose_reverse_is_blocked(lab):
+    """Issue 21 item 2 as reported: a request parked in old ``outer`` blocks the
+    transition, which times out and is reversed; a request that started during the
+    transition (new ``outer``) blocks the way back. Before, the reverse was forced and
+    that request returned ``outer-new, inner-new, inner-old``; now it keeps its version
+    and the apply fails ``transition-stuck``."""
+    chain = lab.module("chain", CHAIN)
+    lab.engine.upload("chain-v2", lab.pack(CHAIN_FIX))
+    old_request = Request(chain.outer, "old-request")
+    apply = Background(lab.engine.apply, "chain-v2", timeout=3)
+    until(
+        lambda: (lab.engine.status("chain-v2").in_progress or {}).get("transition") == "patching",
+        "the transition started",
+    )
+    new_request = Request(chain.outer, "new-request")
+    try:
+        failed = apply.join()["error"]
+        assert failed.code == "transition-stuck", failed
+        assert "did not complete within 3s" in failed.message
+        assert new_request.finish() == ("outer-new", "inner-new", "inner-new")
+        assert old_request.finish() == ("outer-old", "inner-old", "inner-old")
+        assert lab.engine.revert("chain-v2", timeout=60).state == "CHECKED"
+    finally:
+        new_request.release.set()
+        old_request.release.set()
+        if "chain-v2" in lab.engine._stuck:
+            lab.engine.revert("chain-v2", force=True, timeout=0)

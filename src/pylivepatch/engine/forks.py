@@ -11,6 +11,11 @@ longer (a transition waiting for a blocker) goes on in the parent; the child und
 at once from the action's undo log, as if it had failed there, and says so in its
 history and audit log. A fork made by the action's own thread (a hook that forks) is
 left alone: the action goes on in the child too.
+
+A transition stuck on its way back (``consistency.Stuck``) is inherited too, but its
+blockers were other threads of the parent, which the child does not have: the child
+ends it at once if nothing of its own (the forking thread, a suspended generator) still
+runs the new code, and says so in its history; its post hook runs in the parent only.
 """
 
 from __future__ import annotations
@@ -60,6 +65,32 @@ def _after_in_child() -> None:
     for engine in list(_engines):
         if id(engine) not in held and engine._owner not in (None, me):
             _undo_inherited(engine)
+        if engine._stuck:
+            _settle_inherited(engine)
+
+
+def _settle_inherited(engine: Engine) -> None:
+    """End the stuck transitions whose blockers stayed in the parent (module docstring)."""
+    for name, stuck in list(engine._stuck.items()):
+        try:
+            if stuck.trans.blockers():
+                continue  # this process runs the new code itself: still stuck here
+            engine._final_pause(
+                stuck.trans, stuck.ops, stuck.undo_data, stuck.data, stuck.dispatchers,
+                stuck.data_first, True,
+            )  # fmt: skip
+        except BaseException as exc:  # noqa: BLE001 - a child must start whatever happens
+            print(
+                f"pylivepatch: ending a stuck transition inherited by fork failed: {exc!r}",
+                file=sys.stderr,
+            )
+            continue
+        del engine._stuck[name]
+        engine._history.emit(
+            stuck.action, name, "transition-reversed",
+            message="the stuck transition ended in this forked process: its blockers "
+            "stayed in the parent",
+        )  # fmt: skip
 
 
 def _undo_inherited(engine: Engine) -> None:
