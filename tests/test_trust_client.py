@@ -336,3 +336,26 @@ def test_an_open_socket_directory_of_ones_own_is_refused_by_the_client_and_fixed
     ran = world.cli(users.victim, "run", "--", "true", PYLIVEPATCH_SOCKET_DIR=str(theirs))
     assert ran.returncode == 1 and "untrusted-socket" in ran.stderr, ran
     assert f"belongs to uid {users.attacker}" in ran.stderr
+
+
+def test_demo_makes_an_open_directory_of_its_user_private_and_refuses_another_users(world):
+    """`pylivepatch demo` with a socket directory made by a plain mkdir (0755) runs (the
+    directory becomes 0700) instead of waiting 30 s for agents and ending in a
+    traceback; with another user's directory it stops at once, saying why."""
+    users = world.users
+    mine = world.tmp / "mine"
+    mine.mkdir(mode=0o755)
+    env = dict(os.environ, PYTHONPATH=SRC, PYLIVEPATCH_SOCKET_DIR=str(mine))
+    demo = [sys.executable, "-m", "pylivepatch", "demo", "--json"]
+    out = subprocess.run(demo, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert oct(mine.stat().st_mode & 0o777) == "0o700"
+    theirs = world.tmp / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, users.attacker, users.attacker)
+    env["PYLIVEPATCH_SOCKET_DIR"] = str(theirs)
+    out = subprocess.run(demo, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 1, out
+    assert "pylivepatch: untrusted-socket: " in out.stderr and str(theirs) in out.stderr
+    assert "Traceback" not in out.stderr
+    assert json.loads(out.stdout)["error"]["code"] == "untrusted-socket"
