@@ -571,7 +571,7 @@ def test_refused_constants_captured_at_import(versions):
 def test_refused_instance_state_unless_allowed(lab, versions):
     old = """
         class Conn:
-            def __init__(self):
+            def __init__(self, **options):
                 self.open = True
 
             def send(self, data):
@@ -579,7 +579,7 @@ def test_refused_instance_state_unless_allowed(lab, versions):
         """
     new = """
         class Conn:
-            def __init__(self, sent=0):
+            def __init__(self, sent=0, **options):
                 self.open = True
                 self.sent = sent
 
