@@ -354,3 +354,34 @@ def test_the_issue_scenario_a_timed_out_transition_whose_reverse_is_blocked(lab)
         old_request.release.set()
         if "chain-v2" in lab.engine._stuck:
             lab.engine.revert("chain-v2", force=True, timeout=0)
+
+
+def test_a_load_whose_transition_is_stuck_names_the_payload_it_leaves(lab):
+    """A ``load`` whose apply ends stuck cannot unload its payload (every action but the
+    one that ends the transition is refused): the error says it stays uploaded and
+    how to remove it, instead of leaving it silently."""
+    chain = lab.module("chain", CHAIN)
+    old_request = Request(chain.outer, "old-request")
+    load = Background(lab.engine.load, lab.pack(CHAIN_FIX), timeout=600)
+    until(
+        lambda: (
+            "chain-v2" in lab.engine._payloads
+            and (lab.engine.status("chain-v2").in_progress or {}).get("blockers")
+        ),
+        "the transition waits for the old request",
+    )
+    new_request = Request(chain.outer, "new-request")
+    try:
+        with pytest.raises(LivepatchError):
+            lab.engine.revert("chain-v2", timeout=0.2)
+        failed = load.join()["error"]
+        assert failed.code == "transition-stuck"
+        assert "chain-v2 stays uploaded" in failed.message
+        assert "pylivepatch unload chain-v2" in failed.message
+        assert lab.engine.status("chain-v2").state == "CHECKED"
+    finally:
+        new_request.release.set()
+        old_request.release.set()
+        new_request.thread.join(60)
+        if "chain-v2" in lab.engine._stuck:
+            lab.engine.revert("chain-v2", timeout=60)

@@ -265,7 +265,6 @@ class Agent:
                     return
                 if request is None:
                     return
-                conn.settimeout(None)  # the reply: sent whatever the action took
                 verb, args = request.get("verb"), request.get("args")
                 name = args.get("name", "") if isinstance(args, dict) else ""
                 name = name if isinstance(name, str) else ""
@@ -275,6 +274,9 @@ class Agent:
                     failure = take_failure()
                     if failure is not None:  # the client learns that its record is missing
                         reply["audit_error"] = failure
+                    # the reply has a deadline too: a client that does not read it (a
+                    # long log) does not hold the slot longer (a lost reply, recorded)
+                    conn.settimeout(protocol.READ_TIMEOUT)
                     if not self._send(conn, reply):
                         if isinstance(verb, str) and verb in ACTIONS:
                             _reply_lost(verb, name or _seen.payload, reply)

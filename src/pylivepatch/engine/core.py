@@ -417,12 +417,41 @@ class Engine(LateObjects):
                 name, nodeps=nodeps, timeout=timeout, force=force, consistency=consistency,
                 no_expect=no_expect,
             )  # fmt: skip
+        except LivepatchError as exc:
+            left = self._unload_after_load(name)
+            if left is None:
+                raise
+            how = (
+                f"once the transition has ended, run `pylivepatch unload {name}`"
+                if left.code == "transition-stuck"
+                else f"remove it with `pylivepatch unload {name}`"
+            )
+            raise LivepatchError(
+                exc.code,
+                f"{exc.message}; the payload {name} stays uploaded (its unload was refused: "
+                f"{left.code}): {how}",
+            ) from None
         except BaseException:
+            self._unload_after_load(name)
+            raise
+
+    def _unload_after_load(self, name: str) -> LivepatchError | None:
+        """Unload what a failed ``load`` uploaded; the refusal if it stays (None if it
+        is gone). ``busy`` (another client's action) is waited out for a while."""
+        delay, refusal = 0.005, None
+        for _ in range(60):  # about 5 s in all
             try:
                 self.unload(name)
-            except LivepatchError:
-                pass
-            raise
+                return None
+            except LivepatchError as exc:
+                if exc.code == "not-found":
+                    return None  # someone else unloaded it
+                if exc.code != "busy":
+                    return exc
+                refusal = exc
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        return refusal
 
     def apply(
         self,
