@@ -402,12 +402,13 @@ class Stuck:
             f"{action} {self.name}: the way back of the stuck transition ({self.action} "
             f"{self.name}) is still blocked by {blocked}"
             if again
-            else f"{action} {self.name}: the transition was reversed ({self.cause}) and the way "
-            f"back did not complete within {self.limit:g}s either; blocked by {blocked}"
+            else f"{action} {self.name}: the transition was reversed ({self.cause}) and its "
+            f"way back did not complete within {self.limit:g}s; blocked by {blocked}"
         )
         return LivepatchError(
             "transition-stuck",
             f"{head}. The transition is stuck, not forced: every call chain keeps its version "
-            f"and new calls run the old code. Run `{self.resume} {self.name}` again once the blockers are gone, or `{self.resume} {self.name} --force` to end "
-            f"it now (mixing versions in the chains named above)",
+            f"and new calls run the old code. Once the blockers are gone, run `pylivepatch "
+            f"{self.resume} {self.name}` to end it; `pylivepatch {self.resume} {self.name} "
+            "--force` ends it now (the chains named above then mix versions)",
         )

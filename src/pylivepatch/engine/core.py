@@ -170,8 +170,8 @@ class Engine(LateObjects):
                     f"{action} {name}: the transition of {stuck.action} {stuck.name} is stuck "
                     f"on its way back to {stuck.target} (blocked by "
                     f"{'; '.join(stuck.blockers) or '?'}); nothing else is done until it ends: "
-                    f"run `{stuck.resume} {stuck.name}` once the blockers are gone, or "
-                    f"`{stuck.resume} {stuck.name} --force` to end it now (mixing versions)",
+                    f"run `pylivepatch {stuck.resume} {stuck.name}` once the blockers are gone, or "
+                    f"`pylivepatch {stuck.resume} {stuck.name} --force` to end it now (mixing versions)",
                 )
             yield act
         except LivepatchError as exc:
