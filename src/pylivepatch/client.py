@@ -216,10 +216,16 @@ class Client:
             # The agent answered before reading the request (busy) and closed: its
             # reply, if it came, is the answer.
             reply = self._leftover(sock)
+            if sock is self._kept:
+                self._drop()
             if reply is None:
                 raise LivepatchError(
                     "busy", f"agent of process {self.pid} closed the connection; try again"
                 ) from None
+        except OSError as exc:
+            if sock is self._kept:
+                self._drop()
+            raise LivepatchError("busy", f"agent of process {self.pid}: {exc}") from None
         except BaseException:
             if sock is self._kept:
                 self._drop()

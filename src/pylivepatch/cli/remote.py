@@ -121,7 +121,7 @@ def select(
         for what, found in groups:
             pids += found
             if complete:
-                _all_have_agents(args, what, found)
+                _all_have_agents(args, what, found, set(agents))
     return list(dict.fromkeys(pids))
 
 
@@ -129,24 +129,26 @@ def select(
 AGENT_GRACE = 3.0
 
 
-def _all_have_agents(args: argparse.Namespace, what: str, members: list[int]) -> None:
-    """``not-found`` if a child of ``members`` runs the same program and has no agent
-    (after ``AGENT_GRACE`` seconds for one just started)."""
+def _all_have_agents(
+    args: argparse.Namespace, what: str, members: list[int], agents: set[int]
+) -> None:
+    """``not-found`` if a descendant of ``members`` runs the same program and has no
+    agent (after ``AGENT_GRACE`` seconds for one just started)."""
     deadline = time.monotonic() + AGENT_GRACE
     while True:
         kids = _children()
         missing = {
             kid: parent for parent in members for kid in _descendants(kids, parent)
-            if kid not in members and _same_program(kid, parent)
+            if kid not in agents and _same_program(kid, parent)
         }  # fmt: skip
         if not missing:
             return
         if time.monotonic() > deadline:
             break
         time.sleep(0.1)
-        have = {p for p in missing if protocol.socket_path(p).exists()}
-        if have:  # a newcomer started its agent: it is part of the target now
-            members = members + sorted(have)
+        # a worker just started has its agent once its socket is there (the action
+        # lists the target again at its end and brings such a newcomer along)
+        agents = agents | {p for p in missing if protocol.socket_path(p).exists()}
     listed = ", ".join(f"{kid} (child of {parent})" for kid, parent in sorted(missing.items()))
     app = f" --app {args.app[0]}" if args.app else ""
     raise LivepatchError(
