@@ -81,7 +81,7 @@ def test_a_missing_inventory_or_payload_is_named(tmp_path: Path) -> None:
     out = cli("fleet", "rollout", str(tmp_path / "nope.lpz"), "--app", "shop", "-i", "x",
               "--health", "true")  # fmt: skip
     assert out.returncode == 1
-    assert out.stderr.startswith(f"pylivepatch: not-found: cannot read payload file {tmp_path}")
+    assert out.stderr.startswith(f"pylivepatch: not-found: payload file {tmp_path}")
 
 
 def test_an_unsigned_payload_with_keys_is_refused_before_ansible(
