@@ -45,6 +45,20 @@ SRC = ROOT / "src"
 FAST = {"tqdm==4.66.2", "idna==3.6", "urllib3==1.26.18", "pyjwt==2.10.0", "mistune==2.0.2"}
 CONFIG = ("pyproject.toml", "setup.cfg", "tox.ini", "pytest.ini", "conftest.py")
 PACKAGE_DIRS = {"python-multipart": ["python_multipart", "multipart"]}
+#: per pair (NAME==OLD): build options (a fix whose state needs the author's hooks) and a
+#: probe run on objects made before the payload is applied (LPZ names the payload)
+PAIR_OPTIONS: dict[str, dict[str, object]] = {
+    "h11==0.15.0": {
+        "build": ["--allow", "instance-state", "--hooks", str(HERE / "hooks" / "h11_0160.py")],
+        "old_objects": "probes/old_objects_h11_0160.py",
+    },
+    "starlette==0.47.1": {
+        "build": [
+            "--allow", "instance-state", "--hooks", str(HERE / "hooks" / "starlette_0472.py"),
+        ],
+        "old_objects": "probes/old_objects_starlette_0472.py",
+    },
+}  # fmt: skip
 
 
 @dataclass
@@ -64,6 +78,10 @@ class Outcome:
     suite_without: dict[str, int] = field(default_factory=dict)
     failing_with: list[str] = field(default_factory=list)  # test ids
     failing_without: list[str] = field(default_factory=list)
+    old_objects: str = ""  # the probe on objects made before the payload: its last line
+    suite_late: dict[str, int] = field(default_factory=dict)  # payload applied after import
+    failing_late: list[str] = field(default_factory=list)
+    build_options: list[str] = field(default_factory=list)
     verdict: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -127,6 +145,7 @@ class Pair:
         self.dir = work / f"{self.name}-{self.old}-{self.new}"
         self.python = python
         self.out = Outcome(self.name, self.old, self.new, row["expected"])
+        self.options = PAIR_OPTIONS.get(f"{self.name}=={self.old}", {})
 
     @property
     def venv_python(self) -> str:
@@ -214,11 +233,14 @@ class Pair:
 
     def build(self) -> None:
         env = {"PYTHONPATH": str(SRC), "TORNADO_EXTENSION": "0"}
+        extra = [str(a) for a in self.options.get("build", [])]  # type: ignore[attr-defined]
+        self.out.build_options = [a.replace(str(ROOT) + "/", "") for a in extra]
         t0 = time.perf_counter()
         r = sh(
             [self.venv_python, "-m", "pylivepatch", "build", str(self.sdists[self.old]),
              str(self.sdists[self.new]), "-o", str(self.dir / "fix.lpz"), "--json",
-             "--name", f"{self.name}-{self.new}-fix", "--metadata", f"advisory={self.row['advisory']}"],
+             "--name", f"{self.name}-{self.new}-fix", "--metadata", f"advisory={self.row['advisory']}",
+             *extra],
             self.dir, 600, env,
         )  # fmt: skip
         self.out.build_seconds = round(time.perf_counter() - t0, 2)
@@ -350,6 +372,21 @@ class Pair:
                 )
         applied = [ln for ln in a.stderr.splitlines() if ln.startswith("pylivepatch test:")]
         self.out.notes += applied[:3]
+        # objects made before the payload: the suite with the payload applied once every
+        # test module is imported, and the pair's own probe (PAIR_OPTIONS)
+        shutil.copy(HERE / "lp_after_collection.py", run / "lp_after_collection.py")
+        late_env = dict(env, LPZ=fix, PYTHONPATH=os.pathsep.join([str(SRC), str(run)]))
+        if "pytest" in command:
+            at = command.index("pytest") + 1
+            late = [*command[:at], "-p", "lp_after_collection", *command[at:]]
+            self.log("and with the payload applied after the test modules are imported")
+            c = sh(late, run, 1800, late_env)
+            self.out.suite_late = summary(c.stdout)
+            self.out.failing_late = failing(c.stdout)
+        probe = self.options.get("old_objects")
+        if probe:
+            p = sh([self.venv_python, str(probe).split("/", 1)[1]], run, 300, late_env)
+            self.out.old_objects = (p.stdout.strip().splitlines() or [p.stderr.strip()[-300:]])[-1]
 
     def verdict(self) -> str:
         return verdict_of(self.out)
@@ -386,6 +423,14 @@ def verdict_of(o: Outcome) -> str:
     )  # fmt: skip
     if new:
         return f"WRONG: fails only with the payload: {', '.join(new[:5])}"
+    late = sorted(
+        t for t in set(o.failing_late) - set(o.failing_without)
+        if t.split("::")[0] not in uncollected
+    )  # fmt: skip
+    if late:
+        return f"WRONG: fails only with the payload applied after import: {', '.join(late[:5])}"
+    if o.old_objects and not o.old_objects.startswith("ok"):
+        return f"WRONG: objects made before the payload: {o.old_objects}"
     more = ""
     if uncollected:
         more = f"; {', '.join(sorted(uncollected))} does not import without the payload"
@@ -460,6 +505,17 @@ def write_markdown(outcomes: list[Outcome], path: Path) -> None:
                 lines.append(
                     f"- ... and {len(ignored) - 12} more ignored changes of the same kinds"
                 )
+            if o.build_options:
+                lines.append(f"- built with `{' '.join(o.build_options)}`")
+            if o.suite_late:
+                lines.append(
+                    "- suite with the payload applied after the test modules are imported "
+                    "(their objects made by the old code): "
+                    f"{o.suite_late.get('failed', 0) + o.suite_late.get('error', 0)} / "
+                    f"{o.suite_late.get('passed', 0)}"
+                )
+            if o.old_objects:
+                lines.append(f"- objects made before the payload (probe): {o.old_objects}")
             lines += [f"- note: {n}" for n in o.notes]
             fixed = sorted(set(o.failing_without) - set(o.failing_with))
             still = sorted(set(o.failing_with) & set(o.failing_without))

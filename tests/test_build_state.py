@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+from pylivepatch.build.builder import BuildOptions
+from pylivepatch.build.builder import build as build_
 from test_build import Versions
 
 
@@ -209,3 +211,55 @@ def test_a_new_parameter_stored_as_is_migrates_to_its_default(lab, versions):
         textwrap.dedent(old).replace("limit=10)", "limit=10, **kw)")
     )
     assert [r.kind for r in v.build().refusals] == ["instance-state"]
+
+
+def test_build_hooks_writes_a_skeleton_that_does_not_build_until_completed(lab, versions):
+    """`--hooks FILE` naming no file, with an instance-state refusal: the builder writes a
+    skeleton (a descriptor per attribute, set with the code and taken away by the
+    revert) and refuses; the skeleton as written refuses to build; completed, the payload
+    answers for objects made before it."""
+    old = """
+        class Upload:
+            def __init__(self, file):
+                self.file = file
+
+            def limit(self):
+                return 0
+        """
+    new = """
+        class Upload:
+            def __init__(self, file):
+                self.file = file
+                self._max = len(file)
+
+            def limit(self):
+                return self._max
+        """
+    v = versions({"m.py": old}, {"m.py": new})
+    m = v.module("m")
+    before = m.Upload("abc")
+    hooks = lab.root / "hooks.py"
+
+    def build(*allow: str):
+        options = BuildOptions(
+            name="fix", consistency="atomic", allow=frozenset(allow), hooks=str(hooks)
+        )
+        return build_(str(v.old), str(v.new), options)
+
+    first = build()
+    assert [r.kind for r in first.refusals] == ["instance-state"] and not first.data
+    text = hooks.read_text()
+    assert f"patch.data('{v.pkg}.m:Upload._max', _upload_max)" in text
+    unfinished = build("instance-state")
+    assert "complete the hooks in hooks.py, then delete this line" in unfinished.error
+    text = text.replace(
+        "raise NotImplementedError('complete the hooks in hooks.py, then delete this line')", ""
+    )
+    text = text.replace("raise AttributeError('_max')", "return len(obj.file)")
+    hooks.write_text(text)
+    done = build("instance-state")
+    assert done.data, done.error
+    name = lab.engine.load(done.data).name
+    assert before.limit() == 3 and m.Upload("abcd").limit() == 4
+    lab.engine.revert(name)
+    assert "_max" not in vars(m.Upload) and before.limit() == 0

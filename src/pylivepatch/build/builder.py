@@ -17,6 +17,7 @@ import copy
 import re
 import sys
 import tempfile
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,18 @@ def build(old: str, new: str, options: BuildOptions) -> BuildResult:
             result.warnings[:0] = found.warnings
         result.allowed = [r for r in result.refusals if r.kind in options.allow]
         result.refusals = [r for r in result.refusals if r.kind not in options.allow]
+        if options.hooks and not Path(options.hooks).exists():
+            states = [r for r in result.refusals + result.allowed if r.kind == "instance-state"]
+            if states:  # the author completes it, then builds again with it
+                Path(options.hooks).write_text(hook_skeleton(states, options.hooks))
+                result.warnings.append(
+                    f"--hooks {options.hooks}: it did not exist; wrote a skeleton of the hooks "
+                    f"for the {len(states)} instance-state refusal(s): complete it, then build "
+                    f"again with --hooks {options.hooks} --allow instance-state"
+                )
+                result.refusals += [r for r in result.allowed if r.kind == "instance-state"]
+                result.allowed = [r for r in result.allowed if r.kind != "instance-state"]
+                return result
         if result.refusals or not (result.changes or options.hooks):
             return result
         result.source = emit(result, options)
@@ -156,6 +169,55 @@ def build(old: str, new: str, options: BuildOptions) -> BuildResult:
         result.data, result.manifest = packed.data, packed.manifest
         result.warnings += packed.warnings
         return result
+
+
+def hook_skeleton(refusals: list[Refusal], path: str) -> str:
+    """Payload code for ``--hooks FILE`` that the author completes: for each attribute
+    objects made before the patch lack or hold in another form, a descriptor set on the
+    class in the same pause as the code (``patch.data``) and taken away by the revert.
+    A non-data descriptor (``__get__`` only) answers for objects without the attribute
+    and leaves objects made after the patch their own; a data descriptor (``__set__``
+    too) can keep the old form in the object and give the new code the new one. The
+    skeleton raises until the author deletes that line: an unfinished one never builds."""
+    lines = [
+        "# Hooks for the instance state of objects made before the patch: a skeleton written by",
+        f"# `pylivepatch build --hooks {Path(path).name}`. Complete each TODO, delete the `raise`",
+        "# below, then build again with --hooks FILE --allow instance-state. `patch` is the",
+        "# generated payload's Patch; each descriptor is set on its class in the same pause as",
+        "# the code and removed by the revert.",
+        "",
+        f"raise NotImplementedError({f'complete the hooks in {Path(path).name}, then delete this line'!r})",
+        "",
+    ]
+    seen: set[tuple[str, str, str]] = set()
+    for r in refusals:
+        module, _, qual = r.target.partition(":")
+        cls = qual.split(".")[0]
+        m = re.search(r"self\.(\w+)", r.reason)
+        attr = m.group(1) if m else "ATTRIBUTE"
+        if (module, cls, attr) in seen:
+            continue
+        seen.add((module, cls, attr))
+        holder = f"_{cls}_{attr.lstrip('_')}"
+        lines += ["", ""]
+        lines += ["# " + ln for ln in textwrap.wrap(f"{r.file}:{r.line}: {r.reason}", 86)]
+        lines += [
+            f"class {holder}:",
+            f'    """``self.{attr}`` of a {cls} made before the patch."""',
+            "",
+            "    def __get__(self, obj, owner=None):",
+            "        if obj is None:",
+            "            return self",
+            f"        # TODO: return what NEW's __init__ would have set in obj.{attr}, computed",
+            "        # from obj; if old objects hold it in another form, define __set__ too and",
+            "        # keep the old form in obj.__dict__ (corpus/hooks/h11_0160.py does).",
+            f"        raise AttributeError({attr!r})",
+            "",
+            "",
+            f"{holder.lower()} = {holder}()",
+            f"patch.data({f'{module}:{cls}.{attr}'!r}, {holder.lower()})  # noqa: F821",
+        ]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def _needed_on_disk(tree: sources.Tree, result: BuildResult) -> set[str]:

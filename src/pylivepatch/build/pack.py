@@ -312,9 +312,10 @@ def _explain(exc: LivepatchError, stubs: _StubFinder | None) -> LivepatchError:
         return LivepatchError(
             exc.code,
             f"{exc.message}; the build does not import the target's code and its dependencies "
-            f"(here {', '.join(stubs.tops())}), and this code needs them: check the payload "
-            "where they are installed (`pylivepatch test`, or upload it to the service), or "
-            "build with --python-env ENV, the service's interpreter or virtualenv",
+            f"(here {', '.join(stubs.tops())}): if the payload's code needs them when it is "
+            "imported, check it where they are installed (`pylivepatch test`, or upload it to "
+            "the service), or build with --python-env ENV, the service's interpreter or "
+            "virtualenv",
         )
     m = re.search(r"ModuleNotFoundError: No module named '([^']+)'", exc.message)
     if m:
