@@ -38,7 +38,15 @@ class Finder:
     def find_spec(self, name, path=None, target=None):
         return None
 
+    def invalidate_caches(self):
+        pass
+
+def path_hook(entry):
+    raise ImportError(entry)
+
 sys.meta_path.append(Finder())
+sys.path_hooks.insert(0, path_hook)
+sys.path_importer_cache["/pylivepatch-test-nowhere"] = Finder()
 
 def shout(text):
     return {m}deep.upper(text)
@@ -97,7 +105,8 @@ def app(lab):
 
 
 def state(lib) -> tuple[frozenset[str], dict[str, object], list[int]]:
-    return frozenset(sys.modules), dict(vars(lib)), [id(f) for f in sys.meta_path]
+    hooks = [*sys.meta_path, *sys.path_hooks, *sys.path_importer_cache.values()]
+    return frozenset(sys.modules), dict(vars(lib)), [id(f) for f in hooks]
 
 
 def assert_same(before, after) -> None:
@@ -105,7 +114,7 @@ def assert_same(before, after) -> None:
     assert after[1].keys() == before[1].keys()
     for key, value in before[1].items():
         assert after[1][key] is value, f"lib.{key} changed"
-    assert after[2] == before[2], "sys.meta_path changed"
+    assert after[2] == before[2], "sys.meta_path, sys.path_hooks or the importer cache changed"
 
 
 def test_a_vetoed_load_takes_out_what_the_payload_imported(lab, app):

@@ -132,6 +132,13 @@ class LoadedPackage:
             self.imports = None
 
 
+def _defined_in(obj: object) -> str | None:
+    """The module a function, a class or an object's class was defined in (statically)."""
+    if static.is_function(obj):
+        return obj.__module__
+    return static.class_module(obj if static.is_class(obj) else type(obj))
+
+
 def _python_module(module: types.ModuleType) -> bool:
     """Made from a ``.py``/``.pyc`` file, or a namespace package (read statically)."""
     spec = static.module_dict(module).get("__spec__")
@@ -152,6 +159,7 @@ class ImportRecord:
         self.thread = threading.get_ident()
         self.own = own  # the payload's private package: discarded on its own
         self.before = frozenset(sys.modules)
+        self.cached = frozenset(sys.path_importer_cache)
         self.names: list[str] = []
         self.parents: dict[str, object] = {}  # name -> what its parent held under it
 
@@ -184,7 +192,8 @@ class ImportRecord:
     def undo(self) -> list[str]:
         """Take out the modules noted (still the ones imported then), deepest first:
         their ``sys.modules`` entries, what they set on their parent packages (the old
-        value is put back), and the import hooks defined in them. A module that a module
+        value is put back), and the import hooks defined in them (on ``sys.meta_path``,
+        ``sys.path_hooks``, ``sys.path_importer_cache``). A module that a module
         kept holds in its namespace — itself, or a function or class of it — is kept,
         with its parent packages; so is a module not made from Python source or bytecode
         (an extension module may refuse to be loaded twice in a process, and a builtin
@@ -219,12 +228,15 @@ class ImportRecord:
                     ns[child] = prior
         for hooks in (sys.meta_path, sys.path_hooks):
             for i in range(len(hooks) - 1, -1, -1):
-                hook = hooks[i]
-                where = (
-                    hook.__module__ if static.is_function(hook) else static.class_module(type(hook))
-                )
-                if where in doomed:
+                if _defined_in(hooks[i]) in doomed:
                     del hooks[i]
+        # The finders the imports made for directories searched for the first time: a
+        # cache (an entry taken out is made again at the next import that needs it).
+        cache = sys.path_importer_cache
+        for entry, finder in list(cache.items()):
+            new = removed and entry not in self.cached
+            if (new or _defined_in(finder) in doomed) and cache.get(entry) is finder:
+                del cache[entry]
         return removed
 
     @staticmethod
