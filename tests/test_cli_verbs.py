@@ -217,7 +217,7 @@ uninstalled fix-price from app APP: new processes no longer apply it; running on
 $ pylivepatch log --app APP -n 4
 TIME APP PID PEER ACTION PAYLOAD BUILD ID RESULT DURATION PAUSE
 TIME APP PID uid 0 pid CLI revert fix-price BUILDID ok T T
-TIME APP PID uid 0 pid CLI revert fix-price BUILDID ok T -
+TIME APP PID uid 0 pid CLI revert fix-price BUILDID ok (force) T -
 TIME APP PID uid 0 pid CLI unload fix-price BUILDID ok T -
 TIME APP PID uid 0 pid CLI apply nope - not-found T -
 [exit 0]
