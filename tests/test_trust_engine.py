@@ -385,3 +385,9 @@ def test_a_load_whose_transition_is_stuck_names_the_payload_it_leaves(lab):
         new_request.thread.join(60)
         if "chain-v2" in lab.engine._stuck:
             lab.engine.revert("chain-v2", timeout=60)
+
+
+def test_an_unknown_action_is_a_bad_request(lab):
+    with pytest.raises(LivepatchError) as err:
+        lab.engine.action("anything", "reboot")
+    assert err.value.code == "bad-request"

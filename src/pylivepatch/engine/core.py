@@ -743,7 +743,7 @@ class Engine(LateObjects):
         }
         if verb not in verbs:
             raise LivepatchError(
-                "invalid-payload", f"unknown action {verb!r}; actions are {', '.join(verbs)}"
+                "bad-request", f"unknown action {verb!r}; actions are {', '.join(verbs)}"
             )
         return verbs[verb](name, **options)
 
