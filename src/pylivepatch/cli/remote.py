@@ -427,7 +427,8 @@ def act(args: argparse.Namespace) -> int:
                 else:
                     results[pid] = "uploaded, then " + _unload_again(pid, name, left)
     if failure is None and (args.app or args.tree) and verb in ("apply", "revert"):
-        pids += _newcomers(args, pids, name, verb, data, results, checks, left)
+        fresh, failure = _newcomers(args, pids, name, verb, data, results, checks, left)
+        pids += fresh
     return _report(args, name, pids, results, failure, left)
 
 
@@ -532,15 +533,16 @@ def _newcomers(
     results: dict[int, str],
     checks: dict[str, bool],
     left: dict[int, str],
-) -> list[int]:
+) -> tuple[list[int], LivepatchError | None]:
     """Processes of the target that appeared during the action (a worker respawned by
     its master): bring each to the same state as the others; one that cannot be is
-    recorded in ``left``."""
+    recorded in ``left``, and the first such error returned with them."""
     try:
         now = select(args)
     except LivepatchError:
-        return []
+        return [], None
     fresh = [p for p in now if p not in seen]
+    first: LivepatchError | None = None
     for pid in fresh:
         client = Client(pid)
         try:
@@ -562,7 +564,8 @@ def _newcomers(
                 f"appeared during the action and is NOT {DONE[verb]} ({exc.code}: "
                 f"{exc.message}); bring it along: pylivepatch {again} -p {pid}"
             )
-    return fresh
+            first = first or LivepatchError(exc.code, f"process {pid}: {exc.message}")
+    return fresh, first
 
 
 def _payload_bytes(path: str) -> bytes:
