@@ -52,6 +52,7 @@ def shout(text):
     return {m}deep.upper(text)
 """
 DEEP = "def upper(text):\n    return text.upper()\n"
+OTHER = "READY = True\n"
 
 PAYLOAD = """
     import os
@@ -66,6 +67,7 @@ PAYLOAD = """
 
     @patch.pre_apply
     def refuse(ctx):
+        import {m}lib.other  # the hook's own import: taken out with the payload's
         veto = os.environ.get("VETO_FILE")
         if veto is None:
             return {veto!r} is False
@@ -91,7 +93,8 @@ def payload(name: str, *, veto: bool) -> str:
 
 @pytest.fixture
 def app(lab):
-    for base, text in (("deep", DEEP), ("lib.helper", HELPER), ("lib", LIB_INIT)):
+    files = (("deep", DEEP), ("lib.helper", HELPER), ("lib.other", OTHER), ("lib", LIB_INIT))
+    for base, text in files:
         path = lab.root.joinpath(*(lab.prefix + base).split(".")).with_suffix(".py")
         if base == "lib":
             path = lab.root / (lab.prefix + "lib") / "__init__.py"
@@ -99,7 +102,7 @@ def app(lab):
         path.write_text(text.replace("{m}", lab.prefix))
     lab.module("shop", SHOP)
     lib = lab.module("lib", LIB_INIT)  # imported by the program; its helper is not
-    for base in ("lib.helper", "deep"):
+    for base in ("lib.helper", "lib.other", "deep"):
         lab.modules.append(lab.name(base))
     return lib
 
@@ -120,7 +123,7 @@ def assert_same(before, after) -> None:
 def test_a_vetoed_load_takes_out_what_the_payload_imported(lab, app):
     data = lab.pack(payload("vetoed", veto=True))
     before = state(app)
-    assert lab.name("lib.helper") not in before[0] and lab.name("deep") not in before[0]
+    assert not {lab.name(n) for n in ("lib.helper", "lib.other", "deep")} & before[0]
     with pytest.raises(LivepatchError) as err:
         lab.engine.load(data)
     assert err.value.code == "vetoed"

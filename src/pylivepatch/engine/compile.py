@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import contextlib
 import copy
 import encodings.cp437  # noqa: F401 - zipfile decodes payload file names with it: imported
 import importlib.machinery  # with the engine, never during an action (see ImportRecord)
@@ -119,6 +120,10 @@ class LoadedPackage:
 
     imports: ImportRecord | None = None  # what running the payload's code imported
 
+    def noting_imports(self) -> contextlib.AbstractContextManager[object]:
+        """While the payload's code runs again (its hooks): its imports are noted too."""
+        return self.imports if self.imports is not None else contextlib.nullcontext()
+
     def discard(self) -> None:
         """Forget the payload's modules, and take out the modules its code imported
         (:meth:`ImportRecord.undo`): a payload is discarded when its upload fails, when
@@ -157,6 +162,7 @@ class ImportRecord:
 
     def __init__(self, own: str) -> None:
         self.thread = threading.get_ident()
+        self.depth = 0
         self.own = own  # the payload's private package: discarded on its own
         self.before = frozenset(sys.modules)
         self.cached = frozenset(sys.path_importer_cache)
@@ -181,10 +187,17 @@ class ImportRecord:
         return None
 
     def __enter__(self) -> ImportRecord:
-        sys.meta_path.insert(0, self)
+        """Note what this thread imports until the matching exit (nested: the outer one)."""
+        self.depth += 1
+        if self.depth == 1:
+            self.thread = threading.get_ident()
+            sys.meta_path.insert(0, self)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.depth -= 1
+        if self.depth:
+            return
         for i in range(len(sys.meta_path) - 1, -1, -1):
             if sys.meta_path[i] is self:
                 del sys.meta_path[i]

@@ -49,7 +49,8 @@ class Hooked(Checks):
         pre, post = rec.hooks.get(pre_kind), rec.hooks.get(post_kind)
         if pre is not None:
             try:
-                run_pre(rec.name, pre_kind, pre, ctx)
+                with rec.loaded.noting_imports():  # taken out if the payload is discarded
+                    run_pre(rec.name, pre_kind, pre, ctx)
             except LivepatchError as exc:
                 act.emit("hook", hook=pre_kind, result="vetoed")
                 raise exc from None
