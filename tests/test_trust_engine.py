@@ -391,3 +391,17 @@ def test_an_unknown_action_is_a_bad_request(lab):
     with pytest.raises(LivepatchError) as err:
         lab.engine.action("anything", "reboot")
     assert err.value.code == "bad-request"
+
+
+def test_a_payload_path_that_is_not_a_regular_file_is_refused_at_once(lab, tmp_path):
+    """``load``/``upload`` of a FIFO would wait for a writer for ever, a file
+    descriptor number would read whatever it is: both refused at once."""
+    fifo = tmp_path / "fix.lpz"
+    os.mkfifo(fifo)
+    for call in (lambda: lab.engine.load(str(fifo)), lambda: lab.engine.upload("x", fifo)):
+        with pytest.raises(LivepatchError) as err:
+            call()
+        assert err.value.code == "invalid-payload" and "regular file" in err.value.message
+    with pytest.raises(LivepatchError) as err:
+        lab.engine.load(0)  # type: ignore[arg-type]
+    assert err.value.code == "bad-request"

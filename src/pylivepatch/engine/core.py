@@ -814,23 +814,15 @@ def _importable(modname: str) -> bool:
 
 
 def _read(source: str | os.PathLike[str] | bytes) -> bytes:
+    """A payload given as bytes, or as the path of a regular file (read bounded and
+    without waiting: a FIFO or a device is refused, ``archive.read_file``)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
-    try:
-        size = os.stat(source).st_size
-        if size > archive.MAX_ARCHIVE_BYTES:
-            raise LivepatchError(
-                "invalid-payload",
-                f"{source}: {size} bytes; the limit is {archive.MAX_ARCHIVE_BYTES}",
-            )
-        with open(source, "rb") as fh:
-            return fh.read(archive.MAX_ARCHIVE_BYTES + 1)
-    except FileNotFoundError:
-        raise LivepatchError("not-found", f"payload file {source} does not exist") from None
-    except OSError as exc:
+    if not isinstance(source, (str, os.PathLike)):  # an int would be a file descriptor
         raise LivepatchError(
-            "invalid-payload", f"payload file {source} cannot be read: {exc.strerror}"
-        ) from None
+            "bad-request", f"a payload is bytes or a file's path, not {_shown(source)}"
+        )
+    return archive.read_file(source)
 
 
 def _peek_name(data: bytes) -> str:
