@@ -405,3 +405,39 @@ def test_a_payload_path_that_is_not_a_regular_file_is_refused_at_once(lab, tmp_p
     with pytest.raises(LivepatchError) as err:
         lab.engine.load(0)  # type: ignore[arg-type]
     assert err.value.code == "bad-request"
+
+
+def test_a_revert_whose_way_back_is_blocked_is_stuck_and_apply_ends_it(lab):
+    """The same rule the other way: a revert's transition blocked by a request in the
+    new code times out and is reversed towards APPLIED; a request that started during
+    it runs the old code and blocks the way back: stuck, ended by ``apply``."""
+    chain = lab.module("chain", CHAIN)
+    lab.engine.load(lab.pack(CHAIN_FIX), timeout=60)
+    applied = snapshot(chain.inner, chain.outer, chain)
+    new_request = Request(chain.outer, "new-request")  # blocks the way to the old code
+    revert = Background(lab.engine.revert, "chain-v2", timeout=3)
+    until(
+        lambda: (lab.engine.status("chain-v2").in_progress or {}).get("transition") == "unpatching",
+        "the transition started",
+    )
+    old_request = Request(chain.outer, "old-request")  # started during it: old code
+    try:
+        failed = revert.join()["error"]
+        assert failed.code == "transition-stuck", failed
+        assert "pylivepatch apply chain-v2" in failed.message
+        st = lab.engine.status("chain-v2")
+        assert st.state == "APPLIED" and st.in_progress["target"] == "APPLIED"
+        with pytest.raises(LivepatchError) as err:
+            lab.engine.revert("chain-v2")
+        assert err.value.code == "transition-stuck"
+        assert old_request.finish() == ("outer-old", "inner-old", "inner-old")
+        assert new_request.finish() == ("outer-new", "inner-new", "inner-new")
+        result = lab.engine.apply("chain-v2", timeout=60)
+        assert result.state == "APPLIED" and "ended" in result.message
+        assert_identical(applied, snapshot(chain.inner, chain.outer, chain))
+        assert chain.outer(lambda: None) == ("outer-new", "inner-new", "inner-new")
+    finally:
+        new_request.release.set()
+        old_request.release.set()
+        if "chain-v2" in lab.engine._stuck:
+            lab.engine.apply("chain-v2", force=True, timeout=0)
