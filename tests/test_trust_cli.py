@@ -521,3 +521,26 @@ def test_the_readers_only_refuse_whatever_they_are_given():
     replies()
     nested()
     payload_bytes()
+
+
+def test_a_socket_named_after_no_process_is_an_impostor(lab, scripted):
+    """A socket in one's own directory named after a pid that does not exist, with a
+    listener behind it: `untrusted-socket` naming the listener, and `ps` does not list
+    it (before, `ps` listed what it answered)."""
+    ping = {"pid": 999_999_998, "app": "ghost", "python": "3", "applied": []}
+    pid, log = scripted({"ping": [{"ok": True, "result": ping}]})
+    ghost = protocol.socket_path(999_999_998)
+    ghost.symlink_to(protocol.socket_path(pid))
+    try:
+        with pytest.raises(LivepatchError) as err:
+            Client(999_999_998).ping()
+        assert err.value.code == "untrusted-socket"
+        assert f"there is no process 999999998, and the process listening there is pid {pid}" in (
+            err.value.message
+        )
+        out = cli("ps", "--json", cwd=lab.root)
+        assert out.returncode == 0 and 999_999_998 not in [p["pid"] for p in json.loads(out.stdout)]
+        assert "there is no process 999999998" in out.stderr
+        assert verbs(log) == ["ping"], "only the scripted agent's own pid was asked (by ps)"
+    finally:
+        ghost.unlink()

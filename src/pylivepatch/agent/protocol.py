@@ -32,7 +32,8 @@ class ProtocolError(Exception):
 
 def socket_dir() -> Path:
     """``$PYLIVEPATCH_SOCKET_DIR``, else ``$XDG_RUNTIME_DIR/pylivepatch`` or
-    ``/tmp/pylivepatch-UID``; mode 0700. (``pylivepatch attach --app`` sets the first in
+    ``/tmp/pylivepatch-UID``; mode 0700 (:func:`prepare_dir` makes it so, and a client
+    checks it with :func:`check_dir` and each listener with :func:`check_peer`). (``pylivepatch attach --app`` sets the first in
     a process it enters, so that the Python processes it starts later put their agents
     where the attaching command line looks.)"""
     explicit = os.environ.get("PYLIVEPATCH_SOCKET_DIR")
@@ -125,9 +126,11 @@ def check_peer(sock: socket.socket, pid: int, path: Path | str) -> None:
     running as that process's uid (or root): an impostor gets no byte of ours."""
     peer_pid, peer_uid, _gid = peer_credentials(sock)
     uids = process_uids(pid)
-    if uids is None:
-        raise LivepatchError(
-            "not-found", f"process {pid} does not exist (a stale socket {path}? remove it)"
+    if uids is None:  # someone answers for a process that does not exist (for us)
+        raise _untrusted(
+            f"{path} is not the agent of process {pid}: there is no process {pid}, and the "
+            f"process listening there is pid {peer_pid} uid {peer_uid}; nothing was sent. "
+            f"Find out who made it and remove it (rm {path})"
         )
     if peer_pid != pid or (peer_uid not in uids and peer_uid != 0):
         raise _untrusted(

@@ -359,8 +359,10 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
                 "test needs a command after --: pylivepatch test FILE... -- CMD ...",
                 args.verbs["test"],
             )
+        from ..agent import protocol
         from ..agent.run import test
 
+        protocol.prepare_dir(protocol.socket_dir())  # as for run, below
         return test(args.file, command)
     if args.verb == "run":
         command = args.command[1:] if args.command[:1] == ["--"] else args.command

@@ -65,7 +65,13 @@ def discover(warn: bool = True) -> list[dict[str, Any]]:
     paths = directory.glob("*.sock")
     for pid, path in sorted((int(p.stem), p) for p in paths if p.stem.isdigit()):
         try:
-            found.append(Client(pid, timeout=5).ping())
+            info = Client(pid, timeout=5).ping()
+            if info["pid"] != pid:  # checked to be pid, it says it is another process
+                raise LivepatchError(
+                    "untrusted-socket",
+                    f"the agent of process {pid} ({path}) says it is process {info['pid']}",
+                )
+            found.append(info)
         except LivepatchError as exc:
             if exc.code == "untrusted-socket":
                 if warn:
