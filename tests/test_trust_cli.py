@@ -544,3 +544,33 @@ def test_a_socket_named_after_no_process_is_an_impostor(lab, scripted):
         assert verbs(log) == ["ping"], "only the scripted agent's own pid was asked (by ps)"
     finally:
         ghost.unlink()
+
+
+def test_deep_json_in_a_signature_or_the_audit_log_is_no_traceback(lab, tmp_path):
+    """A SIGNATURE member of 2,000 nested arrays (under the 4 KiB signature cap) is a
+    malformed signature for `verify`; an audit log line nested as deep is skipped by
+    `log` like a cut line."""
+    from pylivepatch.agent import store
+
+    lab.module("shop", "def price(x):\n    return x * 2\n")
+    data = lab.pack(FIX)
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        members = {i.filename: zf.read(i) for i in zf.infolist()}
+    members["SIGNATURE"] = b"[" * 2000 + b"]" * 2000
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, content in members.items():
+            zf.writestr(name, content)
+    signed = tmp_path / "signed.lpz"
+    signed.write_bytes(buf.getvalue())
+    assert cli("keygen", "-o", str(tmp_path / "k"), cwd=lab.root).returncode == 0
+    out = cli("verify", str(signed), "--keys", str(tmp_path / "k.pub"), cwd=lab.root)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out
+    assert "pylivepatch: signature-invalid: " in out.stderr and "malformed" in out.stderr
+    app = f"deep-{lab.prefix}".rstrip("_")
+    store.append_audit(app, {"action": "load", "payload": "ok-one", "result": "ok"})
+    with open(store.audit_path(app), "a") as fh:
+        fh.write("[" * 5000 + "]" * 5000 + "\n")
+    out = cli("log", "--app", app, "--json", cwd=lab.root)
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out
+    assert [r["payload"] for r in json.loads(out.stdout)] == ["ok-one"]

@@ -251,7 +251,7 @@ def read_audit(app: str | None) -> list[dict[str, Any]]:
         for line in text.splitlines():
             try:
                 rec = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue  # a line cut by a full disk: skip it, keep the rest
             if isinstance(rec, dict):
                 records.append(rec)

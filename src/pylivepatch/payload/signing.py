@@ -210,7 +210,9 @@ def _parse(name: str, signature: bytes) -> dict[str, Any]:
         sig = base64.b64decode(str(doc["sig"]), validate=True)
         if len(sig) != 64:
             raise ValueError("an Ed25519 signature is 64 bytes")
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+    except (
+        ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError
+    ) as exc:  # fmt: skip
         raise LivepatchError(
             "signature-invalid", f"payload {name}: SIGNATURE is malformed ({exc})"
         ) from None
