@@ -574,3 +574,49 @@ def test_deep_json_in_a_signature_or_the_audit_log_is_no_traceback(lab, tmp_path
     out = cli("log", "--app", app, "--json", cwd=lab.root)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out
     assert [r["payload"] for r in json.loads(out.stdout)] == ["ok-one"]
+
+
+PLAIN = """
+    import pylivepatch as lp
+    patch = lp.Patch("fix-price", consistency="atomic")
+
+    @patch.function("{m}shop:price")
+    def price(x):
+        return x * 3
+"""
+
+CUMULATIVE = """
+    import os
+    import pylivepatch as lp
+    patch = lp.Patch("fix-all", consistency="atomic", replace=True)
+
+    @patch.function("{m}shop:price")
+    def price(x):
+        return x * 5
+
+    @patch.pre_apply
+    def refuse_apply(ctx):
+        return not os.environ.get("LPT_NO_REPLACE")
+"""
+
+
+def test_a_replace_rolled_back_says_what_it_replaced_stays_reverted(lab, procs):
+    """`replace` over -p X -p Y: X replaces fix-price with fix-all, Y refuses; the way
+    back reverts fix-all in X, which leaves fix-price reverted there too: the report
+    says so and how to apply it again (exit 3), not just "then reverted"."""
+    app = f"rp-{lab.prefix}".rstrip("_")
+    x, y = procs(app), procs(app, LPT_NO_REPLACE="1")
+    (lab.root / "fix.lpz").write_bytes(lab.pack(PLAIN))
+    (lab.root / "all.lpz").write_bytes(lab.pack(CUMULATIVE))
+    targets = ["-p", str(x.pid), "-p", str(y.pid)]
+    assert cli("load", "fix.lpz", *targets, cwd=lab.root).returncode == 0
+    assert cli("upload", "all.lpz", *targets, cwd=lab.root).returncode == 0
+    out = cli("replace", "fix-all", *targets, "--json", cwd=lab.root)
+    assert out.returncode == 3, out
+    doc = json.loads(out.stdout)
+    assert doc["error"]["code"] == "vetoed"
+    left = doc["left"][str(x.pid)]
+    assert "then reverted" in left and "(fix-price) stay reverted" in left
+    assert f"pylivepatch apply fix-price -p {x.pid}" in left
+    assert x.call() == "4", "X runs the original code, as the report says"
+    assert y.call() == "6"

@@ -398,6 +398,12 @@ def act(args: argparse.Namespace) -> int:
     assert name is not None
     verb = "apply" if args.verb == "load" else args.verb
     failed: int | None = None
+    replaced: dict[int, list[str]] = {}  # replace: what each process had applied before
+    if verb == "replace" and len(pids) > 1:
+        for pid in pids:
+            replaced[pid] = [
+                s.name for s in Client(pid).list() if s.state == "APPLIED" and s.name != name
+            ]
     with render.progress(f"{verb} {name}", len(pids)) as steps:
         for pid in pids:
             try:
@@ -419,6 +425,13 @@ def act(args: argparse.Namespace) -> int:
             err = _retrying(lambda p=pid: Client(p).revert(name))
             if err is None:
                 results[pid] = f"{DONE[verb]}, then reverted (another process refused)"
+                if replaced.get(pid):  # a revert does not apply again what replace reverted
+                    gone = ", ".join(replaced[pid])
+                    again = " && ".join(f"pylivepatch apply {n} -p {pid}" for n in replaced[pid])
+                    results[pid] = left[pid] = (
+                        f"{results[pid]}; the payloads it replaced ({gone}) stay reverted "
+                        f"here; apply them again: {again}"
+                    )
             else:
                 results[pid] = left[pid] = (
                     f"{DONE[verb]}, and NOT reverted ({err.code}: {err.message}): {name} is "
