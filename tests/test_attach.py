@@ -69,6 +69,8 @@ def _cases() -> list[tuple[str, str, set[str]]]:
     """(mode, method, the ways it may be entered) for this interpreter's methods."""
     out = []
     for mode in MODES:
+        if mode == "returned" and PYTHON == "3.12":
+            continue  # 3.12 starts no thread then: test_attach_methods.py checks the refusal
         out.append((mode, "gdb", PLANS[mode]))
         out.append((mode, "auto", AUTO_314[mode] if NEW else PLANS[mode]))
         if NEW and mode in RUNS_BYTECODE:

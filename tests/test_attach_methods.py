@@ -19,6 +19,7 @@ from attach_support import (
     Target,
     attach_json,
     cli,
+    interpreters,
     target_env,
     with_remote_exec,
 )
@@ -59,6 +60,24 @@ def test_main_returned_remote_exec_refuses_with_its_code_then_auto_attaches(tmp_
         r = attach_json(t.pid)
         assert r["result"] == "pending", r
         assert t.alive_and_sound()["threads"].count("pylivepatch-agent") == 1
+    finally:
+        t.stop()
+
+
+def test_main_returned_on_3_12_is_refused_naming_why(tmp_path: Path) -> None:
+    """CPython 3.12 (only) starts no thread once the main module has returned: the
+    bootstrap runs, cannot start the agent's thread, and says so (before: a timeout
+    saying the bootstrap was still queued)."""
+    python = interpreters().get("3.12")
+    assert python, "no CPython 3.12 here (.ci/run requires it)"
+    t = Target(tmp_path, "returned", python=python)
+    try:
+        t.ready()
+        line = refused(t.pid, "wrong-state")
+        assert "could not start the agent's thread" in line, line
+        assert "can't create new thread at interpreter shutdown" in line, line
+        assert "CPython 3.12 starts no thread once the main module has returned" in line
+        no_agent(t)
     finally:
         t.stop()
 
@@ -251,7 +270,7 @@ def test_gdb_leaves_every_signal_mask_and_handler_as_found(tmp_path: Path, mode:
     t = Target(tmp_path, mode, extra=["--block-signals"])
     try:
         before_status = t.ready()
-        assert before_status["handlers"][str(signal.SIGSEGV)][0] > 1  # faulthandler's
+        assert before_status["handlers"][str(int(signal.SIGSEGV))][0] > 1  # faulthandler's
         before = signal_state(t.pid)
         r = attach_json(t.pid, "--method", "gdb")
         assert r["result"] in ("direct", "pending"), r

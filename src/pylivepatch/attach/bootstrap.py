@@ -71,7 +71,8 @@ else:
 
 #: what the target's main thread runs: claim the attach's token (the first of its
 #: bootstraps to remove the file goes on: attach may queue the same bootstrap by two
-#: paths, sys.remote_exec and gdb), start the thread above, and nothing else
+#: paths, sys.remote_exec and gdb), start the thread above, and nothing else; if no
+#: thread can be started, say why in the fallback file
 _BOOTSTRAP = """\
 try:
     __import__('posix').unlink({once!r})
@@ -81,7 +82,11 @@ else:
     try:
         __import__('_thread').start_new_thread(exec, ({source!r}, {{'__name__': '__pylivepatch_attach__'}}))
     except BaseException:
-        pass
+        try:
+            (lambda f, e: (f.write('error thread ' + repr(e)), f.close()))(open({fallback!r} + '.tmp', 'w'), __import__('sys').exc_info()[1])
+            __import__('posix').rename({fallback!r} + '.tmp', {fallback!r})
+        except BaseException:
+            pass
 """
 
 
@@ -102,7 +107,7 @@ def render(
         channel=channel, fallback=fallback, library=library, socket_dir=socket_dir,
         state_dir=state_dir, app=app, public_pid=public_pid, peer=(os.getpid(), os.getuid()),
     )  # fmt: skip
-    text = _BOOTSTRAP.format(source=source, once=once)
+    text = _BOOTSTRAP.format(source=source, once=once, fallback=fallback)
     compile(text, "<pylivepatch attach>", "exec")  # ours: a bug here is caught before the target
     return text.encode()
 
@@ -266,7 +271,7 @@ class Channel:
                 pass
 
 
-_LEFT = re.compile(r"attach-(\d+)-[0-9a-f]+\.(?:once|py|err|sock)")
+_LEFT = re.compile(r"attach-(\d+)-[0-9a-f]+\.(?:once|py|err|err\.tmp|sock)")
 
 
 def sweep(directory: Path) -> None:
@@ -290,6 +295,20 @@ def raise_for(report: Report, pid: int) -> None:
     """``agent-import-failed`` for a report of failure, with the cause first."""
     if report.ok:
         return
+    if report.text.startswith("thread "):  # the bootstrap could not start its thread
+        why = report.text[len("thread ") :].strip()
+        hint = ""
+        if "interpreter shutdown" in why:
+            hint = (
+                ": CPython 3.12 starts no thread once the main module has returned and the "
+                "interpreter waits for the program's other threads to end, so no agent can "
+                "start in this process (3.10, 3.11 and 3.13+ can)"
+            )
+        raise LivepatchError(
+            "wrong-state",
+            f"process {pid}: the bootstrap ran but could not start the agent's thread "
+            f"({why}){hint}; nothing else was changed, the process runs on",
+        )
     lines = [line for line in report.text.strip().splitlines() if line.strip()]
     last = lines[-1] if lines else "no detail"
     hint = ""
