@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import builtins
 import errno
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -139,16 +138,12 @@ class Hooked(Checks):
                 tuple(sorted({p.target.module.__name__ for p in rec.funcs})),
             )  # fmt: skip
             ctx._marker = marker
-            interval = sys.getswitchinterval()
-            sys.setswitchinterval(max(interval, 1.0))
+            failure: str | None = None
             try:
-                rec.hooks[kind](ctx)
+                with pause.held_off():  # restored and handed round after: pause.hand_round
+                    rec.hooks[kind](ctx)
             except Exception as exc:  # noqa: BLE001 - reported; consistency decides
-                failure: str | None = f"{type(exc).__name__}: {exc}"
-            else:
-                failure = None
-            finally:
-                sys.setswitchinterval(interval)
+                failure = f"{type(exc).__name__}: {exc}"
             act.emit("hook", hook=kind, result="ok" if failure is None else "failed")
             return failure
 

@@ -30,7 +30,10 @@ for the length of the call: a thread that starts waiting for the GIL then asks f
 only after that long. A thread that was already waiting, with the interval it read
 before, can still get in (measured with a hook and a thread spinning beside the
 pauses: another thread ran in 1 pause of 50 on CPython 3.11 and in none on 3.12 and
-3.13, against 48 to 50 of 50 without the raised interval). CPython runs audit hooks
+3.13, against 48 to 50 of 50 without the raised interval). Afterwards the interval is
+restored and the GIL handed round once (:func:`hand_round`): a thread that began waiting
+while it was raised would otherwise keep waiting the raised interval, a second after a
+pause of microseconds (tests/test_latency_pause.py). CPython runs audit hooks
 with tracing off, so the engine cannot tell that such a hook exists; docs/design.md
 ("The pause") names the limit.
 
@@ -143,6 +146,33 @@ def gil_disabled() -> bool:
     """True on a free-threaded build running without the GIL."""
     is_enabled = getattr(sys, "_is_gil_enabled", None)
     return is_enabled is not None and not is_enabled()
+
+
+@contextmanager
+def held_off(interval: float = PAUSE_SWITCH_INTERVAL) -> Iterator[None]:
+    """Thread switching held off for the block: the switch interval raised to at least
+    ``interval``, then restored and the GIL handed round (:func:`hand_round`)."""
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(max(saved, interval))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(saved)
+        hand_round()
+
+
+def hand_round() -> None:
+    """Release the GIL once, after the switch interval was restored.
+
+    A thread that began waiting for the GIL while the interval was raised waits with
+    the raised interval: CPython reads it once per wait (``take_gil``) and asks the
+    holder for the GIL only when that wait times out. Left alone, such a thread could
+    wait the whole raised interval (1 s) after the pause, while this thread runs on.
+    Releasing the GIL wakes one waiter (``drop_gil`` signals the condition); it either
+    takes the GIL or waits again with the interval as it is now, and each later
+    hand-over wakes the next one, as every switch does. ``time.sleep(0)`` releases the
+    GIL on every version and returns at once when no thread wants it."""
+    time.sleep(0)
 
 
 @dataclass
@@ -275,14 +305,12 @@ def run(ops: Ops, blocking: set[int] | None, in_flight: InFlight | None = None) 
             )
             gate = map(all, (chain(same_tops, same_backs),))
             gated = chain.from_iterable(compress((work,), gate))
-        interval = sys.getswitchinterval()
         was_enabled = gc.isenabled()
         gc.disable()
-        sys.setswitchinterval(PAUSE_SWITCH_INTERVAL)  # against Python audit hooks: docstring
         try:
-            deque(gated, 0)
+            with held_off():  # against Python audit hooks: module docstring
+                deque(gated, 0)
         finally:
-            sys.setswitchinterval(interval)
             if was_enabled:
                 gc.enable()
     finally:
