@@ -310,3 +310,32 @@ def test_object_base_del_and_respelled_imports_are_not_changes(lab, versions):
         ("method", "pkg.m:X.f")
     ]
     assert any("_tmp" in w and "del" in w for w in result.warnings)
+
+
+def test_a_value_built_from_a_target_constant_imports_what_it_can(lab, versions):
+    """A new pattern built from a constant of another module of the target: with every
+    import a stub the payload cannot run (re.compile of a stub), so it runs again with
+    what imports where the build runs, and stubs only for what is missing (waitress
+    2.1.0 -> 2.1.1)."""
+    consts = "SEP = ','\n"
+    v = versions(
+        {"consts.py": consts, "m.py": "def split(s):\n    return s.split(',')\n"},
+        {
+            "consts.py": consts,
+            "m.py": "import re\nimport lpt_missing_dep\nfrom .consts import SEP\n\n"
+            "_SPLIT = re.compile(SEP + ' *')\n\ndef split(s):\n    return _SPLIT.split(s)\n",
+        },
+    )
+    m = v.module("m")
+    result = v.build()
+    assert not result.refusals and not result.error and result.data, result.error
+    import sys
+
+    assert "lpt_missing_dep" not in sys.modules
+    sys.modules["lpt_missing_dep"] = type(sys)("lpt_missing_dep")  # where the service runs
+    try:
+        name = lab.engine.load(result.data).name
+        assert m.split("a,  b") == ["a", "b"]
+        lab.engine.revert(name)
+    finally:
+        del sys.modules["lpt_missing_dep"]

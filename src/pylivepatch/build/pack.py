@@ -124,16 +124,20 @@ class _StubModule(types.ModuleType):
 
 
 class _StubFinder:
-    """First on ``sys.meta_path`` while a built payload runs at build time: every
-    module outside the standard library and pylivepatch is a stub module (importing
-    the target's code would run it and need its dependencies where the build runs)."""
+    """On ``sys.meta_path`` while a built payload runs at build time. First on it:
+    every module outside the standard library and pylivepatch is a stub module
+    (importing the target's code would run it and need its dependencies where the build
+    runs). Last on it (``missing_only``): only the modules nothing else finds."""
 
-    def __init__(self) -> None:
+    def __init__(self, missing_only: bool = False) -> None:
         self.made: list[str] = []
+        self.missing_only = missing_only  # last on sys.meta_path: what nothing else finds
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         top = fullname.split(".")[0]
         if top in sys.stdlib_module_names or top in ("pylivepatch", "_pylivepatch_pack"):
+            return None
+        if self.missing_only and fullname in sys.modules:
             return None
         import importlib.machinery
 
@@ -170,21 +174,29 @@ def analyze(
     """
     added = [p for p in ([against] if against else []) + (search or []) if p not in sys.path]
     sys.path[:0] = added
-    stubs = _StubFinder() if stub_imports else None
-    if stubs is not None:
-        sys.meta_path.insert(0, stubs)
-    try:
-        loaded = load_sources("pack", "_pylivepatch_pack", sources, "pack")
-    except BaseException as exc:
-        for p in added:
-            sys.path.remove(p)
+    # With stub_imports: first every module outside the standard library is a stub; if
+    # the payload's code needs real values when it is imported (a pattern built from a
+    # constant of the target), it runs again with what imports here, and stubs only
+    # for the modules that cannot be found.
+    for missing_only in (False, True) if stub_imports else (None,):
+        stubs = _StubFinder(missing_only) if missing_only is not None else None
+        if stubs is not None:
+            sys.meta_path.insert(len(sys.meta_path) if missing_only else 0, stubs)
+        try:
+            loaded = load_sources("pack", "_pylivepatch_pack", sources, "pack")
+        except BaseException as exc:
+            if stubs is not None:
+                _drop_stubs(stubs)
+            if isinstance(exc, LivepatchError) and missing_only is False:
+                continue
+            for p in added:
+                sys.path.remove(p)
+            if isinstance(exc, LivepatchError):
+                raise _explain(exc, stubs) from None
+            raise
         if stubs is not None:
             _drop_stubs(stubs)
-        if isinstance(exc, LivepatchError):
-            raise _explain(exc, stubs) from None
-        raise
-    if stubs is not None:
-        _drop_stubs(stubs)
+        break
     try:
         patches = [v for v in loaded.namespace.values() if isinstance(v, Patch)]
         if len(patches) != 1:

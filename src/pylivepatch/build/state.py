@@ -312,7 +312,12 @@ def check(diffs: list[ModuleDiff], index: TreeIndex) -> list[Refusal]:
     for d in diffs:
         for c in d.changes:
             parts = c.qualname.split(".")
-            if c.kind in ("method", "new method") and len(parts) >= 2 and c.node is not None:
+            if (
+                c.kind in ("method", "new method")
+                and len(parts) >= 2
+                and c.node is not None
+                and parts[-1] not in ("__init__", "__new__", "__init_subclass__")
+            ):  # what construction reads runs on objects made after the patch only
                 changed.setdefault((c.module, parts[0]), []).append((c.qualname, c.node))
     refusals: list[Refusal] = []
     done: set[tuple[str, str, str]] = set()  # (module, class, attr) refused or migrated
