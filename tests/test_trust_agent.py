@@ -339,3 +339,36 @@ def test_an_audit_log_that_cannot_be_written_is_reported_and_can_refuse(lab, tmp
                 assert target.call() == "6"
         finally:
             target.stop()
+
+
+def test_the_client_and_the_command_line_say_when_the_audit_log_was_not_written(lab, tmp_path):
+    """Issue 21 item 6, the caller's side: ``Client.audit_error`` carries the agent's
+    ``audit_error`` (and ``on_audit_error`` is told), and ``pylivepatch load`` prints a
+    warning naming the process and the log while the action itself succeeds."""
+    state_dir = tmp_path / "state"
+    (state_dir / "apps" / store.NO_APP).mkdir(parents=True, mode=0o700)
+    os.chmod(state_dir, 0o700)
+    os.chmod(state_dir / "apps", 0o700)
+    (state_dir / "apps" / store.NO_APP / "audit.jsonl").mkdir()  # cannot be written
+    target = Target(lab, PYLIVEPATCH_STATE_DIR=str(state_dir))
+    told: list[tuple[int, str]] = []
+    try:
+        client = Client(target.proc.pid)
+        saved = Client.on_audit_error
+        Client.on_audit_error = lambda pid, text: told.append((pid, text))
+        try:
+            client.upload("fix-price", _packed(lab))
+        finally:
+            Client.on_audit_error = saved
+        assert client.audit_error is not None and "audit.jsonl" in client.audit_error
+        assert told and told[0][0] == target.proc.pid
+        out = subprocess.run(
+            [sys.executable, "-m", "pylivepatch", "apply", "fix-price", "-p", str(target.proc.pid)],
+            capture_output=True, text=True, env=dict(os.environ, PYLIVEPATCH_STATE_DIR=str(state_dir)),
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert f"warning: process {target.proc.pid} could not write its audit log" in out.stderr
+        assert "audit.jsonl" in out.stderr and "Traceback" not in out.stderr
+        assert target.call() == "6"  # the action ran
+    finally:
+        target.stop()

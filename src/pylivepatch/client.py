@@ -132,10 +132,17 @@ class Client:
     #: before the agent closes it (``protocol.READ_TIMEOUT``).
     KEEP_IDLE = protocol.READ_TIMEOUT / 2
 
+    #: Called as ``on_audit_error(pid, text)`` when an agent answers that it could not
+    #: write the request's audit record (a full or read-only disk): the action ran, but
+    #: the log does not show it. None: a ``UserWarning`` (the command line prints a line).
+    on_audit_error: Callable[[int, str], None] | None = None
+
     def __init__(self, pid: int, timeout: float = 120.0) -> None:
         self.pid = pid
         self.path = protocol.socket_path(pid)
         self.timeout = timeout
+        #: the agent's ``audit_error`` of the last reply (None: the request was recorded)
+        self.audit_error: str | None = None
         self._kept: socket.socket | None = None
         self._keeping = 0  # nested ``with`` blocks
         self._idle_since = 0.0
@@ -281,6 +288,19 @@ class Client:
     def _result(self, reply: dict[str, Any]) -> Any:
         """The result of a reply, or its error raised; a reply of another shape is
         ``internal`` (never a ``TypeError`` later)."""
+        failure = reply.get("audit_error")
+        self.audit_error = failure if isinstance(failure, str) else None
+        if self.audit_error is not None:
+            hook = type(self).on_audit_error
+            if hook is not None:
+                hook(self.pid, self.audit_error)
+            else:
+                import warnings
+
+                warnings.warn(
+                    f"process {self.pid} could not write its audit log: {self.audit_error}",
+                    stacklevel=4,
+                )
         ok = reply.get("ok")
         if ok is True:
             return reply.get("result")

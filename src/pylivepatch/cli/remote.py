@@ -29,6 +29,26 @@ from ..errors import LivepatchError
 from ..payload import archive
 from . import UsageError, complete, render
 
+_audit_warned: set[int] = set()
+_audit_lock = threading.Lock()
+
+
+def _audit_warning(pid: int, text: str) -> None:
+    """An agent ran the request but could not record it: say so once per process, on
+    stderr, whatever the output format (the action's own result stays the truth)."""
+    with _audit_lock:
+        if pid in _audit_warned:
+            return
+        _audit_warned.add(pid)
+    print(
+        f"pylivepatch: warning: process {pid} could not write its audit log ({text}); "
+        "what it did is not recorded there: free the disk or fix the log's permissions",
+        file=sys.stderr,
+    )
+
+
+Client.on_audit_error = _audit_warning
+
 
 def add_target(p: argparse.ArgumentParser) -> None:
     """TARGET: every option repeatable; the processes any of them names."""
