@@ -161,7 +161,10 @@ def with_remote_exec() -> str:
     if sys.version_info >= (3, 14):
         return sys.executable
     newer = [exe for minor, exe in sorted(interpreters().items()) if minor >= "3.14"]
-    assert newer, "no CPython 3.14+ here: .ci/cpython-sid installs it (see .ci/run)"
+    if not newer:  # CI installs them for every suite (.ci/run): never skipped there
+        import pytest
+
+        pytest.skip("no CPython 3.14+ on this machine (.ci/cpython-sid installs it)")
     return newer[-1]
 
 
@@ -170,5 +173,8 @@ def without_remote_exec() -> str:
     if sys.version_info < (3, 14):
         return sys.executable
     older = [exe for minor, exe in sorted(interpreters().items()) if minor < "3.14"]
-    assert older, "no CPython 3.10-3.13 here"
+    if not older:
+        import pytest
+
+        pytest.skip("no CPython 3.10-3.13 on this machine")
     return older[-1]

@@ -69,7 +69,8 @@ def test_main_returned_on_3_12_is_refused_naming_why(tmp_path: Path) -> None:
     bootstrap runs, cannot start the agent's thread, and says so (before: a timeout
     saying the bootstrap was still queued)."""
     python = interpreters().get("3.12")
-    assert python, "no CPython 3.12 here (.ci/run requires it)"
+    if python is None:  # CI has it (.ci/run requires 3.12): never skipped there
+        pytest.skip("no CPython 3.12 on this machine")
     t = Target(tmp_path, "returned", python=python)
     try:
         t.ready()
