@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import process_engine
 from ..errors import MAX_TIMEOUT, LivepatchError
-from . import protocol, store
+from . import cforks, protocol, store
 from .audit import Audit, requested_by, required, take_failure
 
 if TYPE_CHECKING:
@@ -555,6 +555,7 @@ def start(
                 process_engine.when_created(lambda e: e.add_listener(_notice))
             _agent = Agent(app, directory, public_pid)
             atexit.register(_agent.close)
+            cforks.watch(_after_fork)  # workers a server forks in C (uWSGI)
             if not _started_installed:
                 _started_installed = True
                 if app:
