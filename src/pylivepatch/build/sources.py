@@ -135,16 +135,14 @@ class Tree:
         """The distribution's other files inside its packages (certificate bundles, JSON
         tables, templates...): relative path -> sha256 of the content. Bytecode,
         metadata and the directories a package's modules skip are left out."""
-        packages = {rel.rsplit("/", 1)[0] for rel in self.modules().values() if "/" in rel}
+        tops = {rel.split("/", 1)[0] for rel in self.modules().values() if "/" in rel}
         out: dict[str, str] = {}
         others = {p: "" for p in self._other} if self._root is not None else dict(self._data)
         for path, digest in others.items():
             if not path.startswith(self.prefix):
                 continue
             rel = path[len(self.prefix) :]
-            if "/" not in rel or rel.rsplit("/", 1)[0].split("/")[0] not in {
-                p.split("/")[0] for p in packages
-            }:
+            if "/" not in rel or rel.split("/", 1)[0] not in tops:
                 continue
             parts = rel.split("/")
             if rel.endswith(_NOT_DATA) or any(
@@ -200,6 +198,12 @@ def materialize(spec: str, workdir: Path, label: str, repo: str | None = None) -
     )
 
 
+def _skipped(name: str) -> bool:
+    """A member no package data can be: under docs/, tests/... or bytecode."""
+    parts = name.split("/")
+    return name.endswith(_NOT_DATA) or any(p in SKIP_DIRS for p in parts[:-1])
+
+
 def _check_member(name: str, label: str) -> None:
     parts = name.replace("\\", "/").split("/")
     if name.startswith("/") or ".." in parts:
@@ -221,7 +225,7 @@ def _unzip(path: Path, data: dict[str, str] | None = None) -> dict[str, bytes]:
                     raise LivepatchError("invalid-payload", f"{path}: unpacks to too much data")
                 if info.filename.endswith(WANTED):
                     files[info.filename] = zf.read(info)
-                elif data is not None:
+                elif data is not None and not _skipped(info.filename):
                     data[info.filename] = hashlib.sha256(zf.read(info)).hexdigest()
     except zipfile.BadZipFile as exc:
         raise LivepatchError("invalid-payload", f"{path}: not a readable zip: {exc}") from None
@@ -249,7 +253,7 @@ def _untar(path: Path | io.BytesIO, data: dict[str, str] | None = None) -> dict[
                     continue
                 if m.name.endswith(WANTED):
                     files[m.name] = fh.read()
-                elif data is not None:
+                elif data is not None and not _skipped(m.name):
                     data[m.name] = hashlib.sha256(fh.read()).hexdigest()
     except tarfile.TarError as exc:
         raise LivepatchError("invalid-payload", f"{path}: not a readable tar: {exc}") from None
