@@ -21,6 +21,7 @@ import pytest
 from attach_support import (
     GDB,
     MODES,
+    PATIENCE,
     TESTS,
     Target,
     attach_json,
@@ -212,19 +213,20 @@ def test_two_attaches_at_once_make_one_agent(tmp_path: Path) -> None:
     t = Target(tmp_path, "busy")
     try:
         t.ready()
+        command = [sys.executable, "-m", "pylivepatch", "attach", str(t.pid), "--json"]
         both = [
             subprocess.Popen(
-                [sys.executable, "-m", "pylivepatch", "attach", str(t.pid), "--json"],
+                [*command, "--timeout", PATIENCE],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-            )  # fmt: skip
+            )
             for _ in range(2)
         ]
         docs = []
         for p in both:
             out, err = p.communicate(timeout=120)
-            assert p.returncode == 0, err
+            assert p.returncode == 0, (out, err)
             docs.append(json.loads(out)["results"][0]["result"])
         assert sorted(docs)[0] == "already", docs
         assert sorted(docs)[1] in ("pending", "direct", "remote-exec"), docs
