@@ -104,7 +104,27 @@ class Consistency(Hooked):
 
     def _transition(self, act: Act, ops: pause.Ops, limit: float, force: bool) -> pause.PauseResult:
         """SPEC §5 ``transition``: dispatchers, waiting, then the new code in one pause;
-        on timeout the transition is reversed (or, with ``force``, completed)."""
+        on timeout the transition is reversed (or, with ``force``, completed).
+
+        With many busy threads, every time the engine's thread gives the GIL up (a
+        sleep, the hand-over after a pause) or is made to (after a switch interval of
+        Python), it waits for a round of the other threads, each running a switch
+        interval: a round of the default 5 ms with 128 threads is 0.64 s. So the interval
+        is shortened for the whole transition, from the preparation of the dispatchers
+        to the final pause (and restored after): a thread preempted inside old code gets
+        the GIL back sooner to leave it, and so does the engine (docs/benchmarks.md,
+        "Transitions under load")."""
+        interval = self._saved_switch_interval = sys.getswitchinterval()  # (engine/forks.py)
+        sys.setswitchinterval(min(interval, TRANSITION_SWITCH_INTERVAL))
+        try:
+            return self._run_transition(act, ops, limit, force)
+        finally:
+            sys.setswitchinterval(interval)
+            self._saved_switch_interval = None
+
+    def _run_transition(
+        self, act: Act, ops: pause.Ops, limit: float, force: bool
+    ) -> pause.PauseResult:
         changes: dict[int, dict[str, Any]] = {}
         funcs: dict[int, types.FunctionType] = {}
         for fn, attr, value in ops.func_attrs:
@@ -144,18 +164,9 @@ class Consistency(Hooked):
         act.emit(
             "transition", direction="patching" if data_first else "unpatching", funcs=len(pairs)
         )
-        # A thread preempted inside old code must get the GIL back to leave it: with many
-        # busy threads a round of the default 5 ms switch interval takes long, so the
-        # interval is shortened while the transition waits (and restored after).
-        interval = self._saved_switch_interval = sys.getswitchinterval()  # (engine/forks.py)
-        sys.setswitchinterval(min(interval, TRANSITION_SWITCH_INTERVAL))
-        try:
-            return self._wait_transition(
-                act, ops, trans, undo_data, data, dispatchers, first, data_first, limit, force
-            )
-        finally:
-            sys.setswitchinterval(interval)
-            self._saved_switch_interval = None
+        return self._wait_transition(
+            act, ops, trans, undo_data, data, dispatchers, first, data_first, limit, force
+        )
 
     def _wait_transition(
         self,
@@ -233,8 +244,8 @@ class Consistency(Hooked):
                         first_blockers = blockers
                         trans.reverse()
                         reversed_, deadline, delay = True, time.monotonic() + limit, 0.001
-                if blockers:
-                    time.sleep(delay)
+                if blockers:  # never past the deadline: the timeout is a bound
+                    time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
                     delay = min(delay * 2, 1.0)
                     continue
                 result = self._final_pause(
@@ -328,7 +339,7 @@ class Consistency(Hooked):
                     act.emit("forced", blockers=blockers, reason="stuck transition finished")
                     blockers = []
                 if blockers:
-                    time.sleep(delay)
+                    time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
                     delay = min(delay * 2, 1.0)
                     continue
                 result = self._final_pause(

@@ -17,11 +17,12 @@ not be atomic together.
 from __future__ import annotations
 
 import gc
+import operator
 import sys
 import threading
 import types
 from collections.abc import Iterator
-from itertools import compress
+from itertools import chain, compress
 from typing import Any
 
 from ..payload import static
@@ -71,6 +72,8 @@ class Dispatch:
 
 
 _DISPATCH_CODE = Dispatch.__call__.__code__
+_DISPATCH_ID = id(_DISPATCH_CODE)
+_F_CODE = operator.attrgetter("f_code")
 
 
 def in_flight(frame: types.FrameType, callee: types.FrameType | None) -> bool:
@@ -199,6 +202,14 @@ class Transition:
                     break
         return found
 
+    def _may_block(self, stacks: dict[int, list[types.FrameType]]) -> bool:
+        """Whether any frame read runs old code or a dispatcher: one C-level pass over
+        every frame (no bytecode, so the engine's thread is not switched out in the
+        middle, which with many busy threads costs it a round of all of them); only
+        then are the stacks looked at frame by frame (:meth:`_on_stacks`)."""
+        codes = set(map(id, map(_F_CODE, chain.from_iterable(stacks.values()))))
+        return _DISPATCH_ID in codes or not codes.isdisjoint(self.old_ids)
+
     def blockers(self) -> list[str]:
         """Threads and suspended generators/coroutines still running old code.
 
@@ -206,7 +217,7 @@ class Transition:
         what a frame keeps is read (its code, line, globals and, for a dispatcher, its
         locals), never ``f_back`` of a frame its thread may have left."""
         with pause.read_stacks() as stacks:  # every frame let go of at the end
-            found = self._on_stacks(stacks)
+            found = self._on_stacks(stacks) if self._may_block(stacks) else []
         if found:
             return found
         if self.suspendable:

@@ -1,0 +1,152 @@
+"""Transitions under load: how long ``apply``/``revert`` take with 8 to 512 busy threads,
+beside how long the engine's thread waits for the GIL alone, in one run.
+
+    python benchmarks/bench_transition.py [--threads 8,32,128,512] [--rounds N] [--timeout S] [--quick]
+
+For each thread count, that many threads call a patched pair of functions
+(``outer`` calls ``leaf``) without pause, and the main thread applies and reverts the
+payload with ``consistency="transition"`` ``--rounds`` times. Reported per count:
+
+- *completion*: the wall time of each ``apply`` and ``revert`` (median, p99, max), and
+  how each ended (completed, reversed on timeout, stuck), beside the timeout;
+- *GIL round*: the same main thread's wait to get the GIL back after giving it up
+  (``time.sleep(0)``), at the transition's switch interval and with the same threads
+  spinning, measured between the actions: what any check of the stacks pays once.
+
+The machine is shared and noisy: the two are interleaved, and the ratio of the
+completion median to the GIL round median is what carries over to another machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pylivepatch as lp
+from pylivepatch import LivepatchError
+from pylivepatch.build.pack import pack
+from pylivepatch.engine.base import TRANSITION_SWITCH_INTERVAL
+
+TARGET = """
+def leaf(x):
+    return x + 1
+
+def outer(x):
+    return leaf(x) + 1
+"""
+
+FIX = """
+import pylivepatch as lp
+patch = lp.Patch("bench-load", consistency="transition")
+
+@patch.function("bench_load:leaf")
+def leaf(x):
+    return x + 1
+
+@patch.function("bench_load:outer")
+def outer(x):
+    return leaf(x) + 1
+"""
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def gil_round() -> float:
+    """Seconds this thread waits to run again after giving the GIL up once."""
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(min(saved, TRANSITION_SWITCH_INTERVAL))
+    try:
+        t0 = time.perf_counter()
+        time.sleep(0)
+        return time.perf_counter() - t0
+    finally:
+        sys.setswitchinterval(saved)
+
+
+def run(n: int, rounds: int, timeout: float, mod: object, e: object) -> dict[str, object]:
+    stop = threading.Event()
+
+    def spin() -> None:
+        f = mod.outer  # type: ignore[attr-defined]
+        while not stop.is_set():
+            f(1)
+
+    workers = [threading.Thread(target=spin, daemon=True) for _ in range(n)]
+    for w in workers:
+        w.start()
+    times: list[float] = []
+    gil: list[float] = []
+    ends: dict[str, int] = {}
+    try:
+        for _ in range(rounds):
+            for action in (e.apply, e.revert):  # type: ignore[attr-defined]
+                gil.append(gil_round())
+                t0 = time.perf_counter()
+                try:
+                    action("bench-load", timeout=timeout)
+                    end = "completed"
+                except LivepatchError as exc:
+                    end = exc.code
+                times.append(time.perf_counter() - t0)
+                ends[end] = ends.get(end, 0) + 1
+                if end == "transition-stuck":  # end it, so the next round starts clean
+                    e.revert("bench-load", force=True)  # type: ignore[attr-defined]
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    return {"times": times, "gil": gil, "ends": ends}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", default="8,32,128,512")
+    ap.add_argument("--rounds", type=int, default=25, help="apply+revert pairs per count")
+    ap.add_argument("--timeout", type=float, default=10.0)
+    ap.add_argument("--quick", action="store_true", help="8 and 32 threads, 3 rounds")
+    args = ap.parse_args()
+    counts = [int(x) for x in args.threads.split(",")]
+    rounds = args.rounds
+    if args.quick:
+        counts, rounds = [8, 32], 3
+    root = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    (root / "bench_load.py").write_text(textwrap.dedent(TARGET))
+    (root / "bench_load_fix.py").write_text(textwrap.dedent(FIX))
+    sys.path.insert(0, str(root))
+    importlib.invalidate_caches()
+    mod = importlib.import_module("bench_load")
+    e = lp.engine()
+    e.upload("bench-load", pack(root / "bench_load_fix.py").data)
+    print(
+        f"Python {sys.version.split()[0]}, {rounds} apply+revert per count, timeout {args.timeout:g} s"
+    )
+    print(
+        f"{'threads':>7} | {'median':>8} {'p99':>8} {'max':>8} | {'GIL round':>9} "
+        f"{'ratio':>6} | ends"
+    )
+    for n in counts:
+        r = run(n, rounds, args.timeout, mod, e)
+        times, gil = r["times"], r["gil"]
+        med, g = statistics.median(times), statistics.median(gil)  # type: ignore[arg-type]
+        ends = ", ".join(f"{k} {v}" for k, v in sorted(r["ends"].items()))  # type: ignore[attr-defined]
+        print(
+            f"{n:>7} | {med * 1e3:>6.1f}ms {pct(times, 99) * 1e3:>6.0f}ms "  # type: ignore[arg-type]
+            f"{max(times) * 1e3:>6.0f}ms | {g * 1e3:>7.1f}ms {med / max(g, 1e-6):>6.1f} | {ends}",  # type: ignore[arg-type]
+            flush=True,
+        )
+    e.unload("bench-load")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
