@@ -454,13 +454,20 @@ def verdict_of(o: Outcome) -> str:
 def write_markdown(outcomes: list[Outcome], path: Path) -> None:
     function_level = [o for o in outcomes if o.expected == "build"]
     built = [o for o in function_level if o.built == "built"]
+    plain = [o for o in built if not o.build_options]
+    migrated = [o for o in outcomes if any("; migrated: " in w for w in o.warnings)]
     ok = [o for o in outcomes if o.verdict.startswith("ok")]
     lines = [
         "# The builder on real release pairs",
         "",
-        f"**{len(outcomes)} pairs; yield {len(built)} / {len(function_level)}**: of the pairs "
+        f"**{len(outcomes)} pairs; yield {len(plain)} / {len(function_level)} without any "
+        f"flag, {len(built)} / {len(function_level)} with the author's hooks**: of the pairs "
         "whose fix is function-level (code, helpers, patterns and constants: `expected` is "
-        "build), the share that build without any flag. "
+        "build), the share that build without any flag, and with the hooks a pair's author "
+        "wrote for state objects made before the patch need (corpus/hooks/, `--allow "
+        f"instance-state`). The builder migrated instance state by itself in {len(migrated)} "
+        "pair(s) (a new attribute whose value an old object provably would have had: a "
+        "class-level default). "
         f"{len(ok)} / {len(outcomes)} pairs are ok (built and the fix works without breaking "
         "the release's suite, or refused as expected with the change a running process "
         "cannot take named).",
