@@ -329,6 +329,7 @@ def test_a_value_built_from_a_target_constant_imports_what_it_can(lab, versions)
     m = v.module("m")
     result = v.build()
     assert not result.refusals and not result.error and result.data, result.error
+    assert any("stand-ins for what does not (lpt_missing_dep)" in w for w in result.warnings)
     import sys
 
     assert "lpt_missing_dep" not in sys.modules

@@ -210,6 +210,13 @@ def analyze(
         data: list[dict[str, Any]] = []
         objects: dict[str, str] = {}
         warnings: list[str] = []
+        if stubs is not None and stubs.missing_only and stubs.made:
+            warnings.append(
+                "the payload's import-time code needed real values, and ran with what imports "
+                f"here and stand-ins for what does not ({', '.join(stubs.tops())}); values "
+                "computed from a stand-in are not the target's: check the payload where "
+                "they are installed (`pylivepatch test`), or build with --python-env"
+            )
         modules: set[str] = set()
         needs: dict[str, set[str]] = {}
         stands_in: dict[int, types.FunctionType] = {}  # replacement -> the function it patches
