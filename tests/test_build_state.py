@@ -67,9 +67,9 @@ def test_an_argument_passed_up_to_a_base_init_is_refused(versions):
         "pkg/m.py:11: instance-state: pkg.m:F: self.max_length, which pkg.m:F.check reads, is "
         "set up differently when a F is made: F.__init__ now passes `max_length=39` up to a "
         "base __init__; objects made before the patch hold what the old construction gave "
-        "them, and the new code would read that. Keep the construction as it was, or set the "
-        "attribute of existing objects in a pre_apply hook (--hooks FILE with --allow "
-        "instance-state)"
+        "them, and the new code would read that. Keep the construction as it was, or answer "
+        "for existing objects in payload code: --hooks FILE with --allow instance-state (a "
+        "FILE that does not exist gets a skeleton to complete)"
     ]
     assert v.build("instance-state").data, "--allow takes it, as for every instance-state"
 

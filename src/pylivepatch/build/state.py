@@ -373,9 +373,9 @@ def check(diffs: list[ModuleDiff], index: TreeIndex) -> list[Refusal]:
                             f"self.{attr}, which {reader} reads, is set up differently when a "
                             f"{name} is made: {detail}; objects made before the patch hold what "
                             "the old construction gave them, and the new code would read that. "
-                            "Keep the construction as it was, or set the attribute of existing "
-                            "objects in a pre_apply hook (--hooks FILE with --allow "
-                            "instance-state)",
+                            "Keep the construction as it was, or answer for existing objects in "
+                            "payload code: --hooks FILE with --allow instance-state (a FILE that "
+                            "does not exist gets a skeleton to complete)",
                         )
                     )  # fmt: skip
     return refusals
@@ -423,8 +423,9 @@ def _new_attribute(
             f"self.{attr}, which {reader} reads, is new: {where} now sets it when a {name} is "
             "made, and objects made before the patch do not have it (the value is not an "
             "immutable literal set whatever the arguments, so no class-level default can "
-            "stand for it). Set it on existing objects in a pre_apply hook (--hooks FILE with "
-            f"--allow instance-state), or read it as getattr(self, {attr!r}, DEFAULT) in NEW",
+            "stand for it). Answer for existing objects in payload code: --hooks FILE with "
+            "--allow instance-state (a FILE that does not exist gets a skeleton to complete); "
+            f"or read it as getattr(self, {attr!r}, DEFAULT) in NEW",
         )
     ]  # fmt: skip
 
