@@ -386,6 +386,8 @@ def act(args: argparse.Namespace) -> int:
                 Client(pid)._call("upload", name=name, data=encoded, **checks)
                 return "uploaded", None
             except LivepatchError as exc:
+                if _exited(pid, exc):
+                    return EXITED, None
                 if exc.code == "exists":
                     other = _status_or_none(pid, name)
                     if other is not None and other["build_id"] == manifest.build_id:
@@ -426,6 +428,9 @@ def act(args: argparse.Namespace) -> int:
             ]
     with render.progress(f"{verb} {name}", len(pids)) as steps:
         for pid in pids:
+            if results.get(pid) == EXITED:
+                steps.advance()
+                continue
             try:
                 with _watching(pid, name, steps):
                     result = getattr(Client(pid), verb)(name, **options)
@@ -437,6 +442,10 @@ def act(args: argparse.Namespace) -> int:
                     if waiting:
                         results[pid] += f"; waits for the import of {', '.join(waiting)}"
             except LivepatchError as exc:
+                if _exited(pid, exc):  # a pool process retired meanwhile (Celery's)
+                    results[pid] = EXITED
+                    steps.advance()
+                    continue
                 results[pid], failure, failed = f"{exc.code}: {exc.message}", exc, pid
                 break
             steps.advance()
@@ -585,9 +594,10 @@ def _newcomers(
     for pid in fresh:
         client = Client(pid)
         try:
-            applied = any(s.name == name and s.state == "APPLIED" for s in client.list())
+            present = {s.name: s.state for s in client.list()}
+            applied = present.get(name) == "APPLIED"
             if verb == "apply" and not applied:
-                if data:
+                if data and name not in present:  # (forked after the upload: it has it)
                     client.load(data, **checks)
                 else:
                     client.apply(name)
@@ -598,6 +608,9 @@ def _newcomers(
             else:
                 results[pid] = f"appeared during the action: already {DONE[verb]}"
         except LivepatchError as exc:
+            if _exited(pid, exc):
+                results[pid] = f"appeared and {EXITED}"
+                continue
             again = f"load {args.file}" if data else f"{verb} {name}"
             results[pid] = left[pid] = (
                 f"appeared during the action and is NOT {DONE[verb]} ({exc.code}: "
@@ -772,6 +785,29 @@ def _tree(root: int) -> list[int]:
         tree.append(pid)
         todo.extend(kids.get(pid, []))
     return tree
+
+
+#: a process of the target that exited during the action (nothing left to change there)
+EXITED = "exited during the action"
+
+
+def _exited(pid: int, exc: LivepatchError) -> bool:
+    """Whether ``exc`` only says that ``pid`` exited meanwhile (a pool process retired
+    after its last task, a worker recycled): its agent did not answer or closed the
+    connection, and within a second the process is gone or a zombie."""
+    if exc.code not in ("not-found", "busy"):  # no answer, or the connection closed
+        return False
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def pid_exists(pid: int) -> bool:
