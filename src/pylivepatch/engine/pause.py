@@ -305,14 +305,26 @@ def run(ops: Ops, blocking: set[int] | None, in_flight: InFlight | None = None) 
             )
             gate = map(all, (chain(same_tops, same_backs),))
             gated = chain.from_iterable(compress((work,), gate))
+        # The switch interval is raised against Python audit hooks (module docstring)
+        # by the same C call, right before the first swap, and put back right after the
+        # last: no bytecode runs in between, so this thread is never switched out while
+        # it is raised. Switched out then (at any bytecode, when another thread asks),
+        # it would leave the interval raised for every thread: each that starts waiting
+        # reads it, and with many busy threads a round of them takes a second apiece.
+        saved = sys.getswitchinterval()
+        raised = max(saved, PAUSE_SWITCH_INTERVAL)
+        held = chain(
+            map(sys.setswitchinterval, (raised,)), gated, map(sys.setswitchinterval, (saved,))
+        )
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            with held_off():  # against Python audit hooks: module docstring
-                deque(gated, 0)
+            deque(held, 0)
         finally:
+            sys.setswitchinterval(saved)  # (already, unless a swap failed half-way)
             if was_enabled:
                 gc.enable()
+            hand_round()
     finally:
         release(all_stacks)
         frames.clear()
