@@ -9,6 +9,9 @@ payload with ``consistency="transition"`` ``--rounds`` times. Reported per count
 
 - *completion*: the wall time of each ``apply`` and ``revert`` (median, p99, max), and
   how each ended (completed, reversed on timeout, stuck), beside the timeout;
+- *blocked: over the timeout*: a thread parked in old code blocks the transition for
+  good, and ``apply(timeout=1)`` must come back reversed (``timeout``); how long after
+  the timeout it came back (the margin), worst of ``rounds / 5`` tries;
 - *GIL round*: the same main thread's wait to get the GIL back after giving it up
   (``time.sleep(0)``), at the transition's switch interval and with the same threads
   spinning, measured between the actions: what any check of the stacks pays once.
@@ -40,6 +43,9 @@ def leaf(x):
 
 def outer(x):
     return leaf(x) + 1
+
+def hold(event):
+    event.wait()
 """
 
 FIX = """
@@ -53,7 +59,14 @@ def leaf(x):
 @patch.function("bench_load:outer")
 def outer(x):
     return leaf(x) + 1
+
+@patch.function("bench_load:hold")
+def hold(event):
+    event.wait()
 """
+
+
+BOUND_TIMEOUT = 1.0  # seconds: the timeout of the blocked applies
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -101,11 +114,28 @@ def run(n: int, rounds: int, timeout: float, mod: object, e: object) -> dict[str
                 ends[end] = ends.get(end, 0) + 1
                 if end == "transition-stuck":  # end it, so the next round starts clean
                     e.revert("bench-load", force=True)  # type: ignore[attr-defined]
+        # The timeout as a bound: a thread parked in old code blocks the transition for
+        # good; apply must come back reversed (`timeout`) after the timeout plus a margin.
+        over: list[float] = []
+        for _ in range(max(1, rounds // 5)):
+            event = threading.Event()
+            parked = threading.Thread(target=mod.hold, args=(event,))  # type: ignore[attr-defined]
+            parked.start()
+            t0 = time.perf_counter()
+            try:
+                e.apply("bench-load", timeout=BOUND_TIMEOUT)  # type: ignore[attr-defined]
+                end = "completed"
+            except LivepatchError as exc:
+                end = exc.code
+            over.append(time.perf_counter() - t0 - BOUND_TIMEOUT)
+            ends[f"blocked: {end}"] = ends.get(f"blocked: {end}", 0) + 1
+            event.set()
+            parked.join()
     finally:
         stop.set()
         for w in workers:
             w.join()
-    return {"times": times, "gil": gil, "ends": ends}
+    return {"times": times, "gil": gil, "ends": ends, "over": over}
 
 
 def main() -> int:
@@ -132,7 +162,7 @@ def main() -> int:
     )
     print(
         f"{'threads':>7} | {'median':>8} {'p99':>8} {'max':>8} | {'GIL round':>9} "
-        f"{'ratio':>6} | ends"
+        f"{'ratio':>6} | {'blocked: over the timeout':>25} | ends"
     )
     for n in counts:
         r = run(n, rounds, args.timeout, mod, e)
@@ -141,7 +171,8 @@ def main() -> int:
         ends = ", ".join(f"{k} {v}" for k, v in sorted(r["ends"].items()))  # type: ignore[attr-defined]
         print(
             f"{n:>7} | {med * 1e3:>6.1f}ms {pct(times, 99) * 1e3:>6.0f}ms "  # type: ignore[arg-type]
-            f"{max(times) * 1e3:>6.0f}ms | {g * 1e3:>7.1f}ms {med / max(g, 1e-6):>6.1f} | {ends}",  # type: ignore[arg-type]
+            f"{max(times) * 1e3:>6.0f}ms | {g * 1e3:>7.1f}ms {med / max(g, 1e-6):>6.1f} | "  # type: ignore[arg-type]
+            f"{'max ' + format(max(r['over']) * 1e3, '.0f') + ' ms':>25} | {ends}",  # type: ignore[arg-type]
             flush=True,
         )
     e.unload("bench-load")

@@ -188,9 +188,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--smoke", action="store_true", help="2 rounds of 2,000 calls: runs, no figures"
+    )
     args = ap.parse_args()
     # Many short rounds: on a busy machine the minimum needs clean windows to land in.
     rounds, number = (20, 100_000) if args.quick else (100, 100_000)
+    if args.smoke:
+        rounds, number = 2, 2_000
     out = measure(rounds, number)
     if args.json:
         print(json.dumps(out))

@@ -3,6 +3,8 @@
     pip install -e '.[bench]'
     python benchmarks/run.py            # the full run (about an hour on a shared 2-core VM)
     python benchmarks/run.py --quick    # a short run (a few minutes), smaller heaps
+    python benchmarks/run.py --smoke    # every section, tiny (under a minute): CI's smoke
+                                        # test; results go to a temporary directory
 
 Sections (each tool where it applies; see docs/benchmarks.md for what drives each ratio):
 
@@ -16,7 +18,10 @@ update       time to change 1, 100, 1,000 and 5,000 functions (100 a module) wit
              meanwhile (benchmarks/peers.py update, one process per tool and heap)
 latency      a change made outside the process until the process runs it: `pylivepatch
              load -p PID` vs jurigged's file watcher; then 16 processes at once
-transitions  pylivepatch's transition mode with 32 busy threads (bench_engine.py)
+transitions  pylivepatch's transition mode with 32 busy threads (bench_engine.py; with 8
+             to 512 threads: bench_transition.py)
+latency-gaps the longest wait of another thread around pauses, beside a control
+             (bench_latency.py; run by itself, not by this script)
 
 Writes results.csv and PNG plots to --out (default benchmarks/results).
 """
@@ -70,9 +75,11 @@ def worker(args: list[str], python: str = sys.executable, timeout: float = 7200)
 # --- calls and versions -------------------------------------------------------------
 
 
-def calls(quick: bool) -> list[Row]:
+def calls(quick: bool, smoke: bool = False) -> list[Row]:
     # Many short rounds: on a busy machine the minimum needs clean windows to land in.
     rounds, number = (20, 100_000) if quick else (100, 100_000)
+    if smoke:
+        rounds, number = 2, 2_000
     out = worker(
         [str(HERE / "peers.py"), "calls", "--rounds", str(rounds), "--number", str(number)]
     )
@@ -99,13 +106,17 @@ def interpreters() -> list[str]:
     return found
 
 
-def versions(quick: bool, pythons: list[str]) -> list[Row]:
+def versions(quick: bool, pythons: list[str], smoke: bool = False) -> list[Row]:
     rows = []
     print("\n== versions: ways to reach new code, per interpreter (call_versions.py)")
     for py in pythons:
         try:
             out = worker(
-                [str(HERE / "call_versions.py"), "--json", *(["--quick"] if quick else [])],
+                [
+                    str(HERE / "call_versions.py"),
+                    "--json",
+                    *(["--smoke"] if smoke else ["--quick"] if quick else []),
+                ],  # fmt: skip
                 python=py,
             )
         except Exception as exc:  # noqa: BLE001 - an interpreter without what it needs
@@ -254,10 +265,10 @@ def cli(root: Path, *args: str) -> None:
         raise RuntimeError(out.stdout + out.stderr)
 
 
-def latency(quick: bool) -> list[Row]:
+def latency(quick: bool, smoke: bool = False) -> list[Row]:
     from pylivepatch.build.pack import pack
 
-    rounds = 3 if quick else 7
+    rounds = 1 if smoke else 3 if quick else 7
     rows = []
     print(f"\n== latency: a change made outside the process until it runs (median of {rounds})")
     with tempfile.TemporaryDirectory(prefix="lpb-lat-") as tmp:
@@ -271,7 +282,7 @@ def latency(quick: bool) -> list[Row]:
         finally:
             sys.path.remove(tmp)
             sys.modules.pop("lpb_lat", None)
-        for n, poll in ((1, 0.001), (16, 0.002)):
+        for n, poll in ((1, 0.001),) if smoke else ((1, 0.001), (16, 0.002)):
             for tool in ("pylivepatch", "jurigged"):
                 if not peers.available(tool):
                     continue
@@ -332,16 +343,20 @@ def latency(quick: bool) -> list[Row]:
 # --- transitions ----------------------------------------------------------------------
 
 
-def transitions(quick: bool) -> list[Row]:
+def transitions(quick: bool, smoke: bool = False) -> list[Row]:
     import bench_engine
 
-    print("\n== transitions: 32 threads calling the patched functions in a tight loop")
+    threads = 8 if smoke else 32
+    print(f"\n== transitions: {threads} threads calling the patched functions in a tight loop")
     with tempfile.TemporaryDirectory(prefix="lpb-tr-") as tmp:
         sys.path.insert(0, tmp)
         try:
-            out = bench_engine.transitions(
-                Path(tmp), 32, 5 if quick else 15, 20_000 if quick else 50_000
-            )
+            if smoke:
+                out = bench_engine.transitions(Path(tmp), threads, 2, 2_000)
+            else:
+                out = bench_engine.transitions(
+                    Path(tmp), threads, 5 if quick else 15, 20_000 if quick else 50_000
+                )
         finally:
             sys.path.remove(tmp)
     for k, v in out.items():
@@ -609,35 +624,43 @@ def tables(out: Path) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a short run: smaller heaps, fewer rounds")
-    ap.add_argument("--out", type=Path, default=HERE / "results", help="where CSV and PNG go")
+    ap.add_argument(
+        "--smoke", action="store_true", help="every section, tiny (a smoke test, under a minute)"
+    )
+    ap.add_argument("--out", type=Path, help="where CSV and PNG go (default benchmarks/results)")
     ap.add_argument("--sections", default="calls,versions,update,latency,transitions")
     ap.add_argument(
         "--budget", type=float, help="seconds one update may take before it is extrapolated"
     )
     ap.add_argument("--tables", action="store_true", help="print --out's results as Markdown")
     args = ap.parse_args()
+    if args.out is None:  # a smoke test's figures mean nothing: never over the real ones
+        args.out = Path(tempfile.mkdtemp(prefix="lpb-smoke-")) if args.smoke else HERE / "results"
     if args.tables:
         print(tables(args.out))
         return 0
     sections = args.sections.split(",")
+    smoke = args.smoke
     heaps = [200_000, 2_000_000] if args.quick else [200_000, 2_000_000, 6_000_000]
     sizes = [1, 100, 1000] if args.quick else [1, 100, 1000, 5000]
     budget = args.budget or (5.0 if args.quick else 120.0)
+    if smoke:
+        heaps, sizes, budget = [20_000], [1, 100], args.budget or 2.0
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"pylivepatch benchmarks on Python {PY}, {os.cpu_count()} CPUs; "
           f"load average {os.getloadavg()[0]:.1f} at the start")  # fmt: skip
     t0 = time.monotonic()
     rows: list[Row] = []
     if "calls" in sections:
-        rows += calls(args.quick)
+        rows += calls(args.quick, smoke)
     if "versions" in sections:
-        rows += versions(args.quick, interpreters())
+        rows += versions(args.quick, [sys.executable] if smoke else interpreters(), smoke)
     if "update" in sections:
         rows += update(args.quick, heaps, sizes, budget)
     if "latency" in sections:
-        rows += latency(args.quick)
+        rows += latency(args.quick, smoke)
     if "transitions" in sections:
-        rows += transitions(args.quick)
+        rows += transitions(args.quick, smoke)
     rows = kept(args.out, sections) + rows
     write_csv(args.out, rows)
     made = plots(args.out, rows)
