@@ -240,6 +240,24 @@ _STDLIB_LOADERS: tuple[type, ...] = (
     zipimport.zipimporter,
 )
 
+# A frozen application's modules come from its packager's archive, not from files:
+# PyInstaller's loader (``pyimod02_importers.PyiFrozenLoader``, part of the packager's
+# bootloader, not of the application) unpickles the code object from the archive the
+# app was built from. It is asked like a standard loader; the class is told by where it
+# was defined, read from its namespace (any other loader stays the program's code).
+_PACKAGER_LOADERS: frozenset[tuple[str, str]] = frozenset(
+    {("pyimod02_importers", "PyiFrozenLoader")}
+)
+
+
+def _asked_loader(loader: object) -> bool:
+    """Whether ``loader``'s ``get_code`` may be called: the standard library's own or a
+    packager's (never a loader the program defined)."""
+    cls = type(loader)
+    if cls in _STDLIB_LOADERS:
+        return True
+    return (static.class_module(cls), static.class_qualname(cls)) in _PACKAGER_LOADERS
+
 
 def _module_spec(module: types.ModuleType) -> object:
     return static.module_dict(module).get("__spec__")
@@ -276,7 +294,8 @@ def module_code(module: types.ModuleType) -> types.CodeType | None:
     The module's objects are not asked: its ``__spec__`` is read from its namespace, a
     ``.py`` file loaded by the standard source loader is compiled here as that loader
     compiles it, and a standard sourceless or zip loader is asked for its code. Any
-    other loader is the program's own code: the module then has no source we can use."""
+    other loader is the program's own code (PyInstaller's frozen loader excepted, see
+    ``_PACKAGER_LOADERS``): the module then has no source we can use."""
     origin = _source_origin(module)
     if origin is not None:
         try:
@@ -288,7 +307,7 @@ def module_code(module: types.ModuleType) -> types.CodeType | None:
         return code
     spec = _module_spec(module)
     loader = _own_loader(static.static_attr(spec, "loader", None) if spec is not None else None)
-    if loader is None or type(loader) not in _STDLIB_LOADERS:
+    if loader is None or not _asked_loader(loader):
         return None
     name = static.static_attr(spec, "name", None)
     if type(name) is not str:
