@@ -117,6 +117,34 @@ def _notice(event: Event) -> None:
         _seen.internal = True
 
 
+def _os_thread(target: Callable[..., object], args: tuple[Any, ...], name: str) -> None:
+    """Run ``target(*args)`` on a new OS thread (a daemon). Under gevent's
+    monkey-patching, ``threading.Thread`` makes a greenlet, which runs only when the
+    program's own code yields to gevent's hub, and whose blocking calls (``accept``, an
+    action's pause) would hold up the hub's other greenlets, or wait on them: the agent
+    then takes gevent's saved original ``_thread.start_new_thread``. gevent is never
+    imported here: only looked up in ``sys.modules``."""
+    start = _unpatched("_thread", None, "start_new_thread")
+    if start is not None:
+        start(target, args)
+        return
+    threading.Thread(target=target, args=args, name=name, daemon=True).start()
+
+
+def _unpatched(module: str, default: Any, name: str | None = None) -> Any:
+    """gevent's saved original of ``module.name`` (default: the module's name) if gevent
+    has monkey-patched ``module``, else ``default``. The agent's socket is a plain one:
+    a gevent socket belongs to the hub of the thread that made it, and fails in the
+    agent's other threads ("Cannot switch to a different thread")."""
+    import sys
+
+    monkey = sys.modules.get("gevent.monkey")
+    patched = "threading" if module == "_thread" else module
+    if monkey is None or not monkey.is_module_patched(patched):
+        return default
+    return monkey.get_original(module, name or module)
+
+
 def _peer(sock: socket.socket) -> tuple[int, int]:
     """(pid, uid) of the peer of a Unix socket."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -163,7 +191,7 @@ class Agent:
         _prepare_dir(self.path.parent)
         if self.path.exists():
             self.path.unlink()
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock = _unpatched("socket", socket.socket)(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
             self.sock.bind(str(self.path))
@@ -171,8 +199,7 @@ class Agent:
             os.umask(old)
         os.chmod(self.path, 0o600)
         self.sock.listen(64)
-        self.thread = threading.Thread(target=self._serve, name="pylivepatch-agent", daemon=True)
-        self.thread.start()
+        _os_thread(self._serve, (), "pylivepatch-agent")
 
     def describe(self) -> dict[str, Any]:
         import sys
@@ -203,6 +230,9 @@ class Agent:
                 conn, _ = self.sock.accept()
             except OSError:
                 return  # closed
+            plain = _unpatched("socket", None)
+            if plain is not None and type(conn) is not plain:  # gevent patched it since
+                conn = plain(fileno=conn.detach())
             if not slots.acquire(blocking=False):
                 # Too many open connections: answer busy at once, without a thread.
                 conn.settimeout(0.1)
@@ -211,9 +241,7 @@ class Agent:
                 conn.close()
                 continue
             try:
-                threading.Thread(
-                    target=self._handle, args=(conn, slots), name="pylivepatch-conn", daemon=True
-                ).start()
+                _os_thread(self._handle, (conn, slots), "pylivepatch-conn")
             except RuntimeError:  # no thread to be had
                 slots.release()
                 conn.close()

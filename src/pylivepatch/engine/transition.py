@@ -27,7 +27,7 @@ from typing import Any
 
 from ..payload import static
 from ..payload.fingerprint import nested_code
-from . import pause
+from . import greenlets
 from .compile import FunctionTarget, trampoline_code
 
 Triple = tuple[types.CodeType, Any, Any]
@@ -216,7 +216,8 @@ class Transition:
         The stacks are read at one instant, in C (:func:`pause.stacks`); after that only
         what a frame keeps is read (its code, line, globals and, for a dispatcher, its
         locals), never ``f_back`` of a frame its thread may have left."""
-        with pause.read_stacks() as stacks:  # every frame let go of at the end
+        # threads and suspended greenlets (gevent's requests), read at one instant
+        with greenlets.read_stacks() as stacks:  # every frame let go of at the end
             found = self._on_stacks(stacks) if self._may_block(stacks) else []
         if found:
             return found
