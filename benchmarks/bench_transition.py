@@ -131,6 +131,8 @@ def run(n: int, rounds: int, timeout: float, mod: object, e: object) -> dict[str
             ends[f"blocked: {end}"] = ends.get(f"blocked: {end}", 0) + 1
             event.set()
             parked.join()
+            if end == "transition-stuck":  # its way back did not end in time either
+                e.revert("bench-load", force=True)  # type: ignore[attr-defined]
     finally:
         stop.set()
         for w in workers:
