@@ -154,3 +154,37 @@ def test_threads_woken_inside_a_pause_get_the_gil_as_soon_as_without_one(tmp_pat
     pause = sorted(counts["pause"])[len(counts["pause"]) // 2]
     control = sorted(counts["control"])[len(counts["control"]) // 2]
     assert pause <= 3 * max(control, 10_000), counts
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_no_bytecode_of_the_pausing_thread_runs_with_the_interval_raised(check):
+    """The switch interval is raised and put back inside the pause's one C call: every
+    line of Python the pausing thread runs (traced), before, around and after the
+    swaps, sees the process's own interval. Switched out at such a line with the
+    interval raised, the engine would leave every thread waiting a second per turn."""
+    from pylivepatch.engine import pause
+
+    def f():
+        return 1
+
+    def g():
+        return 2
+
+    old_code = f.__code__
+    seen: list[float] = []
+
+    def tracer(frame, event, arg):
+        seen.append(sys.getswitchinterval())
+        return tracer
+
+    interval = sys.getswitchinterval()
+    ops = pause.Ops(func_attrs=[(f, "__code__", g.__code__)])
+    sys.settrace(tracer)
+    try:
+        result = pause.run(ops, set() if check else None)
+    finally:
+        sys.settrace(None)
+        f.__code__ = old_code
+    assert result.swapped
+    assert len(seen) > 10  # the engine's own lines were traced
+    assert set(seen) == {interval}
