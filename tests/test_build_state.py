@@ -263,3 +263,30 @@ def test_build_hooks_writes_a_skeleton_that_does_not_build_until_completed(lab, 
     assert before.limit() == 3 and m.Upload("abcd").limit() == 4
     lab.engine.revert(name)
     assert "_max" not in vars(m.Upload) and before.limit() == 0
+
+
+def test_an_init_that_passes_everything_on_changes_no_state(versions):
+    """NEW gives G an __init__ that only passes its arguments on (`super().__init__(*args,
+    **kwargs)`) and a changed method reads what Base.__init__ stores: the same state."""
+    old = (
+        BASE
+        + """
+    class G(Base):
+        def check(self, value):
+            return True
+    """
+    )
+    new = (
+        BASE
+        + """
+    class G(Base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+
+        def check(self, value):
+            return self.max_length is None or len(value) <= self.max_length
+    """
+    )
+    v = versions({"m.py": old}, {"m.py": new})
+    result = v.build()
+    assert not result.refusals and result.data, result.refusals

@@ -203,16 +203,31 @@ def _keyword(init: ast.AST | None, attr: str) -> ast.keyword | None:
     return None
 
 
-def _up_calls(init: ast.AST | None) -> list[str]:
-    """``super().__init__(...)`` and ``Base.__init__(self, ...)`` calls."""
+def _up_calls(init: ast.FunctionDef | ast.AsyncFunctionDef | None) -> list[str]:
+    """``super().__init__(...)`` and ``Base.__init__(self, ...)`` calls, but for one
+    that passes on exactly what it was given (``super().__init__(*args, **kwargs)``:
+    as if the class had no ``__init__``)."""
     if init is None:
         return []
+    a = init.args
+    vararg, kwarg = (a.vararg.arg if a.vararg else None), (a.kwarg.arg if a.kwarg else None)
+
+    def passes_on(call: ast.Call) -> bool:
+        args = [x for x in call.args if not (isinstance(x, ast.Name) and x.id == "self")]
+        return (
+            all(isinstance(x, ast.Starred) and isinstance(x.value, ast.Name)
+                and x.value.id == vararg for x in args)
+            and all(k.arg is None and isinstance(k.value, ast.Name) and k.value.id == kwarg
+                    for k in call.keywords)
+        )  # fmt: skip
+
     return [
         _dump(n)
         for n in ast.walk(init)
         if isinstance(n, ast.Call)
         and isinstance(n.func, ast.Attribute)
         and n.func.attr == "__init__"
+        and not passes_on(n)
     ]
 
 
