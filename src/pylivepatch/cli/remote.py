@@ -368,6 +368,11 @@ def act(args: argparse.Namespace) -> int:
         if getattr(args, key, None):
             options[key] = getattr(args, key)
     checks = {k: True for k in ("no_expect", "no_object_check") if getattr(args, k, False)}
+    if len(pids) > 1 or args.app or args.tree:
+        # A process of the app that cannot import a target module (a multiprocessing
+        # helper started elsewhere) waits for it, as at start (``install``); the table
+        # says where each payload waits.
+        checks["wait_imports"] = True
     results: dict[int, str] = {}
     left: dict[int, str] = {}  # process -> what the failed action left there
     done: list[int] = []
