@@ -10,14 +10,11 @@ docs/frameworks.md, "gunicorn with gevent workers"."""
 
 from __future__ import annotations
 
-import encodings.idna  # noqa: F401 - before client threads (see test_services)
 import json
-import threading
-import time
-import urllib.request
 
 import pytest
 
+from frameworks.pairs import Load, settle
 from test_services import GUNICORN, agents, cli, free_port, run_service, stop, wait_until
 
 pytest.importorskip("gevent")
@@ -58,48 +55,6 @@ FIX = """
         gevent.sleep(0.02)
         return f"{first},{version()}"
 """
-
-
-class Load:
-    """Client threads; each answer: (time sent, (first, second), pid)."""
-
-    def __init__(self, port: int, threads: int = 8) -> None:
-        self.port = port
-        self.stop = threading.Event()
-        self.answers: list[tuple[float, tuple[str, str], int]] = []
-        self.failures: list[str] = []
-        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
-        for t in self.threads:
-            t.start()
-
-    def run(self) -> None:
-        deadline = time.monotonic() + 300
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            sent = time.monotonic()
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=10) as r:
-                    pair, pid = r.read().decode().split()
-                    first, second = pair.split(",")
-                    self.answers.append((sent, (first, second), int(pid)))
-            except Exception as exc:  # noqa: BLE001 - counted, must stay empty
-                self.failures.append(repr(exc))
-
-    def since(self, mark: float) -> list[tuple[tuple[str, str], int]]:
-        return [(pair, pid) for t, pair, pid in self.answers if t >= mark]
-
-    def close(self) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(15)
-
-
-def settle(load: Load, expect: str, workers: set[int], what: str) -> None:
-    mark = time.monotonic()
-    wait_until(
-        lambda: workers <= {pid for pair, pid in load.since(mark) if pair == (expect, expect)},
-        f"{what}: every worker",
-    )
-    assert {pair for pair, _ in load.since(mark)} == {(expect, expect)}, what
 
 
 def test_gunicorn_gevent_transition_never_mixes_versions(lab):

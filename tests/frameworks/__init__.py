@@ -1,0 +1,1 @@
+"""Support code of tests/test_frameworks_*.py."""
