@@ -86,7 +86,9 @@ def gil_round() -> float:
         sys.setswitchinterval(saved)
 
 
-def run(n: int, rounds: int, timeout: float, mod: object, e: object) -> dict[str, object]:
+def run(
+    n: int, rounds: int, timeout: float, mod: object, e: object, each: bool = False
+) -> dict[str, object]:
     stop = threading.Event()
 
     def spin() -> None:
@@ -112,6 +114,10 @@ def run(n: int, rounds: int, timeout: float, mod: object, e: object) -> dict[str
                     end = exc.code
                 times.append(time.perf_counter() - t0)
                 ends[end] = ends.get(end, 0) + 1
+                if each:
+                    print(
+                        f"  {n} threads: {action.__name__} {end} in {times[-1]:.2f} s", flush=True
+                    )
                 if end == "transition-stuck":  # end it, so the next round starts clean
                     e.revert("bench-load", force=True)  # type: ignore[attr-defined]
         # The timeout as a bound: a thread parked in old code blocks the transition for
@@ -128,6 +134,8 @@ def run(n: int, rounds: int, timeout: float, mod: object, e: object) -> dict[str
             except LivepatchError as exc:
                 end = exc.code
             over.append(time.perf_counter() - t0 - BOUND_TIMEOUT)
+            if each:
+                print(f"  {n} threads: blocked apply {end}, {over[-1]:.2f} s over", flush=True)
             ends[f"blocked: {end}"] = ends.get(f"blocked: {end}", 0) + 1
             event.set()
             parked.join()
@@ -145,6 +153,7 @@ def main() -> int:
     ap.add_argument("--threads", default="8,32,128,512")
     ap.add_argument("--rounds", type=int, default=25, help="apply+revert pairs per count")
     ap.add_argument("--timeout", type=float, default=10.0)
+    ap.add_argument("--each", action="store_true", help="print every action as it ends")
     ap.add_argument("--quick", action="store_true", help="8 and 32 threads, 3 rounds")
     args = ap.parse_args()
     counts = [int(x) for x in args.threads.split(",")]
@@ -167,7 +176,7 @@ def main() -> int:
         f"{'ratio':>6} | {'blocked: over the timeout':>25} | ends"
     )
     for n in counts:
-        r = run(n, rounds, args.timeout, mod, e)
+        r = run(n, rounds, args.timeout, mod, e, args.each)
         times, gil = r["times"], r["gil"]
         med, g = statistics.median(times), statistics.median(gil)  # type: ignore[arg-type]
         ends = ", ".join(f"{k} {v}" for k, v in sorted(r["ends"].items()))  # type: ignore[attr-defined]
