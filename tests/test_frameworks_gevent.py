@@ -15,7 +15,7 @@ import json
 import pytest
 
 from frameworks.pairs import Load, settle
-from test_services import GUNICORN, agents, cli, free_port, run_service, stop, wait_until
+from test_services import GUNICORN, agents, cli, free_port, run_service, serving, stop, wait_until
 
 pytest.importorskip("gevent")
 pytestmark = pytest.mark.skipif(GUNICORN is None, reason="gunicorn is not installed")
@@ -67,6 +67,7 @@ def test_gunicorn_gevent_transition_never_mixes_versions(lab):
     load = None
     try:
         wait_until(lambda: len(agents(lab, app)) == 3, "the master and 2 workers")
+        wait_until(lambda: serving(port), "listening")
         load = Load(port)
         wait_until(lambda: len({pid for _, pid in load.since(0)}) == 2, "answers from 2 workers")
         workers = {pid for _, pid in load.since(0)}

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from frameworks.pairs import Load, settle
-from test_services import agents, cli, free_port, run_service, stop, wait_until
+from test_services import agents, cli, free_port, run_service, serving, stop, wait_until
 
 uvicorn = pytest.importorskip("uvicorn")
 
@@ -74,6 +74,7 @@ def test_uvicorn_four_workers_coroutine_transition(lab):
     load = None
     try:
         wait_until(lambda: len(agents(lab, app)) >= 5, "the supervisor and 4 workers")
+        wait_until(lambda: serving(port), "listening")
         load = Load(port, threads=8)
         wait_until(lambda: len({pid for _, pid in load.since(0)}) == 4, "answers from 4 workers")
         workers = {pid for _, pid in load.since(0)}
