@@ -89,16 +89,18 @@ def gil_round() -> float:
 def run(
     n: int, rounds: int, timeout: float, mod: object, e: object, each: bool = False
 ) -> dict[str, object]:
-    stop = threading.Event()
+    stop, go = threading.Event(), threading.Event()
 
     def spin() -> None:
         f = mod.outer  # type: ignore[attr-defined]
+        go.wait()  # all started first: each start waits for a GIL round of the spinning
         while not stop.is_set():
             f(1)
 
     workers = [threading.Thread(target=spin, daemon=True) for _ in range(n)]
     for w in workers:
         w.start()
+    go.set()
     times: list[float] = []
     gil: list[float] = []
     ends: dict[str, int] = {}
