@@ -1,4 +1,4 @@
-"""How fast the builder is (SPEC §8), measured in one run.
+"""How fast the builder is (spec §8), measured in one run.
 
     python benchmarks/bench_build.py [--quick] [--cache DIR]
 

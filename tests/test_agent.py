@@ -1,4 +1,4 @@
-"""The agent and the Python bindings against a real target process (SPEC §9, §10)."""
+"""The agent and the Python bindings against a real target process (spec §9, §10)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Faults around the agent (SPEC §9): an unexpected exception out of an engine call is
+"""Faults around the agent (spec §9): an unexpected exception out of an engine call is
 answered ``internal`` and the agent serves on; a client that leaves in the middle of an
 action does not cancel it, and the audit log says the reply was lost; half messages
 are discarded."""

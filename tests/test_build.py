@@ -1,4 +1,4 @@
-"""The builder (SPEC §8): each kind of change between two versions, supported (built,
+"""The builder (spec §8): each kind of change between two versions, supported (built,
 applied to the old code in this process, behaving like the new code, reverted to the
 identical objects) or refused (with the exact file, line, kind and reason)."""
 

@@ -1,6 +1,6 @@
 """Every verb of the command line against a real process, success and failure: the
 text is compared whole (a transcript, with pids, build ids, times and durations put
-in words), and ``--json`` is parsed and checked in a second test (SPEC §10)."""
+in words), and ``--json`` is parsed and checked in a second test (spec §10)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hooks (SPEC §4) and system states (SPEC §6), as scenario transcripts in the style of
+"""Hooks (spec §4) and system states (spec §6), as scenario transcripts in the style of
 the kernel's test-callbacks.sh and test-state.sh."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Generator functions decorated with ``types.coroutine`` (SPEC §2 fingerprints and object
+"""Generator functions decorated with ``types.coroutine`` (spec §2 fingerprints and object
 build id, §5 swapping in place).
 
 The decorator replaces the function's ``__code__`` with a copy flagged

@@ -1,4 +1,4 @@
-"""Objects imported later (SPEC §5, Linux klp_module_coming): a payload applied before
+"""Objects imported later (spec §5, Linux klp_module_coming): a payload applied before
 its target module is imported applies to it when it is imported, before the importer
 sees it; a module whose code is not what the payload expects is refused."""
 

@@ -1,4 +1,4 @@
-"""One scenario per rule of SPEC §3 (life cycle and actions), with event transcripts."""
+"""One scenario per rule of spec §3 (life cycle and actions), with event transcripts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The pause (SPEC §5): no other thread sees a half-done swap, atomic waits for
+"""The pause (spec §5): no other thread sees a half-done swap, atomic waits for
 quiescence, immediate does not."""
 
 from __future__ import annotations

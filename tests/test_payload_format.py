@@ -1,4 +1,4 @@
-"""The payload format (SPEC §2) and bad input: every malformed payload is
+"""The payload format (spec §2) and bad input: every malformed payload is
 ``invalid-payload`` with its cause, and leaves the engine and the process unchanged."""
 
 from __future__ import annotations

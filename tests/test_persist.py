@@ -1,4 +1,4 @@
-"""Persistence and the audit log (SPEC §9): payloads installed for an app are applied
+"""Persistence and the audit log (spec §9): payloads installed for an app are applied
 by every new process of that app at start, before their targets are imported; every
 action is a JSON line in the app's audit log."""
 

@@ -1,5 +1,5 @@
 """Property-based: random sequences of upload/apply/revert/unload over overlapping
-payloads, checked after every step against a model of SPEC §3 (state table, stacking,
+payloads, checked after every step against a model of spec §3 (state table, stacking,
 function stacks): every function runs exactly the code of the top of its stack, and
 with nothing applied every function is identical to its original."""
 

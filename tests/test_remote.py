@@ -1,5 +1,5 @@
 """The command line against real processes started under `pylivepatch run`: ps, list,
-load to a whole app all or nothing, revert (SPEC §9, §10)."""
+load to a whole app all or nothing, revert (spec §9, §10)."""
 
 from __future__ import annotations
 

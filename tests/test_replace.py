@@ -1,4 +1,4 @@
-"""Atomic replace of cumulative payloads (SPEC §7), after the kernel's test-livepatch
+"""Atomic replace of cumulative payloads (spec §7), after the kernel's test-livepatch
 (replace of three by one), test-callbacks (only the new payload's hooks run) and
 test-state (take over via prev_state), and the Xen rule on untracked hook mutations."""
 

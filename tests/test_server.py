@@ -1,6 +1,6 @@
 """A real asyncio web server (uvicorn) serving requests while a payload is applied and
 reverted again and again: no request fails, and every response comes from one version
-of the payload's functions (SPEC §5, transition)."""
+of the payload's functions (spec §5, transition)."""
 
 from __future__ import annotations
 

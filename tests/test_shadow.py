@@ -1,4 +1,4 @@
-"""Shadow variables (SPEC §6), after the kernel's test-shadow-vars: get / alloc /
+"""Shadow variables (spec §6), after the kernel's test-shadow-vars: get / alloc /
 get_or_alloc with a ctor on 3 objects x 2 ids, free with a dtor, free_all; plus what
 Python adds: one instance under concurrency, lifetimes tied to weakly referenceable
 objects, objects that cannot be weakly referenced, and nothing kept alive by accident."""

@@ -1,4 +1,4 @@
-"""Signed payloads (SPEC §9): keygen, sign, verify, the policy at upload, tampering of
+"""Signed payloads (spec §9): keygen, sign, verify, the policy at upload, tampering of
 every kind refused as ``signature-invalid``, and fail-closed without ``cryptography``."""
 
 from __future__ import annotations

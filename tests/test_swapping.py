@@ -1,9 +1,9 @@
-"""What a payload can replace and how the swap reaches every caller (SPEC §2, §3, §5).
+"""What a payload can replace and how the swap reaches every caller (spec §2, §3, §5).
 
 One test (or a small parametrized group) per kind of target: each checks that the
 patched behaviour is what the new code does, and that after ``revert`` every touched
 function (``__code__``, ``__defaults__``, ``__kwdefaults__``) and namespace is identical
-(``is``) to what it was before the apply (SPEC §3, "Everything or nothing").
+(``is``) to what it was before the apply (spec §3, "Everything or nothing").
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def test_module_function(lab):
     assert mod.price is func
     assert mod.price(1) == 25
     assert mod.checkout(1) == 125  # unpatched caller reaches the new code
-    assert func_status(lab, name, ":price").trampoline is False  # no wrapper (SPEC §5)
+    assert func_status(lab, name, ":price").trampoline is False  # no wrapper (spec §5)
     lab.engine.revert(name)
     assert mod.price(1) == 3 and mod.checkout(1) == 103
     assert_identical(before, snapshot(mod.price, mod.checkout, mod))
@@ -832,7 +832,7 @@ def test_helper_calls_patched_target_function(lab):
 
 
 def test_new_code_calls_replaced_function_by_name(lab):
-    """SPEC §2: the new code "sees the target's other functions, patched or not". A payload
+    """spec §2: the new code sees the module's other functions, patched or not. A payload
     replacing ``price`` and ``checkout`` (whose new code calls ``price``), and a recursive
     replacement calling itself, are ordinary payloads, not name clashes."""
     mod = lab.module(

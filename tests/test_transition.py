@@ -1,4 +1,4 @@
-"""The consistency model (SPEC §5 transition): a call chain never mixes old and new
+"""The consistency model (spec §5 transition): a call chain never mixes old and new
 versions of a payload's functions; suspended generators keep a transition open; a
 transition that cannot complete is reversed (or forced)."""
 

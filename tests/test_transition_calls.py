@@ -1,4 +1,4 @@
-"""The consistency model seen from a caller (SPEC §3, §5 ``transition``): while a
+"""The consistency model seen from a caller (spec §3, §5 ``transition``): while a
 transition is open, calls of every shape behave as they do before and after it; a
 second action gets ``busy``; ``status`` names the transition's direction and every
 blocker precisely; a suspended generator keeps the transition open until the timeout
@@ -414,7 +414,7 @@ THIRD_FIX = OTHER_FIX.replace("other-v2", "third-v2")
     ],
 )
 def test_a_second_action_during_a_transition_is_busy(lab, second, on_the_same):
-    """SPEC §3: only one action runs at a time; a second one gets ``busy`` (retryable),
+    """spec §3: only one action runs at a time; a second one gets ``busy`` (retryable),
     changes nothing, and succeeds when tried again after the transition."""
     mod = lab.module("till", TILL)
     lab.engine.upload("till-v2", lab.pack(TILL_FIX))
@@ -451,7 +451,7 @@ def test_a_second_action_during_a_transition_is_busy(lab, second, on_the_same):
 
 
 def test_status_shows_direction_elapsed_time_and_every_blocker_precisely(lab):
-    """SPEC §5: ``status`` shows a transition in progress: its direction, a growing
+    """spec §5: ``status`` shows a transition in progress: its direction, a growing
     elapsed time and each blocking thread by name and id with module:qualname and the
     file and line it is at -- on the way forward (old code) and back (new code)."""
     mod = lab.module("till", TILL)
@@ -572,7 +572,7 @@ async def first_item(agen: Any) -> Any:
 
 @pytest.mark.parametrize("kind", ["generator", "coroutine", "async_generator"])
 def test_a_suspended_generator_times_out_is_named_is_reversed_then_forced(lab, kind):
-    """SPEC §5: a generator (coroutine, async generator) suspended in old code keeps the
+    """spec §5: a generator (coroutine, async generator) suspended in old code keeps the
     transition open; at the timeout it is reversed -- the state stays CHECKED and every
     function is identical to before -- and the error names it with module:qualname and
     the file and line it is suspended at. ``force`` then completes the apply."""
@@ -697,7 +697,7 @@ VERSION = {"v1": (1, "v1"), "v2": (2, "v2")}  # chain -> (what parse says, what 
 
 
 def test_threads_and_asyncio_tasks_never_see_a_mixed_chain_over_three_cycles(lab):
-    """SPEC §5: 4 threads and 20 asyncio tasks (in an event loop of its own thread) call a
+    """spec §5: 4 threads and 20 asyncio tasks (in an event loop of its own thread) call a
     serializer/parser pair continuously while the payload is applied and reverted 3
     times: every chain ran one version from end to end, both kinds of caller saw both
     versions, and every transition completed (none reversed, none forced)."""

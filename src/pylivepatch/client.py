@@ -1,4 +1,4 @@
-"""Python bindings to a process's agent (SPEC §10): ``Client(pid=…)`` has the methods
+"""Python bindings to a process's agent (spec §10): ``Client(pid=…)`` has the methods
 of ``engine()`` and raises the same ``LivepatchError``."""
 
 from __future__ import annotations

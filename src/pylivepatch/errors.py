@@ -1,4 +1,5 @@
-"""Error codes of the contract (SPEC §3) and the one exception that carries them.
+"""Error codes of the contract (spec §3: docs/spec.md, which lists every code below)
+and the one exception that carries them.
 
 Every failure a user can cause ends as a ``LivepatchError`` whose ``code`` is one of
 the strings below and whose message names the payload, the function and the cause.
@@ -27,7 +28,7 @@ CODES: dict[str, int] = {
     "unsupported-target": _errno.ENOSYS,
     "inconsistent": _errno.ENOTRECOVERABLE,
     "permission-denied": _errno.EACCES,
-    # Not in the spec's list: a transition whose way back could not finish in time; it
+    # A transition whose way back could not finish in time; it
     # is kept (never forced) until ``revert``/``apply`` finds it free or is given
     # ``--force`` (docs/design.md, "Stuck transitions").
     "transition-stuck": _errno.EINPROGRESS,
@@ -37,7 +38,7 @@ CODES: dict[str, int] = {
     # ``PYLIVEPATCH_AUDIT=require``: the agent could not record an action's request in
     # the audit log (a full or read-only disk), so it did not run it.
     "audit-failed": _errno.EIO,
-    # Not in the spec's list: an unexpected failure inside pylivepatch (a bug, an
+    # An unexpected failure inside pylivepatch (a bug, an
     # injected fault, MemoryError). The action was undone like any other failure; the
     # audit record and the message carry the cause.
     "internal": _errno.EIO,

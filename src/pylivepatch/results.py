@@ -1,5 +1,5 @@
 """What ``list``, ``status`` and every action return, in the engine and through the
-bindings alike (SPEC §10). Plain frozen dataclasses; importing them costs nothing."""
+bindings alike (spec §10). Plain frozen dataclasses; importing them costs nothing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""System states for payload code at run time (SPEC §6)::
+"""System states for payload code at run time (spec §6)::
 
 from pylivepatch.state import get_state
 st = get_state("fix-login", 7)   # the state 7 of payload fix-login, or None

@@ -1,4 +1,4 @@
-"""The audit log (SPEC §9): one JSON line for every action in this process.
+"""The audit log (spec §9): one JSON line for every action in this process.
 
 The agent registers :class:`Audit` as a listener of the engine, so every action is
 recorded whoever asked for it: a client over the control socket (its uid and pid from

@@ -1,4 +1,4 @@
-"""The control protocol (SPEC §9): length-prefixed JSON over a Unix stream socket.
+"""The control protocol (spec §9): length-prefixed JSON over a Unix stream socket.
 
 A message is a 4-byte big-endian length and that many bytes of UTF-8 JSON holding an
 object with ``"v"`` (the protocol version). Requests are ``{"v", "verb", "args"}``;

@@ -1,4 +1,4 @@
-"""The agent inside a target process: a control socket over the engine (SPEC §9).
+"""The agent inside a target process: a control socket over the engine (spec §9).
 
 One thread blocks in ``accept`` (no polling: an idle agent costs nothing but that
 thread); each connection gets a short-lived thread, and each request a total deadline

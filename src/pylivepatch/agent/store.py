@@ -1,4 +1,4 @@
-"""What pylivepatch keeps on disk for an app (SPEC §9): installed payloads and the
+"""What pylivepatch keeps on disk for an app (spec §9): installed payloads and the
 audit log.
 
 Everything lives under one state directory (``$PYLIVEPATCH_STATE_DIR``, else

@@ -41,7 +41,7 @@ def apply_test_payloads() -> None:
     what it was built against: the installed version is not OLD), is recorded with its
     code and the process runs on without it: at such an import the payload is taken
     out (reverted and unloaded) and the module is imported as it is. In a service, that
-    import would fail instead (SPEC §5); under test, the command runs as it would
+    import would fail instead (spec §5); under test, the command runs as it would
     without the payload, and the report says so once.
     """
     from ..engine import engine

@@ -1,5 +1,5 @@
 """``pylivepatch attach PID``: start the agent in a CPython process that was started
-without pylivepatch (SPEC §9), safely.
+without pylivepatch (spec §9), safely.
 
 The order of an attach:
 

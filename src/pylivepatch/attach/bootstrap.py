@@ -191,7 +191,7 @@ class Report:
 
 
 class Channel:
-    """The socket the target's new thread answers on (SPEC §9: peers by SO_PEERCRED)."""
+    """The socket the target's new thread answers on (spec §9: peers by SO_PEERCRED)."""
 
     def __init__(self, directory: Path, target_path: str, pid: int) -> None:
         """``directory``: where to bind, as reached from here; ``target_path``: the same

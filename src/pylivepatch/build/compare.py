@@ -1,4 +1,4 @@
-"""Comparing two versions of a module and classifying every change (SPEC §8) — what
+"""Comparing two versions of a module and classifying every change (spec §8) — what
 ``create-diff-object`` is to kpatch.
 
 Definitions are matched by name, scope by scope: module functions, classes, methods

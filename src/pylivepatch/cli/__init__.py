@@ -69,7 +69,7 @@ class _Once(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-#: shared help texts (SPEC §3, §5)
+#: shared help texts (spec §3, §5)
 TIMEOUT_HELP = (
     "seconds the change may wait for a safe moment (transition: until no thread runs the "
     "old code, else it is reversed; atomic: until no thread is inside the payload's "

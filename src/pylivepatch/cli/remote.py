@@ -1,4 +1,4 @@
-"""The verbs that act on running processes through their agents (SPEC §10).
+"""The verbs that act on running processes through their agents (spec §10).
 
 TARGET is ``-p PID``, ``--app NAME`` (every process of that app) and ``--tree PID``
 (a process and its descendants), each repeatable and combinable: the processes any of

@@ -1,4 +1,4 @@
-"""``keygen``, ``sign``, ``verify`` and ``--sign`` (SPEC §9)."""
+"""``keygen``, ``sign``, ``verify`` and ``--sign`` (spec §9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Everything an action verifies before it changes anything (SPEC §2, §3): the
+"""Everything an action verifies before it changes anything (spec §2, §3): the
 interpreter version, the objects' build ids, the expectations of every function, the
 stacking order, that the targets are still the objects they were, and the plan of
 every replacement and data value with the names their new code needs.
@@ -176,7 +176,7 @@ class Checks(EngineBase):
         dts: builtins.list[DataTarget],
     ) -> tuple[builtins.list[FuncPlan], builtins.list[DataPlan]]:
         """Compile the replacements and evaluate the data of some entries, and check
-        every name their new code needs (SPEC §2)."""
+        every name their new code needs (spec §2)."""
         funcs = [
             FuncPlan(e, ft, compile_replacement(loaded, e, ft))
             for e, ft in zip(fentries, fts, strict=True)

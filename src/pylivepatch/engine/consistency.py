@@ -1,4 +1,4 @@
-"""When new code starts to run (SPEC §5): the pause of an ``atomic`` or ``immediate``
+"""When new code starts to run (spec §5): the pause of an ``atomic`` or ``immediate``
 action, retried until no thread runs the payload's code, and the ``transition`` mode
 driven from the first pause (the dispatchers) through the wait for old frames to the
 final pause, reversed on a timeout, a revert request or a failure
@@ -103,7 +103,7 @@ class Consistency(Hooked):
         )
 
     def _transition(self, act: Act, ops: pause.Ops, limit: float, force: bool) -> pause.PauseResult:
-        """SPEC §5 ``transition``: dispatchers, waiting, then the new code in one pause;
+        """spec §5 ``transition``: dispatchers, waiting, then the new code in one pause;
         on timeout the transition is reversed (or, with ``force``, completed).
 
         With many busy threads, every time the engine's thread gives the GIL up (a
@@ -356,7 +356,7 @@ class Consistency(Hooked):
 
 
 class Stuck:
-    """A transition whose way back could not finish in time (SPEC §5, docs/design.md
+    """A transition whose way back could not finish in time (spec §5, docs/design.md
     "Stuck transitions"). Never forced without an operator's ``force``: every
     dispatcher stays armed and reversed, so each call chain keeps its version, the old
     code for new chains. The engine keeps it until ``revert`` (or ``apply``, for a

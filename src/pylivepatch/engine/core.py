@@ -1,4 +1,4 @@
-"""The engine: payloads, their life cycle and the actions on them (SPEC §3).
+"""The engine: payloads, their life cycle and the actions on them (spec §3).
 
 Sans-IO: it opens no socket and starts no thread. An action runs in the caller's
 thread, under one lock (a second caller gets ``busy``), and follows the same shape:
@@ -622,7 +622,7 @@ class Engine(LateObjects):
         consistency: str | None = None,
         no_expect: bool = False,
     ) -> ActionResult:
-        """Make ``name`` the only applied payload, in one pause (SPEC §7)."""
+        """Make ``name`` the only applied payload, in one pause (spec §7)."""
         with self._action(
             Action.REPLACE, name, timeout=timeout, force=force, consistency=consistency,
             no_expect=no_expect,

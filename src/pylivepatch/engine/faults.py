@@ -1,6 +1,6 @@
 """Fault injection: the named steps of every action at which a test makes it fail.
 
-"Everything or nothing" (SPEC §3) is a promise about every step of every action, so the
+"Everything or nothing" (spec §3) is a promise about every step of every action, so the
 engine names its steps: before an action changes anything it passes ``check`` and
 ``prepare`` points, and every pause is a ``pause:`` point. Normally a point is one
 attribute test (``engine._inject is None``). A test arms a point with :func:`inject`:

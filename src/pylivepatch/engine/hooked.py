@@ -1,4 +1,4 @@
-"""Hooks around an action (SPEC §4): pre hooks that may veto, post hooks paired with
+"""Hooks around an action (spec §4): pre hooks that may veto, post hooks paired with
 them and told the rc, and the ``apply``/``revert`` action replacement hooks that swap
 the functions themselves with ``ctx.mark_applied``/``ctx.mark_reverted``.
 """
@@ -32,7 +32,7 @@ class Hooked(Checks):
         prev: dict[int, SystemState],
         swap: Callable[[], pause.PauseResult],
     ) -> pause.PauseResult:
-        """Run ``swap`` between the payload's pre and post hooks (SPEC §4); a replace
+        """Run ``swap`` between the payload's pre and post hooks (spec §4); a replace
         runs the replacing payload's apply hooks with ``ctx.action == "replace"``."""
         pre_kind, post_kind = PAIRS["revert" if action == "revert" else "apply"]
         modules = {p.target.module.__name__ for p in rec.funcs}
@@ -111,7 +111,7 @@ class Hooked(Checks):
         slots: builtins.list[FuncSlot],
         dslots: builtins.list[DataSlot],
     ) -> pause.PauseResult:
-        """An ``apply``/``revert`` action hook instead of the default swap (SPEC §4).
+        """An ``apply``/``revert`` action hook instead of the default swap (spec §4).
 
         The hook installs functions with ``ctx.mark_applied(target)`` and takes them
         back with ``ctx.mark_reverted(target)``, each in its own pause; it runs with

@@ -1,4 +1,4 @@
-"""Hooks (SPEC §4): declared once, called in a defined order.
+"""Hooks (spec §4): declared once, called in a defined order.
 
 | hook | when | may veto |
 |---|---|---|

@@ -1,4 +1,4 @@
-"""Objects imported later and reloaded (SPEC §5, Linux ``klp_module_coming``).
+"""Objects imported later and reloaded (spec §5, Linux ``klp_module_coming``).
 
 A payload may target a module the process has not imported yet. While a payload is
 applied, a finder sits first on ``sys.meta_path``. It answers only for a module an

@@ -1,4 +1,4 @@
-"""Shadow variables (SPEC §6, Linux ``klp_shadow_*``): data attached to existing
+"""Shadow variables (spec §6, Linux ``klp_shadow_*``): data attached to existing
 objects without changing their class.
 
 A payload that fixes a bug sometimes needs one more field on objects that already

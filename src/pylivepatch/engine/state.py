@@ -1,4 +1,4 @@
-"""System state (SPEC §6, Linux ``klp_state``): what a payload changed in the process
+"""System state (spec §6, Linux ``klp_state``): what a payload changed in the process
 beyond code, so that a later payload can take it over.
 
 A payload declares ``patch.state(id=7, version=1)``; its hooks reach the state object

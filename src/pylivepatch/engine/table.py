@@ -1,4 +1,4 @@
-"""The life cycle as data (SPEC §3): which action is allowed from which state.
+"""The life cycle as data (spec §3): which action is allowed from which state.
 
 The engine consults ``TABLE`` and nothing else to decide whether an action may start;
 ``NOOP`` answers "no action needed" (the payload is already where the action leads),

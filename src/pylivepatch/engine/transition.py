@@ -1,4 +1,4 @@
-"""The consistency model (SPEC §5 ``transition``; Linux livepatch, adapted).
+"""The consistency model (spec §5 ``transition``; Linux livepatch, adapted).
 
 A call chain never mixes old and new versions of a payload's functions. While a
 transition runs, every function of the payload runs a *dispatcher*: each call looks at

@@ -1,4 +1,4 @@
-"""The undo log of one action: how "everything or nothing" (SPEC §3) is kept.
+"""The undo log of one action: how "everything or nothing" (spec §3) is kept.
 
 An action begins by noting the engine's bookkeeping (the payloads, their states and
 plans, the stack of every patched function and attribute). Before each pause it notes
@@ -87,7 +87,7 @@ class Undo:
             for r, was, *_ in self._records
         ):
             # An action hook left a half state its own opposite could not fix: that is
-            # kept, and said loudly, for ``revert --force`` (SPEC §3).
+            # kept, and said loudly, for ``revert --force`` (spec §3).
             return
         ops = pause.Ops()
         caches: dict[int, Any] = {}

@@ -99,7 +99,7 @@ class Patch:
         self.data_entries.append(DataRecord(target, value))
 
     def state(self, id: int, version: int) -> None:  # noqa: A002 - the spec's word
-        """Declare a system state this payload modifies (SPEC §6)."""
+        """Declare a system state this payload modifies (spec §6)."""
         if any(sid == id for sid, _ in self.states):
             raise ValueError(f"state {id} is declared twice in payload {self.name}")
         self.states.append((id, version))

@@ -1,4 +1,4 @@
-"""The payload manifest (SPEC §2): fields, strict validation, canonical form.
+"""The payload manifest (spec §2): fields, strict validation, canonical form.
 
 Validation is strict on purpose: an unknown field, a wrong type or an out-of-range
 value is ``invalid-payload`` with the field named, because a manifest that a newer

@@ -1,4 +1,4 @@
-"""Signed payloads (SPEC §9): Ed25519 over a canonical digest of every member.
+"""Signed payloads (spec §9): Ed25519 over a canonical digest of every member.
 
 The digest covers the manifest (with its build id) and every file under ``payload/``,
 by path, length and SHA-256, in sorted order — so a changed, added or removed file, a
