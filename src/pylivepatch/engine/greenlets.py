@@ -106,6 +106,7 @@ def read_stacks() -> Iterator[dict[int, list[types.FrameType]]]:
                 gc.enable()
     finally:
         sys.setswitchinterval(saved)
+        pause.hand_round()  # a thread that began waiting meanwhile must not wait 1 s
     try:
         yield found
     finally:
