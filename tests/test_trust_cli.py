@@ -620,3 +620,17 @@ def test_a_replace_rolled_back_says_what_it_replaced_stays_reverted(lab, procs):
     assert f"pylivepatch apply fix-price -p {x.pid}" in left
     assert x.call() == "4", "X runs the original code, as the report says"
     assert y.call() == "6"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1e400", "ten", "604801"])
+def test_a_timeout_that_is_not_a_finite_number_in_range_is_a_usage_error(tmp_path, value):
+    """Issue 21 item 3, the command line's side: ``--timeout`` is checked before anything
+    is sent (the agent checks it again: ``bad-request``). Process 1 has no agent here, so
+    a check made only after connecting would say ``not-found`` instead."""
+    for verb in (["apply", "fix"], ["revert", "fix"], ["replace", "fix"]):
+        out = cli(*verb, "-p", "1", "--timeout", value, cwd=tmp_path)
+        assert out.returncode == 1, out
+        assert "pylivepatch: usage: argument --timeout" in out.stderr, out.stderr
+        assert "not-found" not in out.stderr and "Traceback" not in out.stderr
+    out = cli("load", str(tmp_path / "none.lpz"), "-p", "1", "--timeout", value, cwd=tmp_path)
+    assert out.returncode == 1 and "argument --timeout" in out.stderr, out.stderr

@@ -45,6 +45,23 @@ class UsageError(Exception):
         self.parser = parser
 
 
+def seconds(text: str) -> float:
+    """An argparse type for ``--timeout``: a finite number of seconds from 0 to a week
+    (``MAX_TIMEOUT``), checked before anything is sent (``nan``, ``inf``, ``-1`` are
+    usage errors here, as the agent would answer them with ``bad-request``)."""
+    from ..errors import MAX_TIMEOUT
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value <= MAX_TIMEOUT:  # NaN fails this too
+        raise argparse.ArgumentTypeError(
+            f"a timeout is a finite number of seconds from 0 to {MAX_TIMEOUT:g}, not {text!r}"
+        )
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors are :class:`UsageError` (exit 1: 2 means "try again")."""
 
@@ -209,7 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("load", help="upload and apply a payload (all or nothing)")
     payload_file(p)
     p.add_argument("--nodeps", action="store_true", help=NODEPS_HELP)
-    p.add_argument("--timeout", type=float, metavar="SECONDS", help=TIMEOUT_HELP)
+    p.add_argument("--timeout", type=seconds, metavar="SECONDS", help=TIMEOUT_HELP)
     p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--no-expect", action="store_true", help=NO_EXPECT_HELP)
     p.add_argument("--no-object-check", action="store_true", help=NO_OBJECT_CHECK_HELP)
@@ -229,7 +246,7 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(verb, help=text)
         payload_name(p)
         if verb != "unload":
-            p.add_argument("--timeout", type=float, metavar="SECONDS", help=TIMEOUT_HELP)
+            p.add_argument("--timeout", type=seconds, metavar="SECONDS", help=TIMEOUT_HELP)
             p.add_argument("--force", action="store_true", help=FORCE_HELP)
         if verb == "apply":
             p.add_argument("--nodeps", action="store_true", help=NODEPS_HELP)
