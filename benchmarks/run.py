@@ -98,9 +98,10 @@ def calls(quick: bool, smoke: bool = False) -> list[Row]:
 
 def interpreters() -> list[str]:
     found = []
-    for v in ("3.10", "3.11", "3.12", "3.13", "3.14"):
+    for v in ("3.10", "3.11", "3.12", "3.13", "3.14", "3.15"):
         cands = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{v}.*/bin/python{v}")))
-        path = cands[-1] if cands else shutil.which(f"python{v}")
+        sid = f"/opt/cpython-sid/usr/bin/python{v}"  # .ci/cpython-sid: 3.14 and 3.15
+        path = cands[-1] if cands else sid if os.path.exists(sid) else shutil.which(f"python{v}")
         if path and "/shims/" not in path:
             found.append(path)
     return found
