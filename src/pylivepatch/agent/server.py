@@ -161,11 +161,19 @@ def _jsonable(value: Any) -> Any:
 
 
 def _prepare_dir(path: Path) -> None:
+    """The socket directory, made or checked: a real directory (never a link another
+    user may have planted to make us chmod or bind somewhere else) of our uid, 0700."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise LivepatchError(
+            "permission-denied",
+            f"socket directory {path} is not a directory (a link or another file: "
+            "someone else may have made it); remove it, or set PYLIVEPATCH_SOCKET_DIR",
+        )
     if st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(path, 0o700)  # our own directory made by a plain mkdir: make it private
-        st = path.stat()
+        st = os.lstat(path)
     if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
         raise LivepatchError(
             "permission-denied",
