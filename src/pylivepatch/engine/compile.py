@@ -150,7 +150,7 @@ def _python_module(module: types.ModuleType) -> bool:
     if spec is None:
         return False
     origin = static.static_attr(spec, "origin", None)
-    if origin is None or origin == "namespace":
+    if origin is None or (type(origin) is str and origin == "namespace"):
         return static.static_attr(spec, "submodule_search_locations", None) is not None
     return type(origin) is str and origin.endswith((".py", ".pyc"))
 

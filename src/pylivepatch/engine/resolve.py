@@ -196,6 +196,21 @@ def _writable_class(cls: type) -> bool:
     return not flags & (1 << 8)  # Py_TPFLAGS_IMMUTABLETYPE
 
 
+def _search_path(path: object) -> list[str] | None:
+    """A package's ``__path__`` as a list of directories, read without the program's
+    code: a plain list of strings, or the import system's own namespace path; any other
+    object is the program's (None)."""
+    if type(path) is list:
+        return [p for p in path if type(p) is str]
+    cls = type(path)
+    if static.class_qualname(cls) == "_NamespacePath" and static.class_module(cls) in (
+        "importlib._bootstrap_external",
+        "_frozen_importlib_external",
+    ):
+        return [p for p in list(path) if type(p) is str]  # type: ignore[call-overload]
+    return None
+
+
 def importable(modname: str) -> bool:
     """Whether module ``modname`` can be found, without importing anything: neither it
     nor its parent packages (``importlib.util.find_spec`` of a dotted name imports the
@@ -219,7 +234,10 @@ def importable(modname: str) -> bool:
             if i == 0:
                 spec = importlib.util.find_spec(name)  # a top-level name imports nothing
             else:
-                spec = importlib.machinery.PathFinder.find_spec(name, list(path))
+                search = _search_path(path)
+                if search is None:
+                    return False  # a __path__ the program made: not read (its code)
+                spec = importlib.machinery.PathFinder.find_spec(name, search)
         except (ImportError, ValueError, TypeError):
             return False
         if spec is None:
