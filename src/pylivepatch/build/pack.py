@@ -170,7 +170,9 @@ def analyze(
     Targets and the payload's own imports are found on ``sys.path`` plus ``search``
     (the payload's directory and the working directory, as ``python FILE`` would) and
     ``against``. With ``stub_imports`` (a built payload), no module outside the standard
-    library is imported: each is a stub (:class:`_StubFinder`).
+    library is imported at first: each is a stub (:class:`_StubFinder`); only if the
+    payload's import-time code fails on stubs does it run again with the modules that
+    import here (the target's, its dependencies), which the build report then says.
     """
     added = [p for p in ([against] if against else []) + (search or []) if p not in sys.path]
     sys.path[:0] = added
@@ -198,7 +200,7 @@ def analyze(
             _drop_stubs(stubs)
         break
     try:
-        patches = [v for v in loaded.namespace.values() if isinstance(v, Patch)]
+        patches = [v for v in loaded.namespace.values() if type(v) is Patch]  # never __class__
         if len(patches) != 1:
             raise LivepatchError(
                 "invalid-payload",
@@ -210,12 +212,17 @@ def analyze(
         data: list[dict[str, Any]] = []
         objects: dict[str, str] = {}
         warnings: list[str] = []
-        if stubs is not None and stubs.missing_only and stubs.made:
-            warnings.append(
-                "the payload's import-time code needed real values, and ran with what imports "
-                f"here and stand-ins for what does not ({', '.join(stubs.tops())}); values "
+        if stubs is not None and stubs.missing_only:
+            stood_in = (
+                f", and stand-ins for what does not ({', '.join(stubs.tops())}); values "
                 "computed from a stand-in are not the target's: check the payload where "
                 "they are installed (`pylivepatch test`), or build with --python-env"
+                if stubs.made
+                else " (nothing stood in)"
+            )
+            warnings.append(
+                "the payload's import-time code needed real values, so it ran a second time "
+                "importing the target's modules and dependencies that are here" + stood_in
             )
         modules: set[str] = set()
         needs: dict[str, set[str]] = {}
