@@ -634,3 +634,67 @@ def test_a_timeout_that_is_not_a_finite_number_in_range_is_a_usage_error(tmp_pat
         assert "not-found" not in out.stderr and "Traceback" not in out.stderr
     out = cli("load", str(tmp_path / "none.lpz"), "-p", "1", "--timeout", value, cwd=tmp_path)
     assert out.returncode == 1 and "argument --timeout" in out.stderr, out.stderr
+
+
+# --- review of the multi-process actions: rollback, late workers, newcomers, modules ----
+
+
+def _master_with_bare_worker(lab, app: str) -> tuple[subprocess.Popen[str], str]:
+    """A master under `pylivepatch run --app APP` (it prints ``shop.price(2)`` per line)
+    with a worker of the same program that has no agent."""
+    code = textwrap.dedent(
+        f"""
+        import os, subprocess, sys
+        sys.path[:0] = [{str(lab.root)!r}]
+        import {lab.name("shop")} as shop
+        env = {{k: v for k, v in os.environ.items() if not k.startswith("PYLIVEPATCH")}}
+        env["PYTHONPATH"] = ""
+        worker = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                                  stdin=subprocess.PIPE, env=env)
+        print("ready", worker.pid, flush=True)
+        for line in sys.stdin:
+            print(shop.price(2), flush=True)
+        worker.stdin.close()
+        worker.wait()
+        """
+    )
+    master = subprocess.Popen(
+        [sys.executable, "-m", "pylivepatch", "run", "--app", app, "--",
+         sys.executable, "-c", code],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=SRC),
+    )  # fmt: skip
+    assert master.stdout is not None
+    ready, worker = master.stdout.readline().split()
+    assert ready == "ready"
+    return master, worker
+
+
+def _call(master: subprocess.Popen[str]) -> str:
+    assert master.stdin is not None and master.stdout is not None
+    master.stdin.write("x\n")
+    master.stdin.flush()
+    return master.stdout.readline().strip()
+
+
+def test_a_rollback_of_the_app_is_not_blocked_by_a_worker_without_an_agent(lab):
+    """`revert --app` in an incident: a worker of the same program without an agent
+    never had the payload; the revert still goes where it can (only load, apply and
+    replace need every process)."""
+    lab.module("shop", "def price(x):\n    return x * 2\n")
+    app = f"rv-{lab.prefix}".rstrip("_")
+    master, _worker = _master_with_bare_worker(lab, app)
+    try:
+        (lab.root / "fix.lpz").write_bytes(lab.pack(FIX))
+        assert cli("load", "fix.lpz", "-p", str(master.pid), cwd=lab.root).returncode == 0
+        assert _call(master) == "6"
+        out = cli("revert", "fix-price", "--app", app, cwd=lab.root)
+        assert out.returncode == 0, out
+        assert _call(master) == "4"
+        out = cli("apply", "fix-price", "--app", app, cwd=lab.root)
+        assert out.returncode == 1 and "no pylivepatch agent" in out.stderr, out
+        assert _call(master) == "4"
+    finally:
+        if master.stdin is not None:
+            master.stdin.close()
+        master.wait(10)

@@ -362,7 +362,9 @@ def act(args: argparse.Namespace) -> int:
     retried while the process is busy, and one that still fails leaves the process
     named in the table, with what it still has and the command that removes it (exit
     code 3, ``EXIT_PARTIAL``)."""
-    pids = select(args, complete=args.verb != "unload")
+    # Only what brings new code in needs every same-program process to have an agent:
+    # a revert or an unload (a rollback in an incident) goes where it can.
+    pids = select(args, complete=args.verb in ("load", "apply", "replace"))
     options: dict[str, Any] = {}
     for key in ("nodeps", "timeout", "force"):
         if getattr(args, key, None):
