@@ -698,3 +698,66 @@ def test_a_rollback_of_the_app_is_not_blocked_by_a_worker_without_an_agent(lab):
         if master.stdin is not None:
             master.stdin.close()
         master.wait(10)
+
+
+def test_a_worker_whose_agent_starts_during_the_wait_is_changed_too(lab):
+    """A worker of the app whose agent starts while `replace --app` waits for it (a
+    worker just spawned) is one of the processes the action changes: here it lacks the
+    replacing payload, so the replace is refused and put back, where it once reported
+    success for the master alone while the worker ran the old version."""
+    lab.module("shop", "def price(x):\n    return x * 2\n")
+    app = f"lw-{lab.prefix}".rstrip("_")
+    go = lab.root / "go"
+    worker_code = (
+        f"import os, sys, time\nsys.path[:0] = [{str(lab.root)!r}, {SRC!r}]\n"
+        f"import {lab.name('shop')}\n"
+        f"while not os.path.exists({str(go)!r}):\n    time.sleep(0.02)\n"
+        "import pylivepatch\npylivepatch.start()\nsys.stdin.read()\n"
+    )
+    code = textwrap.dedent(
+        f"""
+        import os, subprocess, sys
+        sys.path[:0] = [{str(lab.root)!r}]
+        import {lab.name("shop")} as shop
+        env = dict(os.environ, PYTHONPATH="")
+        worker = subprocess.Popen([sys.executable, "-c", {worker_code!r}],
+                                  stdin=subprocess.PIPE, env=env)
+        print("ready", worker.pid, flush=True)
+        for line in sys.stdin:
+            print(shop.price(2), flush=True)
+        worker.stdin.close()
+        worker.wait()
+        """
+    )
+    master = subprocess.Popen(
+        [sys.executable, "-m", "pylivepatch", "run", "--app", app, "--",
+         sys.executable, "-c", code],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=SRC),
+    )  # fmt: skip
+    try:
+        assert master.stdout is not None
+        ready, worker = master.stdout.readline().split()
+        assert ready == "ready"
+        (lab.root / "fix.lpz").write_bytes(lab.pack(PLAIN))
+        (lab.root / "all.lpz").write_bytes(lab.pack(CUMULATIVE))
+        mine = ["-p", str(master.pid)]
+        assert cli("load", "fix.lpz", *mine, cwd=lab.root).returncode == 0
+        assert cli("upload", "all.lpz", *mine, cwd=lab.root).returncode == 0
+        run = subprocess.Popen(
+            [sys.executable, "-m", "pylivepatch", "replace", "fix-all", "--app", app, "--json"],
+            cwd=lab.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=SRC),
+        )  # fmt: skip
+        time.sleep(1.5)  # the command is waiting for the worker's agent (3 s at most)
+        go.write_text("")
+        stdout, stderr = run.communicate(timeout=120)
+        assert run.returncode != 0, (stdout, stderr)
+        doc = json.loads(stdout)
+        assert str(worker) in doc["processes"], doc
+        assert not doc["processes"][str(worker)].startswith("replaced"), doc
+    finally:
+        go.write_text("")
+        if master.stdin is not None:
+            master.stdin.close()
+        master.wait(10)

@@ -146,8 +146,8 @@ def select(
             groups.append((f"the tree of {root}", found))
         for what, found in groups:
             pids += found
-            if complete:
-                _all_have_agents(args, what, found, set(agents))
+            if complete:  # and those whose agent started meanwhile
+                pids += _all_have_agents(args, what, found, set(agents))
     return list(dict.fromkeys(pids))
 
 
@@ -157,10 +157,12 @@ AGENT_GRACE = 3.0
 
 def _all_have_agents(
     args: argparse.Namespace, what: str, members: list[int], agents: set[int]
-) -> None:
+) -> list[int]:
     """``not-found`` if a descendant of ``members`` runs the same program and has no
-    agent (after ``AGENT_GRACE`` seconds for one just started)."""
+    agent (after ``AGENT_GRACE`` seconds for one just started); else the descendants
+    whose agent started during that wait, which the action must change too."""
     deadline = time.monotonic() + AGENT_GRACE
+    late: set[int] = set()
     while True:
         kids = _children()
         missing = {
@@ -168,13 +170,14 @@ def _all_have_agents(
             if kid not in agents and _same_program(kid, parent)
         }  # fmt: skip
         if not missing:
-            return
+            return sorted(late)
         if time.monotonic() > deadline:
             break
         time.sleep(0.1)
-        # a worker just started has its agent once its socket is there (the action
-        # lists the target again at its end and brings such a newcomer along)
-        agents = agents | {p for p in missing if protocol.socket_path(p).exists()}
+        # a worker just started has its agent once its socket is there: it is one of
+        # the processes the action changes
+        late |= {p for p in missing if protocol.socket_path(p).exists()}
+        agents = agents | late
     listed = ", ".join(f"{kid} (child of {parent})" for kid, parent in sorted(missing.items()))
     app = f" --app {args.app[0]}" if args.app else ""
     raise LivepatchError(
