@@ -761,3 +761,66 @@ def test_a_worker_whose_agent_starts_during_the_wait_is_changed_too(lab):
         if master.stdin is not None:
             master.stdin.close()
         master.wait(10)
+
+
+#: applied in the first process, it starts a newcomer of the app (LPT_SPAWN: its argv)
+#: and waits for the newcomer's agent, whose pid it writes to LPT_SPAWNED
+SPAWNING = """
+    import json, os, subprocess, sys, time
+    import pylivepatch as lp
+    patch = lp.Patch("fix-price", consistency="atomic")
+
+    @patch.function("{m}shop:price")
+    def price(x):
+        return x * 3
+
+    @patch.pre_apply
+    def spawn(ctx):
+        if os.environ.get("LPT_SPAWN"):
+            from pylivepatch.agent import protocol
+            p = subprocess.Popen(json.loads(os.environ.pop("LPT_SPAWN")),
+                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+            with open(os.environ["LPT_SPAWNED"], "w") as f:
+                f.write(str(p.pid))
+            for _ in range(600):
+                if protocol.socket_path(p.pid).exists():
+                    break
+                time.sleep(0.05)
+            time.sleep(0.5)
+        return True
+"""
+
+OTHER_BUILD = """
+    import pylivepatch as lp
+    patch = lp.Patch("fix-price", consistency="atomic")
+
+    @patch.function("{m}shop:price")
+    def price(x):
+        return x * 5
+"""
+
+
+def test_a_newcomer_holding_another_build_of_the_payload_is_not_called_applied(lab, procs):
+    """A process of the app that appears during `load --app` with another build of the
+    payload under the same name (installed for the app) is reported NOT changed (exit
+    3), never "already applied"."""
+    app = f"nb-{lab.prefix}".rstrip("_")
+    spawned = lab.root / "spawned"
+    program = PROGRAM.format(root=str(lab.root), module=lab.name("shop"))
+    argv = [sys.executable, "-m", "pylivepatch", "run", "--app", app, "--",
+            sys.executable, "-c", program]  # fmt: skip
+    x = procs(app, LPT_SPAWN=json.dumps(argv), LPT_SPAWNED=str(spawned))
+    (lab.root / "other.lpz").write_bytes(lab.pack(OTHER_BUILD))
+    assert cli("install", "other.lpz", "--app", app, cwd=lab.root).returncode == 0
+    try:
+        (lab.root / "fix.lpz").write_bytes(lab.pack(SPAWNING))
+        out = cli("load", "fix.lpz", "--app", app, "--json", cwd=lab.root)
+        newcomer = spawned.read_text()
+        assert out.returncode == 3, out
+        doc = json.loads(out.stdout)
+        assert "another build of fix-price" in doc["left"][newcomer], doc
+        assert "already applied" not in doc["processes"][newcomer]
+        assert x.call() == "6"
+    finally:
+        if spawned.exists():
+            os.kill(int(spawned.read_text()), 15)

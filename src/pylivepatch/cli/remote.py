@@ -485,7 +485,7 @@ def act(args: argparse.Namespace) -> int:
                 else:
                     results[pid] = "uploaded, then " + _unload_again(pid, name, left)
     if failure is None and (args.app or args.tree) and verb in ("apply", "revert"):
-        fresh, failure = _newcomers(args, pids, name, verb, data, results, checks, left)
+        fresh, failure = _newcomers(args, pids, name, verb, data, results, checks, left, options)
         pids += fresh
     return _report(args, name, pids, results, failure, left)
 
@@ -591,29 +591,52 @@ def _newcomers(
     results: dict[int, str],
     checks: dict[str, bool],
     left: dict[int, str],
+    options: dict[str, Any],
 ) -> tuple[list[int], LivepatchError | None]:
     """Processes of the target that appeared during the action (a worker respawned by
-    its master): bring each to the same state as the others; one that cannot be is
-    recorded in ``left``, and the first such error returned with them."""
+    its master): bring each to the same state as the others, with the same options;
+    one that cannot be is recorded in ``left``, and the first such error returned with
+    them. A newcomer holding another build under the payload's name is not given it."""
     try:
         now = select(args)
     except LivepatchError:
         return [], None
     fresh = [p for p in now if p not in seen]
     first: LivepatchError | None = None
+    build = ""  # the build the others were given (apply, load)
+    if fresh and verb == "apply":
+        if data:
+            build = archive.read(data).manifest.build_id
+        else:
+            for pid in seen:
+                status = _status_or_none(pid, name)
+                if status is not None:
+                    build = status["build_id"]
+                    break
     for pid in fresh:
         client = Client(pid)
         try:
-            present = {s.name: s.state for s in client.list()}
-            applied = present.get(name) == "APPLIED"
+            present = {s.name: s for s in client.list()}
+            applied = name in present and present[name].state == "APPLIED"
+            if verb == "apply" and name in present and build != present[name].build_id:
+                other = present[name]
+                results[pid] = left[pid] = (
+                    f"appeared during the action with another build of {name} (build "
+                    f"{other.build_id[:16]}, {other.state}), not build {build[:16]}: NOT "
+                    f"changed; see it: pylivepatch status {name} -p {pid}"
+                )
+                first = first or LivepatchError(
+                    "exists", f"process {pid} has another build of {name}: {results[pid]}"
+                )
+                continue
             if verb == "apply" and not applied:
                 if data and name not in present:  # (forked after the upload: it has it)
-                    client.load(data, **checks)
+                    client.load(data, **checks, **options)
                 else:
-                    client.apply(name)
+                    client.apply(name, **options)
                 results[pid] = "appeared during the action: applied"
             elif verb == "revert" and applied:
-                client.revert(name)
+                client.revert(name, **{k: v for k, v in options.items() if k != "nodeps"})
                 results[pid] = "appeared during the action: reverted"
             else:
                 results[pid] = f"appeared during the action: already {DONE[verb]}"
