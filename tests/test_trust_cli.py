@@ -824,3 +824,43 @@ def test_a_newcomer_holding_another_build_of_the_payload_is_not_called_applied(l
     finally:
         if spawned.exists():
             os.kill(int(spawned.read_text()), 15)
+
+
+MISSPELT = """
+    import pylivepatch as lp
+    patch = lp.Patch("fix-price", consistency="atomic")
+
+    @patch.function("{m}shop:price")
+    def price(x):
+        return x * 3
+
+    @patch.function("{m}{module}:total")
+    def total(x):
+        return x
+"""
+
+
+def test_a_module_imported_in_no_process_of_the_app_is_refused_unless_importable(lab, procs):
+    """`load --app` over several processes: a target module imported in none of them
+    and importable nowhere (misspelt) is refused as in one process (exit 1, nothing
+    left uploaded), not "applied; waits for the import"; one that exists but is not
+    imported yet anywhere waits, as in one process."""
+    app = f"mi-{lab.prefix}".rstrip("_")
+    x, y = procs(app), procs(app)
+    lab.module("shopp", "def total(x):\n    return x\n")  # only while it is built
+    (lab.root / "bad.lpz").write_bytes(lab.pack(MISSPELT.replace("{module}", "shopp")))
+    (lab.root / f"{lab.name('shopp')}.py").unlink()
+    out = cli("load", "bad.lpz", "--app", app, "--json", cwd=lab.root)
+    assert out.returncode == 1, out
+    doc = json.loads(out.stdout)
+    assert doc["error"]["code"] == "not-found", doc
+    assert lab.name("shopp") in doc["error"]["message"], doc
+    assert "imported in none" in doc["error"]["message"], doc
+    listed = json.loads(cli("list", "--app", app, "--json", cwd=lab.root).stdout)
+    assert listed == {str(x.pid): [], str(y.pid): []}, "nothing is left uploaded"
+    assert x.call() == "4" and y.call() == "4"
+    lab.module("later", "def total(x):\n    return x\n")
+    (lab.root / "lazy.lpz").write_bytes(lab.pack(MISSPELT.replace("{module}", "later")))
+    out = cli("load", "lazy.lpz", "--app", app, "--json", cwd=lab.root)
+    assert out.returncode == 0, out
+    assert x.call() == "6" and y.call() == "6"

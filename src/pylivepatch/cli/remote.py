@@ -422,6 +422,8 @@ def act(args: argparse.Namespace) -> int:
                 if exc is not None and failure is None:
                     failure = exc
                 steps.advance()
+        if failure is None and checks.get("wait_imports"):
+            failure = _imported_nowhere(pids, name, encoded, checks, results, uploaded)
         if failure is not None or args.verb == "upload":
             if failure is not None:
                 for pid in uploaded:
@@ -488,6 +490,58 @@ def act(args: argparse.Namespace) -> int:
         fresh, failure = _newcomers(args, pids, name, verb, data, results, checks, left, options)
         pids += fresh
     return _report(args, name, pids, results, failure, left)
+
+
+def _imported_nowhere(
+    pids: list[int],
+    name: str,
+    encoded: str,
+    checks: dict[str, bool],
+    results: dict[int, str],
+    uploaded: list[int],
+) -> LivepatchError | None:
+    """``not-found`` if a target module the payload waits for in every process (imported
+    in none) cannot be imported either: a misspelt or absent module, refused as in a
+    single process. One that exists in some process may wait in the others (a
+    multiprocessing helper); one not imported anywhere yet but importable waits, as in
+    a single process: the first process this action uploaded to is asked to check the
+    payload again without waiting for what it cannot import."""
+    waiting: set[str] | None = None
+    for pid in pids:
+        status = _status_or_none(pid, name) if results.get(pid) != EXITED else None
+        if status is not None:
+            modules = set(status["pending"])
+            waiting = modules if waiting is None else waiting & modules
+    if not waiting or not uploaded:
+        return None
+    pid = uploaded[0]
+    strict = {k: v for k, v in checks.items() if k != "wait_imports"}
+    refusal: LivepatchError | None = None
+    if _retrying(lambda: Client(pid).unload(name)) is not None:
+        return None  # not checked again: it keeps what it has
+    try:
+        Client(pid)._call("upload", name=name, data=encoded, **strict)
+        return None
+    except LivepatchError as exc:
+        if exc.code == "not-found" and any(m in exc.message for m in waiting):
+            refusal = exc
+    try:  # as it was
+        Client(pid)._call("upload", name=name, data=encoded, **checks)
+    except LivepatchError as exc:
+        uploaded.remove(pid)
+        results[pid] = f"uploaded, then unloaded to check it again ({exc.code}: {exc.message})"
+        if refusal is None:
+            return LivepatchError(exc.code, f"process {pid}: {exc.message}")
+    if refusal is None:
+        return None
+    listed = ", ".join(sorted(waiting))
+    return LivepatchError(
+        "not-found",
+        f"module(s) {listed} of payload {name} are imported in none of the processes of "
+        f"the target and cannot be imported ({refusal.message}): a misspelt or absent "
+        "module? nothing was changed; fix the target module names and build the payload "
+        "again",
+    )
 
 
 def _retrying(call: Any) -> LivepatchError | None:
