@@ -277,15 +277,25 @@ def test_a_peer_of_another_uid_is_refused_by_the_agent_and_audited(lab, monkeypa
             "s = socket.socket(socket.AF_UNIX)\n"
             f"s.connect({str(sock)!r})\n"
             "body = json.dumps({'v': 1, 'verb': 'list', 'args': {}}).encode()\n"
-            "s.sendall(struct.pack('>I', len(body)) + body)\n"
-            "head = s.recv(4)\n"
-            "print(s.recv(struct.unpack('>I', head)[0]).decode())\n"
+            "try:\n"
+            "    s.sendall(struct.pack('>I', len(body)) + body)\n"
+            "except BrokenPipeError:\n"
+            "    pass  # refused and closed before our request was read: its reply waits\n"
+            "def read(n):\n"
+            "    data = b''\n"
+            "    while len(data) < n:\n"
+            "        chunk = s.recv(n - len(data))\n"
+            "        assert chunk, data\n"
+            "        data += chunk\n"
+            "    return data\n"
+            "print(read(struct.unpack('>I', read(4))[0]).decode())\n"
         )
         out = subprocess.run(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
              _python_for_nobody(), "-c", probe],
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
+        assert out.returncode == 0, out
         reply = json.loads(out.stdout)
         assert reply["ok"] is False and reply["error"]["code"] == "permission-denied", out
         assert "uid 65534 may not control this process" in reply["error"]["message"]
