@@ -48,11 +48,18 @@ def test_suspended_greenlet_blocks_the_transition(lab):
     loader = threading.Thread(target=lambda: done.append(lab.engine.load(data, timeout=30)))
     loader.start()
     try:
-        time.sleep(0.5)
+        in_progress = None
+        for _ in range(12000):  # until the load's transition has read the stacks (bounded)
+            if "greenlet-v2" in lab.engine._payloads:
+                in_progress = lab.engine.status("greenlet-v2").in_progress
+                if in_progress and in_progress.get("blockers"):
+                    break
+            if not loader.is_alive():
+                break
+            time.sleep(0.005)
         assert loader.is_alive() and not done, "the load waits for the suspended greenlet"
-        status = lab.engine.status("greenlet-v2")
-        assert status.in_progress is not None
-        assert "handler" in " ".join(status.in_progress.get("blockers", [])), status.in_progress
+        assert in_progress is not None, "the transition never showed its blockers"
+        assert "handler" in " ".join(in_progress.get("blockers", [])), in_progress
     finally:
         answer = request.switch()  # resumed: it finishes its call chain
         loader.join(60)

@@ -139,7 +139,10 @@ def test_threads_woken_inside_a_pause_get_the_gil_as_soon_as_without_one(tmp_pat
     the GIL within the pausing thread's next few bytecodes, as in the control, where the
     same threads are woken outside any pause (median loop iterations until all of them
     ran, over 12 rounds each, interleaved; with the raised interval kept it was about
-    200 times the control's)."""
+    200 times the control's, measured again at 25 to 200 times, millions of iterations,
+    where the hand-over makes it about none). The bound, 10 times the control's (at
+    least 100,000), leaves room for a machine loaded by other work and still fails on
+    the old behaviour."""
     script = tmp_path / "latency_script.py"
     script.write_text(SCRIPT)
     out = subprocess.run(
@@ -153,7 +156,7 @@ def test_threads_woken_inside_a_pause_get_the_gil_as_soon_as_without_one(tmp_pat
     counts = json.loads(out.stdout.splitlines()[-1])
     pause = sorted(counts["pause"])[len(counts["pause"]) // 2]
     control = sorted(counts["control"])[len(counts["control"]) // 2]
-    assert pause <= 3 * max(control, 10_000), counts
+    assert pause <= 10 * max(control, 10_000), counts
 
 
 @pytest.mark.parametrize("check", [False, True])

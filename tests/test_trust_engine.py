@@ -5,6 +5,7 @@ are checked before anything is armed; targets inside pylivepatch are refused."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import Any
 
@@ -80,6 +81,17 @@ class Background:
         self.thread.join(120)
         assert not self.thread.is_alive()
         return self.outcome
+
+
+def runs(request: Request, marker: str) -> bool:
+    """Whether the request (parked in ``wait``) runs the ``outer`` whose constants hold
+    ``marker``: read from its thread's stack, not from its result."""
+    frame = sys._current_frames().get(request.thread.ident or 0)
+    while frame is not None:
+        if frame.f_code.co_name == "outer":
+            return marker in frame.f_code.co_consts
+        frame = frame.f_back
+    return False
 
 
 def until(cond: Any, what: str) -> Any:
@@ -332,20 +344,38 @@ def test_the_issue_scenario_a_timed_out_transition_whose_reverse_is_blocked(lab)
     transition, which times out and is reversed; a request that started during the
     transition (new ``outer``) blocks the way back. Before, the reverse was forced and
     that request returned ``outer-new, inner-new, inner-old``; now it keeps its version
-    and the apply fails ``transition-stuck``."""
+    and the apply fails ``transition-stuck``.
+
+    The timeout is what reverses the transition, so the new request must be inside new
+    ``outer`` before it expires; on a loaded machine it may not be: that attempt is not
+    the scenario (its reverse is not blocked), it is let finish and the scenario is
+    tried again with a timeout twice as long (bounded)."""
     chain = lab.module("chain", CHAIN)
     lab.engine.upload("chain-v2", lab.pack(CHAIN_FIX))
-    old_request = Request(chain.outer, "old-request")
-    apply = Background(lab.engine.apply, "chain-v2", timeout=3)
-    until(
-        lambda: (lab.engine.status("chain-v2").in_progress or {}).get("transition") == "patching",
-        "the transition started",
-    )
-    new_request = Request(chain.outer, "new-request")
+    for timeout in (3, 6, 12, 24, 48, 96):
+        old_request = Request(chain.outer, "old-request")
+        apply = Background(lab.engine.apply, "chain-v2", timeout=timeout)
+        until(
+            lambda: (
+                (lab.engine.status("chain-v2").in_progress or {}).get("transition") == "patching"
+            ),
+            "the transition started",
+        )
+        new_request = Request(chain.outer, "new-request")
+        if runs(new_request, "outer-new"):
+            break  # it started before the timeout reversed the transition: the scenario
+        new_request.finish()
+        old_request.finish()
+        apply.join()
+        if "chain-v2" in lab.engine._stuck:
+            lab.engine.revert("chain-v2", force=True, timeout=0)
+        assert lab.engine.status("chain-v2").state == "CHECKED"
+    else:
+        raise AssertionError("the new request never started before the timeout")
     try:
         failed = apply.join()["error"]
         assert failed.code == "transition-stuck", failed
-        assert "did not complete within 3s" in failed.message
+        assert f"did not complete within {timeout}s" in failed.message
         assert new_request.finish() == ("outer-new", "inner-new", "inner-new")
         assert old_request.finish() == ("outer-old", "inner-old", "inner-old")
         assert lab.engine.revert("chain-v2", timeout=60).state == "CHECKED"
@@ -414,13 +444,29 @@ def test_a_revert_whose_way_back_is_blocked_is_stuck_and_apply_ends_it(lab):
     chain = lab.module("chain", CHAIN)
     lab.engine.load(lab.pack(CHAIN_FIX), timeout=60)
     applied = snapshot(chain.inner, chain.outer, chain)
-    new_request = Request(chain.outer, "new-request")  # blocks the way to the old code
-    revert = Background(lab.engine.revert, "chain-v2", timeout=3)
-    until(
-        lambda: (lab.engine.status("chain-v2").in_progress or {}).get("transition") == "unpatching",
-        "the transition started",
-    )
-    old_request = Request(chain.outer, "old-request")  # started during it: old code
+    # As in the issue scenario above, the old request must start before the timeout
+    # reverses the revert's transition; an attempt where it did not is let finish and
+    # the scenario tried again with a longer timeout (bounded).
+    for timeout in (3, 6, 12, 24, 48, 96):
+        new_request = Request(chain.outer, "new-request")  # blocks the way to the old code
+        revert = Background(lab.engine.revert, "chain-v2", timeout=timeout)
+        until(
+            lambda: (
+                (lab.engine.status("chain-v2").in_progress or {}).get("transition") == "unpatching"
+            ),
+            "the transition started",
+        )
+        old_request = Request(chain.outer, "old-request")  # started during it: old code
+        if runs(old_request, "outer-old"):
+            break
+        old_request.finish()
+        new_request.finish()
+        revert.join()
+        if "chain-v2" in lab.engine._stuck:
+            lab.engine.apply("chain-v2", force=True, timeout=0)
+        assert lab.engine.status("chain-v2").state == "APPLIED"
+    else:
+        raise AssertionError("the old request never started before the timeout")
     try:
         failed = revert.join()["error"]
         assert failed.code == "transition-stuck", failed
