@@ -6,37 +6,34 @@ transition that read the threads' stacks only would not see a request suspended 
 code, install the new code, and that request would call the new version when it
 resumed: the versions mixed (seen with gunicorn ``-k gevent``: 7 of 755 answers).
 
-:func:`read_stacks` reads the threads' stacks and, when the ``greenlet`` module is
-imported, the stack of every suspended greenlet, in *one* call of a C builtin
-(``dict`` over a chain of lazy iterators, as :func:`pause.stack_walk` walks the
-threads): ``gc.get_objects()``, the greenlet type's ``gr_frame`` getter and every
-``f_back`` are called from C (``starmap``, ``map``, ``accumulate(…, getattr)``), never
-from bytecode, with the garbage collector off, so no other thread runs in the middle
-and no greenlet is switched between the read of the threads and the read of the
-greenlets. At that instant every greenlet that has started and not finished is either
-running, its frames on its thread's stack, or suspended, its frames under its
-``gr_frame``: each is seen. (Two separate reads were not enough: a thread already
-waiting for the GIL when the switch interval is raised can still take it between
-them, resume a greenlet read as suspended, or suspend one not on the stacks read, and
-that greenlet is then on neither.) A greenlet's stack is keyed by a negative number
-(``-id(greenlet)``), never a thread id.
+:func:`read_stacks` reads the threads' stacks (:func:`pause.stacks`) and, when the
+``greenlet`` module is imported, the stack of every suspended greenlet: thread switching
+is held off for the read, and each greenlet's stack is walked from its ``gr_frame`` by
+C builtins (as :func:`pause.stack_walk` walks threads). A greenlet's stack is keyed by
+a negative number (``-id(greenlet)``), never a thread id.
+
+Known limit: the two reads are two calls with some bytecode between them, and a thread
+that was already waiting for the GIL when the switch interval was raised can still take
+it there; if it resumes a greenlet read as suspended, or suspends one that was not on
+the stacks read, that greenlet is seen on neither. A single C call for both reads was
+tried and left reference cycles holding other threads' frames (a leak of the kind
+docs/design.md describes for the 3.12 crash), so it was taken out; making the read one
+call without cycles is open work.
 
 Reading never runs the program's code: the greenlets are found by type among
 ``gc.get_objects()`` (the greenlet type and its subclasses, from
-``type.__subclasses__``), and ``gr_frame`` is read with the base ``greenlet.greenlet``
-type's own C descriptor, never one a subclass defines (a subclass's descriptor could
-run its own code). ``greenlet`` is never imported here.
+``type.__subclasses__``), and ``gr_frame`` is read with the greenlet type's own
+descriptor, whatever a subclass defines. ``greenlet`` is never imported here.
 """
 
 from __future__ import annotations
 
 import gc
-import operator
 import sys
 import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from itertools import accumulate, chain, compress, repeat, starmap, takewhile, tee
+from itertools import accumulate, chain, compress, repeat, takewhile
 from typing import Any
 
 from . import pause
@@ -44,29 +41,17 @@ from . import pause
 #: the switch interval while the stacks are read (seconds): no other thread runs meanwhile
 HOLD = 1.0
 
-_NOT_NONE = pause._NOT_NONE
-_F_BACK = pause._F_BACK
-_STACK = operator.itemgetter(1)
 
-
-def _greenlet_base() -> type | None:
-    """``greenlet.greenlet`` (the base type), or None if ``greenlet`` is not imported."""
+def greenlet_types() -> set[type] | None:
+    """The greenlet type and its subclasses, or None if ``greenlet`` is not imported."""
     module = sys.modules.get("greenlet")
     if type(module) is not types.ModuleType:
         return None
     base = module.__dict__.get("greenlet")
     if type not in type(base).__mro__:  # not a class
         return None
-    return base
-
-
-def greenlet_types() -> set[type] | None:
-    """The greenlet type and its subclasses, or None if ``greenlet`` is not imported."""
-    base = _greenlet_base()
-    if base is None:
-        return None
     found: set[type] = set()
-    todo: list[type] = [base]
+    todo: list[type] = [base]  # type: ignore[list-item]
     while todo:
         t = todo.pop()
         if t not in found:
@@ -75,75 +60,60 @@ def greenlet_types() -> set[type] | None:
     return found
 
 
-def _gr_frame(base: type) -> Callable[[Any], Any] | None:
-    """The base greenlet type's own ``gr_frame`` getter (its C getset descriptor's
-    ``__get__``), read from the base type's ``__dict__`` only: a subclass's attribute of
-    that name is never used, whatever it is."""
-    descriptor = type.__dict__["__dict__"].__get__(base).get("gr_frame")
-    if type(descriptor) is not types.GetSetDescriptorType:
-        return None
-    return descriptor.__get__
-
-
-def greenlet_walk(
-    kinds: set[type], getter: Callable[[Any], Any]
-) -> Iterator[tuple[int, list[types.FrameType]]]:
-    """Every suspended greenlet's stack, innermost frame first, as a lazy iterator of
-    (``-id(greenlet)``, frames); nothing is read, not even ``gc.get_objects()``, until
-    it is consumed. Consumed by one C call, as :func:`pause.stack_walk` is."""
-    objects = chain.from_iterable(starmap(gc.get_objects, ((),)))
-    objs, for_type = tee(objects)
-    found = compress(objs, map(kinds.__contains__, map(type, for_type)))
-    keys, for_frame = tee(found)
-    tops = map(getter, for_frame)  # None for a greenlet running, not started or dead
-    walks = map(accumulate, map(chain, zip(tops), repeat(_F_BACK)), repeat(getattr))
-    frames = map(list, map(takewhile, repeat(_NOT_NONE), walks))
-    pairs = zip(map(operator.neg, map(id, keys)), frames, strict=True)
-    return filter(_STACK, pairs)  # only greenlets with a frame: the suspended ones
+def _not_none(frame: object) -> bool:
+    return frame is not None
 
 
 def suspended(kinds: set[type]) -> dict[int, list[types.FrameType]]:
     """Every suspended greenlet's stack, innermost frame first (one C-level pass)."""
-    base = _greenlet_base()
-    getter = None if base is None else _gr_frame(base)
+    objects = gc.get_objects()
+    found = list(compress(objects, map(kinds.__contains__, map(type, objects))))
+    del objects
+    getter = _gr_frame(kinds)
     if getter is None:
         return {}
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return dict(greenlet_walk(kinds, getter))
-    finally:
-        if was_enabled:
-            gc.enable()
+    tops = list(map(getter, found))
+    stacks = {
+        -id(g): list(takewhile(_not_none, accumulate(chain((top,), repeat("f_back")), getattr)))
+        for g, top in zip(found, tops, strict=True)
+        if top is not None
+    }
+    del found, tops
+    return stacks
+
+
+def _gr_frame(kinds: set[type]) -> Callable[[Any], Any] | None:
+    """The greenlet type's own ``gr_frame`` getter (a C descriptor's ``__get__``)."""
+    for t in kinds:
+        descriptor = t.__dict__.get("gr_frame")
+        if descriptor is not None and type(descriptor).__name__ == "getset_descriptor":
+            return descriptor.__get__
+    return None
 
 
 @contextmanager
 def read_stacks() -> Iterator[dict[int, list[types.FrameType]]]:
     """:func:`pause.read_stacks`, with the stacks of suspended greenlets added when the
-    ``greenlet`` module is imported (read in the same C call, module docstring)."""
+    ``greenlet`` module is imported (read at the same instant)."""
     kinds = greenlet_types()
-    base = _greenlet_base() if kinds else None
-    getter = None if base is None else _gr_frame(base)
-    if not kinds or getter is None:
+    if not kinds:
         with pause.read_stacks() as stacks:
             yield stacks
         return
-    walk = chain(pause.stack_walk(), greenlet_walk(kinds, getter))
     saved = sys.getswitchinterval()
     sys.setswitchinterval(max(saved, HOLD))
     was_enabled = gc.isenabled()
     try:
+        found = pause.stacks()
         gc.disable()
         try:
-            found = dict(walk)  # threads and greenlets: one C call, no bytecode
+            found.update(suspended(kinds))
         finally:
             if was_enabled:
                 gc.enable()
     finally:
         sys.setswitchinterval(saved)
         pause.hand_round()  # a thread that began waiting meanwhile must not wait 1 s
-    # The walks' buffers still hold the top frames, this one among them (a cycle).
-    del walk
     try:
         yield found
     finally:
