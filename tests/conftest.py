@@ -203,7 +203,12 @@ def _a_framework_test(nodeid: str) -> bool:
 
 
 def _skip_is_failure(report: Any) -> None:
-    if _FRAMEWORKS_REQUIRED and report.skipped and _a_framework_test(report.nodeid):
+    if (
+        _FRAMEWORKS_REQUIRED
+        and report.skipped
+        and not hasattr(report, "wasxfail")  # an expected failure is not a lost test
+        and _a_framework_test(report.nodeid)
+    ):
         report.outcome = "failed"
         report.longrepr = (
             f"PYLIVEPATCH_FRAMEWORK_TESTS=1 but this test was skipped: {report.longrepr}"

@@ -127,6 +127,13 @@ def start_plain(lab, port: int) -> subprocess.Popen[bytes]:
 
 
 @needs_attach
+@pytest.mark.xfail(
+    strict=False,
+    reason="open (issue 20): once, in a CI run on a loaded machine (CPython 3.10), the "
+    "worker uWSGI forked to replace a killed one did not show an agent within 60 s; not "
+    "reproduced since. Suspected: a lock held by the master's agent thread at the C fork "
+    "(uWSGI forks without Python's at-fork hooks). Runs and reports; does not gate CI.",
+)
 def test_uwsgi_attached_every_worker_and_respawns(lab):
     lab.write(f"{lab.name('svcapp')}.py", WSGI)
     port, app = free_port(), f"uwa-{lab.prefix}".rstrip("_")
