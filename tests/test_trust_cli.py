@@ -152,32 +152,9 @@ def test_a_process_of_the_app_without_an_agent_fails_the_load_before_any_change(
     nothing, instead of reporting `applied` for the processes it reached."""
     lab.module("shop", "def price(x):\n    return x * 2\n")
     app = f"na-{lab.prefix}".rstrip("_")
-    master_code = textwrap.dedent(
-        f"""
-        import os, subprocess, sys
-        sys.path[:0] = [{str(lab.root)!r}]
-        import {lab.name("shop")} as shop
-        env = {{k: v for k, v in os.environ.items() if not k.startswith("PYLIVEPATCH")}}
-        env["PYTHONPATH"] = ""
-        worker = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
-                                  stdin=subprocess.PIPE, env=env)
-        print("ready", worker.pid, flush=True)
-        for line in sys.stdin:
-            print(shop.price(2), flush=True)
-        worker.stdin.close()
-        worker.wait()
-        """
-    )
-    master = subprocess.Popen(
-        [sys.executable, "-m", "pylivepatch", "run", "--app", app, "--",
-         sys.executable, "-c", master_code],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env=dict(os.environ, PYTHONPATH=SRC),
-    )  # fmt: skip
+    master, worker = _master_with_bare_worker(lab, app)
     try:
-        assert master.stdout is not None and master.stdin is not None
-        ready, worker = master.stdout.readline().split()
-        assert ready == "ready"
+        assert master.stdin is not None
         (lab.root / "fix.lpz").write_bytes(lab.pack(FIX))
         for form in ([], ["--json"]):
             out = cli("load", "fix.lpz", "--app", app, *form, cwd=lab.root)
