@@ -9,6 +9,7 @@ import pytest
 
 from pylivepatch import LivepatchError
 from pylivepatch.engine.table import TABLE, Action, State
+from pylivepatch.errors import RETRYABLE
 from pylivepatch.payload import archive
 
 from conftest import assert_identical, park, snapshot
@@ -192,7 +193,7 @@ def test_atomic_timeout_names_the_blocker_and_changes_nothing(lab, shop):
 
 
 def test_stacking_by_build_id(lab, shop):
-    """depends must be 'base' or the top of the stack; revert is refused (busy) under a dependant."""
+    """depends must be 'base' or the top of the stack; revert is refused (has-dependents, not the retryable busy) under a dependant."""
     e = lab.engine
     d1 = lab.pack(payload("s1", "one", depends="base"))
     bid1 = archive.read(d1).manifest.build_id
@@ -209,7 +210,8 @@ def test_stacking_by_build_id(lab, shop):
     assert shop.price(1) == "two"
     with pytest.raises(LivepatchError) as err:
         e.revert("s1")
-    assert err.value.code == "busy" and "s2" in err.value.message
+    assert err.value.code == "has-dependents" and "s2" in err.value.message
+    assert err.value.code not in RETRYABLE
     e.revert("s2")
     assert shop.price(1) == "one"
     e.revert("s1")

@@ -62,6 +62,9 @@ CODES: dict[str, int] = {
     # The CLI and ``Client``: a socket directory another user could write to, or a
     # socket whose listener is not the target process (SO_PEERCRED): nothing is sent.
     "untrusted-socket": _errno.EPERM,
+    # ``revert`` of a payload another applied payload depends on (stacking): not
+    # retryable, the other one must be reverted first.
+    "has-dependents": _errno.ENOTEMPTY,
 }
 
 #: the longest timeout (seconds) an action accepts, a week: beyond it a number is a

@@ -558,7 +558,7 @@ class Engine(LateObjects):
                     and not other.nodeps
                 ):
                     raise LivepatchError(
-                        "busy",
+                        "has-dependents",
                         f"revert {name}: applied payload {other.name} depends on it; revert {other.name} first",
                     )
             mode = self._mode(rec, consistency)
