@@ -54,15 +54,23 @@ from typing import Any
 from ..errors import LivepatchError
 from ..payload import authoring, static  # noqa: F401 - every payload's code uses authoring:
 from ..payload.archive import Payload  # imported with the engine, not by a payload
-from ..payload.fingerprint import RUNTIME_FLAGS, global_names, nested_code, unwrap_function
+from ..payload.fingerprint import (
+    CO_ASYNC_GENERATOR,
+    CO_COROUTINE,
+    CO_GENERATOR,
+    CO_VARARGS,
+    CO_VARKEYWORDS,
+    RUNTIME_FLAGS,
+    global_names,
+    nested_code,
+    unwrap_function,
+)
 from ..payload.manifest import DataEntry, FuncEntry
 from .resolve import ABSENT, DataTarget, FunctionTarget
 
 _PLACEHOLDER = "__pylivepatch_trampoline_target__"
 _FIRST_ANEXT = "__pylivepatch_first_anext__"  # becomes :func:`_first_anext`
 _SCOPE = "__pylivepatch_scope__"
-CO_GENERATOR, CO_COROUTINE, CO_ASYNC_GENERATOR = 0x20, 0x80, 0x200
-CO_VARARGS, CO_VARKEYWORDS = 0x4, 0x8
 _TYPE_PARAMS: dict[str, Any] = {"type_params": []} if sys.version_info >= (3, 12) else {}
 
 

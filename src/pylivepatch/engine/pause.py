@@ -64,8 +64,10 @@ from functools import partial
 from itertools import accumulate, chain, compress, repeat, starmap, takewhile, tee
 from typing import Any
 
+from ..payload.fingerprint import SUSPENDABLE_FLAGS
+
 PAUSE_SWITCH_INTERVAL = 1.0  # seconds: the GIL switch interval while a pause runs
-_GENERATOR_LIKE = 0x20 | 0x80 | 0x100 | 0x200  # generator, coroutine, iterable coroutine, async gen
+_GENERATOR_LIKE = SUSPENDABLE_FLAGS
 # (frame, the frame it calls or None) -> whether the frame blocks the swap
 InFlight = Callable[[types.FrameType, "types.FrameType | None"], bool]
 

@@ -26,7 +26,13 @@ from itertools import chain, compress
 from typing import Any
 
 from ..payload import static
-from ..payload.fingerprint import nested_code
+from ..payload.fingerprint import (
+    CO_ASYNC_GENERATOR,
+    CO_COROUTINE,
+    CO_GENERATOR,
+    SUSPENDABLE_FLAGS,
+    nested_code,
+)
 from . import greenlets
 from .compile import FunctionTarget, trampoline_code
 
@@ -139,7 +145,7 @@ class Transition:
         self._keep = codes  # keeps the ids alive
         # Only code with generator, coroutine or async-generator flags can be suspended:
         # without any, the heap need not be searched for suspended frames.
-        self.suspendable = any(c.co_flags & (0x20 | 0x80 | 0x100 | 0x200) for c in codes)
+        self.suspendable = any(c.co_flags & SUSPENDABLE_FLAGS for c in codes)
         return {id(c) for c in codes}
 
     @property
@@ -235,17 +241,17 @@ def _dispatcher_code(fn: types.FunctionType, source: types.CodeType, d: Dispatch
     stack that runs it, and the function keeps its kind (``inspect`` and frameworks
     that look at it see no difference; CPython 3.13 warns when a function's code
     changes kind)."""
-    kind = source.co_flags & (0x20 | 0x80 | 0x200)
+    kind = source.co_flags & (CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR)
     # The trampoline has the function's free variables too: parameter names must differ.
     star, dstar = "args", "kwargs"
     while star in source.co_freevars or dstar in source.co_freevars:
         star, dstar = "_" + star, "_" + dstar
     params = f"*{star}, **{dstar}"
-    if kind & 0x200:
+    if kind & CO_ASYNC_GENERATOR:
         src = f"async def {source.co_name}({params}):\n    yield\n"
-    elif kind & 0x80:
+    elif kind & CO_COROUTINE:
         src = f"async def {source.co_name}({params}):\n    pass\n"
-    elif kind & 0x20:
+    elif kind & CO_GENERATOR:
         src = f"def {source.co_name}({params}):\n    yield\n"
     else:
         src = f"def {source.co_name}({params}):\n    pass\n"

@@ -47,12 +47,22 @@ from . import static
 CO_ITERABLE_COROUTINE = 0x100
 RUNTIME_FLAGS = CO_ITERABLE_COROUTINE
 
-# Flags the compiler sets that change how a code object runs: CO_OPTIMIZED,
-# CO_NEWLOCALS, CO_VARARGS, CO_VARKEYWORDS, CO_GENERATOR, CO_COROUTINE,
-# CO_ASYNC_GENERATOR. CO_NESTED, CO_NOFREE and the "method"/"docstring" hints of newer
-# versions depend on where the compiler saw the code, not on what it does, so they are
-# left out, and so are ``RUNTIME_FLAGS``.
-_SEMANTIC_FLAGS = 0x1 | 0x2 | 0x4 | 0x8 | 0x20 | 0x80 | 0x200
+# The code-object flags pylivepatch reads, declared here once (the values CPython
+# has used since 3.5; the engine imports them from this module).
+CO_OPTIMIZED, CO_NEWLOCALS, CO_VARARGS, CO_VARKEYWORDS = 0x1, 0x2, 0x4, 0x8
+CO_GENERATOR, CO_COROUTINE, CO_ASYNC_GENERATOR = 0x20, 0x80, 0x200
+#: code that can be suspended with its frame alive: generators, coroutines (iterable
+#: ones too) and async generators
+SUSPENDABLE_FLAGS = CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR
+
+# Flags the compiler sets that change how a code object runs. CO_NESTED, CO_NOFREE
+# and the "method"/"docstring" hints of newer versions depend on where the compiler
+# saw the code, not on what it does, so they are left out, and so are
+# ``RUNTIME_FLAGS``.
+_SEMANTIC_FLAGS = (
+    CO_OPTIMIZED | CO_NEWLOCALS | CO_VARARGS | CO_VARKEYWORDS
+    | CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR
+)  # fmt: skip
 
 FINGERPRINT_VERSION = "fp1"
 
