@@ -33,10 +33,13 @@ from attach_support import (
 )
 from pylivepatch import Client, LivepatchError
 
-pytestmark = pytest.mark.skipif(
-    GDB is None and sys.version_info < (3, 14),
-    reason="gdb is not installed (.ci/run installs it: attach needs it before 3.14)",
-)
+pytestmark = [
+    pytest.mark.system,  # starts servers, gdb or namespaces: not in the fast lane
+    pytest.mark.skipif(
+        GDB is None and sys.version_info < (3, 14),
+        reason="gdb is not installed (.ci/run installs it: attach needs it before 3.14)",
+    ),
+]
 
 #: how gdb enters each main-thread state (auto plan): queued for the main thread, or
 #: run on it while it waits in an allow-listed system call

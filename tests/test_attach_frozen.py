@@ -19,7 +19,10 @@ import pytest
 from attach_support import GDB, TESTS, attach_json, cli, payload
 from pylivepatch import Client
 
-pytestmark = pytest.mark.skipif(GDB is None, reason="gdb is not installed (.ci/run installs it)")
+pytestmark = [
+    pytest.mark.system,  # starts servers, gdb or namespaces: not in the fast lane
+    pytest.mark.skipif(GDB is None, reason="gdb is not installed (.ci/run installs it)"),
+]
 
 APP = """\
 import sys, threading, time

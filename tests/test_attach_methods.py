@@ -25,7 +25,10 @@ from attach_support import (
 )
 from pylivepatch import Client, LivepatchError
 
-pytestmark = pytest.mark.skipif(GDB is None, reason="gdb is not installed (.ci/run installs it)")
+pytestmark = [
+    pytest.mark.system,  # starts servers, gdb or namespaces: not in the fast lane
+    pytest.mark.skipif(GDB is None, reason="gdb is not installed (.ci/run installs it)"),
+]
 
 
 def refused(pid: int, code: str, *args: str, env: dict[str, str] | None = None) -> str:

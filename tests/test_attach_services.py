@@ -29,9 +29,13 @@ from test_services import (
     wait_until,
 )
 
-pytestmark = pytest.mark.skipif(
-    GDB is None and sys.version_info < (3, 14), reason="gdb is not installed (.ci/run installs it)"
-)
+pytestmark = [
+    pytest.mark.system,  # starts servers, gdb or namespaces: not in the fast lane
+    pytest.mark.skipif(
+        GDB is None and sys.version_info < (3, 14),
+        reason="gdb is not installed (.ci/run installs it)",
+    ),
+]
 
 
 def start(lab, command: list[str]) -> subprocess.Popen[bytes]:

@@ -23,6 +23,8 @@ from pylivepatch.agent import protocol
 from pylivepatch.payload import archive
 from pylivepatch.payload.fingerprint import python_tag
 
+pytestmark = pytest.mark.system  # starts servers, gdb or namespaces: not in the fast lane
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 SHOP = "def price(x):\n    return x * 2\n"

@@ -37,9 +37,12 @@ def _lacking() -> list[str]:
     return lacks
 
 
-pytestmark = pytest.mark.skipif(
-    bool(_lacking()) and not REQUIRED, reason=f"fleet tests need {', '.join(_lacking())}"
-)
+pytestmark = [
+    pytest.mark.system,  # starts servers, gdb or namespaces: not in the fast lane
+    pytest.mark.skipif(
+        bool(_lacking()) and not REQUIRED, reason=f"fleet tests need {', '.join(_lacking())}"
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,8 @@ from pylivepatch.cli.fleet import host_state, plan
 
 from conftest import Lab
 
+pytestmark = pytest.mark.system  # starts servers, gdb or namespaces: not in the fast lane
+
 
 def cli(*args: str, code: str = "") -> subprocess.CompletedProcess[str]:
     """The real command line, in a fresh interpreter (``code`` runs first)."""

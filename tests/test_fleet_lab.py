@@ -510,10 +510,13 @@ def lab(hosts: int = 4) -> Iterator[FleetLab]:
 
 # --- the lab itself ------------------------------------------------------------------
 
-pytestmark = pytest.mark.skipif(
-    bool(missing_tools()) and not os.environ.get("PYLIVEPATCH_FLEET_TESTS"),
-    reason=f"fleet lab needs {', '.join(missing_tools())}",
-)
+pytestmark = [
+    pytest.mark.system,  # starts servers, gdb or namespaces: not in the fast lane
+    pytest.mark.skipif(
+        bool(missing_tools()) and not os.environ.get("PYLIVEPATCH_FLEET_TESTS"),
+        reason=f"fleet lab needs {', '.join(missing_tools())}",
+    ),
+]
 
 
 def test_each_host_has_its_own_loopback_sshd_and_service() -> None:

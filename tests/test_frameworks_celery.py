@@ -26,9 +26,10 @@ from test_services import agents, cli, free_port, stop, wait_until
 pytest.importorskip("celery")
 pytest.importorskip("redis")
 REDIS = shutil.which("redis-server")
-pytestmark = pytest.mark.skipif(
-    REDIS is None, reason="redis-server is not installed (.ci/run installs it)"
-)
+pytestmark = [
+    pytest.mark.system,  # starts servers, gdb or namespaces: not in the fast lane
+    pytest.mark.skipif(REDIS is None, reason="redis-server is not installed (.ci/run installs it)"),
+]
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 TASKS = """

@@ -39,7 +39,10 @@ from test_services import (
 
 pytest.importorskip("asgiref")  # Django's dependencies (the frameworks extra)
 pytest.importorskip("sqlparse")
-pytestmark = pytest.mark.skipif(GUNICORN is None, reason="gunicorn is not installed")
+pytestmark = [
+    pytest.mark.system,  # starts servers, gdb or namespaces: not in the fast lane
+    pytest.mark.skipif(GUNICORN is None, reason="gunicorn is not installed"),
+]
 
 OLD, NEW = "4.2.20", "4.2.21"
 

@@ -18,7 +18,10 @@ from frameworks.pairs import Load, settle
 from test_services import GUNICORN, agents, cli, free_port, run_service, serving, stop, wait_until
 
 pytest.importorskip("gevent")
-pytestmark = pytest.mark.skipif(GUNICORN is None, reason="gunicorn is not installed")
+pytestmark = [
+    pytest.mark.system,  # starts servers, gdb or namespaces: not in the fast lane
+    pytest.mark.skipif(GUNICORN is None, reason="gunicorn is not installed"),
+]
 
 APP = """
     import os

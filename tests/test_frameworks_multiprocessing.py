@@ -19,7 +19,11 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from test_services import SRC, agents, cli, stop, wait_until
+
+pytestmark = pytest.mark.system  # starts servers, gdb or namespaces: not in the fast lane
 
 MAIN = """
     import multiprocessing as mp

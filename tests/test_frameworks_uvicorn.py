@@ -16,6 +16,8 @@ import pytest
 from frameworks.pairs import Load, settle
 from test_services import agents, cli, free_port, run_service, serving, stop, wait_until
 
+pytestmark = pytest.mark.system  # starts servers, gdb or namespaces: not in the fast lane
+
 uvicorn = pytest.importorskip("uvicorn")
 
 APP = """

@@ -38,9 +38,12 @@ from test_services import (
 
 _BESIDE = Path(sys.executable).with_name("uwsgi")  # the venv's own (pip install uwsgi)
 UWSGI = str(_BESIDE) if _BESIDE.exists() else None
-pytestmark = pytest.mark.skipif(
-    UWSGI is None, reason="uwsgi is not installed in this venv (the frameworks extra)"
-)
+pytestmark = [
+    pytest.mark.system,  # starts servers, gdb or namespaces: not in the fast lane
+    pytest.mark.skipif(
+        UWSGI is None, reason="uwsgi is not installed in this venv (the frameworks extra)"
+    ),
+]
 
 #: the app, with a post-fork hook of its own, set the way uwsgidecorators sets it
 APP = (

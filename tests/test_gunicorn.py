@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.system  # starts servers, gdb or namespaces: not in the fast lane
+
 pytest.importorskip("gunicorn")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 _BESIDE = Path(sys.executable).with_name("gunicorn")  # the venv's own, if any

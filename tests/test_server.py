@@ -14,6 +14,8 @@ import urllib.request
 
 import pytest
 
+pytestmark = pytest.mark.system  # starts servers, gdb or namespaces: not in the fast lane
+
 uvicorn = pytest.importorskip("uvicorn")
 
 APP = """

@@ -27,6 +27,8 @@ import pytest
 
 from pylivepatch.agent import store
 
+pytestmark = pytest.mark.system  # starts servers, gdb or namespaces: not in the fast lane
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 WSGI = """

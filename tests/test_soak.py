@@ -19,6 +19,8 @@ from types import ModuleType
 
 import pytest
 
+pytestmark = pytest.mark.system  # starts servers, gdb or namespaces: not in the fast lane
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "soak.py"
 
 
