@@ -408,3 +408,58 @@ def test_the_agent_never_chmods_or_binds_through_a_planted_link(tmp_path):
     os.chmod(own, 0o755)
     server._prepare_dir(own)  # our own plain directory: made private, as before
     assert os.stat(own).st_mode & 0o777 == 0o700
+
+
+HALF_IMPORTED = """
+import sys, types
+sys.path[:0] = [{root!r}]
+import pylivepatch
+from pylivepatch.agent import protocol
+pylivepatch.start()
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.strip() == "half":
+        # green-thread libraries half imported by another thread: no function defined yet
+        sys.modules["eventlet.patcher"] = types.ModuleType("eventlet.patcher")
+        sys.modules["gevent.monkey"] = types.ModuleType("gevent.monkey")
+    elif line.strip() == "broken":
+        def broken(name):
+            raise RuntimeError("a library's own bug")
+        sys.modules["gevent.monkey"].is_module_patched = broken
+    else:
+        sys.modules.pop("eventlet.patcher", None)
+        sys.modules.pop("gevent.monkey", None)
+    print("done", flush=True)
+"""
+
+
+def test_a_connection_that_cannot_be_served_never_ends_the_agent(lab):
+    """A connection accepted while a green-thread library is half imported by another
+    thread is served as usual (the library has patched nothing yet); one that fails
+    inside the agent before its thread starts is closed, logged, and the agent goes on
+    serving (before: the listener thread died on the AttributeError, under eventlet,
+    and every later request hung)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HALF_IMPORTED.format(root=str(lab.root))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=SRC),
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+
+        def step(command: str) -> None:
+            proc.stdin.write(command + "\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "done"
+
+        step("half")
+        assert Client(proc.pid).list() == []
+        step("broken")
+        with pytest.raises(Exception):  # noqa: B017 - closed without an answer, any client error
+            Client(proc.pid).list()
+        step("clean")
+        assert Client(proc.pid).list() == []
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+    assert "a control connection could not be served" in proc.stderr.read()

@@ -132,17 +132,25 @@ def _os_thread(target: Callable[..., object], args: tuple[Any, ...], name: str) 
 
 
 def _unpatched(module: str, default: Any, name: str | None = None) -> Any:
-    """gevent's saved original of ``module.name`` (default: the module's name) if gevent
-    has monkey-patched ``module``, else ``default``. The agent's socket is a plain one:
-    a gevent socket belongs to the hub of the thread that made it, and fails in the
-    agent's other threads ("Cannot switch to a different thread")."""
+    """The saved original of ``module.name`` (default: the module's name) if gevent or
+    eventlet has monkey-patched ``module``, else ``default``. The agent's socket is a
+    plain one: a green socket belongs to the hub of the thread that made it, and fails
+    in the agent's other threads ("Cannot switch to a different thread"); a green
+    thread started from the agent's listener would wait for a hub that never runs
+    there. Neither library is imported here: each is only looked up in ``sys.modules``."""
     import sys
 
+    # Either library may be half imported here, by another thread (its functions not
+    # defined yet): then it has patched nothing yet.
     monkey = sys.modules.get("gevent.monkey")
-    patched = "threading" if module == "_thread" else module
-    if monkey is None or not monkey.is_module_patched(patched):
-        return default
-    return monkey.get_original(module, name or module)
+    patched = getattr(monkey, "is_module_patched", None)
+    if patched is not None and patched("threading" if module == "_thread" else module):
+        return monkey.get_original(module, name or module)  # type: ignore[union-attr]
+    patcher = sys.modules.get("eventlet.patcher")
+    patched = getattr(patcher, "is_monkey_patched", None)
+    if patched is not None and patched("thread" if module == "_thread" else module):
+        return getattr(patcher.original(module), name or module)  # type: ignore[union-attr]
+    return default
 
 
 def _peer(sock: socket.socket) -> tuple[int, int]:
@@ -238,21 +246,31 @@ class Agent:
                 conn, _ = self.sock.accept()
             except OSError:
                 return  # closed
-            plain = _unpatched("socket", None)
-            if plain is not None and type(conn) is not plain:  # gevent patched it since
-                conn = plain(fileno=conn.detach())
-            if not slots.acquire(blocking=False):
-                # Too many open connections: answer busy at once, without a thread.
-                conn.settimeout(0.1)
-                self._send(conn, {"ok": False, "error": _error(LivepatchError(
-                    "busy", f"the agent has {MAX_CONNECTIONS} connections open; try again"))})  # fmt: skip
-                conn.close()
-                continue
             try:
-                _os_thread(self._handle, (conn, slots), "pylivepatch-conn")
-            except RuntimeError:  # no thread to be had
-                slots.release()
+                self._dispatch(conn, slots)
+            except Exception:  # noqa: BLE001 - one connection's failure never ends the agent
+                log.exception("pylivepatch agent: a control connection could not be served")
                 conn.close()
+
+    def _dispatch(self, conn: socket.socket, slots: threading.BoundedSemaphore) -> None:
+        """Serve one accepted connection on a thread of its own, or answer busy."""
+        plain = _unpatched("socket", None)
+        if plain is not None and type(conn) is not plain:  # patched since (gevent, eventlet)
+            conn = plain(fileno=conn.detach())
+        if not slots.acquire(blocking=False):
+            # Too many open connections: answer busy at once, without a thread.
+            conn.settimeout(0.1)
+            self._send(conn, {"ok": False, "error": _error(LivepatchError(
+                "busy", f"the agent has {MAX_CONNECTIONS} connections open; try again"))})  # fmt: skip
+            conn.close()
+            return
+        try:
+            _os_thread(self._handle, (conn, slots), "pylivepatch-conn")
+        except Exception as exc:
+            slots.release()
+            conn.close()
+            if not isinstance(exc, RuntimeError):  # RuntimeError: no thread to be had
+                raise
 
     def _handle(self, conn: socket.socket, slots: threading.BoundedSemaphore) -> None:
         try:

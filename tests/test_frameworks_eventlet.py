@@ -1,0 +1,125 @@
+"""eventlet's own WSGI server (``eventlet.monkey_patch()`` then ``eventlet.wsgi.server``,
+as eventlet's documentation starts one) under ``pylivepatch run``, under HTTP load whose
+requests sleep cooperatively between two calls of a patched function, inside another
+patched function: a load and a revert in transition mode never mix versions within a
+request (a green thread suspended in old code is a call chain in flight), the process
+answers with the new code after the load and the old after the revert, and no request
+fails. The agent serves on real OS threads with plain sockets although eventlet patched
+``threading`` and ``socket`` (before the fix, its connection threads were green threads
+of a hub that never ran, and every request to it hung).
+
+gunicorn 23 and later have no eventlet worker class, so a gunicorn ``-k eventlet`` is not
+tested: docs/frameworks.md, "eventlet"."""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib.util import find_spec
+
+import pytest
+
+from frameworks.pairs import Load, settle
+from test_services import agents, cli, free_port, run_service, serving, stop, wait_until
+
+pytest.importorskip("eventlet")
+import os as _os; _DBG = _os.environ.get("EVDBG")
+pytestmark = pytest.mark.system  # starts servers, gdb or namespaces: not in the fast lane
+
+APP = """
+    import os
+
+    import eventlet
+
+    def version():
+        return "v1"
+
+    def handler():
+        first = version()
+        eventlet.sleep(0.02)  # suspended here, in the middle of the call chain
+        return f"{first},{version()}"
+
+    def app(environ, start_response):
+        body = f"{handler()} {os.getpid()}".encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+"""
+
+SERVE = """
+    import sys
+    import warnings
+
+    warnings.simplefilter("ignore")  # eventlet warns that it is deprecated
+    import eventlet
+
+    eventlet.monkey_patch()
+    import eventlet.wsgi
+
+    import {m}evapp as evapp
+
+    eventlet.wsgi.server(eventlet.listen(("127.0.0.1", int(sys.argv[1]))), evapp.app, log_output=False)
+"""
+
+FIX = """
+    import pylivepatch as lp
+    patch = lp.Patch("eventlet-v2", consistency="transition")
+
+    @patch.function("{m}evapp:version")
+    def version():
+        return "v2"
+
+    @patch.function("{m}evapp:handler")
+    def handler():
+        import eventlet
+
+        first = version()
+        eventlet.sleep(0.02)
+        return f"{first},{version()}"
+"""
+
+
+def test_eventlet_wsgi_transition_never_mixes_versions(lab):
+    # written, not imported here: the test process stays without eventlet
+    lab.write(f"{lab.name('evapp')}.py", APP)
+    serve = lab.write("evserve.py", SERVE.replace("{m}", lab.prefix))
+    port, app = free_port(), f"ev-{lab.prefix}".rstrip("_")
+    import subprocess as sp
+    from test_services import SRC
+    server = sp.Popen([sys.executable, "-m", "pylivepatch", "run", "--app", app, "--", sys.executable, "-X", "faulthandler", str(serve), str(port)],
+        env=dict(_os.environ, PYTHONPATH=_os.pathsep.join([SRC, str(lab.root)])), cwd=lab.root, stdout=open("/tmp/evdbg.txt", "w"), stderr=sp.STDOUT)
+    load = None
+    try:
+        try:
+            wait_until(lambda: len(agents(lab, app)) == 1, "the server's agent", 20)
+        except AssertionError:
+            import signal, subprocess as sp, time as _t
+            pids = sp.run(["pgrep", "-f", str(serve)], capture_output=True, text=True).stdout.split()
+            print("PIDS", pids, cli("ps", "--json", cwd=lab.root).stdout)
+            for p in pids:
+                _os.kill(int(p), signal.SIGABRT)
+            _t.sleep(1)
+            raise
+        wait_until(lambda: serving(port), "listening")
+        load = Load(port)
+        wait_until(lambda: len(load.since(0)) > 20, "answers")
+        workers = {pid for _, pid in load.since(0)}
+        assert workers == set(agents(lab, app))
+        (lab.root / "fix.lpz").write_bytes(lab.pack(FIX))
+        for _ in range(2):
+            out = cli("load", "fix.lpz", "--app", app, "--json", cwd=lab.root)
+            assert out.returncode == 0, out.stdout + out.stderr
+            results = json.loads(out.stdout)["processes"]
+            assert all(r.startswith("applied") for r in results.values()), results
+            settle(load, "v2", workers, "after load")
+            out = cli("revert", "eventlet-v2", "--app", app, cwd=lab.root)
+            assert out.returncode == 0, out.stdout + out.stderr
+            settle(load, "v1", workers, "after revert")
+            assert cli("unload", "eventlet-v2", "--app", app, cwd=lab.root).returncode == 0
+        load.close()
+        mixed = [pair for _, pair, _ in load.answers if pair[0] != pair[1]]
+        assert mixed == [], f"{len(mixed)} of {len(load.answers)} answers mixed versions"
+        assert load.failures == [], load.failures[:3]
+    finally:
+        if load is not None:
+            load.close()
+        stop(server)
