@@ -211,6 +211,6 @@ def print_report(result: BuildResult, old: str, new: str, output: str | None, na
             print(f"  hooks    {', '.join(parts)}  (from --hooks)")
         print(
             f"built {man['name']} -> {output}: {len(man['funcs'])} functions, {len(man['data'])} data, "
-            f"{len(man.get('data_files') or [])} data files, "
-            f"python {', '.join(man['python'])}, build id {man['build_id'][:16]}"
+            + (f"{len(man['data_files'])} data files, " if man.get("data_files") else "")
+            + f"python {', '.join(man['python'])}, build id {man['build_id'][:16]}"
         )
