@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from pylivepatch import LivepatchError
+from pylivepatch.build.builder import BuildOptions, build
 from pylivepatch.engine.core import Engine
 from pylivepatch.engine.faults import inject
 from pylivepatch.payload import archive
@@ -277,6 +278,51 @@ def test_a_file_the_process_would_not_see_is_refused_with_allow(versions, code, 
     (refusal,) = [r for r in result.refusals if r.kind == "data-files"]
     assert refusal.target == f"{v.pkg}/hosts.json"
     assert why in refusal.reason and "hosts.py" in refusal.reason
+
+
+def test_import_time_code_that_reads_another_file_does_not_refuse_it(versions):
+    """A module-level read of another file of the package (its name is a file name
+    other than this one's) leaves hosts.json, read at use time, carried."""
+    other = "import os\nHERE = os.path.dirname(__file__)\nLOGGING = open(os.path.join(HERE, 'logging.ini')).read()\n"
+    v = versions(
+        {"hosts.py": CODE, "conf.py": other, "hosts.json": OLD_HOSTS, "logging.ini": "x"},
+        {"hosts.py": CODE, "conf.py": other, "hosts.json": NEW_HOSTS, "logging.ini": "x"},
+    )
+    result = v.build("data-files")
+    assert result.data and [f.path for f in result.files] == ["hosts.json"]
+
+
+def test_import_time_code_that_lists_the_directory_refuses_it(versions):
+    """A module-level read of a name computed at run time may be any file of the
+    directory: refused."""
+    scan = "import os\nHERE = os.path.dirname(__file__)\nFILES = {n: open(os.path.join(HERE, n)).read() for n in os.listdir(HERE)}\n"
+    v = versions(
+        {"hosts.py": CODE, "scan.py": scan, "hosts.json": OLD_HOSTS},
+        {"hosts.py": CODE, "scan.py": scan, "hosts.json": NEW_HOSTS},
+    )
+    result = v.build("data-files")
+    assert not result.data
+    assert [r.reason.split(" (")[0] for r in result.refusals if r.kind == "data-files"] == [
+        f"read when {v.pkg}.scan is imported"
+    ]
+
+
+def test_wheels_carry_the_bytes_of_the_release(versions):
+    v = _hosts_fix(versions)
+    wheels = []
+    for root, tag in ((v.old, "1.0"), (v.new, "1.1")):
+        path = v.lab.root / f"{v.pkg}-{tag}-py3-none-any.whl"
+        with zipfile.ZipFile(path, "w") as zf:
+            for f in sorted((root / v.pkg).iterdir()):
+                if f.is_file():
+                    zf.write(f, f"{v.pkg}/{f.name}")
+        wheels.append(str(path))
+    result = build(*wheels, BuildOptions(name="fix", allow=frozenset({"data-files"})))
+    assert result.data and not result.refusals
+    payload = archive.read(result.data)
+    (entry,) = payload.manifest.data_files
+    assert payload.files[entry.member] == NEW_HOSTS.encode()
+    assert payload.files[entry.old_member or ""] == OLD_HOSTS.encode()
 
 
 def test_a_removed_data_file_is_refused_with_allow(versions):

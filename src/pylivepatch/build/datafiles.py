@@ -6,20 +6,22 @@ process sees the new bytes only where it opens the file again after that. The ru
 read from the source of OLD and NEW without running it (docs/patch-author-guide.md,
 "Data files"):
 
-- a file is *named* by a string constant that equals its file name, or has it or one
-  of the directories between the package and the file as a ``/``-separated component
-  (``'hosts.json'``, ``'data/hosts.json'``, ``'templates'``);
 - a *path name* is a module-level name bound to a path expression: string constants,
   ``__file__``/``__name__``/``__package__``, other path names, ``os.path.join``/
   ``dirname``/``abspath``..., ``Path(...)``, ``.parent``, ``/``, ``files(...)``/
   ``joinpath`` — computing where the file is reads nothing;
+- code *reaches* the file when a string constant in it, or in a path name it reads, has
+  the file's name or one of the directories between the package and the file as a
+  ``/``-separated component (``'hosts.json'``, ``'data/hosts.json'``, ``'templates'``),
+  or when it reads a path name and neither it nor the path names it reads name any
+  file (``os.listdir(HERE)``, ``join(HERE, name)``: it may be any file there); code
+  whose strings name other files only (``join(HERE, 'logging.ini')``) does not;
 - code that runs when a module is imported (module and class bodies, decorators,
-  default values) and names the file or reads a path name, other than to bind a path
-  name, *read it at import*: refused, the process holds what it read then;
-- a function that names the file or reads a path name reads it at use time: carried,
-  unless it keeps what it read (decorated with ``cache``/``lru_cache``/
-  ``cached_property``, or storing into a ``global``): refused, the process would keep
-  what its first call read.
+  default values) and reaches the file, other than to bind a path name, *read it at
+  import*: refused, the process holds what it read then;
+- a function that reaches the file reads it at use time: carried, unless it keeps what
+  it read (decorated with ``cache``/``lru_cache``/``cached_property``, or storing into
+  a ``global``): refused, the process would keep what its first call read.
 
 A removed file, a file outside any import package and a file with a code suffix are
 refused too. Code that builds a file's name at run time from parts none of which is
@@ -131,7 +133,8 @@ class _Readers:
                 except SyntaxError:
                     continue  # refused as syntax by the comparison
                 self.modules.append((mod, rel, parsed))
-        # path names each module binds at import, by module
+        # path names each module binds at import, by module: name -> the components
+        # of the strings it is built from
         self.paths = {mod: _path_names(t.body) for mod, _, t in self.modules}
 
     def find(self, rel: str, path: str) -> tuple[str, int] | None:
@@ -140,7 +143,7 @@ class _Readers:
         parts = path.split("/")
         names = {parts[-1], *parts[:-1]}
         for mod, file, tree in self.modules:
-            paths = self.paths[mod] | _imported_paths(tree, self.paths)
+            paths = {**_imported_paths(tree, self.paths), **self.paths[mod]}
             for node, line in _import_time(tree.body):
                 if _names_file(node, names, paths):
                     return (
@@ -162,14 +165,28 @@ class _Readers:
         return None
 
 
-def _names_file(node: ast.AST, names: set[str], paths: set[str]) -> bool:
+def _names_file(node: ast.AST, names: set[str], paths: dict[str, frozenset[str]]) -> bool:
+    """Whether ``node`` may reach the file: a string names it (its name or a directory
+    on its way), a path name it reads does, or a path name leads somewhere no string of
+    it or of ``node`` names as a file (``join(HERE, name)``: any file)."""
+    consts: set[str] = set()
+    used: list[str] = []
     for n in _walk(node):
         if isinstance(n, ast.Constant) and isinstance(n.value, str):
-            if names & set(n.value.replace("\\", "/").split("/")):
+            parts = _parts(n.value)
+            if names & parts:
                 return True
+            consts |= parts
         elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in paths:
-            return True
-    return False
+            used.append(n.id)
+    if any(names & paths[p] for p in used):
+        return True
+    leads_to = consts.union(*(paths[p] for p in used))
+    return bool(used) and not any("." in c.strip(".") for c in leads_to)
+
+
+def _parts(text: str) -> set[str]:
+    return set(text.replace("\\", "/").split("/"))
 
 
 def _walk(node: ast.AST) -> Iterator[ast.AST]:
@@ -185,7 +202,7 @@ def _walk(node: ast.AST) -> Iterator[ast.AST]:
         yield from _walk(child)
 
 
-def _is_path(node: ast.AST, paths: set[str]) -> bool:
+def _is_path(node: ast.AST, paths: set[str] | dict[str, frozenset[str]]) -> bool:
     """An expression that computes where a file is, and reads nothing."""
     if isinstance(node, ast.Constant):
         return isinstance(node.value, str)
@@ -226,9 +243,10 @@ def _dotted(node: ast.AST) -> bool:
     return isinstance(node, ast.Name) or (isinstance(node, ast.Attribute) and _dotted(node.value))
 
 
-def _path_names(body: list[ast.stmt]) -> set[str]:
-    """Module-level names bound to a path expression, in order."""
-    paths: set[str] = set()
+def _path_names(body: list[ast.stmt]) -> dict[str, frozenset[str]]:
+    """Module-level names bound to a path expression, in order, each with the
+    components of the strings it is built from (those of the path names it reads too)."""
+    paths: dict[str, frozenset[str]] = {}
     for node in _statements(body):
         targets: list[ast.expr] = []
         value = None
@@ -239,21 +257,32 @@ def _path_names(body: list[ast.stmt]) -> set[str]:
         if (
             value is not None
             and all(isinstance(t, ast.Name) for t in targets)
-            and _is_path(value, paths)
+            and _is_path(value, set(paths))
         ):
-            paths |= {t.id for t in targets if isinstance(t, ast.Name)}
+            parts: set[str] = set()
+            for n in ast.walk(value):
+                if isinstance(n, ast.Constant) and isinstance(n.value, str):
+                    parts |= _parts(n.value)
+                elif isinstance(n, ast.Name) and n.id in paths:
+                    parts |= paths[n.id]
+            paths.update({t.id: frozenset(parts) for t in targets if isinstance(t, ast.Name)})
     return paths
 
 
-def _imported_paths(tree: ast.Module, by_module: dict[str, set[str]]) -> set[str]:
+def _imported_paths(
+    tree: ast.Module, by_module: dict[str, dict[str, frozenset[str]]]
+) -> dict[str, frozenset[str]]:
     """Path names another module of the package binds, imported by name."""
-    found: set[str] = set()
-    every = set().union(*by_module.values()) if by_module else set()
+    every: dict[str, frozenset[str]] = {}
+    for names in by_module.values():
+        for name, parts in names.items():
+            every[name] = every.get(name, frozenset()) | parts
+    found: dict[str, frozenset[str]] = {}
     for node in _statements(tree.body):
         if isinstance(node, ast.ImportFrom):
             for a in node.names:
                 if a.name in every:
-                    found.add(a.asname or a.name)
+                    found[a.asname or a.name] = every[a.name]
     return found
 
 
