@@ -154,8 +154,16 @@ def _undo(plan: FilePlan, now: bytes | None, back: bytes | None) -> None:
 def _state(plan: FilePlan) -> str:
     """``old``, ``new``, or what else the installed file is."""
     try:
-        if os.path.islink(plan.path):
-            return "a symbolic link"
+        mode = os.lstat(plan.path).st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG  # absent: read as such below
+    except OSError as exc:
+        return f"unreadable ({exc.strerror})"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if not stat.S_ISREG(mode):
+        return "not a regular file"  # a FIFO would block the read
+    try:
         current = _read(plan.path)
     except OSError as exc:
         return f"unreadable ({exc.strerror})"
