@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from pylivepatch import LivepatchError
 from pylivepatch.build.builder import BuildOptions, build
 from test_build import Versions
 
@@ -58,9 +57,10 @@ def test_a_fix_in_a_data_file_is_refused_naming_it(versions):
         assert got == [("data-files", "pkg/hosts.json"), ("nothing-to-patch", "pkg:__version__")]
         assert "was changed" in result.refusals[0].reason
         assert "the fix is in the data files refused here" in result.refusals[1].reason
-    with pytest.raises(LivepatchError) as err:
-        v.build("data-files")
-    assert err.value.message.startswith("--allow data-files: not yet available: ")
+    # --allow data-files carries it (tests/test_build_datafiles.py)
+    result = v.build("data-files")
+    assert result.data and not result.refusals
+    assert [f.rel.replace(v.pkg, "pkg") for f in result.files] == ["pkg/hosts.json"]
 
 
 def test_an_added_data_file_is_refused_and_a_code_fix_beside_it_too(versions):
@@ -72,9 +72,9 @@ def test_an_added_data_file_is_refused_and_a_code_fix_beside_it_too(versions):
     (v.new / v.pkg / "templates" / "page.html").write_text("<p>{{ x }}</p>\n")
     assert v.refusals() == [
         "pkg/templates/page.html:0: data-files: pkg/templates/page.html: a data file of the "
-        "distribution was added; a payload patches code and cannot carry data files yet: the "
-        "running process would keep reading the old file. Ship the release, or change the "
-        "code so it does not need the new file"
+        "distribution was added; a payload patches code: the running process would keep "
+        "reading the old file. Ship the release, or build with --allow data-files to carry "
+        "it (where the process reads it at use time)"
     ]
 
 

@@ -7,6 +7,8 @@
 3. The payload module is written from the NEW definitions (``ast.unparse``, so string
    contents are exact) and packed against OLD (:func:`.pack.pack` with ``against``):
    every expectation is the fingerprint of the OLD code, per interpreter.
+4. With ``--allow data-files``, the changed data files a running process reads at use
+   time (:mod:`.datafiles`) are added to the archive and its manifest (``data_files``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LivepatchError
-from . import sources, state
+from . import datafiles, sources, state
 from .compare import (
     NOT_YET,
     REFUSALS,
@@ -72,18 +74,19 @@ class BuildResult:
     manifest: dict[str, Any] | None = None
     installed: dict[str, str] | None = None  # OLD as found installed: name, version, where
     error: str = ""  # "code: message" of a failure after the comparison (packing)
+    files: list[datafiles.DataFile] = field(default_factory=list)  # --allow data-files
 
     @property
     def ok(self) -> bool:
-        return not self.refusals and bool(self.changes)
+        return not self.refusals and bool(self.changes or self.files)
 
     @property
     def no_change(self) -> bool:
-        return not self.changes and not self.refusals and not self.allowed
+        return not self.changes and not self.refusals and not self.allowed and not self.files
 
 
 def build(old: str, new: str, options: BuildOptions) -> BuildResult:
-    for kind in options.allow:
+    for kind in sorted(options.allow):
         if kind in NOT_YET:
             raise LivepatchError(
                 "invalid-payload", f"--allow {kind}: not yet available: {NOT_YET[kind]}"
@@ -123,7 +126,7 @@ def build(old: str, new: str, options: BuildOptions) -> BuildResult:
         ) or (sys.version_info[:2],)
         token = PYTHONS.set(versions)  # version checks decided for these interpreters
         try:
-            result = compare_trees(old_tree, new_tree)
+            result = compare_trees(old_tree, new_tree, "data-files" in options.allow)
         finally:
             PYTHONS.reset(token)
         if found is not None:
@@ -132,8 +135,11 @@ def build(old: str, new: str, options: BuildOptions) -> BuildResult:
                 "python": found.python, "executable": found.executable,
             }  # fmt: skip
             result.warnings[:0] = found.warnings
-        result.allowed = [r for r in result.refusals if r.kind in options.allow]
-        result.refusals = [r for r in result.refusals if r.kind not in options.allow]
+        # the data files --allow data-files cannot carry stay refused (compare_trees)
+        result.allowed = [
+            r for r in result.refusals if r.kind in options.allow and r.kind != "data-files"
+        ]
+        result.refusals = [r for r in result.refusals if r not in result.allowed]
         if options.hooks and not Path(options.hooks).exists():
             states = [r for r in result.refusals + result.allowed if r.kind == "instance-state"]
             if states:  # the author completes it, then builds again with it
@@ -146,7 +152,7 @@ def build(old: str, new: str, options: BuildOptions) -> BuildResult:
                 result.refusals += [r for r in result.allowed if r.kind == "instance-state"]
                 result.allowed = [r for r in result.allowed if r.kind != "instance-state"]
                 return result
-        if result.refusals or not (result.changes or options.hooks):
+        if result.refusals or not (result.changes or options.hooks or result.files):
             return result
         result.source = emit(result, options)
         if result.refusals:
@@ -156,6 +162,9 @@ def build(old: str, new: str, options: BuildOptions) -> BuildResult:
         payload.write_text(result.source)
         from .pack import pack
 
+        if not (result.changes or options.hooks):  # data files only: no code to analyse
+            result.data, result.manifest = _with_files(None, result, options)
+            return result
         old_root = old_tree.write(work / "old", _needed_on_disk(old_tree, result))
         try:
             packed = pack(
@@ -167,8 +176,40 @@ def build(old: str, new: str, options: BuildOptions) -> BuildResult:
             result.error = f"{exc.code}: {exc.message}"
             return result
         result.data, result.manifest = packed.data, packed.manifest
+        if result.files:
+            result.data, result.manifest = _with_files(packed.data, result, options)
         result.warnings += packed.warnings
         return result
+
+
+def _with_files(
+    packed: bytes | None, result: BuildResult, options: BuildOptions
+) -> tuple[bytes, dict[str, Any]]:
+    """The archive with the data files of ``result`` added (``data_files`` and their
+    members), sealed again; or, without ``packed`` (only data files changed), an archive
+    of the payload module and the files."""
+    from ..payload import archive
+
+    if packed is not None:
+        payload = archive.read(packed)
+        doc = payload.manifest.to_json()
+        members = dict(payload.files)
+    else:
+        pythons = options.pythons or [f"{sys.version_info[0]}.{sys.version_info[1]}"]
+        doc = {
+            "format": 1, "name": options.name, "version": options.version,
+            "description": options.description, "depends": options.depends, "objects": {},
+            "funcs": [], "data": [], "hooks": {}, "states": [], "replace": options.replace,
+            "consistency": options.consistency,
+            "metadata": {"built-by": "pylivepatch build", **options.metadata},
+            "python": sorted(set(pythons), key=lambda v: tuple(map(int, v.split(".")))),
+        }  # fmt: skip
+        members = {"payload/__init__.py": result.source.encode()}
+    doc["data_files"] = [f.entry() for f in result.files]
+    for f in result.files:
+        members.update(f.members())
+    manifest = archive.seal(doc, members)
+    return archive.write(manifest, members), manifest.to_json()
 
 
 def hook_skeleton(refusals: list[Refusal], path: str) -> str:
@@ -246,7 +287,12 @@ def _needed_on_disk(tree: sources.Tree, result: BuildResult) -> set[str]:
     return rels
 
 
-def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult:
+def compare_trees(
+    old_tree: sources.Tree, new_tree: sources.Tree, carry_files: bool = False
+) -> BuildResult:
+    """Every change and refusal between the trees; with ``carry_files`` (``--allow
+    data-files``) the changed data files a payload can carry are carried, the others
+    refused with the reason."""
     old_mods, new_mods = old_tree.modules(), new_tree.modules()
     diffs: list[ModuleDiff] = []
     warnings: list[str] = []
@@ -285,16 +331,22 @@ def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult
                     )
                 )  # fmt: skip
     old_data, new_data = old_tree.data_files(), new_tree.data_files()
-    for rel in sorted(set(old_data) | set(new_data)):
-        if old_data.get(rel) == new_data.get(rel):
-            continue
+    changed_data = sorted(
+        r for r in set(old_data) | set(new_data) if old_data.get(r) != new_data.get(r)
+    )
+    carried: list[datafiles.DataFile] = []
+    if carry_files:
+        carried, refused = datafiles.carry(old_tree, new_tree, changed_data)
+        refusals += refused
+        changed_data = []
+    for rel in changed_data:
         how = "added" if rel not in old_data else "removed" if rel not in new_data else "changed"
         refusals.append(
             Refusal(
                 "data-files", rel, 0, rel,
-                f"a data file of the distribution was {how}; a payload patches code and "
-                "cannot carry data files yet: the running process would keep reading the old "
-                "file. Ship the release, or change the code so it does not need the new file",
+                f"a data file of the distribution was {how}; a payload patches code: the "
+                "running process would keep reading the old file. Ship the release, or build "
+                "with --allow data-files to carry it (where the process reads it at use time)",
             )
         )  # fmt: skip
     for rel in sorted(_changed_extensions(old_tree, new_tree)):
@@ -343,7 +395,7 @@ def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult
     changes = [c for d in diffs for c in d.changes]
     refusals = [r for d in diffs for r in d.refusals] + refusals
     metadata = [c for c in changes if _is_release_metadata(c, old_tree)]
-    if changes and len(metadata) == len(changes):
+    if changes and len(metadata) == len(changes) and not carried:
         listed = ", ".join(c.target for c in metadata)
         refusals.append(
             Refusal(
@@ -361,7 +413,7 @@ def compare_trees(old_tree: sources.Tree, new_tree: sources.Tree) -> BuildResult
                 f"{c.file}:{c.line}: {c.target}: functions it creates (closures, lambdas) "
                 "before the patch keep their old code"
             )
-    return BuildResult(diffs, changes, refusals, [], warnings)
+    return BuildResult(diffs, changes, refusals, [], warnings, files=carried)
 
 
 #: names of version components that release metadata is built from
@@ -760,6 +812,9 @@ def emit(result: BuildResult, options: BuildOptions) -> str:
         body += [f"patch.data({t!r}, {names.new_objects[src]})" for t, src in names.deferred]
     if options.hooks:
         body += _hooks(options.hooks, names)
+    if result.files:  # written by the engine from the archive's files/ (manifest data_files)
+        body += ["# --- data files carried (manifest data_files):"]
+        body += [f"#   {f.rel}" for f in result.files]
     result.refusals += names.collisions
     return "\n".join([*head, *imports, "", *body]).rstrip() + "\n"
 

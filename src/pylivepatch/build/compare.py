@@ -49,19 +49,16 @@ REFUSALS: dict[str, str] = {
     "c-extension": "a changed C extension source",
     "syntax": "a module that does not parse",
     "name-collision": "two modules of one payload need different objects under one name",
-    "data-files": "a changed, added or removed non-Python file of the distribution",
+    "data-files": (
+        "a changed or added non-Python file of the distribution, carried by the payload and "
+        "written where the process reads it at use time"
+    ),
     "nothing-to-patch": "the only changes are release metadata (a version)",
 }
 #: kinds no hook can make up for: ``--allow`` refuses them
 UNALLOWABLE = frozenset({"syntax", "name-collision", "nothing-to-patch"})
 #: kinds ``--allow`` will accept once the payload can carry what they need
-NOT_YET = {
-    "data-files": (
-        "a payload cannot carry data files yet (applying them where a running process reads "
-        "them is not implemented); ship the release, or patch the code that reads the file "
-        "so that it no longer needs the new file"
-    ),
-}
+NOT_YET: dict[str, str] = {}
 
 #: supported change kinds
 CHANGES = (

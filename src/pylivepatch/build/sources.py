@@ -44,11 +44,11 @@ class Tree:
         self,
         files: dict[str, bytes] | None = None,
         root: Path | None = None,
-        data: dict[str, str] | None = None,
+        data: dict[str, bytes] | None = None,
     ) -> None:
         self._files = files
         self._root = root
-        self._data = dict(data or {})  # other files (archives): path -> sha256
+        self._data = dict(data or {})  # other files (archives): path -> content
         self._other: list[str] = []  # other files (a directory), read on demand
         if root is not None:
             self.paths = []
@@ -137,8 +137,8 @@ class Tree:
         metadata and the directories a package's modules skip are left out."""
         tops = {rel.split("/", 1)[0] for rel in self.modules().values() if "/" in rel}
         out: dict[str, str] = {}
-        others = {p: "" for p in self._other} if self._root is not None else dict(self._data)
-        for path, digest in others.items():
+        others = self._other if self._root is not None else list(self._data)
+        for path in others:
             if not path.startswith(self.prefix):
                 continue
             rel = path[len(self.prefix) :]
@@ -149,11 +149,14 @@ class Tree:
                 p in SKIP_DIRS or p.endswith((".dist-info", ".egg-info")) for p in parts[:-1]
             ):
                 continue
-            if not digest:
-                assert self._root is not None
-                digest = hashlib.sha256((self._root / path).read_bytes()).hexdigest()
-            out[rel] = digest
+            out[rel] = hashlib.sha256(self.data_bytes(rel)).hexdigest()
         return out
+
+    def data_bytes(self, rel: str) -> bytes:
+        """The content of a file :meth:`data_files` lists."""
+        if self._root is not None:
+            return (self._root / (self.prefix + rel)).read_bytes()
+        return self._data[self.prefix + rel]
 
     def extensions(self) -> dict[str, str]:
         return {
@@ -173,7 +176,7 @@ class Tree:
 
 def materialize(spec: str, workdir: Path, label: str, repo: str | None = None) -> Tree:
     """The source files of ``spec``."""
-    data: dict[str, str] = {}  # other files of an archive: path -> sha256
+    data: dict[str, bytes] = {}  # other files of an archive: path -> content
     if repo is not None:
         return Tree(files=_git(repo, spec, data), data=data)
     pin = pinned(spec)
@@ -210,8 +213,8 @@ def _check_member(name: str, label: str) -> None:
         raise LivepatchError("invalid-payload", f"{label}: archive member {name!r} escapes")
 
 
-def _unzip(path: Path, data: dict[str, str] | None = None) -> dict[str, bytes]:
-    """The source files; the sha256 of every other file goes to ``data``."""
+def _unzip(path: Path, data: dict[str, bytes] | None = None) -> dict[str, bytes]:
+    """The source files; every other file goes to ``data``."""
     files: dict[str, bytes] = {}
     try:
         with zipfile.ZipFile(path) as zf:
@@ -226,15 +229,15 @@ def _unzip(path: Path, data: dict[str, str] | None = None) -> dict[str, bytes]:
                 if info.filename.endswith(WANTED):
                     files[info.filename] = zf.read(info)
                 elif data is not None and not _skipped(info.filename):
-                    data[info.filename] = hashlib.sha256(zf.read(info)).hexdigest()
+                    data[info.filename] = zf.read(info)
     except zipfile.BadZipFile as exc:
         raise LivepatchError("invalid-payload", f"{path}: not a readable zip: {exc}") from None
     return files
 
 
-def _untar(path: Path | io.BytesIO, data: dict[str, str] | None = None) -> dict[str, bytes]:
+def _untar(path: Path | io.BytesIO, data: dict[str, bytes] | None = None) -> dict[str, bytes]:
     """Only the source files, kept in memory: nothing of the archive reaches the disk;
-    the sha256 of every other file goes to ``data``."""
+    every other file goes to ``data``."""
     files: dict[str, bytes] = {}
     try:
         with (
@@ -254,13 +257,13 @@ def _untar(path: Path | io.BytesIO, data: dict[str, str] | None = None) -> dict[
                 if m.name.endswith(WANTED):
                     files[m.name] = fh.read()
                 elif data is not None and not _skipped(m.name):
-                    data[m.name] = hashlib.sha256(fh.read()).hexdigest()
+                    data[m.name] = fh.read()
     except tarfile.TarError as exc:
         raise LivepatchError("invalid-payload", f"{path}: not a readable tar: {exc}") from None
     return files
 
 
-def _git(repo: str, rev: str, data: dict[str, str] | None = None) -> dict[str, bytes]:
+def _git(repo: str, rev: str, data: dict[str, bytes] | None = None) -> dict[str, bytes]:
     try:
         archive = subprocess.run(
             ["git", "-C", repo, "archive", "--format=tar", rev],
@@ -447,15 +450,17 @@ def installed(dist: str, env: str | None) -> Installed:
         )
     location = Path(info["location"])
     files: dict[str, bytes] = {}
-    others: dict[str, str] = {}
+    others: dict[str, bytes] = {}
     warnings: list[str] = []
     for rel, digest, mode in info["files"]:
         rel = rel.replace("\\", "/")
         if rel.startswith(("../", "/")):
             continue  # scripts and data outside site-packages
         if not rel.endswith(WANTED):
-            try:  # package data: compared with NEW's (bytecode and metadata left out later)
-                others[rel] = hashlib.sha256((location / rel).read_bytes()).hexdigest()
+            if _skipped(rel):
+                continue  # bytecode, or under tests/, docs/...: no data of a package
+            try:  # package data: compared with NEW's (metadata left out later)
+                others[rel] = (location / rel).read_bytes()
             except OSError:
                 pass
             continue

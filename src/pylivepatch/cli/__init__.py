@@ -483,6 +483,9 @@ def describe(man: Any, files: dict[str, bytes], signed: bool) -> str:
         lines.append(f"hook         {kind}: {symbol}")
     for s in man.states:
         lines.append(f"state        id {s.id} version {s.version}")
+    for df in man.data_files:
+        was = "added" if df.old is None else f"old {df.old[:12]}"
+        lines.append(f"data file    {df.shown}  {was}  new {df.new[:12]}  ({df.size} bytes)")
     for path, data in sorted(files.items()):
         lines.append(f"file         {path} ({len(data)} bytes)")
     return "\n".join(lines)

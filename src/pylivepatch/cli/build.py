@@ -167,6 +167,7 @@ def report_json(result: BuildResult, output: str | None, why: str = "") -> dict[
             {"kind": r.kind, "target": r.target, "file": r.file, "line": r.line, "reason": r.reason}
             for r in result.allowed
         ],
+        "data_files": [dict(f.entry(), file=f.rel) for f in result.files],
         "warnings": result.warnings,
         "installed": result.installed,
         "manifest": result.manifest,
@@ -185,6 +186,10 @@ def print_report(result: BuildResult, old: str, new: str, output: str | None, na
             print(
                 f"  patch    {'':<{len(c.file) + len(str(c.line)) + 1}}  {'constant':<13} {m}:{c.qualname}  (imported it)"
             )
+    for f in result.files:  # --allow data-files: written where the process reads them
+        e = f.entry()
+        was = "added" if e["old"] is None else f"{str(e['old'])[:12]} ->"
+        print(f"  file     {f.rel}  {was} {str(e['new'])[:12]}  {e['size']} bytes  (data file)")
     for r in result.refusals:
         print(f"  REFUSED  {r.file}:{r.line}  {r.kind}  {r.target}: {r.reason}")
     for r in result.allowed:
@@ -206,5 +211,6 @@ def print_report(result: BuildResult, old: str, new: str, output: str | None, na
             print(f"  hooks    {', '.join(parts)}  (from --hooks)")
         print(
             f"built {man['name']} -> {output}: {len(man['funcs'])} functions, {len(man['data'])} data, "
-            f"python {', '.join(man['python'])}, build id {man['build_id'][:16]}"
+            + (f"{len(man['data_files'])} data files, " if man.get("data_files") else "")
+            + f"python {', '.join(man['python'])}, build id {man['build_id'][:16]}"
         )

@@ -26,7 +26,7 @@ from ..errors import MAX_TIMEOUT, LivepatchError
 from ..payload import archive, signing
 from ..payload.fingerprint import ModuleSource, python_tag
 from ..payload.manifest import DataEntry, FuncEntry, Manifest
-from . import forks, pause
+from . import datafiles, forks, pause
 from .base import DEFAULT_TIMEOUT, Act, NoAction, imported, module_of, prev_states
 from .compile import LoadedPackage, load_package, lookup
 from .consistency import Stuck
@@ -319,6 +319,7 @@ class Engine(LateObjects):
             self._at("upload.resolve")
             self._check_objects(man, no_object_check)
             self._check_expectations(man.name, fentries, fplans, no_expect)
+            files = datafiles.check(man, payload.files)  # engine/datafiles.py
             self._at("upload.check")
             loaded = load_package(payload)
             try:
@@ -328,6 +329,7 @@ class Engine(LateObjects):
                     loaded.forget_sources()  # the ASTs would only make every GC pass longer
                 self._at("upload.compile")
                 rec.flags = flags
+                rec.files = files
                 rec.signature = payload.signature_status
                 for m in sorted(pending):
                     rec.pending[m] = (
@@ -490,6 +492,7 @@ class Engine(LateObjects):
             self._at("apply.check")
 
             def swap() -> pause.PauseResult:
+                datafiles.apply(act, rec)  # first, undone by the undo log if a step fails
                 slots, dslots = self._slots_for(rec)
                 if "apply" in rec.hooks:
                     result = self._hooked_swap(act, rec, "apply", slots, dslots)
@@ -568,6 +571,7 @@ class Engine(LateObjects):
             recovering = rec.state is State.INCONSISTENT
 
             def swap() -> pause.PauseResult:
+                datafiles.revert(act, rec)  # first, undone by the undo log if a step fails
                 slots, dslots = self._slots_for(rec)
                 if "revert" in rec.hooks and not recovering:
                     result = self._hooked_swap(act, rec, "revert", slots, dslots)
@@ -671,6 +675,7 @@ class Engine(LateObjects):
                     "hooks changed would be lost untracked; revert it first",
                 )
         check_compatible(rec.name, rec.states, [(r.name, r.states) for r in applied], True)
+        datafiles.refuse_replace(rec, applied)
         act.emit(
             "checked",
             funcs=len(rec.funcs),

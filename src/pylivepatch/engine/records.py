@@ -68,6 +68,7 @@ class Record:
     states: dict[int, SystemState] = field(default_factory=dict)
     # module -> (funcs, data) entries waiting for that module to be imported
     pending: dict[str, tuple[list[FuncEntry], list[DataEntry]]] = field(default_factory=dict)
+    files: list[Any] = field(default_factory=list)  # datafiles.FilePlan: its data files
 
     @property
     def name(self) -> str:

@@ -15,6 +15,7 @@ cheap (a few list copies per patched function) and restoring restores identity.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..payload import static
@@ -41,6 +42,8 @@ class Undo:
         self._seq = engine._seq
         self._live_funcs: dict[int, tuple[FuncSlot, tuple[Any, Any, Any]]] = {}
         self._live_data: dict[tuple[int, str], tuple[DataSlot, Any]] = {}
+        # what puts back each data file the action wrote (engine/datafiles.py), in order
+        self.files: list[Callable[[], None]] = []
         self.restored = False
 
     def touch(self, slots: list[FuncSlot], dslots: list[DataSlot]) -> None:
@@ -82,6 +85,15 @@ class Undo:
         if self.restored:
             return
         self.restored = True
+        # The disk first, and whatever else fails: a data file goes back to the bytes it
+        # held if it still holds what the action wrote (it is shared with other processes).
+        for put_back in reversed(self.files):
+            try:
+                put_back()
+            except Exception as exc:  # noqa: BLE001 - said, and the others are still put back
+                engine._history.emit(
+                    "undo", "", "note", message=f"a data file could not be put back: {exc}"
+                )
         if any(
             r.state is State.INCONSISTENT and was is not State.INCONSISTENT
             for r, was, *_ in self._records

@@ -45,7 +45,11 @@ class Payload:
     @property
     def sources(self) -> dict[str, str]:
         """Python sources under ``payload/``, decoded."""
-        return {p: b.decode("utf-8") for p, b in self.files.items() if p.endswith(".py")}
+        return {
+            p: b.decode("utf-8")
+            for p, b in self.files.items()
+            if p.startswith(SOURCE_ROOT) and p.endswith(".py")
+        }
 
 
 #: (payload name, every member but SIGNATURE, SIGNATURE or None) -> status, or raises
@@ -183,9 +187,12 @@ def read(data: bytes, check_signature: SignatureCheck | None = None) -> Payload:
             raise _bad(f"archive member {name!r} is a symbolic link")
         if name in files or (name == SIGNATURE and signature is not None):
             raise _bad(f"archive member {name!r} appears twice")
-        if name not in (MANIFEST, SIGNATURE) and not name.startswith(SOURCE_ROOT):
+        if name not in (MANIFEST, SIGNATURE) and not name.startswith(
+            (SOURCE_ROOT, _manifest.DATA_FILES_ROOT)
+        ):
             raise _bad(
-                f"archive member {name!r} is outside payload/ (only manifest.json, SIGNATURE and payload/ are allowed)"
+                f"archive member {name!r} is outside payload/ (only manifest.json, SIGNATURE, "
+                "payload/ and the data files under files/ are allowed)"
             )
         if info.file_size > MAX_FILE_BYTES:
             raise _bad(
@@ -214,7 +221,7 @@ def read(data: bytes, check_signature: SignatureCheck | None = None) -> Payload:
         if name == SIGNATURE:
             signature = content
             continue
-        if name.endswith(".py"):
+        if name.endswith(".py") and name.startswith(SOURCE_ROOT):
             try:
                 content.decode("utf-8")
             except UnicodeDecodeError:
@@ -231,6 +238,7 @@ def read(data: bytes, check_signature: SignatureCheck | None = None) -> Payload:
         raise _bad(f"manifest.json nests deeper than {MAX_DEPTH} levels (no manifest does)")
     man = _manifest.parse(files[MANIFEST])
     sources = {p: b for p, b in files.items() if p != MANIFEST}
+    _check_data_files(man, sources)
     expected = content_build_id(man.canonical(with_build_id=False), sources)
     if expected != man.build_id:
         raise _bad(
@@ -238,6 +246,30 @@ def read(data: bytes, check_signature: SignatureCheck | None = None) -> Payload:
             "the archive was changed after packing: pack it again"
         )
     return Payload(man, sources, signature, status)
+
+
+def _check_data_files(man: _manifest.Manifest, files: dict[str, bytes]) -> None:
+    """Every member under ``files/`` is the new or old bytes of a data file the manifest
+    lists, with the size and sha256 it says; every one the manifest lists is there."""
+    listed: dict[str, tuple[str, int | None]] = {}
+    for f in man.data_files:
+        listed[f.member] = (f.new, f.size)
+        if f.old_member is not None and f.old is not None:
+            listed[f.old_member] = (f.old, None)
+    for path, content in files.items():
+        if not path.startswith(_manifest.DATA_FILES_ROOT):
+            continue
+        if path not in listed:
+            raise _bad(f"archive member {path!r} is no data file the manifest lists")
+        digest, size = listed.pop(path)
+        if (size is not None and len(content) != size) or (
+            hashlib.sha256(content).hexdigest() != digest
+        ):
+            raise _bad(
+                f"archive member {path!r} does not hold the size and sha256 the manifest says"
+            )
+    if listed:
+        raise _bad(f"data file {next(iter(listed))!r} of the manifest is not in the archive")
 
 
 def _peek_name(files: dict[str, bytes]) -> str:

@@ -30,11 +30,16 @@ MAX_METADATA = 64
 MAX_METADATA_VALUE = 1024
 MAX_ENTRIES = 20_000
 MAX_STATES = 256
+MAX_DATA_FILES = 1000
 
 _FIELDS = (
     "format", "name", "version", "description", "build_id", "depends", "objects", "funcs",
-    "data", "hooks", "states", "replace", "consistency", "metadata", "python",
+    "data", "hooks", "states", "replace", "consistency", "metadata", "python", "data_files",
 )  # fmt: skip
+#: the archive directory of the data files: ``files/new/<package>/<path>`` and ``files/old/...``
+DATA_FILES_ROOT = "files/"
+#: what a data file may not be: code the interpreter runs, and its caches
+CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyw", ".pyi", ".pth", ".so", ".pyd", ".dll", ".dylib")
 
 
 def invalid(field_name: str, why: str) -> LivepatchError:
@@ -62,6 +67,40 @@ class DataEntry:
 
 
 @dataclass(frozen=True)
+class DataFileEntry:
+    """A non-Python file of the distribution the payload carries (``build --allow
+    data-files``): its place in the import package ``package``, the sha256 of the bytes
+    it replaces (None: the file is added), and of the new bytes, which the archive holds
+    at :attr:`member`."""
+
+    package: str
+    path: str  # "/"-separated, relative to the package's directory
+    old: str | None
+    new: str
+    size: int
+
+    @property
+    def member(self) -> str:
+        """The archive member of the new bytes."""
+        return f"{DATA_FILES_ROOT}new/{self.package}/{self.path}"
+
+    @property
+    def old_member(self) -> str | None:
+        """The archive member of the old bytes (put back by a revert); None if added."""
+        return None if self.old is None else f"{DATA_FILES_ROOT}old/{self.package}/{self.path}"
+
+    @property
+    def shown(self) -> str:
+        return f"{self.package.replace('.', '/')}/{self.path}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "package": self.package, "path": self.path, "old": self.old, "new": self.new,
+            "size": self.size,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
 class StateEntry:
     id: int
     version: int
@@ -86,6 +125,7 @@ class Manifest:
     replace: bool = False
     consistency: str = "transition"
     metadata: dict[str, str] = field(default_factory=dict)
+    data_files: tuple[DataFileEntry, ...] = ()
     format: int = FORMAT
 
     def to_json(self, with_build_id: bool = True) -> dict[str, Any]:
@@ -106,6 +146,8 @@ class Manifest:
             "metadata": dict(sorted(self.metadata.items())),
             "python": list(self.python),
         }
+        if self.data_files:  # absent when empty: the build ids of older payloads stay valid
+            doc["data_files"] = [f.to_json() for f in self.data_files]
         if not with_build_id:
             del doc["build_id"]
         return doc
@@ -309,9 +351,12 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
                 f"metadata.{k}", f"must be a string of at most {MAX_METADATA_VALUE} characters"
             )
 
-    if not funcs and not data and not hooks_raw:
+    data_files = _data_files(_list(doc, "data_files", limit=MAX_DATA_FILES))
+
+    if not funcs and not data and not hooks_raw and not data_files:
         raise LivepatchError(
-            "invalid-payload", f"payload {name} has nothing to patch (no funcs, data or hooks)"
+            "invalid-payload",
+            f"payload {name} has nothing to patch (no funcs, data, hooks or data files)",
         )
 
     return Manifest(
@@ -329,4 +374,52 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
         replace=replace,
         consistency=consistency,
         metadata=dict(metadata_raw),
+        data_files=tuple(data_files),
     )
+
+
+def _data_files(items: list[Any]) -> list[DataFileEntry]:
+    """``data_files``: each a relative path inside an import package that names no code
+    (a payload patches code through ``funcs`` only) and no directory outside it."""
+    out: list[DataFileEntry] = []
+    seen: set[tuple[str, str]] = set()
+    for i, item in enumerate(items):
+        where = f"data_files[{i}]"
+        e = _entry(item, "data_files", i, ("package", "path", "old", "new", "size"))
+        if not isinstance(e["package"], str) or not MODULE_RE.match(e["package"]):
+            raise invalid(f"{where}.package", f"{e['package']!r} is not a package name")
+        path = e["path"]
+        if not isinstance(path, str) or not 0 < len(path) <= 255:
+            raise invalid(f"{where}.path", "must be a relative path of 1 to 255 characters")
+        parts = path.split("/")
+        if (
+            path.startswith("/")
+            or "\\" in path
+            or any(p in ("", ".", "..", "__pycache__") for p in parts)
+            or any(ord(c) < 32 or c == ":" for c in path)
+        ):
+            raise invalid(
+                f"{where}.path",
+                f"{path!r} must be a '/'-separated relative path without '..', '.', empty "
+                "components, __pycache__, backslashes, colons or control characters",
+            )
+        if path.lower().endswith(CODE_SUFFIXES):
+            raise invalid(
+                f"{where}.path", f"{path!r} is code, not data; a payload patches code by funcs"
+            )
+        old, new = e["old"], e["new"]
+        if old is not None and (not isinstance(old, str) or not BUILD_ID_RE.match(old)):
+            raise invalid(f"{where}.old", "must be null (an added file) or a 64-hex sha256")
+        if not isinstance(new, str) or not BUILD_ID_RE.match(new):
+            raise invalid(f"{where}.new", "must be a 64-hex sha256")
+        if old == new:
+            raise invalid(f"{where}.new", "is the old sha256: the file does not change")
+        size = e["size"]
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 2**40:
+            raise invalid(f"{where}.size", f"must be a non-negative integer, not {size!r}")
+        key = (e["package"], path)
+        if key in seen:
+            raise invalid(f"{where}.path", f"{e['package']}/{path} is listed twice")
+        seen.add(key)
+        out.append(DataFileEntry(e["package"], path, old, new, size))
+    return out
