@@ -1,5 +1,5 @@
-"""An app using multiprocessing with the forkserver start method, started from ``/``
-under ``pylivepatch run``: its resource tracker (and the forkserver) are Python
+"""An app using multiprocessing with the forkserver or the spawn start method, started
+from ``/`` under ``pylivepatch run``: its resource tracker (and the forkserver) are Python
 processes of the app with agents that cannot import the app's module (their
 ``sys.path`` does not hold the script's directory). A load app-wide used to be refused
 there (``not-found: … module … does not exist in this process``) and changed nothing;
@@ -34,7 +34,7 @@ MAIN = """
     import {m}mpapp as mpapp
 
     if __name__ == "__main__":
-        mp.set_start_method("forkserver")
+        mp.set_start_method(sys.argv[2])
         out = sys.argv[1]
         with mp.Pool(2) as pool:
             deadline = time.monotonic() + 300
@@ -82,7 +82,12 @@ def settle(out: Path, expect: str, what: str) -> None:
     assert len({pid for _, pid in got}) >= 1
 
 
-def test_forkserver_helpers_wait_and_the_app_loads(lab):
+@pytest.mark.parametrize(
+    "method, processes",
+    # the main process, the resource tracker, 2 pool workers (and the forkserver)
+    [("forkserver", 5), ("spawn", 4)],
+)
+def test_helpers_wait_and_the_app_loads(lab, method, processes):
     lab.module("mpapp", APP)
     main = lab.root / "main.py"
     main.write_text(textwrap.dedent(MAIN).replace("{m}", lab.prefix))
@@ -90,13 +95,12 @@ def test_forkserver_helpers_wait_and_the_app_loads(lab):
     app = f"mp-{lab.prefix}".rstrip("_")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pylivepatch", "run", "--app", app, "--",
-         sys.executable, str(main), str(out)],
+         sys.executable, str(main), str(out), method],
         env=dict(os.environ, PYTHONPATH=SRC), cwd="/",
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        # the main process, the resource tracker, the forkserver and 2 pool workers
-        wait_until(lambda: len(agents(lab, app)) >= 5, "the app's processes with agents")
+        wait_until(lambda: len(agents(lab, app)) >= processes, "the app's processes with agents")
         settle(out, "v1", "before load")
         (lab.root / "fix.lpz").write_bytes(lab.pack(FIX))
         out_load = cli("load", "fix.lpz", "--app", app, "--json", cwd=lab.root)
