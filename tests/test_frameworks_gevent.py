@@ -11,10 +11,13 @@ docs/frameworks.md, "gunicorn with gevent workers"."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
+from attach_support import GDB
 from frameworks.pairs import Load, settle
+from test_attach_services import attach_app, start
 from test_services import GUNICORN, agents, cli, free_port, run_service, serving, stop, wait_until
 
 pytest.importorskip("gevent")
@@ -67,9 +70,36 @@ def test_gunicorn_gevent_transition_never_mixes_versions(lab):
         str(GUNICORN), "-w", "2", "-k", "gevent", "-b", f"127.0.0.1:{port}",
         "--chdir", str(lab.root), f"{lab.name('gvapp')}:app",
     ])  # fmt: skip
-    load = None
     try:
         wait_until(lambda: len(agents(lab, app)) == 3, "the master and 2 workers")
+        _load_and_revert_twice(lab, port, app)
+    finally:
+        stop(server)
+
+
+@pytest.mark.skipif(
+    GDB is None and sys.version_info < (3, 14), reason="attach needs gdb before 3.14"
+)
+def test_gunicorn_gevent_started_plainly_and_attached(lab):
+    """The same gunicorn started without pylivepatch, then attached app-wide once gevent
+    has patched the workers (the agent still serves on OS threads, with plain sockets)."""
+    lab.module("gvapp", APP)
+    port, app = free_port(), f"gva-{lab.prefix}".rstrip("_")
+    server = start(lab, [
+        str(GUNICORN), "-w", "2", "-k", "gevent", "-b", f"127.0.0.1:{port}",
+        "--chdir", str(lab.root), f"{lab.name('gvapp')}:app",
+    ])  # fmt: skip
+    try:
+        wait_until(lambda: serving(port), "listening")
+        attach_app(lab, server.pid, app, 3, "auto")
+        _load_and_revert_twice(lab, port, app)
+    finally:
+        stop(server)
+
+
+def _load_and_revert_twice(lab, port: int, app: str) -> None:
+    load = None
+    try:
         wait_until(lambda: serving(port), "listening")
         load = Load(port)
         wait_until(lambda: len({pid for _, pid in load.since(0)}) == 2, "answers from 2 workers")
@@ -92,4 +122,3 @@ def test_gunicorn_gevent_transition_never_mixes_versions(lab):
     finally:
         if load is not None:
             load.close()
-        stop(server)
