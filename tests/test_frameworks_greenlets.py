@@ -59,7 +59,8 @@ def test_suspended_greenlet_blocks_the_transition(lab):
             time.sleep(0.005)
         assert loader.is_alive() and not done, "the load waits for the suspended greenlet"
         assert in_progress is not None, "the transition never showed its blockers"
-        assert "handler" in " ".join(in_progress.get("blockers", [])), in_progress
+        blockers = " ".join(in_progress.get("blockers", []))
+        assert "handler" in blockers and "greenlet (id " in blockers, in_progress
     finally:
         answer = request.switch()  # resumed: it finishes its call chain
         loader.join(60)

@@ -197,14 +197,11 @@ class Transition:
                 code = f.f_code
                 if id(code) in self.old_ids:
                     where = _where(f, self.qualnames)
-                    found.append(f"thread {names.get(tid, '?')!r} (id {tid}) in {where}")
+                    found.append(f"{_who(tid, names)} in {where}")
                     break
                 if code is _DISPATCH_CODE and in_flight(f, frames[i - 1] if i else None):
                     where = _where(frames[i + 1], self.qualnames) if i + 1 < len(frames) else "?"
-                    found.append(
-                        f"thread {names.get(tid, '?')!r} (id {tid}) choosing a version "
-                        f"in a dispatcher ({where})"
-                    )
+                    found.append(f"{_who(tid, names)} choosing a version in a dispatcher ({where})")
                     break
         return found
 
@@ -283,6 +280,14 @@ def _qualnames(pairs: list[tuple[types.FunctionType, Triple, Triple]]) -> dict[i
             if isinstance(const, types.CodeType)
         )
     return names
+
+
+def _who(key: int, names: dict[int | None, str]) -> str:
+    """A stack's owner as a blocker names it: a thread by name and id, a suspended
+    greenlet (a negative key, engine/greenlets.py) by its ``id()``."""
+    if key < 0:
+        return f"greenlet (id {-key}, suspended)"
+    return f"thread {names.get(key, '?')!r} (id {key})"
 
 
 def _where(frame: types.FrameType, qualnames: dict[int, str]) -> str:
