@@ -26,19 +26,10 @@ from typing import Any
 
 from ..errors import LivepatchError
 from . import datafiles, sources, state
-from .compare import (
-    NOT_YET,
-    REFUSALS,
-    UNALLOWABLE,
-    Change,
-    Comparer,
-    ModuleDiff,
-    Refusal,
-    TreeIndex,
-    import_time_reads,
-    loads,
-)
+from .changes import NOT_YET, REFUSALS, UNALLOWABLE, Change, ModuleDiff, Refusal
+from .compare import Comparer, TreeIndex
 from .literals import literal_source
+from .syntax import import_time_reads, loads
 from .typing_only import PYTHONS, VERSION_NAMES, global_runtime_reads, reads, runtime_statements
 
 _TYPE_PARAMS: dict[str, Any] = {"type_params": []} if sys.version_info >= (3, 12) else {}

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from ..payload.archive import MAX_FILE_BYTES
 from ..payload.manifest import CODE_SUFFIXES
 from . import sources
-from .compare import Refusal
+from .changes import Refusal
 
 _PATH_CALLS = frozenset({
     "join", "dirname", "abspath", "realpath", "normpath", "Path", "PurePath", "PosixPath",

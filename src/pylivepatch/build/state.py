@@ -24,18 +24,10 @@ import ast
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .compare import (
-    Change,
-    ModuleDiff,
-    Refusal,
-    TreeIndex,
-    _dump,
-    _is_self_attr,
-    _self_assigned,
-    _self_reads,
-    scope_entries,
-)
+from .changes import Change, ModuleDiff, Refusal
+from .compare import TreeIndex
 from .literals import NOT_LITERAL, literal_value
+from .syntax import dump, is_self_attr, scope_entries, self_assigned, self_reads
 from .typing_only import runtime_statements
 
 _MAX_DEPTH = 30
@@ -172,7 +164,7 @@ def _init_stores(init: ast.AST | None, attr: str) -> list[ast.stmt]:
     for n in ast.walk(init):
         if isinstance(n, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
             targets = n.targets if isinstance(n, ast.Assign) else [n.target]
-            if any(_is_self_attr(t) and t.attr == attr for t in targets):  # type: ignore[attr-defined]
+            if any(is_self_attr(t) and t.attr == attr for t in targets):  # type: ignore[attr-defined]
                 out.append(n)
     return out
 
@@ -185,10 +177,10 @@ def _params(init: ast.FunctionDef | ast.AsyncFunctionDef | None) -> dict[str, st
     positional = [*a.posonlyargs, *a.args]
     out = {p.arg: "" for p in [*positional, *a.kwonlyargs]}
     for p, d in zip(positional[len(positional) - len(a.defaults) :], a.defaults, strict=True):
-        out[p.arg] = _dump(d)
+        out[p.arg] = dump(d)
     for p, kd in zip(a.kwonlyargs, a.kw_defaults, strict=True):
         if kd is not None:
-            out[p.arg] = _dump(kd)
+            out[p.arg] = dump(kd)
     return out
 
 
@@ -222,7 +214,7 @@ def _up_calls(init: ast.FunctionDef | ast.AsyncFunctionDef | None) -> list[str]:
         )  # fmt: skip
 
     return [
-        _dump(n)
+        dump(n)
         for n in ast.walk(init)
         if isinstance(n, ast.Call)
         and isinstance(n.func, ast.Attribute)
@@ -238,7 +230,7 @@ def _init_attrs(chain: list[Cls]) -> dict[str, Cls]:
             if isinstance(n, (ast.Assign, ast.AnnAssign)):
                 targets = n.targets if isinstance(n, ast.Assign) else [n.target]
                 for t in targets:
-                    if _is_self_attr(t):
+                    if is_self_attr(t):
                         out.setdefault(t.attr, c)  # type: ignore[attr-defined]
     return out
 
@@ -286,7 +278,7 @@ def migratable_default(
                 given = _new_parameter_default(c, olds.get(c.key), given.id, chain)
             if given is None or literal_value(given) is NOT_LITERAL:
                 return None  # computed, from an argument, or mutable
-            if value is not None and _dump(value) != _dump(given):
+            if value is not None and dump(value) != dump(given):
                 return None
             value = given
     return value
@@ -348,12 +340,12 @@ def check(diffs: list[ModuleDiff], index: TreeIndex) -> list[Refusal]:
             readers: dict[str, str] = {}
             for k in new_chain:
                 for qual, func in changed.get(k.key, []):
-                    for attr in sorted(_self_reads(func)):
+                    for attr in sorted(self_reads(func)):
                         readers.setdefault(attr, f"{k.module}:{qual}")
             if not readers:
                 continue
             set_old, set_new = _init_attrs(old_chain), _init_attrs(new_chain)
-            anywhere_old = {a for c in old_chain for a in _self_assigned(c.node)}
+            anywhere_old = {a for c in old_chain for a in self_assigned(c.node)}
             level = _class_level(new_chain) | _class_level(old_chain)
             olds = {c.key: c for c in old_chain}
             news = {c.key: c for c in new_chain}
@@ -469,10 +461,10 @@ def _set_up_differently(
     for key in [*news, *(k for k in olds if k not in news)]:
         o, n = olds.get(key), news.get(key)
         oi, ni = (o.init if o else None), (n.init if n else None)
-        if _dump(oi) == _dump(ni):
+        if dump(oi) == dump(ni):
             continue
         cls = key[1]
-        if [_dump(s) for s in _init_stores(oi, attr)] != [_dump(s) for s in _init_stores(ni, attr)]:
+        if [dump(s) for s in _init_stores(oi, attr)] != [dump(s) for s in _init_stores(ni, attr)]:
             return (
                 f"{cls}.__init__ now sets it another way"
                 if _init_stores(ni, attr)
@@ -482,7 +474,7 @@ def _set_up_differently(
         if (attr in po or attr in pn) and po.get(attr) != pn.get(attr):
             return f"the parameter {attr} of {cls}.__init__ changed (default or presence)"
         ko, kn = _keyword(oi, attr), _keyword(ni, attr)
-        if _dump(ko) != _dump(kn):
+        if dump(ko) != dump(kn):
             if kn is not None:
                 return (
                     f"{cls}.__init__ now passes `{attr}={ast.unparse(kn.value)}` "
