@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from .changes import Change, ModuleDiff, Refusal
 from .compare import TreeIndex
 from .literals import NOT_LITERAL, literal_value
-from .syntax import dump, is_self_attr, scope_entries, self_assigned, self_reads
+from .syntax import absolute, dump, is_self_attr, scope_entries, self_assigned, self_reads
 from .typing_only import runtime_statements
 
 _MAX_DEPTH = 30
@@ -93,8 +93,6 @@ class Hierarchy:
     def resolve(self, module: str, expr: ast.expr, depth: int = 0) -> Cls | None | bool:
         """The class ``expr`` names in ``module``; None for ``object``; False if it is
         not a class of the trees (external, or not known statically)."""
-        from .builder import absolute
-
         if depth > _MAX_DEPTH:
             return False
         tree = self.tree(module)

@@ -588,3 +588,15 @@ def free_names(nodes: list[ast.AST]) -> set[str]:
     """Global names an expression or statement list reads when evaluated at import,
     without builtins."""
     return {n for n in loads(nodes) if not hasattr(builtins, n)}
+
+
+def absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute module name a ``from ... import`` reads from."""
+    if not node.level:
+        return node.module or ""
+    parts = module.split(".")
+    if not is_package:
+        parts = parts[:-1]
+    if node.level > 1:
+        parts = parts[: len(parts) - (node.level - 1)]
+    return ".".join([*parts, *([node.module] if node.module else [])])
