@@ -209,6 +209,48 @@ def _entry(item: Any, key: str, index: int, allowed: tuple[str, ...]) -> dict[st
 
 def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
     """Parse and validate a manifest; raise ``invalid-payload`` naming the field."""
+    doc = _document(raw)  # the fields in the order they have always been checked
+    name = _name(doc)
+    build_id = doc.get("build_id")
+    if not isinstance(build_id, str) or not BUILD_ID_RE.match(build_id):
+        raise invalid("build_id", "must be 64 lowercase hex digits (sha256)")
+    depends, python, objects = _depends(doc), _pythons(doc), _objects(doc)
+    claim = _Claims()
+    funcs, data, hooks, states = _funcs(doc, claim), _data(doc, claim), _hooks(doc), _states(doc)
+    replace = doc.get("replace", False)
+    if not isinstance(replace, bool):
+        raise invalid("replace", f"must be true or false, not {replace!r}")
+    consistency = doc.get("consistency", "transition")
+    if consistency not in CONSISTENCY:
+        raise invalid("consistency", f"{consistency!r} must be one of {', '.join(CONSISTENCY)}")
+    metadata = _metadata(doc)
+    data_files = _data_files(_list(doc, "data_files", limit=MAX_DATA_FILES))
+    if not funcs and not data and not hooks and not data_files:
+        raise LivepatchError(
+            "invalid-payload",
+            f"payload {name} has nothing to patch (no funcs, data, hooks or data files)",
+        )
+    return Manifest(
+        name=name,
+        build_id=build_id,
+        python=python,
+        version=_str(doc, "version"),
+        description=_str(doc, "description"),
+        depends=depends,
+        objects=objects,
+        funcs=tuple(funcs),
+        data=tuple(data),
+        hooks=hooks,
+        states=states,
+        replace=replace,
+        consistency=consistency,
+        metadata=metadata,
+        data_files=tuple(data_files),
+    )
+
+
+def _document(raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
+    """The manifest as a JSON object of known fields, of a known format."""
     if isinstance(raw, (bytes, str)):
         if len(raw) > MAX_MANIFEST_BYTES:
             raise invalid(
@@ -227,17 +269,20 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
     unknown = sorted(set(doc) - set(_FIELDS))
     if unknown:
         raise invalid(unknown[0], "unknown field (written by a newer pylivepatch?)")
-
     fmt = doc.get("format")
     if fmt != FORMAT or isinstance(fmt, bool):
         raise invalid("format", f"must be {FORMAT}, not {fmt!r}")
+    return doc
+
+
+def _name(doc: dict[str, Any]) -> str:
     name = doc.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise invalid("name", f"{name!r} must be 1-127 characters of A-Z a-z 0-9 . _ -")
-    build_id = doc.get("build_id")
-    if not isinstance(build_id, str) or not BUILD_ID_RE.match(build_id):
-        raise invalid("build_id", "must be 64 lowercase hex digits (sha256)")
+    return name
 
+
+def _depends(doc: dict[str, Any]) -> str | None:
     depends = doc.get("depends")
     if (
         depends is not None
@@ -245,14 +290,20 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
         and (not isinstance(depends, str) or not BUILD_ID_RE.match(depends))
     ):
         raise invalid("depends", f"{depends!r} must be null, 'base' or a payload build id")
+    return depends
 
+
+def _pythons(doc: dict[str, Any]) -> tuple[str, ...]:
     python = _list(doc, "python", limit=32)
     if not python:
         raise invalid("python", "must name at least one interpreter version, e.g. ['3.11']")
     for i, v in enumerate(python):
         if not isinstance(v, str) or not PYTHON_RE.match(v):
             raise invalid(f"python[{i}]", f"{v!r} must look like '3.11'")
+    return tuple(python)
 
+
+def _objects(doc: dict[str, Any]) -> dict[str, dict[str, str]]:
     objects_raw = doc.get("objects", {})
     if not isinstance(objects_raw, dict):
         raise invalid("objects", f"must be an object, not {type(objects_raw).__name__}")
@@ -266,15 +317,23 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
             if not PYTHON_RE.match(ver) or not isinstance(bid, str) or not BUILD_ID_RE.match(bid):
                 raise invalid(f"objects.{mod}.{ver}", "must map '3.X' to a 64-hex build id")
         objects[mod] = dict(ids)
+    return objects
 
-    seen_targets: set[str] = set()
 
-    def claim(key: str, i: int, target: Any) -> None:
+class _Claims:
+    """Targets named so far: a target appears at most once across funcs and data."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def __call__(self, key: str, i: int, target: Any) -> None:
         split_target(target, f"{key}[{i}].target")
-        if target in seen_targets:
+        if target in self.seen:
             raise invalid(f"{key}[{i}].target", f"{target} is listed twice")
-        seen_targets.add(target)
+        self.seen.add(target)
 
+
+def _funcs(doc: dict[str, Any], claim: _Claims) -> list[FuncEntry]:
     funcs = []
     for i, item in enumerate(_list(doc, "funcs")):
         e = _entry(item, "funcs", i, ("target", "new", "expect"))
@@ -291,7 +350,10 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
         ):
             raise invalid(f"funcs[{i}].expect", "must map '3.X' to a 64-hex fingerprint")
         funcs.append(FuncEntry(e["target"], e["new"], dict(expect)))
+    return funcs
 
+
+def _data(doc: dict[str, Any], claim: _Claims) -> list[DataEntry]:
     data = []
     for i, item in enumerate(_list(doc, "data")):
         e = _entry(item, "data", i, ("target", "value_source", "expect"))
@@ -311,7 +373,10 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
                 f"data[{i}].expect", f"{expect!r} must be 'absent', 'any' or 'literal:<sha256>'"
             )
         data.append(DataEntry(e["target"], e["value_source"], expect))
+    return data
 
+
+def _hooks(doc: dict[str, Any]) -> dict[str, str]:
     hooks_raw = doc.get("hooks", {})
     if not isinstance(hooks_raw, dict):
         raise invalid("hooks", f"must be an object, not {type(hooks_raw).__name__}")
@@ -320,7 +385,10 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
             raise invalid(f"hooks.{kind}", f"unknown hook; hooks are {', '.join(HOOK_KINDS)}")
         if not isinstance(symbol, str) or not QUALNAME_RE.match(symbol):
             raise invalid(f"hooks.{kind}", f"{symbol!r} must be a payload symbol name")
+    return dict(hooks_raw)
 
+
+def _states(doc: dict[str, Any]) -> tuple[StateEntry, ...]:
     states = []
     seen_ids: set[int] = set()
     for i, item in enumerate(_list(doc, "states", limit=MAX_STATES)):
@@ -334,14 +402,10 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
             raise invalid(f"states[{i}].id", f"state {e['id']} is listed twice")
         seen_ids.add(e["id"])
         states.append(StateEntry(e["id"], e["version"]))
+    return tuple(states)
 
-    replace = doc.get("replace", False)
-    if not isinstance(replace, bool):
-        raise invalid("replace", f"must be true or false, not {replace!r}")
-    consistency = doc.get("consistency", "transition")
-    if consistency not in CONSISTENCY:
-        raise invalid("consistency", f"{consistency!r} must be one of {', '.join(CONSISTENCY)}")
 
+def _metadata(doc: dict[str, Any]) -> dict[str, str]:
     metadata_raw = doc.get("metadata", {})
     if not isinstance(metadata_raw, dict) or len(metadata_raw) > MAX_METADATA:
         raise invalid("metadata", f"must be an object of at most {MAX_METADATA} strings")
@@ -350,32 +414,7 @@ def parse(raw: bytes | str | dict[str, Any]) -> Manifest:
             raise invalid(
                 f"metadata.{k}", f"must be a string of at most {MAX_METADATA_VALUE} characters"
             )
-
-    data_files = _data_files(_list(doc, "data_files", limit=MAX_DATA_FILES))
-
-    if not funcs and not data and not hooks_raw and not data_files:
-        raise LivepatchError(
-            "invalid-payload",
-            f"payload {name} has nothing to patch (no funcs, data, hooks or data files)",
-        )
-
-    return Manifest(
-        name=name,
-        build_id=build_id,
-        python=tuple(python),
-        version=_str(doc, "version"),
-        description=_str(doc, "description"),
-        depends=depends,
-        objects=objects,
-        funcs=tuple(funcs),
-        data=tuple(data),
-        hooks=dict(hooks_raw),
-        states=tuple(states),
-        replace=replace,
-        consistency=consistency,
-        metadata=dict(metadata_raw),
-        data_files=tuple(data_files),
-    )
+    return dict(metadata_raw)
 
 
 def _data_files(items: list[Any]) -> list[DataFileEntry]:
