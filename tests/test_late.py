@@ -211,3 +211,47 @@ def test_a_reload_of_a_module_whose_only_patched_objects_are_data(lab):
     assert mod.LIMIT == 2 and mod.limit() == 2, "the reload's value is patched again"
     e.revert("more")
     assert mod.LIMIT == 1
+
+
+HELPER_HOME = """
+    def helper(x):
+        return "old"
+"""
+HELPER_USER = """
+    from {m}home import helper
+
+    def render():
+        return helper(1)
+"""
+HELPER_FIX = """
+    import pylivepatch as lp
+    patch = lp.Patch("helper-fix", consistency="atomic")
+
+    @patch.function("{m}home:helper")
+    def helper(x):
+        return "new"
+
+    @patch.function("{m}user:render")
+    def render():
+        return helper(1) + "!"
+"""
+
+
+def test_a_late_module_may_read_a_function_the_payload_patches_in_another(lab):
+    """A module imported after the apply reads, through its own global, a function the
+    payload patched in the module it came from: the payload's replacement stands in for
+    it there too, as at apply time (it used to be refused with ``exists``, because only
+    the late module's own entries were counted)."""
+    lab.module("home", HELPER_HOME)
+    user = lab.root / f"{lab.name('user')}.py"
+    user.write_text(textwrap.dedent(HELPER_USER).replace("{m}", lab.prefix))
+    lab.modules.append(lab.name("user"))
+    importlib.invalidate_caches()
+    e = lab.engine
+    e.load(lab.pack(HELPER_FIX, against=str(lab.root)))
+    assert e.status("helper-fix").pending == (lab.name("user"),)
+    mod = importlib.import_module(lab.name("user"))
+    assert mod.render() == "new!"
+    assert e.status("helper-fix").pending == ()
+    e.revert("helper-fix")
+    assert mod.render() == "old"

@@ -190,7 +190,11 @@ class Checks(EngineBase):
                 plan.entry, plan.target, plan.value, self._original_value(plan.target)
             )
         stands_in: dict[int, types.FunctionType] = {}
-        for fplan in funcs:
+        # The payload's functions planned before (a module imported later is planned
+        # alone) stand in for their targets too: the late module may read one through a
+        # global of its own (``from home import helper``).
+        earlier = [f for r in self._payloads.values() if r.loaded is loaded for f in r.funcs]
+        for fplan in earlier + funcs:
             new = lookup(loaded, fplan.entry.new, fplan.entry.target)
             inner = static.func_of(new) if static.is_a(new, (staticmethod, classmethod)) else new
             stands_in[id(new)] = stands_in[id(inner)] = fplan.target.func
