@@ -7,7 +7,7 @@ Mutation-based, standard library only: inputs are real payload archives, protoco
 messages and agents' replies with bytes flipped, cut, inserted or repeated, zip members
 renamed, brackets nested deep, and plain random bytes. A *crash* is any exception other
 than the reader's own refusal (``LivepatchError`` / ``ProtocolError``); a *hang* is an
-input that takes more than two seconds. The same properties run briefly in CI (tests/test_hostile.py, hypothesis);
+input that takes more than two seconds. The same properties run briefly in CI (tests/agent/test_hostile.py, hypothesis);
 this script runs them for as long as asked and prints the figures kept in
 docs/security.md; fuzz/coverage_guided.py is the coverage-guided twin (atheris). Exit code 1 if anything crashed or hung; the offending inputs are
 written to ``fuzz/findings/``.

@@ -8,7 +8,7 @@ at a plain point the engine raises :class:`InjectedFault` there; at a pause poin
 pause itself fails half-way, from C, after half of its swaps are done (the hardest
 case for an undo: some functions already run new code, one may have its new code but
 its old defaults). :func:`record` lists the points an action passes, so a harness can
-make each of them fail in turn (``tests/test_faults.py``; the count is in
+make each of them fail in turn (``tests/engine/test_faults.py``; the count is in
 ``docs/security.md``).
 
 Every point the engine passes is declared here, once, with what has happened by then.

@@ -33,7 +33,7 @@ pauses: another thread ran in 1 pause of 50 on CPython 3.11 and in none on 3.12 
 3.13, against 48 to 50 of 50 without the raised interval). Afterwards the interval is
 restored and the GIL handed round once (:func:`hand_round`): a thread that began waiting
 while it was raised would otherwise keep waiting the raised interval, a second after a
-pause of microseconds (tests/test_latency_pause.py). CPython runs audit hooks
+pause of microseconds (tests/engine/test_latency_pause.py). CPython runs audit hooks
 with tracing off, so the engine cannot tell that such a hook exists; docs/design.md
 ("The pause") names the limit.
 
