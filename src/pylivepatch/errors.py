@@ -58,6 +58,9 @@ CODES: dict[str, int] = {
     "version-mismatch": _errno.ENOEXEC,
     "agent-import-failed": _errno.ELIBACC,
     "attach-hung": _errno.EDEADLK,
+    # An agent's thread would make the process's forks hang (a uWSGI master forking
+    # its workers in C without taking Python's lock): no agent is started there.
+    "fork-unsafe": _errno.EDEADLK,
     "remote-exec-failed": _errno.EIO,  # sys.remote_exec failed for a cause without a code
     # The CLI and ``Client``: a socket directory another user could write to, or a
     # socket whose listener is not the target process (SO_PEERCRED): nothing is sent.

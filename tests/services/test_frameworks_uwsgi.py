@@ -15,9 +15,12 @@ docs/frameworks.md, "uWSGI"."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +104,9 @@ def test_uwsgi_under_run_every_worker_has_an_agent(lab):
     try:
         wait_until(lambda: serving(port), "uWSGI listening")
         wait_until(lambda: len(agents(lab, app)) == 4, "the master and 3 workers with agents")
+        # run turns on uWSGI's fork hooks, which the master's agent needs (fork_hazard)
+        environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+        assert b"UWSGI_PY_CALL_UWSGI_FORK_HOOKS=1" in environ
         # the program's own hook still runs in each worker, after the agent's
         mine, pid = hooked(port).rsplit(" ", 1)
         assert mine == f"[{pid}]"
@@ -120,24 +126,23 @@ needs_attach = pytest.mark.skipif(
 )
 
 
-def start_plain(lab, port: int) -> subprocess.Popen[bytes]:
+def start_plain(lab, port: int, fork_hooks: bool = True) -> subprocess.Popen[bytes]:
+    """uWSGI started without pylivepatch; by default with --py-call-uwsgi-fork-hooks, which
+    an agent in the master needs (docs/frameworks.md)."""
     env = target_env()
     env["PYTHONPATH"] = str(lab.root)
+    hooks = ["--py-call-uwsgi-fork-hooks"] if fork_hooks else []
     return subprocess.Popen(
-        command(lab, port), env=env, cwd=lab.root,
+        command(lab, port) + hooks, env=env, cwd=lab.root,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
 
 @needs_attach
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (issue 20): once, in a CI run on a loaded machine (CPython 3.10), the "
-    "worker uWSGI forked to replace a killed one did not show an agent within 60 s; not "
-    "reproduced since. Suspected: a lock held by the master's agent thread at the C fork "
-    "(uWSGI forks without Python's at-fork hooks). Runs and reports; does not gate CI.",
-)
 def test_uwsgi_attached_every_worker_and_respawns(lab):
+    """Started with --py-call-uwsgi-fork-hooks (as docs/frameworks.md says): the master
+    takes Python's lock before each fork, so a worker it forks while the master's agent
+    answers the test's requests starts (without it, one in two such workers hung)."""
     lab.write(f"{lab.name('svcapp')}.py", WSGI)
     port, app = free_port(), f"uwa-{lab.prefix}".rstrip("_")
     server = start_plain(lab, port)
@@ -182,4 +187,42 @@ def test_uwsgi_worker_without_agent_fails_the_action_and_is_named(lab):
         status = cli("status", "-p", str(server.pid), "--json", cwd=lab.root)
         assert "svc-v2" not in status.stdout, status.stdout
     finally:
+        stop(server)
+
+
+@needs_attach
+def test_uwsgi_master_without_fork_hooks_is_refused_and_keeps_forking(lab):
+    """A uWSGI master started without --py-call-uwsgi-fork-hooks: attach refuses it with
+    ``fork-unsafe`` and starts no agent there (its thread would make the workers forked
+    later hang); the workers forked since still start and serve."""
+    lab.write(f"{lab.name('svcapp')}.py", WSGI)
+    port = free_port()
+    server = start_plain(lab, port, fork_hooks=False)
+    load = None
+    try:
+        wait_until(lambda: serving(port), "uWSGI listening")
+        load = Load(port, threads=4)
+        wait_until(lambda: len(load.workers_saying("v1", 0)) == 3, "answers from 3 workers")
+        out = cli("attach", str(server.pid), "--json", cwd=lab.root)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "fork-unsafe" in out.stdout + out.stderr, out.stdout + out.stderr
+        assert "--py-call-uwsgi-fork-hooks" in out.stdout + out.stderr
+        listed = cli("ps", "--json", cwd=lab.root)
+        assert server.pid not in {p["pid"] for p in json.loads(listed.stdout or "[]")}
+        seen, live = load.workers_saying("v1", 0), load.workers_saying("v1", 0)
+        for _ in range(3):  # each replacement starts and answers
+            victim = max(live)
+            os.kill(victim, signal.SIGKILL)
+            live.discard(victim)
+            mark = time.monotonic()
+
+            def replaced(mark: float = mark, seen: set[int] = seen) -> bool:
+                return bool(load.workers_saying("v1", mark) - seen)
+
+            wait_until(replaced, "the replacement answering")
+            live |= load.workers_saying("v1", mark) - seen
+            seen = seen | live
+    finally:
+        if load is not None:
+            load.close()
         stop(server)

@@ -16,6 +16,8 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from ..errors import LivepatchError
+
 
 def main(
     report: Callable[[str], None],
@@ -50,6 +52,11 @@ def main(
         info = agent.describe()
         info.update(socket=str(agent.path), already=already, package=str(Path(__file__).parents[1]))
         report("ok " + json.dumps(info))
+    except LivepatchError as exc:  # a refusal with its code, before any agent started
+        try:
+            report(f"error refused {exc.code} {exc.message}")
+        except BaseException:  # noqa: BLE001
+            pass
     except BaseException:  # noqa: BLE001 - reported to the attacher; the target runs on
         try:
             report("error " + traceback.format_exc())

@@ -125,6 +125,48 @@ def watch(after_fork: Callable[[], None]) -> None:
         pass
 
 
+#: values of a uWSGI flag option that turn it off (given on the command line a flag is
+#: True; from the environment or an ini file it is the bytes written there)
+_OFF = {b"", b"0", b"false", b"no", b"off", False, None}
+
+
+def fork_hazard() -> str | None:
+    """Why an agent's thread must not start in this process, or None.
+
+    uWSGI's master forks its workers from C while the master's Python threads may run:
+    without ``--py-call-uwsgi-fork-hooks`` it does not take Python's lock (the GIL)
+    first, so a worker forked while another thread of the master held it starts with
+    that lock held by a thread that does not exist there, and waits for it forever. A
+    uWSGI master has no Python thread of its own; the agent's would be the first. With
+    the option, uWSGI takes the lock before each fork and sets up Python in the child
+    as ``os.fork`` does. Read from uWSGI's own module (its option table and the
+    master's pid); before uWSGI has filled it (an agent started by ``pylivepatch run``
+    at the interpreter's start, where ``run`` sets the option) there is nothing to
+    read, and None is answered."""
+    module = sys.modules.get("uwsgi")
+    if module is None:
+        return None
+    opt = module.__dict__.get("opt")
+    masterpid = module.__dict__.get("masterpid")
+    if type(opt) is not dict or not callable(masterpid) or masterpid() != os.getpid():
+        return None
+    if not module.__dict__.get("has_threads", True):
+        return None  # the master keeps the lock whenever it runs: no other thread has it
+    value = opt.get("py-call-uwsgi-fork-hooks")
+    if type(value) is bytes:
+        value = value.strip().lower()
+    if value not in _OFF:
+        return None
+    return (
+        f"process {os.getpid()} is a uWSGI master started without "
+        "--py-call-uwsgi-fork-hooks: a worker it forks while the agent's thread runs "
+        "Python would wait forever for the lock that thread held (uWSGI forks in C "
+        "without taking it). Start uWSGI with --py-call-uwsgi-fork-hooks (or "
+        "UWSGI_PY_CALL_UWSGI_FORK_HOOKS=1 in its environment; `pylivepatch run` sets it), "
+        "then attach again"
+    )
+
+
 def _python_after_fork() -> None:
     """What pylivepatch's own at-fork hooks do in a child, for a fork that ran none of
     them: a fresh import lock for the agent, and an action another thread was running

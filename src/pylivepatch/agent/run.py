@@ -27,6 +27,10 @@ def environment(app: str | None, base: dict[str, str] | None = None) -> dict[str
     env["PYTHONPATH"] = os.pathsep.join(paths)
     if app:
         env["PYLIVEPATCH_APP"] = app
+    # uWSGI (and only uWSGI) reads this as --py-call-uwsgi-fork-hooks: its master then
+    # takes Python's lock before forking a worker, which an agent's thread in the
+    # master needs (agent/cforks.py, fork_hazard). A value the user set is kept.
+    env.setdefault("UWSGI_PY_CALL_UWSGI_FORK_HOOKS", "1")
     return env
 
 

@@ -599,6 +599,9 @@ def start(
     global _agent, _audit, _started_installed
     with _agent_lock:
         if _agent is None or _agent.pid != os.getpid():
+            hazard = cforks.fork_hazard()
+            if hazard is not None:
+                raise LivepatchError("fork-unsafe", hazard)
             if app is None:
                 app = os.environ.get("PYLIVEPATCH_APP") or None
             if app:

@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import LivepatchError
+from ..errors import CODES, LivepatchError
 
 #: the code the new thread runs in the target (its parameters are filled in by repr)
 _THREAD_SOURCE = """\
@@ -308,6 +308,12 @@ def raise_for(report: Report, pid: int) -> None:
             "wrong-state",
             f"process {pid}: the bootstrap ran but could not start the agent's thread "
             f"({why}){hint}; nothing else was changed, the process runs on",
+        )
+    if report.text.startswith("refused "):  # the agent refused to start, with a code
+        code, _, why = report.text[len("refused ") :].partition(" ")
+        raise LivepatchError(
+            code if code in CODES else "agent-import-failed",
+            f"{why.strip()}; no agent was started, the process runs on",
         )
     lines = [line for line in report.text.strip().splitlines() if line.strip()]
     last = lines[-1] if lines else "no detail"
