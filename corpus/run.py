@@ -61,6 +61,13 @@ PAIR_OPTIONS: dict[str, dict[str, object]] = {
         ],
         "old_objects": "probes/old_objects_starlette_0472.py",
     },
+    "werkzeug==2.2.2": {
+        "build": [
+            "--allow", "dataclass-fields", "--allow", "computed-data",
+            "--hooks", str(HERE / "hooks" / "werkzeug_223.py"),
+        ],
+        "old_objects": "probes/old_objects_werkzeug_223.py",
+    },
 }  # fmt: skip
 
 
