@@ -458,11 +458,119 @@ def verdict_of(o: Outcome) -> str:
     return f"ok: {acc}; suite failures {fails_without} without -> {fails_with} with{more}"
 
 
-def write_markdown(outcomes: list[Outcome], path: Path) -> None:
+@dataclass
+class Kept:
+    """A pair's row and section copied from an earlier page (``--keep``): its results
+    (JSON) are not at hand, so the page says again what it said then."""
+
+    package: str
+    old: str
+    expected: str
+    built: str
+    verdict: str
+    row: str
+    section: list[str]
+
+    @property
+    def hooks(self) -> bool:
+        return any(line.startswith("- built with ") for line in self.section)
+
+    @property
+    def migrated(self) -> bool:
+        return any(line.startswith("- migrated: ") for line in self.section)
+
+
+def read_page(path: Path) -> tuple[list[str], dict[tuple[str, str], Kept]]:
+    """The hand-written paragraphs of a page made by write_markdown (between its
+    summary and "Run the whole corpus"), and its pairs' rows and sections."""
+    lines = path.read_text("utf-8").splitlines()
+    notes: list[str] = []
+    if "" in lines[2:]:
+        after = lines.index("", 2) + 1
+        end = next(
+            (i for i, ln in enumerate(lines) if ln.startswith("Run the whole corpus")), after
+        )
+        notes = lines[after:end]
+    sections: dict[tuple[str, str], list[str]] = {}
+    current: list[str] | None = None
+    for line in lines:
+        m = re.match(r"^## (\S+) (\S+) → (\S+)$", line)
+        if m:
+            current = sections[(m[1], m[2])] = [line]
+        elif current is not None:
+            current.append(line)
+    kept = {}
+    for line in lines:
+        m = re.match(r"^\| (\S+) \| (\S+) → \S+ \| (\w+) \| (\w+) \| ", line)
+        if m and m[1] != "package":
+            verdict = line.rstrip().rstrip("|").rsplit(" | ", 1)[1].strip()
+            kept[(m[1], m[2])] = Kept(m[1], m[2], m[3], m[4], verdict, line,
+                                      sections.get((m[1], m[2]), []))  # fmt: skip
+    return notes, kept
+
+
+def _suite(c: dict[str, int]) -> str:
+    if not c:
+        return "-"
+    return f"{c.get('failed', 0) + c.get('error', 0)} / {c.get('passed', 0)}"
+
+
+def row_of(o: Outcome) -> str:
+    detail = "<br>".join(o.reasons) if o.reasons else f"{len(o.changes)} changes"
+    return (
+        f"| {o.package} | {o.old} → {o.new} | {o.expected} | {o.built} | {o.build_seconds} | "
+        f"{detail} | {o.acceptance_without or '-'} → {o.acceptance_with or '-'} | "
+        f"{_suite(o.suite_without)} → {_suite(o.suite_with)} | {o.verdict} |"
+    )
+
+
+def section_of(o: Outcome) -> list[str]:
+    if not (o.changes or o.notes or o.warnings):
+        return []
+    lines = [f"## {o.package} {o.old} → {o.new}", ""]
+    lines += [f"- {c}" for c in o.changes]
+    ignored = [w for w in o.warnings if "; ignored: " in w]
+    lines += [f"- ignored: `{w.split(': ', 1)[0]}` {w.split(': ', 1)[1]}" for w in ignored[:12]]
+    if len(ignored) > 12:
+        lines.append(f"- ... and {len(ignored) - 12} more ignored changes of the same kinds")
+    lines += [f"- migrated: {w}" for w in o.warnings if "; migrated: " in w]
+    if o.build_options:
+        lines.append(f"- built with `{' '.join(o.build_options)}`")
+    if o.suite_late:
+        lines.append(
+            "- suite with the payload applied after the test modules are imported "
+            f"(their objects made by the old code): {_suite(o.suite_late)}"
+        )
+    if o.old_objects:
+        lines.append(f"- objects made before the payload (probe): {o.old_objects}")
+    lines += [f"- note: {n}" for n in o.notes]
+    fixed = sorted(set(o.failing_without) - set(o.failing_with))
+    still = sorted(set(o.failing_with) & set(o.failing_without))
+    if fixed:
+        lines.append(f"- fail without the payload, pass with it: {', '.join(fixed)}")
+    if still:
+        lines.append(f"- fail with and without it (the environment): {', '.join(still)}")
+    return [*lines, ""]
+
+
+def write_markdown(
+    outcomes: list[Outcome | Kept], path: Path, notes: list[str] | None = None
+) -> None:
+    """The page: a summary computed from every pair, the hand-written ``notes`` (kept
+    from the page this one replaces), the table, and a section per pair."""
+
+    def hooks(o: Outcome | Kept) -> bool:
+        return o.hooks if isinstance(o, Kept) else bool(o.build_options)
+
+    def migrated_by_builder(o: Outcome | Kept) -> bool:
+        if isinstance(o, Kept):
+            return o.migrated
+        return any("; migrated: " in w for w in o.warnings)
+
     function_level = [o for o in outcomes if o.expected == "build"]
     built = [o for o in function_level if o.built == "built"]
-    plain = [o for o in built if not o.build_options]
-    migrated = [o for o in outcomes if any("; migrated: " in w for w in o.warnings)]
+    plain = [o for o in built if not hooks(o)]
+    migrated = [o for o in outcomes if migrated_by_builder(o)]
     ok = [o for o in outcomes if o.verdict.startswith("ok")]
     lines = [
         "# The builder on real release pairs",
@@ -472,21 +580,25 @@ def write_markdown(outcomes: list[Outcome], path: Path) -> None:
         "whose fix is function-level (code, helpers, patterns and constants: `expected` is "
         "build), the share that build without any flag, and with the hooks a pair's author "
         "wrote for state objects made before the patch need (corpus/hooks/, `--allow "
-        f"instance-state`). The builder migrated instance state by itself in {len(migrated)} "
-        "pair(s) (a new attribute whose value an old object provably would have had: a "
-        "class-level default). "
+        "instance-state` and the like). The builder migrated instance state by itself in "
+        f"{len(migrated)} pair(s) that show it (a new attribute whose value an old object "
+        "provably would have had: a class-level default; rows kept from an earlier page "
+        "show it only where their section lists it). "
         f"{len(ok)} / {len(outcomes)} pairs are ok (built and the fix works without breaking "
         "the release's suite, or refused as expected with the change a running process "
         "cannot take named).",
         "",
+        *([*notes] if notes else []),
         "Run the whole corpus (about an hour on two cores; downloads and virtualenvs go to",
         "`.corpus/`, which git ignores, and are reused) with",
         "",
         "    python corpus/run.py --out docs/corpus.md --json .corpus/results.json",
         "",
         "or in batches side by side (`--only NAME[==OLD] ... --json .corpus/bN.json` each, then",
-        "`python corpus/run.py --merge .corpus/b*.json --out docs/corpus.md`, which is how this",
-        "page was made: the latest result of each pair wins), and one pair with",
+        "`python corpus/run.py --merge .corpus/b*.json --keep docs/corpus.md --out docs/corpus.md`,",
+        "which is how this page was made: the latest result of each pair wins, and a pair",
+        "without results keeps its row and section from the page named by `--keep`, as do",
+        "the page's hand-written paragraphs after the summary), and one pair with",
         "`--only NAME==OLD`. CI runs `--fast` (" + ", ".join(sorted(FAST)) + ").",
         "",
         "Generated by `python corpus/run.py` (see its docstring). Each pair is a PyPI release",
@@ -508,50 +620,10 @@ def write_markdown(outcomes: list[Outcome], path: Path) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
-        detail = "<br>".join(o.reasons) if o.reasons else f"{len(o.changes)} changes"
-
-        def suite(c: dict[str, int]) -> str:
-            if not c:
-                return "-"
-            return f"{c.get('failed', 0) + c.get('error', 0)} / {c.get('passed', 0)}"
-
-        lines.append(
-            f"| {o.package} | {o.old} → {o.new} | {o.expected} | {o.built} | {o.build_seconds} | "
-            f"{detail} | {o.acceptance_without or '-'} → {o.acceptance_with or '-'} | "
-            f"{suite(o.suite_without)} → {suite(o.suite_with)} | {o.verdict} |"
-        )
+        lines.append(o.row if isinstance(o, Kept) else row_of(o))
     lines.append("")
     for o in outcomes:
-        if o.changes or o.notes or o.warnings:
-            lines += [f"## {o.package} {o.old} → {o.new}", ""]
-            lines += [f"- {c}" for c in o.changes]
-            ignored = [w for w in o.warnings if "; ignored: " in w]
-            lines += [
-                f"- ignored: `{w.split(': ', 1)[0]}` {w.split(': ', 1)[1]}" for w in ignored[:12]
-            ]
-            if len(ignored) > 12:
-                lines.append(
-                    f"- ... and {len(ignored) - 12} more ignored changes of the same kinds"
-                )
-            if o.build_options:
-                lines.append(f"- built with `{' '.join(o.build_options)}`")
-            if o.suite_late:
-                lines.append(
-                    "- suite with the payload applied after the test modules are imported "
-                    "(their objects made by the old code): "
-                    f"{o.suite_late.get('failed', 0) + o.suite_late.get('error', 0)} / "
-                    f"{o.suite_late.get('passed', 0)}"
-                )
-            if o.old_objects:
-                lines.append(f"- objects made before the payload (probe): {o.old_objects}")
-            lines += [f"- note: {n}" for n in o.notes]
-            fixed = sorted(set(o.failing_without) - set(o.failing_with))
-            still = sorted(set(o.failing_with) & set(o.failing_without))
-            if fixed:
-                lines.append(f"- fail without the payload, pass with it: {', '.join(fixed)}")
-            if still:
-                lines.append(f"- fail with and without it (the environment): {', '.join(still)}")
-            lines.append("")
+        lines += o.section if isinstance(o, Kept) else section_of(o)
     path.write_text("\n".join(lines))
 
 
@@ -569,6 +641,11 @@ def main() -> int:
         help="write --out from the results of earlier runs (--json), in pairs.tsv's order, "
         "instead of running: batches of pairs can run side by side",
     )  # fmt: skip
+    ap.add_argument(
+        "--keep", metavar="PAGE",
+        help="with --merge: pairs without results keep their row and section from this "
+        "earlier page (e.g. docs/corpus.md), and its hand-written paragraphs are kept",
+    )  # fmt: skip
     args = ap.parse_args()
     with open(args.pairs) as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
@@ -579,17 +656,20 @@ def main() -> int:
                 o = Outcome(**item)
                 o.verdict = verdict_of(o)
                 found[(o.package, o.old)] = o
-        merged = [
-            found[(r["package"], r["old"])] for r in rows if (r["package"], r["old"]) in found
-        ]
-        missing = [
-            f"{r['package']}=={r['old']}" for r in rows if (r["package"], r["old"]) not in found
-        ]
+        notes, kept = read_page(Path(args.keep)) if args.keep else ([], {})
+        merged: list[Outcome | Kept] = []
+        missing = []
+        for r in rows:
+            key = (r["package"], r["old"])
+            if key in found or key in kept:
+                merged.append(found.get(key) or kept[key])
+            else:
+                missing.append(f"{r['package']}=={r['old']}")
         if missing:
             print(f"no results for {', '.join(missing)}", file=sys.stderr)
             return 1
         if args.out:
-            write_markdown(merged, Path(args.out))
+            write_markdown(merged, Path(args.out), notes)
         return 0 if all(o.verdict.startswith("ok") for o in merged) else 1
     wanted = []
     for row in rows:
