@@ -568,25 +568,29 @@ def write_markdown(
         return any("; migrated: " in w for w in o.warnings)
 
     function_level = [o for o in outcomes if o.expected == "build"]
-    built = [o for o in function_level if o.built == "built"]
+    # a pair yields when it builds and its checks pass (verdict ok)
+    built = [o for o in function_level if o.built == "built" and o.verdict.startswith("ok")]
     plain = [o for o in built if not hooks(o)]
+    bare = [o for o in plain if not migrated_by_builder(o)]
     migrated = [o for o in outcomes if migrated_by_builder(o)]
     ok = [o for o in outcomes if o.verdict.startswith("ok")]
+    n = len(function_level)
     lines = [
         "# The builder on real release pairs",
         "",
-        f"**{len(outcomes)} pairs; yield {len(plain)} / {len(function_level)} without any "
-        f"flag, {len(built)} / {len(function_level)} with the author's hooks**: of the pairs "
-        "whose fix is function-level (code, helpers, patterns and constants: `expected` is "
-        "build), the share that build without any flag, and with the hooks a pair's author "
+        f"**{len(outcomes)} pairs; yield {len(bare)} / {n} without migration or any flag, "
+        f"{len(plain)} / {n} with the builder's own migration, {len(built)} / {n} with the "
+        "author's hooks besides**: of the pairs whose fix is function-level (code, helpers, "
+        "patterns and constants: `expected` is build), the share that build and pass their "
+        "checks (verdict ok): without any flag and without a migration by the builder; "
+        "without any flag (the builder migrated instance state by itself, in "
+        f"{len(migrated)} pair(s) that show it: a new attribute whose value an old object "
+        "provably would have had becomes a class-level default; rows kept from an earlier "
+        "page show it only where their section lists it); and with the hooks a pair's author "
         "wrote for state objects made before the patch need (corpus/hooks/, `--allow "
-        "instance-state` and the like). The builder migrated instance state by itself in "
-        f"{len(migrated)} pair(s) that show it (a new attribute whose value an old object "
-        "provably would have had: a class-level default; rows kept from an earlier page "
-        "show it only where their section lists it). "
-        f"{len(ok)} / {len(outcomes)} pairs are ok (built and the fix works without breaking "
-        "the release's suite, or refused as expected with the change a running process "
-        "cannot take named).",
+        f"instance-state` and the like). {len(ok)} / {len(outcomes)} pairs are ok (built and "
+        "the fix works without breaking the release's suite, or refused as expected with the "
+        "change a running process cannot take named).",
         "",
         *([*notes] if notes else []),
         "Run the whole corpus (about an hour on two cores; downloads and virtualenvs go to",
@@ -656,6 +660,11 @@ def main() -> int:
                 o = Outcome(**item)
                 o.verdict = verdict_of(o)
                 found[(o.package, o.old)] = o
+        expected = {(r["package"], r["old"]): r["expected"] for r in rows}
+        for key, o in found.items():  # what a pair is expected to do is the table's word
+            if key in expected and o.expected != expected[key]:
+                o.expected = expected[key]
+                o.verdict = verdict_of(o)
         notes, kept = read_page(Path(args.keep)) if args.keep else ([], {})
         merged: list[Outcome | Kept] = []
         missing = []
