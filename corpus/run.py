@@ -15,6 +15,10 @@ Results go to a JSON file and a Markdown table (``--out``). ``--fast`` runs only
 pairs CI runs (small, quick to install). Every run is bounded by a timeout; the OLD
 side of a denial-of-service check is expected to be slow and is cut at the timeout.
 
+Batches run side by side each write ``--json``; ``--merge JSON... --keep docs/corpus.md
+--out docs/corpus.md`` then writes the page from them, keeping the rows, sections and
+hand-written paragraphs of the page for pairs that have no results at hand.
+
 The full corpus, as docs/corpus.md shows it (about an hour on two cores; downloads and
 virtualenvs are kept under .corpus/, which git ignores, and reused):
 
@@ -417,6 +421,8 @@ def verdict_of(o: Outcome) -> str:
     """ok, or WRONG with why (also recomputed by --merge from saved results)."""
     if o.built == "error":
         return "ERROR"
+    if o.built == "refused" and not o.reasons:  # a refusal must name the change
+        return "WRONG: nothing built and no change named (the builder found nothing to patch)"
     if o.expected == "refuse":
         return "ok: refused as expected" if o.built == "refused" else "WRONG: built, should refuse"
     if o.built != "built":
