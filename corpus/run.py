@@ -15,6 +15,10 @@ Results go to a JSON file and a Markdown table (``--out``). ``--fast`` runs only
 pairs CI runs (small, quick to install). Every run is bounded by a timeout; the OLD
 side of a denial-of-service check is expected to be slow and is cut at the timeout.
 
+Batches run side by side each write ``--json``; ``--merge JSON... --keep docs/corpus.md
+--out docs/corpus.md`` then writes the page from them, keeping the rows, sections and
+hand-written paragraphs of the page for pairs that have no results at hand.
+
 The full corpus, as docs/corpus.md shows it (about an hour on two cores; downloads and
 virtualenvs are kept under .corpus/, which git ignores, and reused):
 
@@ -60,6 +64,13 @@ PAIR_OPTIONS: dict[str, dict[str, object]] = {
             "--allow", "instance-state", "--hooks", str(HERE / "hooks" / "starlette_0472.py"),
         ],
         "old_objects": "probes/old_objects_starlette_0472.py",
+    },
+    "werkzeug==2.2.2": {
+        "build": [
+            "--allow", "dataclass-fields", "--allow", "computed-data",
+            "--hooks", str(HERE / "hooks" / "werkzeug_223.py"),
+        ],
+        "old_objects": "probes/old_objects_werkzeug_223.py",
     },
 }  # fmt: skip
 
@@ -410,6 +421,8 @@ def verdict_of(o: Outcome) -> str:
     """ok, or WRONG with why (also recomputed by --merge from saved results)."""
     if o.built == "error":
         return "ERROR"
+    if o.built == "refused" and not o.reasons:  # a refusal must name the change
+        return "WRONG: nothing built and no change named (the builder found nothing to patch)"
     if o.expected == "refuse":
         return "ok: refused as expected" if o.built == "refused" else "WRONG: built, should refuse"
     if o.built != "built":
@@ -451,35 +464,151 @@ def verdict_of(o: Outcome) -> str:
     return f"ok: {acc}; suite failures {fails_without} without -> {fails_with} with{more}"
 
 
-def write_markdown(outcomes: list[Outcome], path: Path) -> None:
+@dataclass
+class Kept:
+    """A pair's row and section copied from an earlier page (``--keep``): its results
+    (JSON) are not at hand, so the page says again what it said then."""
+
+    package: str
+    old: str
+    expected: str
+    built: str
+    verdict: str
+    row: str
+    section: list[str]
+
+    @property
+    def hooks(self) -> bool:
+        return any(line.startswith("- built with ") for line in self.section)
+
+    @property
+    def migrated(self) -> bool:
+        return any(line.startswith("- migrated: ") for line in self.section)
+
+
+def read_page(path: Path) -> tuple[list[str], dict[tuple[str, str], Kept]]:
+    """The hand-written paragraphs of a page made by write_markdown (between its
+    summary and "Run the whole corpus"), and its pairs' rows and sections."""
+    lines = path.read_text("utf-8").splitlines()
+    notes: list[str] = []
+    if "" in lines[2:]:
+        after = lines.index("", 2) + 1
+        end = next(
+            (i for i, ln in enumerate(lines) if ln.startswith("Run the whole corpus")), after
+        )
+        notes = lines[after:end]
+    sections: dict[tuple[str, str], list[str]] = {}
+    current: list[str] | None = None
+    for line in lines:
+        m = re.match(r"^## (\S+) (\S+) → (\S+)$", line)
+        if m:
+            current = sections[(m[1], m[2])] = [line]
+        elif current is not None:
+            current.append(line)
+    kept = {}
+    for line in lines:
+        m = re.match(r"^\| (\S+) \| (\S+) → \S+ \| (\w+) \| (\w+) \| ", line)
+        if m and m[1] != "package":
+            verdict = line.rstrip().rstrip("|").rsplit(" | ", 1)[1].strip()
+            kept[(m[1], m[2])] = Kept(m[1], m[2], m[3], m[4], verdict, line,
+                                      sections.get((m[1], m[2]), []))  # fmt: skip
+    return notes, kept
+
+
+def _suite(c: dict[str, int]) -> str:
+    if not c:
+        return "-"
+    return f"{c.get('failed', 0) + c.get('error', 0)} / {c.get('passed', 0)}"
+
+
+def row_of(o: Outcome) -> str:
+    detail = "<br>".join(o.reasons) if o.reasons else f"{len(o.changes)} changes"
+    return (
+        f"| {o.package} | {o.old} → {o.new} | {o.expected} | {o.built} | {o.build_seconds} | "
+        f"{detail} | {o.acceptance_without or '-'} → {o.acceptance_with or '-'} | "
+        f"{_suite(o.suite_without)} → {_suite(o.suite_with)} | {o.verdict} |"
+    )
+
+
+def section_of(o: Outcome) -> list[str]:
+    if not (o.changes or o.notes or o.warnings):
+        return []
+    lines = [f"## {o.package} {o.old} → {o.new}", ""]
+    lines += [f"- {c}" for c in o.changes]
+    ignored = [w for w in o.warnings if "; ignored: " in w]
+    lines += [f"- ignored: `{w.split(': ', 1)[0]}` {w.split(': ', 1)[1]}" for w in ignored[:12]]
+    if len(ignored) > 12:
+        lines.append(f"- ... and {len(ignored) - 12} more ignored changes of the same kinds")
+    lines += [f"- migrated: {w}" for w in o.warnings if "; migrated: " in w]
+    if o.build_options:
+        lines.append(f"- built with `{' '.join(o.build_options)}`")
+    if o.suite_late:
+        lines.append(
+            "- suite with the payload applied after the test modules are imported "
+            f"(their objects made by the old code): {_suite(o.suite_late)}"
+        )
+    if o.old_objects:
+        lines.append(f"- objects made before the payload (probe): {o.old_objects}")
+    lines += [f"- note: {n}" for n in o.notes]
+    fixed = sorted(set(o.failing_without) - set(o.failing_with))
+    still = sorted(set(o.failing_with) & set(o.failing_without))
+    if fixed:
+        lines.append(f"- fail without the payload, pass with it: {', '.join(fixed)}")
+    if still:
+        lines.append(f"- fail with and without it (the environment): {', '.join(still)}")
+    return [*lines, ""]
+
+
+def write_markdown(
+    outcomes: list[Outcome | Kept], path: Path, notes: list[str] | None = None
+) -> None:
+    """The page: a summary computed from every pair, the hand-written ``notes`` (kept
+    from the page this one replaces), the table, and a section per pair."""
+
+    def hooks(o: Outcome | Kept) -> bool:
+        return o.hooks if isinstance(o, Kept) else bool(o.build_options)
+
+    def migrated_by_builder(o: Outcome | Kept) -> bool:
+        if isinstance(o, Kept):
+            return o.migrated
+        return any("; migrated: " in w for w in o.warnings)
+
     function_level = [o for o in outcomes if o.expected == "build"]
-    built = [o for o in function_level if o.built == "built"]
-    plain = [o for o in built if not o.build_options]
-    migrated = [o for o in outcomes if any("; migrated: " in w for w in o.warnings)]
+    # a pair yields when it builds and its checks pass (verdict ok)
+    built = [o for o in function_level if o.built == "built" and o.verdict.startswith("ok")]
+    plain = [o for o in built if not hooks(o)]
+    bare = [o for o in plain if not migrated_by_builder(o)]
+    migrated = [o for o in outcomes if migrated_by_builder(o)]
     ok = [o for o in outcomes if o.verdict.startswith("ok")]
+    n = len(function_level)
     lines = [
         "# The builder on real release pairs",
         "",
-        f"**{len(outcomes)} pairs; yield {len(plain)} / {len(function_level)} without any "
-        f"flag, {len(built)} / {len(function_level)} with the author's hooks**: of the pairs "
-        "whose fix is function-level (code, helpers, patterns and constants: `expected` is "
-        "build), the share that build without any flag, and with the hooks a pair's author "
+        f"**{len(outcomes)} pairs; yield {len(bare)} / {n} without migration or any flag, "
+        f"{len(plain)} / {n} with the builder's own migration, {len(built)} / {n} with the "
+        "author's hooks besides**: of the pairs whose fix is function-level (code, helpers, "
+        "patterns and constants: `expected` is build), the share that build and pass their "
+        "checks (verdict ok): without any flag and without a migration by the builder; "
+        "without any flag (the builder migrated instance state by itself, in "
+        f"{len(migrated)} pair(s) that show it: a new attribute whose value an old object "
+        "provably would have had becomes a class-level default; rows kept from an earlier "
+        "page show it only where their section lists it); and with the hooks a pair's author "
         "wrote for state objects made before the patch need (corpus/hooks/, `--allow "
-        f"instance-state`). The builder migrated instance state by itself in {len(migrated)} "
-        "pair(s) (a new attribute whose value an old object provably would have had: a "
-        "class-level default). "
-        f"{len(ok)} / {len(outcomes)} pairs are ok (built and the fix works without breaking "
-        "the release's suite, or refused as expected with the change a running process "
-        "cannot take named).",
+        f"instance-state` and the like). {len(ok)} / {len(outcomes)} pairs are ok (built and "
+        "the fix works without breaking the release's suite, or refused as expected with the "
+        "change a running process cannot take named).",
         "",
+        *([*notes] if notes else []),
         "Run the whole corpus (about an hour on two cores; downloads and virtualenvs go to",
         "`.corpus/`, which git ignores, and are reused) with",
         "",
         "    python corpus/run.py --out docs/corpus.md --json .corpus/results.json",
         "",
         "or in batches side by side (`--only NAME[==OLD] ... --json .corpus/bN.json` each, then",
-        "`python corpus/run.py --merge .corpus/b*.json --out docs/corpus.md`, which is how this",
-        "page was made: the latest result of each pair wins), and one pair with",
+        "`python corpus/run.py --merge .corpus/b*.json --keep docs/corpus.md --out docs/corpus.md`,",
+        "which is how this page was made: the latest result of each pair wins, and a pair",
+        "without results keeps its row and section from the page named by `--keep`, as do",
+        "the page's hand-written paragraphs after the summary), and one pair with",
         "`--only NAME==OLD`. CI runs `--fast` (" + ", ".join(sorted(FAST)) + ").",
         "",
         "Generated by `python corpus/run.py` (see its docstring). Each pair is a PyPI release",
@@ -501,50 +630,10 @@ def write_markdown(outcomes: list[Outcome], path: Path) -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
-        detail = "<br>".join(o.reasons) if o.reasons else f"{len(o.changes)} changes"
-
-        def suite(c: dict[str, int]) -> str:
-            if not c:
-                return "-"
-            return f"{c.get('failed', 0) + c.get('error', 0)} / {c.get('passed', 0)}"
-
-        lines.append(
-            f"| {o.package} | {o.old} → {o.new} | {o.expected} | {o.built} | {o.build_seconds} | "
-            f"{detail} | {o.acceptance_without or '-'} → {o.acceptance_with or '-'} | "
-            f"{suite(o.suite_without)} → {suite(o.suite_with)} | {o.verdict} |"
-        )
+        lines.append(o.row if isinstance(o, Kept) else row_of(o))
     lines.append("")
     for o in outcomes:
-        if o.changes or o.notes or o.warnings:
-            lines += [f"## {o.package} {o.old} → {o.new}", ""]
-            lines += [f"- {c}" for c in o.changes]
-            ignored = [w for w in o.warnings if "; ignored: " in w]
-            lines += [
-                f"- ignored: `{w.split(': ', 1)[0]}` {w.split(': ', 1)[1]}" for w in ignored[:12]
-            ]
-            if len(ignored) > 12:
-                lines.append(
-                    f"- ... and {len(ignored) - 12} more ignored changes of the same kinds"
-                )
-            if o.build_options:
-                lines.append(f"- built with `{' '.join(o.build_options)}`")
-            if o.suite_late:
-                lines.append(
-                    "- suite with the payload applied after the test modules are imported "
-                    "(their objects made by the old code): "
-                    f"{o.suite_late.get('failed', 0) + o.suite_late.get('error', 0)} / "
-                    f"{o.suite_late.get('passed', 0)}"
-                )
-            if o.old_objects:
-                lines.append(f"- objects made before the payload (probe): {o.old_objects}")
-            lines += [f"- note: {n}" for n in o.notes]
-            fixed = sorted(set(o.failing_without) - set(o.failing_with))
-            still = sorted(set(o.failing_with) & set(o.failing_without))
-            if fixed:
-                lines.append(f"- fail without the payload, pass with it: {', '.join(fixed)}")
-            if still:
-                lines.append(f"- fail with and without it (the environment): {', '.join(still)}")
-            lines.append("")
+        lines += o.section if isinstance(o, Kept) else section_of(o)
     path.write_text("\n".join(lines))
 
 
@@ -562,6 +651,11 @@ def main() -> int:
         help="write --out from the results of earlier runs (--json), in pairs.tsv's order, "
         "instead of running: batches of pairs can run side by side",
     )  # fmt: skip
+    ap.add_argument(
+        "--keep", metavar="PAGE",
+        help="with --merge: pairs without results keep their row and section from this "
+        "earlier page (e.g. docs/corpus.md), and its hand-written paragraphs are kept",
+    )  # fmt: skip
     args = ap.parse_args()
     with open(args.pairs) as fh:
         rows = list(csv.DictReader(fh, delimiter="\t"))
@@ -572,17 +666,25 @@ def main() -> int:
                 o = Outcome(**item)
                 o.verdict = verdict_of(o)
                 found[(o.package, o.old)] = o
-        merged = [
-            found[(r["package"], r["old"])] for r in rows if (r["package"], r["old"]) in found
-        ]
-        missing = [
-            f"{r['package']}=={r['old']}" for r in rows if (r["package"], r["old"]) not in found
-        ]
+        expected = {(r["package"], r["old"]): r["expected"] for r in rows}
+        for key, o in found.items():  # what a pair is expected to do is the table's word
+            if key in expected and o.expected != expected[key]:
+                o.expected = expected[key]
+                o.verdict = verdict_of(o)
+        notes, kept = read_page(Path(args.keep)) if args.keep else ([], {})
+        merged: list[Outcome | Kept] = []
+        missing = []
+        for r in rows:
+            key = (r["package"], r["old"])
+            if key in found or key in kept:
+                merged.append(found.get(key) or kept[key])
+            else:
+                missing.append(f"{r['package']}=={r['old']}")
         if missing:
             print(f"no results for {', '.join(missing)}", file=sys.stderr)
             return 1
         if args.out:
-            write_markdown(merged, Path(args.out))
+            write_markdown(merged, Path(args.out), notes)
         return 0 if all(o.verdict.startswith("ok") for o in merged) else 1
     wanted = []
     for row in rows:
