@@ -4,6 +4,7 @@ refused as nothing to patch; a version component is not a captured constant."""
 
 from __future__ import annotations
 
+import sys
 import zipfile
 from pathlib import Path
 
@@ -340,3 +341,48 @@ def test_a_value_built_from_a_target_constant_imports_what_it_can(lab, versions)
         lab.engine.revert(name)
     finally:
         del sys.modules["lpt_missing_dep"]
+
+
+def _wheel_with_metadata(v: Versions, root, tag: str, requires: list[str]) -> str:
+    path = Path(_wheel(v, root, tag))
+    with zipfile.ZipFile(path, "a") as zf:
+        meta = "Metadata-Version: 2.1\nName: pkg\nVersion: 1\n"
+        meta += "".join(f"Requires-Dist: {r}\n" for r in requires)
+        zf.writestr(f"{v.pkg}-{tag}.dist-info/METADATA", meta)
+    return str(path)
+
+
+def test_a_changed_requirement_is_refused_naming_it(versions):
+    """Some security releases fix a bug by raising a dependency's floor: a payload
+    carries code only, so the builder refuses a new or changed runtime requirement,
+    naming it and the change (extras are not the running service's); ``--allow
+    requirements`` builds once the author has checked the environments."""
+    v = versions({"m.py": "def f():\n    return 1\n"}, {"m.py": "def f():\n    return 2\n"})
+    old = ["multi-part>=0.0.6", "idna", 'pytest; extra == "test"']
+    new = ["Multi_Part >= 0.0.7", "IDNA", "fresh", 'pytest>=8; extra == "test"']
+    wheels = (
+        _wheel_with_metadata(v, v.old, "1.0", old),
+        _wheel_with_metadata(v, v.new, "1.1", new),
+    )
+    result = build(*wheels, BuildOptions(name="fix"))
+    assert not result.data
+    got = [(r.kind, r.target) for r in result.refusals]
+    assert got == [("requirements", "fresh"), ("requirements", "multi-part")], got
+    assert "`multi-part>=0.0.6` -> `multi-part>=0.0.7`" in result.refusals[1].reason
+    assert "--allow requirements" in result.refusals[1].reason
+    allowed = build(*wheels, BuildOptions(name="fix", allow=frozenset({"requirements"})))
+    assert allowed.data and not allowed.refusals
+    # the same release without a word on requirements (no metadata): nothing to compare
+    assert not v.build().refusals
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="pyproject.toml is read with tomllib (3.11+)"
+)
+def test_a_changed_requirement_in_pyproject_is_refused(versions):
+    v = versions({"m.py": "def f():\n    return 1\n"}, {"m.py": "def f():\n    return 2\n"})
+    project = '[project]\nname = "p"\nversion = "1"\ndependencies = [{}]\n'
+    (v.old / "pyproject.toml").write_text(project.format('"python-multipart>=0.0.6"'))
+    (v.new / "pyproject.toml").write_text(project.format('"python-multipart>=0.0.7"'))
+    got = [(r.kind, r.target) for r in v.build().refusals]
+    assert got == [("requirements", "python-multipart")], got

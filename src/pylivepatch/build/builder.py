@@ -295,6 +295,7 @@ def compare_trees(
                 "with --allow data-files to carry it (where the process reads it at use time)",
             )
         )  # fmt: skip
+    refusals += _requirements(old_tree, new_tree)
     for rel in sorted(_changed_extensions(old_tree, new_tree)):
         refusals.append(
             Refusal(
@@ -367,6 +368,28 @@ VERSION_PARTS = frozenset(
     {"MAJOR", "MINOR", "MICRO", "PATCH", "RELEASE", "SERIAL", "PRE", "POST", "DEV", "BUILD",
      "RELEASELEVEL", "VERSION_MAJOR", "VERSION_MINOR", "VERSION_MICRO", "VERSION_PATCH"}
 )  # fmt: skip
+
+
+def _requirements(old_tree: sources.Tree, new_tree: sources.Tree) -> list[Refusal]:
+    """A runtime requirement the release adds or changes (a raised floor is how some
+    security fixes ship): the payload carries code only, and that code may need it."""
+    old, new = old_tree.requirements(), new_tree.requirements()
+    if old is None or new is None:
+        return []  # one side does not say: nothing to compare
+    out = []
+    for name in sorted(new):
+        if old.get(name) == new[name]:
+            continue
+        how = f"`{old[name]}` -> `{new[name]}`" if name in old else f"new: `{new[name]}`"
+        out.append(
+            Refusal(
+                "requirements", "(metadata)", 0, name,
+                f"the release changes its requirement on {name} ({how}); a payload installs "
+                f"nothing, and the fix may rely on it. Make sure every environment the "
+                f"service runs in meets it, then build with --allow requirements",
+            )
+        )  # fmt: skip
+    return out
 
 
 def old_asts_of(tree: sources.Tree, module: str) -> ast.Module | None:

@@ -30,6 +30,10 @@ REFUSALS: dict[str, str] = {
         "written where the process reads it at use time"
     ),
     "nothing-to-patch": "the only changes are release metadata (a version)",
+    "requirements": (
+        "a changed runtime requirement of the distribution (a payload installs nothing: the "
+        "author has checked that every process's environment already meets the new one)"
+    ),
 }
 
 

@@ -152,6 +152,73 @@ class Tree:
             out[rel] = hashlib.sha256(self.data_bytes(rel)).hexdigest()
         return out
 
+    def requirements(self) -> dict[str, str] | None:
+        """The distribution's runtime requirements (``Requires-Dist`` without an
+        ``extra`` marker): normalized name -> the requirement with that name and no
+        spaces (so that a re-spelling is no change); None where this version does not say (no metadata file, or an old
+        sdist's PKG-INFO without them and no ``[project] dependencies``). Read from a
+        wheel's METADATA, an sdist's PKG-INFO, else pyproject.toml; never from setup.py
+        (running it would run the package's code)."""
+        names = self.paths + self._other if self._root is not None else list(self._data)
+        lines: list[str] | None = None
+        for path in sorted(names, key=lambda p: p.count("/")):
+            base = path.rsplit("/", 1)[-1]
+            if (
+                base == "METADATA"
+                and path.rsplit("/", 2)[-2].endswith(".dist-info")
+                or (base == "PKG-INFO" and path.count("/") <= 1)
+            ):
+                text = self._other_text(path)
+                found = [
+                    line.split(":", 1)[1].strip()
+                    for line in text.splitlines()
+                    if line.lower().startswith("requires-dist:")
+                ]
+                if found or base == "METADATA":
+                    lines = found
+                    break
+        if lines is None:
+            lines = self._pyproject_dependencies(names)
+        if lines is None:
+            return None
+        out: dict[str, str] = {}
+        for req in lines:
+            spec, _, marker = req.partition(";")
+            if "extra" in marker:
+                continue
+            spec = spec.strip()
+            name = re.split(r"[\s<>=!~\[(;@]", spec, maxsplit=1)[0]
+            key = re.sub(r"[-_.]+", "-", name).lower()  # the name as PyPI compares it
+            rest = "".join(spec[len(name) :].split())
+            out[key] = key + rest + (";" + " ".join(marker.split()) if marker.strip() else "")
+        return out
+
+    def _pyproject_dependencies(self, names: list[str]) -> list[str] | None:
+        path = next((p for p in names if p.rsplit("/", 1)[-1] == "pyproject.toml"
+                     and p.count("/") <= 1), None)  # fmt: skip
+        if path is None or sys.version_info < (3, 11):
+            return None
+        import tomllib  # type: ignore[import-not-found, unused-ignore]  # 3.11+
+
+        try:
+            project = tomllib.loads(self._other_text(path)).get("project", {})
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            return None
+        if not isinstance(project, dict) or "dependencies" in project.get("dynamic", []):
+            return None
+        deps = project.get("dependencies")
+        if not isinstance(deps, list):
+            return None
+        return [d for d in deps if isinstance(d, str)]
+
+    def _other_text(self, path: str) -> str:
+        if self._root is not None:
+            return (self._root / path).read_text(errors="replace")
+        raw = self._data.get(path)
+        if raw is None and self._files is not None:
+            raw = self._files.get(path, b"")
+        return (raw or b"").decode(errors="replace")
+
     def data_bytes(self, rel: str) -> bytes:
         """The content of a file :meth:`data_files` lists."""
         if self._root is not None:
