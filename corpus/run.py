@@ -65,6 +65,9 @@ PAIR_OPTIONS: dict[str, dict[str, object]] = {
         ],
         "old_objects": "probes/old_objects_starlette_0472.py",
     },
+    # 2.3.2 raises its floor to werkzeug 2.3.3 (refused as `requirements`); the pair's
+    # environment installs werkzeug 2.3.3 first, as an author upgrading it would
+    "flask==2.3.1": {"build": ["--allow", "requirements"]},
     "werkzeug==2.2.2": {
         "build": [
             "--allow", "dataclass-fields", "--allow", "computed-data",

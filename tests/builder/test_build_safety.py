@@ -355,11 +355,18 @@ def _wheel_with_metadata(v: Versions, root, tag: str, requires: list[str]) -> st
 def test_a_changed_requirement_is_refused_naming_it(versions):
     """Some security releases fix a bug by raising a dependency's floor: a payload
     carries code only, so the builder refuses a new or changed runtime requirement,
-    naming it and the change (extras are not the running service's); ``--allow
+    naming it and the change (an extra's too, but not one of tooling such as tests);
+    ``--allow
     requirements`` builds once the author has checked the environments."""
     v = versions({"m.py": "def f():\n    return 1\n"}, {"m.py": "def f():\n    return 2\n"})
-    old = ["multi-part>=0.0.6", "idna", 'pytest; extra == "test"']
-    new = ["Multi_Part >= 0.0.7", "IDNA", "fresh", 'pytest>=8; extra == "test"']
+    old = ["multi-part>=0.0.6", "idna", 'pytest; extra == "test"', 'forms>=1; extra == "full"']
+    new = [
+        "Multi_Part >= 0.0.7",
+        "IDNA",
+        "fresh",
+        'pytest>=8; extra == "test"',
+        'forms>=2; extra == "full"',
+    ]
     wheels = (
         _wheel_with_metadata(v, v.old, "1.0", old),
         _wheel_with_metadata(v, v.new, "1.1", new),
@@ -367,9 +374,13 @@ def test_a_changed_requirement_is_refused_naming_it(versions):
     result = build(*wheels, BuildOptions(name="fix"))
     assert not result.data
     got = [(r.kind, r.target) for r in result.refusals]
-    assert got == [("requirements", "fresh"), ("requirements", "multi-part")], got
-    assert "`multi-part>=0.0.6` -> `multi-part>=0.0.7`" in result.refusals[1].reason
-    assert "--allow requirements" in result.refusals[1].reason
+    assert got == [
+        ("requirements", "forms (extra full)"),
+        ("requirements", "fresh"),
+        ("requirements", "multi-part"),
+    ], got
+    assert "`multi-part>=0.0.6` -> `multi-part>=0.0.7`" in result.refusals[2].reason
+    assert "--allow requirements" in result.refusals[2].reason
     allowed = build(*wheels, BuildOptions(name="fix", allow=frozenset({"requirements"})))
     assert allowed.data and not allowed.refusals
     # the same release without a word on requirements (no metadata): nothing to compare

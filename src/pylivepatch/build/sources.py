@@ -35,6 +35,13 @@ WANTED = (".py", ".pyi", ".c", ".h", ".pyx", ".pxd", ".cpp", ".cc")
 _NOT_DATA = (".pyc", ".pyo", ".so", ".pyd", ".dylib", "RECORD", "INSTALLER", ".orig", ".rej", "~")
 
 
+#: extras that install a project's own tooling, never what a service runs with
+_TOOLING_EXTRAS = frozenset(
+    {"test", "tests", "testing", "dev", "develop", "doc", "docs", "lint", "linting",
+     "typing", "mypy", "coverage", "benchmark", "benchmarks", "style"}
+)  # fmt: skip
+
+
 class Tree:
     """The source files of one version: read from a directory on demand, or held in
     memory for an archive (writing thousands of files to a slow disk costs more than
@@ -153,9 +160,10 @@ class Tree:
         return out
 
     def requirements(self) -> dict[str, str] | None:
-        """The distribution's runtime requirements (``Requires-Dist`` without an
-        ``extra`` marker): normalized name -> the requirement with that name and no
-        spaces (so that a re-spelling is no change); None where this version does not say (no metadata file, or an old
+        """The distribution's runtime requirements (``Requires-Dist``; those of an
+        extra for tests, docs or linting left out, other extras kept under
+        ``NAME (extra E)``: a feature the service may use): normalized name -> the
+        requirement with that name and no spaces (so that a re-spelling is no change); None where this version does not say (no metadata file, or an old
         sdist's PKG-INFO without them and no ``[project] dependencies``). Read from a
         wheel's METADATA, an sdist's PKG-INFO, else pyproject.toml; never from setup.py
         (running it would run the package's code)."""
@@ -184,13 +192,18 @@ class Tree:
         out: dict[str, str] = {}
         for req in lines:
             spec, _, marker = req.partition(";")
-            if "extra" in marker:
+            extra = re.search(r"""extra\s*==\s*["']([^"']+)""", marker)
+            if extra and re.sub(r"[-_.]+", "-", extra[1]).lower() in _TOOLING_EXTRAS:
                 continue
             spec = spec.strip()
             name = re.split(r"[\s<>=!~\[(;@]", spec, maxsplit=1)[0]
             key = re.sub(r"[-_.]+", "-", name).lower()  # the name as PyPI compares it
+            if extra:
+                key += f" (extra {extra[1]})"
             rest = "".join(spec[len(name) :].split())
-            out[key] = key + rest + (";" + " ".join(marker.split()) if marker.strip() else "")
+            out[key] = (
+                key.split()[0] + rest + (";" + " ".join(marker.split()) if marker.strip() else "")
+            )
         return out
 
     def _pyproject_dependencies(self, names: list[str]) -> list[str] | None:
