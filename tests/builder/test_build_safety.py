@@ -313,6 +313,40 @@ def test_object_base_del_and_respelled_imports_are_not_changes(lab, versions):
     assert any("_tmp" in w and "del" in w for w in result.warnings)
 
 
+def test_an_import_given_a_fallback_is_the_same_import(lab, versions):
+    """``from collections.abc import Mapping`` becoming ``try: ... except ImportError:
+    from collections import Mapping`` (python-jose 3.4.0): the running process imported
+    it the first way, so the ``try`` branch binds the same object; no side effect, no
+    removed name. A fallback that binds another name, or a ``try`` importing something
+    OLD did not, stays a module-level change."""
+    old = "from collections.abc import Mapping\n\ndef f(x):\n    return isinstance(x, Mapping)\n"
+    new = (
+        "try:\n    from collections.abc import Mapping\nexcept ImportError:\n"
+        "    from collections import Mapping\n\n"
+        "def f(x):\n    return isinstance(x, Mapping) and bool(x)\n"
+    )
+    v = versions({"m.py": old}, {"m.py": new})
+    m = v.module("m")
+    result = v.build()
+    assert not result.refusals and result.data, result.refusals
+    assert [(c.kind, c.target.replace(v.pkg, "pkg")) for c in result.changes] == [
+        ("function", "pkg.m:f")
+    ]
+    name = lab.engine.load(result.data).name
+    assert m.f({}) is False and m.f({1: 2}) is True
+    lab.engine.revert(name)
+
+
+def test_a_fallback_that_binds_otherwise_stays_a_change(versions):
+    old = "from collections.abc import Mapping\n\ndef f(x):\n    return isinstance(x, Mapping)\n"
+    new = (
+        "try:\n    from collections.abc import Mapping\nexcept ImportError:\n"
+        "    Mapping = dict\n\ndef f(x):\n    return isinstance(x, Mapping) and bool(x)\n"
+    )
+    v = versions({"m.py": old}, {"m.py": new})
+    assert "side-effect" in " ".join(v.refusals())
+
+
 def test_a_value_built_from_a_target_constant_imports_what_it_can(lab, versions):
     """A new pattern built from a constant of another module of the target: with every
     import a stub the payload cannot run (re.compile of a stub), so it runs again with

@@ -130,9 +130,13 @@ class Comparer:
         old_path: list[ast.ClassDef],
         new_path: list[ast.ClassDef],
     ) -> None:
+        in_class = bool(new_path)
+        if not in_class:
+            new_body = syntax.import_fallbacks(
+                old_body, new_body, self.module, self.file.endswith("__init__.py")
+            )
         old, old_other = syntax.scope_entries(old_body)
         new, new_other = syntax.scope_entries(new_body)
-        in_class = bool(new_path)
         saved, self.class_names = self.class_names, set(new) if in_class else set()
         try:
             self._scope(old, new, old_other, new_other, old_body, new_body, old_path, new_path)

@@ -600,3 +600,60 @@ def absolute(node: ast.ImportFrom, module: str, is_package: bool) -> str:
     if node.level > 1:
         parts = parts[: len(parts) - (node.level - 1)]
     return ".".join([*parts, *([node.module] if node.module else [])])
+
+
+def _imported(stmts: list[ast.stmt], module: str, is_package: bool) -> set[tuple[str, str]]:
+    """(bound name, what it names) of the import statements among ``stmts``."""
+    out = set()
+    for st in stmts:
+        if isinstance(st, ast.Import):
+            for a in st.names:
+                out.add(
+                    (a.asname or a.name.split(".")[0], a.name if a.asname else a.name.split(".")[0])
+                )
+        elif isinstance(st, ast.ImportFrom):
+            source = absolute(st, module, is_package)
+            out |= {(a.asname or a.name, f"{source}:{a.name}") for a in st.names}
+    return out
+
+
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return bool(kinds) and all(
+        isinstance(k, ast.Name) and k.id in ("ImportError", "ModuleNotFoundError") for k in kinds
+    )
+
+
+def import_fallbacks(
+    old_body: list[ast.stmt], new_body: list[ast.stmt], module: str, is_package: bool
+) -> list[ast.stmt]:
+    """NEW's module body with each import that gained a fallback (``try: <imports>
+    except ImportError: <imports>``) read as its ``try`` branch, where that branch
+    imports nothing but what OLD's own import statements imported, under the same names
+    from the same places, and the fallback binds no other name. In the running
+    process OLD's imports succeeded, so the ``try`` branch would too: the same objects,
+    no change (``from collections.abc import Mapping`` given a fallback to
+    ``collections`` for old Pythons)."""
+    old = _imported(old_body, module, is_package)
+    out: list[ast.stmt] = []
+    for st in new_body:
+        if (
+            isinstance(st, ast.Try)
+            and st.handlers
+            and not st.orelse
+            and not st.finalbody
+            and all(isinstance(s, (ast.Import, ast.ImportFrom)) for s in st.body)
+            and all(_catches_import_error(h) and h.name is None for h in st.handlers)
+            and all(
+                isinstance(s, (ast.Import, ast.ImportFrom)) for h in st.handlers for s in h.body
+            )
+        ):
+            tried = _imported(st.body, module, is_package)
+            fallback = {
+                name for h in st.handlers for name, _ in _imported(h.body, module, is_package)
+            }
+            if tried and tried <= old and fallback <= {name for name, _ in tried}:
+                out += st.body
+                continue
+        out.append(st)
+    return out
