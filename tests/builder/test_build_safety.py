@@ -431,3 +431,16 @@ def test_a_changed_requirement_in_pyproject_is_refused(versions):
     (v.new / "pyproject.toml").write_text(project.format('"python-multipart>=0.0.7"'))
     got = [(r.kind, r.target) for r in v.build().refusals]
     assert got == [("requirements", "python-multipart")], got
+
+
+def test_an_annotation_of_an_instance_attribute_is_no_change_of_state(versions):
+    """``self.endpoint: str = endpoint`` -> ``self.endpoint: Any = endpoint`` (werkzeug
+    3.0.3): an annotation in a function body never runs; what objects hold is the same."""
+    old = (
+        "class Rule:\n    def __init__(self, endpoint):\n        self.endpoint: str = endpoint\n\n"
+        "    def __repr__(self):\n        return f'<{self.endpoint}>'\n"
+    )
+    new = old.replace("self.endpoint: str", "self.endpoint: object").replace("'<{", "'<rule {")
+    v = versions({"m.py": old}, {"m.py": new})
+    result = v.build()
+    assert not result.refusals and result.data, result.refusals

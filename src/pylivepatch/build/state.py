@@ -167,6 +167,14 @@ def _init_stores(init: ast.AST | None, attr: str) -> list[ast.stmt]:
     return out
 
 
+def _store(stmt: ast.stmt) -> str:
+    """An assignment to ``self.X`` as it runs: an annotation in a function body is never
+    evaluated (``self.x: str = v`` and ``self.x: Any = v`` store the same)."""
+    if isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+        return dump(ast.Assign([stmt.target], stmt.value))
+    return dump(stmt)
+
+
 def _params(init: ast.FunctionDef | ast.AsyncFunctionDef | None) -> dict[str, str]:
     """Parameter name -> source of its default ("" without one)."""
     if init is None:
@@ -462,7 +470,9 @@ def _set_up_differently(
         if dump(oi) == dump(ni):
             continue
         cls = key[1]
-        if [dump(s) for s in _init_stores(oi, attr)] != [dump(s) for s in _init_stores(ni, attr)]:
+        if [_store(s) for s in _init_stores(oi, attr)] != [
+            _store(s) for s in _init_stores(ni, attr)
+        ]:
             return (
                 f"{cls}.__init__ now sets it another way"
                 if _init_stores(ni, attr)
