@@ -33,7 +33,10 @@ GOAL = 2.2  # growth per doubling of the functions
 
 
 def measure(root: Path, n: int, consistency: str, heap: int) -> dict[str, float]:
-    """One size in this process: CPU seconds of each step."""
+    """One size in this process: CPU seconds of each step, and (``gc:STEP``) the wall
+    seconds (CPU) the garbage collector's collections took inside it."""
+    import gc
+
     import pylivepatch as lp
     from pylivepatch.build.pack import pack
 
@@ -56,18 +59,32 @@ def measure(root: Path, n: int, consistency: str, heap: int) -> dict[str, float]
     src.write_text("\n".join(body) + "\n")
     e = lp.engine()
     t: dict[str, float] = {}
-    t0 = time.process_time()
-    data = pack(src).data
-    t["pack"] = time.process_time() - t0
-    t0 = time.process_time()
-    e.upload(name, data)
-    t["upload"] = time.process_time() - t0
-    t0 = time.process_time()
-    e.apply(name)
-    t["apply"] = time.process_time() - t0
-    t0 = time.process_time()
-    e.revert(name)
-    t["revert"] = time.process_time() - t0
+    in_gc = [0.0, 0.0]  # total, start of the running collection
+
+    def collection(phase: str, info: dict[str, int]) -> None:
+        now = time.process_time()
+        if phase == "start":
+            in_gc[1] = now
+        else:
+            in_gc[0] += now - in_gc[1]
+
+    gc.callbacks.append(collection)
+    steps = {
+        "pack": lambda: pack(src).data,
+        "upload": lambda: e.upload(name, data),
+        "apply": lambda: e.apply(name),
+        "revert": lambda: e.revert(name),
+    }
+    data = b""
+    for step, run in steps.items():
+        in_gc[0] = 0.0
+        t0 = time.process_time()
+        out = run()
+        t[step] = time.process_time() - t0
+        t[f"gc:{step}"] = in_gc[0]
+        if step == "pack":
+            data = out
+    gc.callbacks.remove(collection)
     if sys.modules[mods[0]].f1(1) != 2:  # x + 1 again, not x - 1
         raise SystemExit("the revert did not put the old code back")
     e.unload(name)
@@ -115,7 +132,9 @@ def main() -> int:
     repeat = max(1, args.repeat)
     if args.quick:
         sizes, repeat = [250, 500, 1000], 1
-    runs: dict[int, dict[str, list[float]]] = {n: {k: [] for k in STEPS} for n in sizes}
+    runs: dict[int, dict[str, list[float]]] = {
+        n: {k: [] for s in STEPS for k in (s, f"gc:{s}")} for n in sizes
+    }
     for _ in range(repeat):  # interleaved: a change in the machine's load hits every size
         for n in sizes:
             for k, v in run_one(n, args.consistency, args.heap).items():
@@ -141,6 +160,15 @@ def main() -> int:
                 f"  {k:>6}: " + ", ".join(f"x{x:.2f}" for x in g[k])
                 + f"  worst x{worst:.2f} {'ok' if worst <= GOAL else 'OVER'}"
             )  # fmt: skip
+    print("time in garbage collections inside each step (CPU, median; share of the step):")
+    for n in sizes:
+        print(
+            f"{n:>9} | "
+            + " | ".join(
+                f"{med[n][f'gc:{k}'] * 1e3:>6.0f}ms {med[n][f'gc:{k}'] / med[n][k]:>5.0%}"
+                for k in STEPS
+            )
+        )
     return 0
 
 
