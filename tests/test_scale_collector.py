@@ -86,7 +86,7 @@ def _at(engine: Any, point: str, do: Callable[[], None]) -> Any:
 
 
 def test_no_automatic_collection_starts_while_an_upload_computes(lab, collections):
-    data = _payload(lab, "many")
+    data = _payload(lab, "many", 3 * FUNCS)
     me = threading.get_ident()
     marks: dict[str, tuple[int, int]] = {}
 
@@ -102,8 +102,9 @@ def test_no_automatic_collection_starts_while_an_upload_computes(lab, collection
         lab.engine._inject = None
     (first, young), (last, young_at_end) = marks["upload.read"], marks["upload.commit"]
     assert last == first  # not one collection from reading the archive to the commit
-    # ... where the collector, running, would have started several
-    assert young_at_end - young > 5 * gc.get_threshold()[0]
+    # ... where the collector, running, would have started some: the young generation
+    # (allocations less deallocations) grew past threshold0 more than twice
+    assert young_at_end - young > 2 * gc.get_threshold()[0]
 
 
 def test_no_automatic_collection_starts_in_the_computing_parts_of_apply_and_revert(
