@@ -116,6 +116,18 @@ def growth(times: dict[int, dict[str, float]], sizes: list[int]) -> dict[str, li
     return out
 
 
+def fitted(times: dict[int, dict[str, float]], sizes: list[int], step: str) -> float:
+    """The growth per doubling of a power law fitted (least squares, log-log) to every
+    size at once: steadier on a loaded machine than any one step."""
+    xs = [math.log2(n) for n in sizes]
+    ys = [math.log2(times[n][step]) for n in sizes]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+    return float(2**slope)
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         n, root, consistency, heap = sys.argv[2:6]
@@ -159,6 +171,7 @@ def main() -> int:
             print(
                 f"  {k:>6}: " + ", ".join(f"x{x:.2f}" for x in g[k])
                 + f"  worst x{worst:.2f} {'ok' if worst <= GOAL else 'OVER'}"
+                + f"; fitted over all sizes x{fitted(med, sizes, k):.2f}"
             )  # fmt: skip
     print("time in garbage collections inside each step (CPU, median; share of the step):")
     for n in sizes:
