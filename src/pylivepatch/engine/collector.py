@@ -1,5 +1,5 @@
 """The cyclic garbage collector held off while the engine computes (docs/benchmarks.md,
-"Scaling").
+"Growth with the number of functions").
 
 Why: an action (and ``pack``) allocates in proportion to its payload (ASTs, code
 objects, fingerprints, dispatchers: some 36 GC-tracked objects a function at upload),
@@ -8,8 +8,8 @@ and most of it lives until the action ends. CPython runs a full collection about
 survived since the last one is over a quarter of the older heap, so an action that
 grows a heap of a few hundred thousand objects by N walks all of it about N / 70,000
 times: quadratic in the payload. On 3.13 and 3.14 the young collections themselves
-grow with the heap. Measured at 10,000 functions on 3.11, the collections took 17 to
-26 % of each step, and with them off every step grew x2.0-2.1 per doubling.
+grow with the heap. Measured at 10,000 functions on 3.11, the collections took 16 to
+27 % of each step, and with them off every step grew x1.96-2.10 per doubling.
 
 How: automatic collections are paused by setting ``threshold0`` to 0 ("setting
 threshold0 to zero disables collection", the ``gc`` documentation), not with
@@ -33,9 +33,9 @@ threshold0 to zero disables collection", the ``gc`` documentation), not with
   (the hold's thread does not exist there); a child forked by the hold's own thread
   (a hook that forks) goes on with the action, which gives them back at its end.
 
-A hold is let go (:func:`released`) while the engine waits for other threads (a pause
-retried, a transition) or runs the payload's hooks: the program goes on running then,
-and its garbage must not pile up for as long as a timeout. The objects allocated under
+A hold is let go (:func:`released`) while the engine may wait for other threads (an
+action's swap: a pause retried, a transition) or runs the payload's hooks: the program
+goes on running then, and its garbage must not pile up for as long as a timeout. The objects allocated under
 a hold are collected by the first collection after it, in one pass.
 
 The one record of the hold in force is module state: the collector it stands for is
