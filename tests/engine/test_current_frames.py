@@ -54,7 +54,14 @@ def plain_current_frames() -> Any:
 
 
 def test_no_collection_starts_while_the_engine_reads_the_stacks():
-    assert "stacks" not in collections_started_in(pause.stacks)
+    started = collections_started_in(pause.stacks)
+    if sys.version_info[:2] <= (3, 11):
+        # 3.11 (the deadlock): a collection may start wherever a tracked object is made,
+        # inside sys._current_frames too; the engine holds the collector off there
+        assert "stacks" not in started
+    # 3.12+ start collections only at the eval breaker, between two bytecodes, never
+    # inside a C call: one asked for while the collector was held off may start in
+    # ``stacks`` once it is on again, after the frames were read (seen on 3.14, 3.15)
     assert gc.isenabled(), "the collector is on again afterwards"
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..engine import collector
 from ..engine import engine as process_engine
 from ..engine.compile import literal_digest, load_sources, lookup
 from ..engine.resolve import ABSENT, resolve_data, resolve_function
@@ -607,14 +608,15 @@ def _analyze_in(
 def _child() -> None:
     request = json.loads(sys.stdin.read())
     try:
-        reply: dict[str, Any] = {
-            "result": analyze(
-                request["sources"],
-                request["against"],
-                request["search"],
-                request.get("stub", False),
-            )
-        }
+        with collector.held():  # as in pack()
+            reply: dict[str, Any] = {
+                "result": analyze(
+                    request["sources"],
+                    request["against"],
+                    request["search"],
+                    request.get("stub", False),
+                )
+            }
     except LivepatchError as exc:
         reply = {"error": {"code": exc.code, "message": exc.message}}
     print(_MARK + json.dumps(reply), flush=True)
@@ -632,7 +634,23 @@ def pack(
     """Pack a payload module (file or package directory) into archive bytes.
     ``made_by`` is the metadata entry that says what made it (``pylivepatch build``
     passes ``("built-by", "pylivepatch build")``); ``interpreters`` names the interpreter
-    to use for a version (``build --installed``: the service's own)."""
+    to use for a version (``build --installed``: the service's own).
+
+    Automatic garbage collections are held off meanwhile (engine/collector.py): the
+    analysis allocates in proportion to the payload, and collections over the growing
+    heap made packing quadratic in it."""
+    with collector.held():
+        return _pack(path, against, pythons, made_by, interpreters, stub_imports)
+
+
+def _pack(
+    path: str | os.PathLike[str],
+    against: str | None,
+    pythons: list[str] | None,
+    made_by: tuple[str, str],
+    interpreters: dict[str, str] | None,
+    stub_imports: bool,
+) -> Packed:
     sources = read_sources(path)
     versions = pythons or [python_tag()]
     for v in versions:

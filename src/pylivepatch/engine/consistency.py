@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import LivepatchError
-from . import pause
+from . import collector, pause
 from .base import DEFAULT_TIMEOUT, TRANSITION_SWITCH_INTERVAL, Act, func_attrs
 from .hooked import Hooked
 from .records import DataSlot, FuncSlot
@@ -39,48 +39,56 @@ class Consistency(Hooked):
         dslots: builtins.list[DataSlot],
     ) -> pause.PauseResult:
         """Run the pause (retrying until quiescent in atomic mode) and register slots."""
-        for cache in {id(c): c for s in slots for c in s.caches}.values():
-            ops.caches.append(cache)
-            cache.cache_clear()  # most entries die here, outside the pause
-        self._touch(act.undo, slots, dslots)  # a failure from here on is undone from the log
-        limit = DEFAULT_TIMEOUT[mode] if timeout is None else timeout
-        if mode == "transition":
-            result = self._transition(act, ops, limit, force)
+        # The engine's own work, with automatic garbage collections held off; they run
+        # while it sleeps, waiting for other threads (engine/collector.py).
+        with collector.held():
+            for cache in {id(c): c for s in slots for c in s.caches}.values():
+                ops.caches.append(cache)
+                cache.cache_clear()  # most entries die here, outside the pause
+            # a failure from here on is undone from the log
+            self._touch(act.undo, slots, dslots)
+            limit = DEFAULT_TIMEOUT[mode] if timeout is None else timeout
+            if mode == "transition":
+                result = self._transition(act, ops, limit, force)
+                self._register(act, slots, dslots, result)
+                return result
+            deadline = time.monotonic() + limit
+            delay = 0.001
+            waited = False
+            while True:
+                result = self._pause(
+                    "pause:swap", ops, None if mode == "immediate" else blocking, in_flight
+                )
+                if result.swapped:
+                    break
+                if result.blockers:
+                    self._progress[act.name]["blockers"] = [b.describe() for b in result.blockers]
+                    if not waited:
+                        act.emit("waiting", blockers=[b.describe() for b in result.blockers])
+                        waited = True
+                if time.monotonic() >= deadline:
+                    if force:
+                        act.emit("forced", blockers=[b.describe() for b in result.blockers])
+                        result = pause.run(ops, None)
+                        break
+                    names = (
+                        "; ".join(b.describe() for b in result.blockers)
+                        or "the stacks kept changing"
+                    )
+                    raise LivepatchError(
+                        "timeout",
+                        f"{act.action} {act.name}: no quiescent moment within {limit:g}s; blocked by {names}",
+                    )
+                if result.blockers:
+                    with collector.released():
+                        time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+                else:
+                    # the stacks moved between the walk and the swap: retry now
+                    with collector.released():
+                        time.sleep(0)
             self._register(act, slots, dslots, result)
             return result
-        deadline = time.monotonic() + limit
-        delay = 0.001
-        waited = False
-        while True:
-            result = self._pause(
-                "pause:swap", ops, None if mode == "immediate" else blocking, in_flight
-            )
-            if result.swapped:
-                break
-            if result.blockers:
-                self._progress[act.name]["blockers"] = [b.describe() for b in result.blockers]
-                if not waited:
-                    act.emit("waiting", blockers=[b.describe() for b in result.blockers])
-                    waited = True
-            if time.monotonic() >= deadline:
-                if force:
-                    act.emit("forced", blockers=[b.describe() for b in result.blockers])
-                    result = pause.run(ops, None)
-                    break
-                names = (
-                    "; ".join(b.describe() for b in result.blockers) or "the stacks kept changing"
-                )
-                raise LivepatchError(
-                    "timeout",
-                    f"{act.action} {act.name}: no quiescent moment within {limit:g}s; blocked by {names}",
-                )
-            if result.blockers:
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
-            else:
-                time.sleep(0)  # the stacks moved between the walk and the swap: retry now
-        self._register(act, slots, dslots, result)
-        return result
 
     def _register(
         self,
@@ -245,7 +253,8 @@ class Consistency(Hooked):
                         trans.reverse()
                         reversed_, deadline, delay = True, time.monotonic() + limit, 0.001
                 if blockers:  # never past the deadline: the timeout is a bound
-                    time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+                    with collector.released():  # the program runs: so does the collector
+                        time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
                     delay = min(delay * 2, 1.0)
                     continue
                 result = self._final_pause(

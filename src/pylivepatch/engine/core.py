@@ -8,6 +8,11 @@ look up the table, run every check (:mod:`.checks`), run the pre hook
 before the commit is undone from the action's undo log (:mod:`.undo`), so afterwards
 every touched function, attribute and namespace is identical (``is``) to what it was.
 The layers below this one are described in :mod:`.base`.
+
+The cyclic garbage collector's automatic collections are held off while an action
+computes (its allocations grow with the payload, and collections over a heap that
+grows with them made the actions quadratic) and run again while it waits for other
+threads or runs the payload's hooks (:mod:`.collector`).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from ..errors import MAX_TIMEOUT, LivepatchError
 from ..payload import archive, signing
 from ..payload.fingerprint import ModuleSource, python_tag
 from ..payload.manifest import DataEntry, FuncEntry, Manifest
-from . import datafiles, forks, pause
+from . import collector, datafiles, forks, pause
 from .base import DEFAULT_TIMEOUT, Act, NoAction, imported, module_of, prev_states
 from .compile import LoadedPackage, load_package, lookup
 from .consistency import Stuck
@@ -158,6 +163,7 @@ class Engine(LateObjects):
             self._progress[name] = {"action": str(action), "started": time.time(), "blockers": []}
             act.emit("started", **request)
             stuck = next(iter(self._stuck.values()), None)
+            held = collector.take()  # given back in the finally below
         except BaseException:  # MemoryError, KeyboardInterrupt: never keep the lock
             self._progress.pop(name, None)
             self._undo = self._owner = None
@@ -223,6 +229,8 @@ class Engine(LateObjects):
                 rec.rc, rec.error, rec.message = 0, None, act.result_message
             act.emit("finished", rc=0, pause_ns=act.pause_ns, duration_ns=act.elapsed())
         finally:
+            if held:
+                collector.give()
             self._progress.pop(name, None)
             self._sync_import_hook()
             self._undo = None
@@ -493,32 +501,36 @@ class Engine(LateObjects):
 
             def swap() -> pause.PauseResult:
                 datafiles.apply(act, rec)  # first, undone by the undo log if a step fails
-                slots, dslots = self._slots_for(rec)
                 if "apply" in rec.hooks:
+                    slots, dslots = self._slots_for(rec)
                     result = self._hooked_swap(act, rec, "apply", slots, dslots)
                     self._seq += 1
                     rec.applied_seq, rec.nodeps, rec.state = self._seq, nodeps, State.APPLIED
                     return result
-                ops = pause.Ops()
-                blocking: set[int] = set()
-                for plan, slot in zip(rec.funcs, slots, strict=True):
-                    variant = plan.variant
-                    func_ops(ops, slot, (variant.code, variant.defaults, variant.kwdefaults))
-                    blocking.update(id(c) for c in installed_codes(slot))
-                for dplan, dslot in zip(rec.data, dslots, strict=True):
-                    data_ops(ops, dslot, dplan.value)
-                self._at("apply.prepare")
+                with collector.held():
+                    slots, dslots = self._slots_for(rec)
+                    ops = pause.Ops()
+                    blocking: set[int] = set()
+                    for plan, slot in zip(rec.funcs, slots, strict=True):
+                        variant = plan.variant
+                        func_ops(ops, slot, (variant.code, variant.defaults, variant.kwdefaults))
+                        blocking.update(id(c) for c in installed_codes(slot))
+                    for dplan, dslot in zip(rec.data, dslots, strict=True):
+                        data_ops(ops, dslot, dplan.value)
+                    self._at("apply.prepare")
                 result = self._swap(act, ops, blocking, mode, timeout, force, slots, dslots)
-                # Committed: from here on only assignments of values prepared above.
-                for plan, slot in zip(rec.funcs, slots, strict=True):
-                    slot.stack.append((rec, plan.variant))
-                for dplan, dslot in zip(rec.data, dslots, strict=True):
-                    dslot.stack.append((rec, dplan.value))
+                with collector.held():
+                    # Committed: from here on only assignments of values prepared above.
+                    for plan, slot in zip(rec.funcs, slots, strict=True):
+                        slot.stack.append((rec, plan.variant))
+                    for dplan, dslot in zip(rec.data, dslots, strict=True):
+                        dslot.stack.append((rec, dplan.value))
                 self._seq += 1
                 rec.applied_seq, rec.nodeps, rec.state = self._seq, nodeps, State.APPLIED
                 return result
 
-            result = self._with_hooks(act, rec, "apply", prev_states(applied), swap)
+            with collector.released():  # the hooks and the swap's waits: the program runs
+                result = self._with_hooks(act, rec, "apply", prev_states(applied), swap)
             act.result_message = act.result_message or "applied"
             return act.result(State.APPLIED, pause_ns=result.pause_ns, consistency=mode)
 
@@ -572,48 +584,52 @@ class Engine(LateObjects):
 
             def swap() -> pause.PauseResult:
                 datafiles.revert(act, rec)  # first, undone by the undo log if a step fails
-                slots, dslots = self._slots_for(rec)
                 if "revert" in rec.hooks and not recovering:
+                    slots, dslots = self._slots_for(rec)
                     result = self._hooked_swap(act, rec, "revert", slots, dslots)
                     rec.state, rec.applied_seq = State.CHECKED, 0
                     return result
-                ops = pause.Ops()
-                blocking: set[int] = set()
-                for slot in slots:
-                    if slot.stack and slot.stack[-1][0] is rec:
-                        below = slot.stack[-2][1] if len(slot.stack) > 1 else None
-                        blocking.update(id(c) for c in slot.stack[-1][1].codes())
-                        func_ops(
-                            ops,
-                            slot,
-                            (below.code, below.defaults, below.kwdefaults)
-                            if below
-                            else slot.original,
-                        )
-                for dslot in dslots:
-                    if dslot.stack and dslot.stack[-1][0] is rec:
-                        value = dslot.stack[-2][1] if len(dslot.stack) > 1 else dslot.original
-                        data_ops(ops, dslot, value)
-                self._at("revert.prepare")
+                with collector.held():
+                    slots, dslots = self._slots_for(rec)
+                    ops = pause.Ops()
+                    blocking: set[int] = set()
+                    for slot in slots:
+                        if slot.stack and slot.stack[-1][0] is rec:
+                            below = slot.stack[-2][1] if len(slot.stack) > 1 else None
+                            blocking.update(id(c) for c in slot.stack[-1][1].codes())
+                            func_ops(
+                                ops,
+                                slot,
+                                (below.code, below.defaults, below.kwdefaults)
+                                if below
+                                else slot.original,
+                            )
+                    for dslot in dslots:
+                        if dslot.stack and dslot.stack[-1][0] is rec:
+                            value = dslot.stack[-2][1] if len(dslot.stack) > 1 else dslot.original
+                            data_ops(ops, dslot, value)
+                    self._at("revert.prepare")
                 result = self._swap(act, ops, blocking, mode, timeout, force, slots, dslots)
-                # Committed: from here on only bookkeeping of what was prepared above.
-                for slot in slots:
-                    slot.stack[:] = [(r, v) for r, v in slot.stack if r is not rec]
-                    if not slot.stack:
-                        self._funcs.pop(id(slot.func), None)
-                for dslot in dslots:
-                    dslot.stack[:] = [(r, v) for r, v in dslot.stack if r is not rec]
-                    if not dslot.stack:
-                        self._data.pop((id(dslot.holder), dslot.name), None)
+                with collector.held():
+                    # Committed: from here on only bookkeeping of what was prepared above.
+                    for slot in slots:
+                        slot.stack[:] = [(r, v) for r, v in slot.stack if r is not rec]
+                        if not slot.stack:
+                            self._funcs.pop(id(slot.func), None)
+                    for dslot in dslots:
+                        dslot.stack[:] = [(r, v) for r, v in dslot.stack if r is not rec]
+                        if not dslot.stack:
+                            self._data.pop((id(dslot.holder), dslot.name), None)
                 rec.state, rec.applied_seq = State.CHECKED, 0
                 return result
 
             earlier = [r for r in self._applied(exclude=rec) if r.applied_seq < rec.applied_seq]
-            if recovering:  # revert --force of an INCONSISTENT payload: no hooks, default swap
-                act.emit("forced", reason="INCONSISTENT payload reverted without its hooks")
-                result = swap()
-            else:
-                result = self._with_hooks(act, rec, "revert", prev_states(earlier), swap)
+            with collector.released():  # the hooks and the swap's waits: the program runs
+                if recovering:  # revert --force of an INCONSISTENT payload: no hooks, default swap
+                    act.emit("forced", reason="INCONSISTENT payload reverted without its hooks")
+                    result = swap()
+                else:
+                    result = self._with_hooks(act, rec, "revert", prev_states(earlier), swap)
             act.result_message = act.result_message or "reverted"
             return act.result(State.CHECKED, pause_ns=result.pause_ns, consistency=mode)
 
@@ -686,6 +702,10 @@ class Engine(LateObjects):
         self._at("replace.check")
 
         def swap() -> pause.PauseResult:
+            with collector.held():
+                return prepared_swap()
+
+        def prepared_swap() -> pause.PauseResult:
             mine, mine_data = self._slots_for(rec)
             slots: dict[int, FuncSlot] = {id(s.func): s for s in mine}
             dslots: dict[tuple[int, str], DataSlot] = {(id(d.holder), d.name): d for d in mine_data}
@@ -710,16 +730,17 @@ class Engine(LateObjects):
                     values.get(dkey, dslot.original) if dkey in values else dslot.original,
                 )
             self._at("replace.prepare")
-            result = self._swap(
-                act,
-                ops,
-                blocking,
-                mode,
-                timeout,
-                force,
-                list(slots.values()),
-                list(dslots.values()),
-            )
+            with collector.released():  # the swap's waits: the program runs
+                result = self._swap(
+                    act,
+                    ops,
+                    blocking,
+                    mode,
+                    timeout,
+                    force,
+                    list(slots.values()),
+                    list(dslots.values()),
+                )
             for key, slot in slots.items():
                 slot.stack[:] = [(rec, variants[key])] if key in variants else []
                 if not slot.stack:
@@ -734,7 +755,8 @@ class Engine(LateObjects):
             rec.applied_seq, rec.nodeps, rec.state = self._seq, False, State.APPLIED
             return result
 
-        result = self._with_hooks(act, rec, "replace", prev_states(applied), swap)
+        with collector.released():  # the hooks: the program's code
+            result = self._with_hooks(act, rec, "replace", prev_states(applied), swap)
         act.result_message = act.result_message or f"replaced {len(applied)} payload(s)"
         return act.result(State.APPLIED, pause_ns=result.pause_ns, consistency=mode)
 
@@ -758,10 +780,11 @@ class Engine(LateObjects):
         stuck = self._stuck[rec.name]
         limit = DEFAULT_TIMEOUT["transition"] if timeout is None else timeout
         act.emit("checked", consistency="transition", resumes=stuck.action, force=force)
-        result = self._settle(act, stuck, limit, force)
-        del self._stuck[rec.name]
-        if stuck.post is not None:
-            stuck.post()
+        with collector.released():  # a wait, then the post hook: the program runs
+            result = self._settle(act, stuck, limit, force)
+            del self._stuck[rec.name]
+            if stuck.post is not None:
+                stuck.post()
         act.pause_ns = result.pause_ns
         act.result_message = (
             f"the stuck transition of {stuck.action} {rec.name} ended"
