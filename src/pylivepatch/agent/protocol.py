@@ -13,13 +13,17 @@ import os
 import socket
 import stat
 import struct
-import tempfile
 import time
-from pathlib import Path
-from typing import Any
 
 from ..errors import LivepatchError
-from ..payload.archive import loads_bounded
+
+# An idle agent imports this module: what only a client needs (pathlib, the bounded
+# JSON reader of payload.archive) is imported where it is used (docs/operating.md,
+# "What an agent costs").
+TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 VERSION = 1
 MAX_MESSAGE = 24 * 1024 * 1024  # a 16 MiB payload, base64-encoded, plus the envelope
@@ -36,16 +40,22 @@ def socket_dir() -> Path:
     checks it with :func:`check_dir` and each listener with :func:`check_peer`). (``pylivepatch attach --app`` sets the first in
     a process it enters, so that the Python processes it starts later put their agents
     where the attaching command line looks.)"""
+    from pathlib import Path
+
+    return Path(socket_directory())
+
+
+def socket_directory() -> str:
+    """:func:`socket_dir` as a string, for the agent (which does not import pathlib)."""
     explicit = os.environ.get("PYLIVEPATCH_SOCKET_DIR")
     if explicit:
-        return Path(explicit)
+        return explicit
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = (
-        Path(runtime) / "pylivepatch"
-        if runtime
-        else Path(tempfile.gettempdir()) / f"pylivepatch-{os.getuid()}"
-    )
-    return base
+    if runtime:
+        return os.path.join(runtime, "pylivepatch")
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"pylivepatch-{os.getuid()}")
 
 
 def socket_path(pid: int) -> Path:
@@ -182,6 +192,8 @@ def receive(sock: socket.socket, deadline: float | None = None) -> dict[str, Any
     if length > MAX_MESSAGE:
         raise ProtocolError(f"message of {length} bytes exceeds the {MAX_MESSAGE}-byte cap")
     body = _read_exact(sock, length, deadline)
+    from ..payload.archive import loads_bounded
+
     try:
         message = loads_bounded(body)
     except (ValueError, UnicodeDecodeError) as exc:

@@ -1,0 +1,130 @@
+"""What a command line and an idle agent import: only what they need (issue 24).
+
+A short command's time is mostly its imports, and an idle agent's memory mostly the
+modules it holds: these tests check the mechanism (which modules stay unimported), not
+a time or a size; benchmarks/bench_cli.py measures both.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pylivepatch import Client
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+#: never imported by building the parser and parsing a command line
+NOT_FOR_PARSING = (
+    "typing", "json", "pathlib", "dataclasses", "concurrent.futures", "logging", "tempfile",
+    "socket", "pylivepatch.cli.remote", "pylivepatch.cli.fleet", "pylivepatch.client",
+    "pylivepatch.payload.archive", "pylivepatch.agent.protocol", "pylivepatch.engine",
+)  # fmt: skip
+#: never imported by an agent that only waits (nor by a ping to it)
+NOT_FOR_AN_IDLE_AGENT = (
+    "typing", "pathlib", "dataclasses", "logging", "base64", "inspect", "zipfile",
+    "hashlib", "pylivepatch.agent.store", "pylivepatch.payload.archive", "pylivepatch.engine",
+    "pylivepatch.client", "pylivepatch.results",
+)  # fmt: skip
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+        env=dict(os.environ, PYTHONPATH=SRC, **env), timeout=120,
+    )  # fmt: skip
+
+
+def _imported(names: tuple[str, ...], stdout: str) -> list[str]:
+    modules = set(stdout.splitlines()[-1].split())  # printed without json, which is one
+    return [n for n in names if n in modules]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["load", "fix.lpz", "-p", "1"], ["revert", "fix", "--app", "shop"], ["ps"],
+     ["fleet", "status", "--app", "shop", "-i", "hosts"], ["--help"]],
+)  # fmt: skip
+def test_the_command_line_imports_a_verb_s_modules_only_when_it_runs(argv: list[str]) -> None:
+    out = _run(f"""
+        import sys
+        from pylivepatch import cli
+        try:
+            cli._parse(cli._parser(), {argv!r})
+        except SystemExit:  # --help
+            pass
+        print(*sorted(sys.modules))
+    """)
+    assert out.returncode == 0, out.stderr
+    assert _imported(NOT_FOR_PARSING, out.stdout) == []
+
+
+def test_the_package_itself_imports_nothing_heavy() -> None:
+    out = _run("""
+        import sys
+        import pylivepatch
+        print(*sorted(sys.modules))
+    """)
+    assert out.returncode == 0, out.stderr
+    assert _imported(NOT_FOR_PARSING, out.stdout) == []
+
+
+def test_every_public_name_still_imports() -> None:
+    out = _run("""
+        import pylivepatch
+        from pylivepatch import *  # noqa: F403
+        for name in pylivepatch.__all__:
+            getattr(pylivepatch, name)
+        print("ok", pylivepatch.__version__, callable(pylivepatch.engine))
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ok", "0.1.0", "True"]
+
+
+def test_one_process_needs_no_thread_pool() -> None:
+    out = _run("""
+        import sys
+        import pylivepatch.cli.remote
+        print(*sorted(sys.modules))
+    """)
+    assert out.returncode == 0, out.stderr
+    assert _imported(("concurrent.futures", "logging", "pylivepatch.agent.store"), out.stdout) == []
+
+
+@pytest.mark.parametrize("app", ["", "startup-app"])
+def test_an_idle_agent_imports_only_what_it_needs_to_wait(app: str) -> None:
+    """Started (with an app that has nothing installed, or none) and pinged: the store,
+    the engine, the payload reader and what only they need stay unimported; a load
+    then imports them and works."""
+    target = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            import pylivepatch
+            pylivepatch.start({app!r} or None)
+            print("ready", flush=True)
+            for line in sys.stdin:
+                print(*sorted(sys.modules), flush=True)
+        """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=SRC),
+    )  # fmt: skip
+    assert target.stdin is not None and target.stdout is not None
+    try:
+        assert target.stdout.readline().strip() == "ready"
+        assert Client(target.pid, timeout=30).ping()["app"] == app
+        target.stdin.write("modules\n")
+        target.stdin.flush()
+        assert _imported(NOT_FOR_AN_IDLE_AGENT, target.stdout.readline()) == []
+        assert Client(target.pid, timeout=30).list() == []  # a request that needs the engine
+        target.stdin.write("modules\n")
+        target.stdin.flush()
+        modules = target.stdout.readline().split()
+        assert "pylivepatch.engine" in modules, modules
+    finally:
+        target.stdin.close()
+        target.wait(60)
