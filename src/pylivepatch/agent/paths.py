@@ -31,9 +31,12 @@ def state_directory(explicit: str | None, xdg: str | None) -> str:
     ``xdg/pylivepatch`` (``$XDG_STATE_HOME``), else ``~/.local/state/pylivepatch``."""
     if explicit:
         return explicit
-    return os.path.join(
-        xdg or os.path.join(os.path.expanduser("~"), ".local", "state"), "pylivepatch"
-    )
+    if xdg:
+        return os.path.join(xdg, "pylivepatch")
+    home = os.path.expanduser("~")
+    if home.startswith("~"):  # no $HOME and no passwd entry: as ``Path.home()`` says
+        raise RuntimeError("Could not determine home directory.")
+    return os.path.join(home, ".local", "state", "pylivepatch")
 
 
 def installed_directory(app: str) -> str:
