@@ -8,8 +8,9 @@
     (start + parser), rounds interleaved, in two settings: bytecode cached (as pip
     installs a package: its .pyc files written at install) and no bytecode written
     (``PYTHONDONTWRITEBYTECODE=1``, a source checkout run as CI runs it: every module of
-    pylivepatch is compiled at every start); and ``Client(pid).load`` from a running
-    Python, which pays no start-up;
+    pylivepatch is compiled at every start); the load with its table drawn by rich (as
+    on a terminal when the ``cli`` extra is installed), when rich is; and
+    ``Client(pid).load`` from a running Python, which pays no start-up;
 (b) ``pylivepatch load FILE --app NAME`` to 16 worker processes (goal <= 1 s), and the
     revert;
 (c) an idle agent: CPU wake-ups of its threads over a few seconds (goal: none);
@@ -24,6 +25,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -57,6 +59,8 @@ print("ready", flush=True)
 sys.stdin.readline()
 """
 GOAL_LOAD_MS = 150.0
+#: load -p with its table drawn by rich, as on a terminal when the cli extra is installed
+RICH = "load -p, rich table"
 GOAL_AGENT_MB = 3.0
 
 
@@ -118,10 +122,10 @@ def stop(procs: list[subprocess.Popen[str]]) -> None:
             p.wait(10)
 
 
-def timed(cmd: list[str], tmp: Path, bytecode: str = "as-is") -> float:
+def timed(cmd: list[str], tmp: Path, bytecode: str = "as-is", **more: str) -> float:
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, env=env(tmp, bytecode), cwd=tmp, capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
+    out = subprocess.run(cmd, env=env(tmp, bytecode, **more), cwd=tmp, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
     dt = time.perf_counter() - t0
     if out.returncode:
         raise RuntimeError(f"{cmd}: {out.stdout} {out.stderr}")
@@ -139,6 +143,7 @@ def one_process(tmp: Path, rounds: int) -> dict[str, float]:
                 "none": "no bytecode written (PYTHONDONTWRITEBYTECODE=1)"}  # fmt: skip
     rows: dict[tuple[str, str], list[float]] = {}
     inproc: list[float] = []
+    rich = importlib.util.find_spec("rich") is not None
     try:
         data = (tmp / "fix.lpz").read_bytes()
         for bytecode in settings:  # once each, unmeasured: the cache is written
@@ -151,6 +156,14 @@ def one_process(tmp: Path, rounds: int) -> dict[str, float]:
                     rows.setdefault((bytecode, name), []).append(timed(cmd, tmp, bytecode))
                 timed(cli("revert", "bench-fix", "-p", pid), tmp, bytecode)
                 timed(cli("unload", "bench-fix", "-p", pid), tmp, bytecode)
+                if bytecode == "cached" and rich:  # the table as a terminal shows it
+                    rows.setdefault((bytecode, RICH), []).append(
+                        timed(
+                            cli("load", "fix.lpz", "-p", pid), tmp, bytecode, PYLIVEPATCH_RICH="1"
+                        )
+                    )
+                    timed(cli("revert", "bench-fix", "-p", pid), tmp, bytecode)
+                    timed(cli("unload", "bench-fix", "-p", pid), tmp, bytecode)
             t0 = time.perf_counter()
             Client(proc.pid).load(data)
             inproc.append(time.perf_counter() - t0)
@@ -166,7 +179,9 @@ def one_process(tmp: Path, rounds: int) -> dict[str, float]:
     for bytecode, label in settings.items():
         base = statistics.median(rows[(bytecode, "python -c pass")])
         print(f"  {label}")
-        for name in ("python -c pass", "pylivepatch --help", "pylivepatch load -p"):
+        for name in ("python -c pass", "pylivepatch --help", "pylivepatch load -p", RICH):
+            if (bytecode, name) not in rows:
+                continue
             values = rows[(bytecode, name)]
             med = statistics.median(values)
             print(f"    {name:22} {med * 1000:7.1f} ms  (min {min(values) * 1000:6.1f})  "
