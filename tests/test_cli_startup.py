@@ -33,10 +33,10 @@ NOT_FOR_AN_IDLE_AGENT = (
 )  # fmt: skip
 
 
-def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _run(code: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-        env=dict(os.environ, PYTHONPATH=SRC, **env),
+        env=dict(os.environ, PYTHONPATH=SRC, **env), cwd=cwd,
     )  # fmt: skip
 
 
@@ -136,3 +136,29 @@ def test_an_idle_agent_imports_only_what_it_needs_to_wait(app: str) -> None:
     finally:
         target.stdin.close()
         target.wait()
+
+
+@pytest.mark.parametrize("tmpdir", ["", "{tmp}", "{tmp}/absent", "relative", "{tmp}/a-file"])
+def test_without_xdg_runtime_dir_the_socket_directory_is_tempfile_s(
+    tmpdir: str, tmp_path: Path
+) -> None:
+    """The agent finds ``tempfile.gettempdir()`` without importing tempfile, and finds
+    what tempfile finds: ``$TMPDIR`` when a file can be made there, else the next."""
+    (tmp_path / "relative").mkdir()
+    (tmp_path / "a-file").write_text("")
+    out = _run(
+        """
+        import os, sys
+        from pylivepatch.agent import protocol
+        ours = protocol.socket_directory()
+        before = "tempfile" in sys.modules
+        import tempfile
+        theirs = os.path.join(tempfile.gettempdir(), f"pylivepatch-{os.getuid()}")
+        tempfile.tempdir = os.getcwd()  # a program's own choice is kept
+        print(before, ours == theirs, protocol.temporary_directory() == os.getcwd(), ours)
+        """,
+        cwd=tmp_path, XDG_RUNTIME_DIR="", PYLIVEPATCH_SOCKET_DIR="", TEMP="", TMP="",
+        TMPDIR=tmpdir.format(tmp=tmp_path),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[:3] == ["False", "True", "True"], out.stdout
