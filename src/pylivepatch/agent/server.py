@@ -597,6 +597,8 @@ def start(
                 app = os.environ.get("PYLIVEPATCH_APP") or None
             if app:
                 paths.check_app(app)
+                if not _started_installed and _may_have_installed(app):
+                    _store()  # before the socket listens, as the check of the name was
             if _audit is None:
                 _audit = Audit(app)
                 process_engine.when_created(lambda e: e.add_listener(_audit))
@@ -618,12 +620,8 @@ def apply_installed(app: str) -> list[tuple[str, LivepatchError | None]]:
     others are still applied and the program runs on.
     """
     outcome: list[tuple[str, LivepatchError | None]] = []
-    try:
-        os.stat(paths.installed_directory(app))
-    except (FileNotFoundError, NotADirectoryError):
-        return outcome  # nothing installed: store.installed says so too, without its imports
-    except OSError:
-        pass  # store.installed reports it
+    if not _may_have_installed(app):
+        return outcome  # store.installed would say so too, without its imports
     with requested_by("start", os.getuid(), os.getpid()):
         try:
             items = _store().installed(app)
@@ -644,6 +642,18 @@ def apply_installed(app: str) -> list[tuple[str, LivepatchError | None]]:
                 _report_start(app, item.name, err, audit=True)
                 outcome.append((item.name, err))
     return outcome
+
+
+def _may_have_installed(app: str) -> bool:
+    """False if nothing is installed for ``app`` (its directory of installed payloads
+    does not exist); True if something may be, or the check fails (the store says why)."""
+    try:
+        os.stat(paths.installed_directory(app))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except (OSError, RuntimeError):  # (no home directory to find the state directory in)
+        pass
+    return True
 
 
 def _store() -> Any:
