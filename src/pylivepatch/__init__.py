@@ -7,12 +7,16 @@ pylivepatch`` and the command line do not pay for the engine until they need it.
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
-from typing import TYPE_CHECKING, Any
 
+# Not ``typing.TYPE_CHECKING``: importing ``typing`` would cost every process that
+# imports pylivepatch (the command line, an idle agent) milliseconds and memory; type
+# checkers read this name as true.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .agent.server import start
     from .client import Client
     from .engine import (
@@ -27,6 +31,8 @@ if TYPE_CHECKING:
     )
     from .errors import LivepatchError
     from .payload.authoring import Patch
+
+del TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -66,6 +72,8 @@ def __getattr__(name: str) -> Any:
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module 'pylivepatch' has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(where, __name__), name)
     globals()[name] = value
     return value

@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 
 from .agent import protocol
 from .errors import CODES, LivepatchError
-from .payload import archive
 from .results import ActionResult, FuncStatus, PayloadStatus
 
 _T = TypeVar("_T")
@@ -347,7 +346,12 @@ class Client:
 
     @staticmethod
     def _read(path: str | os.PathLike[str] | bytes) -> str:
-        data = path if isinstance(path, bytes) else archive.read_file(path)
+        if isinstance(path, bytes):
+            data = path
+        else:
+            from .payload import archive  # only for a file: a command line on a name needs none
+
+            data = archive.read_file(path)
         return base64.b64encode(data).decode()
 
     def _action(self, result: Any) -> ActionResult:

@@ -14,8 +14,8 @@ import sys
 import threading
 from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # not typing's: an idle agent imports this module (see __init__.py)
 if TYPE_CHECKING:
     from .engine.core import Engine
 

@@ -19,13 +19,16 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
 
-from . import store
+from .. import process_engine
 
+TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from types import ModuleType
+    from typing import Any
+
     from ..engine.events import Event
 
 _context = threading.local()
@@ -75,6 +78,12 @@ def current_peer() -> dict[str, Any]:
         return dict(peer)
     # no agent request in this thread: the program itself, or an import patching late
     return {"via": "in-process", "uid": os.getuid(), "pid": os.getpid()}
+
+
+def _store() -> ModuleType:
+    """:mod:`.store`, imported at the first record (an idle agent has not written one),
+    under the engine's fork lock like the agent's other late imports."""
+    return process_engine.imported(f"{__package__}.store")
 
 
 class Audit:
@@ -156,10 +165,11 @@ class Audit:
             **record,
         }
         try:
+            store = _store()
             store.append_audit(self.app, full)
         except Exception as exc:  # noqa: BLE001 - never fail an action for its log
             try:
-                where = f" {store.audit_path(self.app)}"
+                where = f" {_store().audit_path(self.app)}"
             except Exception:  # noqa: BLE001 - the path itself is what fails
                 where = ""
             why = f"cannot write the audit log{where}: {exc}"

@@ -8,18 +8,25 @@ errno, message}}``. No pickle anywhere: nothing but JSON crosses the socket.
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
 import socket
 import stat
 import struct
-import tempfile
+import sys
 import time
-from pathlib import Path
-from typing import Any
 
 from ..errors import LivepatchError
-from ..payload.archive import loads_bounded
+
+# An idle agent imports this module: what only a client needs (pathlib, the bounded
+# JSON reader of payload.archive) is imported where it is used (docs/operating.md,
+# "What an agent costs").
+TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 VERSION = 1
 MAX_MESSAGE = 24 * 1024 * 1024  # a 16 MiB payload, base64-encoded, plus the envelope
@@ -36,16 +43,64 @@ def socket_dir() -> Path:
     checks it with :func:`check_dir` and each listener with :func:`check_peer`). (``pylivepatch attach --app`` sets the first in
     a process it enters, so that the Python processes it starts later put their agents
     where the attaching command line looks.)"""
+    from pathlib import Path
+
+    return Path(socket_directory())
+
+
+def socket_directory() -> str:
+    """:func:`socket_dir` as a string, for the agent (which does not import pathlib)."""
     explicit = os.environ.get("PYLIVEPATCH_SOCKET_DIR")
     if explicit:
-        return Path(explicit)
+        return explicit
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = (
-        Path(runtime) / "pylivepatch"
-        if runtime
-        else Path(tempfile.gettempdir()) / f"pylivepatch-{os.getuid()}"
-    )
-    return base
+    if runtime:
+        return os.path.join(runtime, "pylivepatch")
+    return os.path.join(temporary_directory(), f"pylivepatch-{os.getuid()}")
+
+
+def temporary_directory() -> str:
+    """``tempfile.gettempdir()``: the program's own answer when it has imported
+    ``tempfile`` (its ``tempfile.tempdir`` included), else the same search without
+    importing it (``tempfile`` and what it imports would be 0.5 to 0.9 MB of an idle
+    agent's memory), so that an agent and the command line find the same directory."""
+    module = sys.modules.get("tempfile")
+    if module is not None:
+        return str(module.gettempdir())
+    return _first_usable_directory()
+
+
+@functools.lru_cache(maxsize=1)  # once a process, as tempfile does
+def _first_usable_directory() -> str:
+    """The first of ``$TMPDIR``, ``$TEMP``, ``$TMP``, ``/tmp``, ``/var/tmp``,
+    ``/usr/tmp`` and the working directory where a file can be created (and is, then
+    removed), as ``tempfile`` searches on POSIX."""
+    candidates = [d for d in (os.environ.get(n) for n in ("TMPDIR", "TEMP", "TMP")) if d]
+    candidates += ["/tmp", "/var/tmp", "/usr/tmp"]
+    try:
+        candidates.append(os.getcwd())
+    except OSError:
+        candidates.append(os.curdir)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    for candidate in candidates:
+        directory = candidate if candidate == os.curdir else os.path.abspath(candidate)
+        for _ in range(100):
+            probe = os.path.join(directory, f"tmp{os.urandom(6).hex()}")
+            try:
+                fd = os.open(probe, flags, 0o600)
+                try:
+                    try:
+                        os.write(fd, b"blat")
+                    finally:
+                        os.close(fd)
+                finally:
+                    os.unlink(probe)
+                return directory
+            except FileExistsError:
+                continue  # another name
+            except OSError:
+                break  # not this directory
+    raise FileNotFoundError(errno.ENOENT, f"No usable temporary directory found in {candidates}")
 
 
 def socket_path(pid: int) -> Path:
@@ -182,6 +237,8 @@ def receive(sock: socket.socket, deadline: float | None = None) -> dict[str, Any
     if length > MAX_MESSAGE:
         raise ProtocolError(f"message of {length} bytes exceeds the {MAX_MESSAGE}-byte cap")
     body = _read_exact(sock, length, deadline)
+    from ..payload.archive import loads_bounded
+
     try:
         message = loads_bounded(body)
     except (ValueError, UnicodeDecodeError) as exc:

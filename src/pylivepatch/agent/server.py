@@ -27,32 +27,43 @@ serves on.
 from __future__ import annotations
 
 import atexit
-import base64
 import errno
 import functools
 import json
-import logging
 import os
 import socket
 import stat
 import struct
+import sys
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import asdict, is_dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from .. import process_engine
 from ..errors import MAX_TIMEOUT, LivepatchError
-from . import cforks, protocol, store
+from . import cforks, paths, protocol
 from .audit import Audit, requested_by, required, take_failure
 
+# An idle agent is this module and what it imports (a thread blocked in ``accept``):
+# what only a request needs (base64, dataclasses, logging, the store, the engine) is
+# imported when one comes, through ``process_engine.imported`` (under the lock that a
+# fork waits for). docs/operating.md, "What an agent costs"; tests/cli/test_cli_startup.py.
+TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
 if TYPE_CHECKING:
+    import logging
+    from collections.abc import Callable
+    from pathlib import Path
+    from typing import Any
+
     from ..engine.core import Engine
     from ..engine.events import Event
 
-log = logging.getLogger("pylivepatch.agent")
+
+def _log() -> logging.Logger:
+    """The agent's logger (``pylivepatch.agent``), imported when it first has to say
+    something."""
+    logging = process_engine.imported("logging")
+    return logging.getLogger("pylivepatch.agent")  # type: ignore[no-any-return,unused-ignore]
+
 
 _agent: Agent | None = None
 _agent_lock = threading.Lock()
@@ -138,8 +149,6 @@ def _unpatched(module: str, default: Any, name: str | None = None) -> Any:
     in the agent's other threads ("Cannot switch to a different thread"); a green
     thread started from the agent's listener would wait for a hub that never runs
     there. Neither library is imported here: each is only looked up in ``sys.modules``."""
-    import sys
-
     # Either library may be half imported here, by another thread (its functions not
     # defined yet): then it has patched nothing yet.
     monkey = sys.modules.get("gevent.monkey")
@@ -161,17 +170,19 @@ def _peer(sock: socket.socket) -> tuple[int, int]:
 
 
 def _jsonable(value: Any) -> Any:
-    if is_dataclass(value) and not isinstance(value, type):
-        return asdict(value)
+    # no value is a dataclass while dataclasses is not imported (a ping to an idle agent)
+    dataclasses = sys.modules.get("dataclasses") and process_engine.imported("dataclasses")
+    if dataclasses and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
     if isinstance(value, list):
         return [_jsonable(v) for v in value]
     return value
 
 
-def _prepare_dir(path: Path) -> None:
+def _prepare_dir(path: str) -> None:
     """The socket directory, made or checked: a real directory (never a link another
     user may have planted to make us chmod or bind somewhere else) of our uid, 0700."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.makedirs(path, mode=0o700, exist_ok=True)
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise LivepatchError(
@@ -203,14 +214,16 @@ class Agent:
         # knows it by (different from ours inside a container's pid namespace).
         self.directory = directory
         self.public_pid = public_pid or self.pid
-        self.path = (directory or protocol.socket_dir()) / f"{self.public_pid}.sock"
-        _prepare_dir(self.path.parent)
-        if self.path.exists():
-            self.path.unlink()
+        # a string, not a Path: an idle agent does not import pathlib
+        where = os.fspath(directory) if directory else protocol.socket_directory()
+        self.path = os.path.join(where, f"{self.public_pid}.sock")
+        _prepare_dir(where)
+        if os.path.exists(self.path):
+            os.unlink(self.path)
         self.sock = _unpatched("socket", socket.socket)(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            self.sock.bind(str(self.path))
+            self.sock.bind(self.path)
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
@@ -218,8 +231,6 @@ class Agent:
         _os_thread(self._serve, (), "pylivepatch-agent")
 
     def describe(self) -> dict[str, Any]:
-        import sys
-
         return {
             "pid": self.public_pid,
             "app": self.app,
@@ -235,7 +246,7 @@ class Agent:
         finally:
             if os.getpid() == self.pid:
                 try:
-                    self.path.unlink()
+                    os.unlink(self.path)
                 except FileNotFoundError:
                     pass
 
@@ -249,7 +260,7 @@ class Agent:
             try:
                 self._dispatch(conn, slots)
             except Exception:  # noqa: BLE001 - one connection's failure never ends the agent
-                log.exception("pylivepatch agent: a control connection could not be served")
+                _log().exception("pylivepatch agent: a control connection could not be served")
                 conn.close()
 
     def _dispatch(self, conn: socket.socket, slots: threading.BoundedSemaphore) -> None:
@@ -276,7 +287,7 @@ class Agent:
         try:
             self._handle_one(conn)
         except Exception:  # noqa: BLE001 - a connection's failure never reaches the thread
-            log.exception("pylivepatch agent: a control connection failed")
+            _log().exception("pylivepatch agent: a control connection failed")
         finally:
             slots.release()
 
@@ -284,7 +295,7 @@ class Agent:
         with conn:
             pid, uid = _peer(conn)
             if uid not in (os.getuid(), 0):
-                log.warning("refused a control connection from pid %s uid %s", pid, uid)
+                _log().warning("refused a control connection from pid %s uid %s", pid, uid)
                 if _audit is not None:
                     with requested_by("socket", uid, pid):
                         _audit.write(
@@ -344,7 +355,7 @@ class Agent:
         except (TypeError, ValueError, protocol.ProtocolError) as exc:
             # A result JSON cannot carry (a bug): the request itself ran, so do not
             # answer as if it had failed.
-            log.exception("pylivepatch agent: cannot encode a reply")
+            _log().exception("pylivepatch agent: cannot encode a reply")
             data = protocol.encode({"ok": False, "error": _error(LivepatchError(
                 "internal", f"the agent could not encode its reply ({type(exc).__name__}: "
                 f"{exc}); the request itself ran: see status and the audit log"))})  # fmt: skip
@@ -387,7 +398,7 @@ class Agent:
             result = call()
         except LivepatchError as exc:
             if exc.code == "internal":  # the engine caught it: keep the cause's traceback
-                log.error("pylivepatch agent: %s", exc.message, exc_info=exc)
+                _log().error("pylivepatch agent: %s", exc.message, exc_info=exc)
             return {"ok": False, "error": _error(exc)}
         except BaseException as exc:  # noqa: BLE001 - answered: the agent serves on
             return {"ok": False, "error": _error(_internal(str(verb), name, exc))}
@@ -405,6 +416,7 @@ class Agent:
             return self.describe
         e = process_engine.get()
         if verb in ("upload", "load"):
+            base64 = process_engine.imported("base64")
             try:
                 data = base64.b64decode(args.pop("data"), validate=True)
             except ValueError as exc:
@@ -555,7 +567,7 @@ def _internal(verb: str, name: str, exc: BaseException) -> LivepatchError:
         f"{what}: failed inside pylivepatch ({type(exc).__name__}: {exc}); {done}; "
         "please report it",
     )
-    log.error("pylivepatch agent: %s", err.message, exc_info=exc)
+    _log().error("pylivepatch agent: %s", err.message, exc_info=exc)
     if verb in ACTIONS and not _seen.internal and _audit is not None:
         _audit.write(  # it never reached the engine's own record of the action
             {"action": verb, "payload": name or _seen.payload, "result": err.code,
@@ -570,7 +582,7 @@ def _reply_lost(verb: str, name: str, reply: dict[str, Any]) -> None:
     result = str(error.get("code", "")) if isinstance(error, dict) else "ok"
     rc = int(error.get("errno", 0)) if isinstance(error, dict) else 0
     message = "the client disconnected before the reply; the action stands as recorded above"
-    log.warning("pylivepatch agent: %s %s (%s): %s", verb, name, result, message)
+    _log().warning("pylivepatch agent: %s %s (%s): %s", verb, name, result, message)
     if _audit is not None:
         _audit.write(
             {"action": verb, "payload": name, "event": "reply-lost", "result": result,
@@ -605,7 +617,9 @@ def start(
             if app is None:
                 app = os.environ.get("PYLIVEPATCH_APP") or None
             if app:
-                store.check_app(app)
+                paths.check_app(app)
+                if not _started_installed and _may_have_installed(app):
+                    _store()  # before the socket listens, as the check of the name was
             if _audit is None:
                 _audit = Audit(app)
                 process_engine.when_created(lambda e: e.add_listener(_audit))
@@ -627,9 +641,11 @@ def apply_installed(app: str) -> list[tuple[str, LivepatchError | None]]:
     others are still applied and the program runs on.
     """
     outcome: list[tuple[str, LivepatchError | None]] = []
+    if not _may_have_installed(app):
+        return outcome  # store.installed would say so too, without its imports
     with requested_by("start", os.getuid(), os.getpid()):
         try:
-            items = store.installed(app)
+            items = _store().installed(app)
         except LivepatchError as exc:
             _report_start(app, "", exc, audit=True)
             return [("", exc)]
@@ -649,11 +665,26 @@ def apply_installed(app: str) -> list[tuple[str, LivepatchError | None]]:
     return outcome
 
 
+def _may_have_installed(app: str) -> bool:
+    """False if nothing is installed for ``app`` (its directory of installed payloads
+    does not exist); True if something may be, or the check fails (the store says why)."""
+    try:
+        os.stat(paths.installed_directory(app))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except (OSError, RuntimeError):  # (no home directory to find the state directory in)
+        pass
+    return True
+
+
+def _store() -> Any:
+    """:mod:`.store`, imported by an agent with payloads installed for its app."""
+    return process_engine.imported(f"{__package__}.store")
+
+
 def _report_start(app: str, name: str, exc: LivepatchError, audit: bool = False) -> None:
     """One line on stderr; with ``audit`` also an audit record (the engine records
     what it refused itself)."""
-    import sys
-
     if audit and _audit is not None:
         _audit.write(
             {"action": "load", "payload": name, "result": exc.code, "rc": exc.errno,

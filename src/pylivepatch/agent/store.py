@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import re
 import stat
 import time
 from collections.abc import Iterator
@@ -29,9 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LivepatchError
+from .paths import APP_NAME as APP_NAME
+from .paths import NO_APP as NO_APP
+from .paths import check_app as check_app
+from .paths import state_directory
 
-APP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-NO_APP = "_none"  # cannot collide: app names start with a letter or digit
 AUDIT_FILE = "audit.jsonl"
 AUDIT_ROTATE_BYTES = 16 * 1024 * 1024  # then audit.jsonl becomes audit.jsonl.1
 
@@ -48,19 +49,7 @@ def _state_dir(explicit: str | None, xdg: str | None, home: str | None) -> Path:
     # the path, so CPython's table of interned strings fills with deleted entries and,
     # after some thousands of actions, doubles (a step of about 0.5 MB of resident
     # memory in every process, found by the soak, benchmarks/soak.py).
-    if explicit:
-        return Path(explicit)
-    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "pylivepatch"
-
-
-def check_app(app: str) -> str:
-    if not APP_NAME.fullmatch(app):
-        raise LivepatchError(
-            "invalid-payload",
-            f"app name {app!r} is not valid: use letters, digits, '.', '_' and '-', "
-            "starting with a letter or digit, at most 64 characters",
-        )
-    return app
+    return Path(state_directory(explicit, xdg))  # (``home`` is part of the cache key)
 
 
 def app_dir(app: str | None) -> Path:

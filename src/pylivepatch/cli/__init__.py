@@ -2,20 +2,27 @@
 
 Every error a user can cause is one line ``pylivepatch: CODE: message`` on stderr and
 exit code 1 (2 for ``busy``/``timeout``: try again); never a traceback.
+
+Start-up is most of what a short command costs, so this module and the ones that
+declare verbs (``VERB_MODULES``, ``complete``) import only argparse and what is
+already loaded: each verb imports its own modules when it runs (``remote`` for the
+verbs on processes, ``build.pack`` for ``pack``...). ``tests/cli/test_cli_startup.py``
+checks that.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import importlib
-import json
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any, NoReturn
 
 from ..errors import LivepatchError
+
+TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any, NoReturn
 
 EXIT_OK, EXIT_ERROR, EXIT_RETRY = 0, 1, 2
 #: an action on several processes (or its clean-up) failed and could not be undone
@@ -28,7 +35,7 @@ EXIT_PIPE = 141
 #: ``register(sub)``, which adds its subparsers and sets ``command_function`` (called
 #: with the parsed arguments, returns the exit code) as their default. They must be
 #: light to import: every command line builds the whole parser.
-VERB_MODULES: tuple[str, ...] = ("build", "attach", "fleet")
+VERB_MODULES: tuple[str, ...] = ("build", "attach", "fleet_parser")
 
 
 class UsageError(Exception):
@@ -114,10 +121,33 @@ NO_OBJECT_CHECK_HELP = (
 JSON_HELP = "print one JSON document instead of text"
 
 
+def add_target(p: argparse.ArgumentParser) -> None:
+    """TARGET: every option repeatable; the processes any of them names."""
+    from . import complete
+
+    a = p.add_argument(
+        "-p", "--pid", type=int, action="append", default=[], metavar="PID",
+        help="a process (repeatable)",
+    )  # fmt: skip
+    a.completer = complete.pids  # type: ignore[attr-defined]
+    a = p.add_argument(
+        "--app", action="append", default=[], metavar="NAME",
+        help="every process started with `pylivepatch run --app NAME` (repeatable)",
+    )  # fmt: skip
+    a.completer = complete.apps  # type: ignore[attr-defined]
+    a = p.add_argument(
+        "--tree", type=int, action="append", default=[], metavar="PID",
+        help="a process and its descendants (repeatable)",
+    )  # fmt: skip
+    a.completer = complete.pids  # type: ignore[attr-defined]
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+
+
 def _parser() -> argparse.ArgumentParser:
+    import importlib
+
     from .. import __version__
     from . import complete
-    from .remote import add_target
 
     parser = _Parser(
         prog="pylivepatch",
@@ -344,6 +374,8 @@ def _fail(
 ) -> int:
     """One line on stderr; with ``--json`` also ``{"ok": false, "error": ...}``."""
     if getattr(args, "json", False) or (args is None and "--json" in argv):
+        import json
+
         error = {"code": exc.code, "errno": exc.errno, "message": exc.message}
         print(json.dumps({"ok": False, "error": error}))
     print(f"pylivepatch: {exc.code}: {exc.message}", file=sys.stderr)
@@ -412,6 +444,8 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
 
 
 def _pack(args: argparse.Namespace) -> int:
+    import json
+
     from ..build.pack import pack
 
     pythons = [v.strip() for v in args.python.split(",") if v.strip()] if args.python else None
@@ -442,6 +476,8 @@ def _pack(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    import json
+
     from ..payload import archive
 
     payload = archive.read(archive.read_file(args.file))

@@ -4,12 +4,13 @@ and ``load … --attach``, which attaches to its targets first."""
 from __future__ import annotations
 
 import argparse
-import json
-import signal
 import sys
-from typing import Any
 
 from ..errors import LivepatchError
+
+TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
 
 #: seconds ``load --attach`` waits for each agent (its --timeout is the load's own)
 ATTACH_PATIENCE = 30.0
@@ -63,6 +64,8 @@ def register(sub: Any) -> None:
 def _signal(name: str | None) -> int | None:
     if not name:
         return None
+    import signal
+
     key = name.upper()
     key = key if key.startswith("SIG") else "SIG" + key
     try:
@@ -146,6 +149,8 @@ def attach_command(args: argparse.Namespace) -> int:
     if len(results) == 1 and failed:
         raise LivepatchError(failed[0]["error"]["code"], failed[0]["error"]["message"])
     if args.json:
+        import json
+
         print(json.dumps({"ok": not failed, "results": results}, indent=2))
     else:
         for r in results:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
 if TYPE_CHECKING:
+    from typing import Any
+
     from ..build.builder import BuildResult
 
 
@@ -80,6 +80,9 @@ def register(sub: Any) -> None:
 
 
 def build_command(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
     from ..build.builder import BuildOptions, build
     from . import UsageError
 

@@ -11,9 +11,12 @@ imported only then: a command line that runs a verb never pays for it.
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from ..errors import LivepatchError
+
+TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def script(shell: str) -> str:

@@ -10,24 +10,24 @@ table shows each process's result.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from ..agent import protocol, store
+from ..agent import protocol
 from ..client import Client
 from ..errors import LivepatchError
-from ..payload import archive
-from . import UsageError, complete, render
+from . import UsageError, render
+
+TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any
 
 _audit_warned: set[int] = set()
 _audit_lock = threading.Lock()
@@ -48,26 +48,6 @@ def _audit_warning(pid: int, text: str) -> None:
 
 
 Client.on_audit_error = _audit_warning
-
-
-def add_target(p: argparse.ArgumentParser) -> None:
-    """TARGET: every option repeatable; the processes any of them names."""
-    a = p.add_argument(
-        "-p", "--pid", type=int, action="append", default=[], metavar="PID",
-        help="a process (repeatable)",
-    )  # fmt: skip
-    a.completer = complete.pids  # type: ignore[attr-defined]
-    a = p.add_argument(
-        "--app", action="append", default=[], metavar="NAME",
-        help="every process started with `pylivepatch run --app NAME` (repeatable)",
-    )  # fmt: skip
-    a.completer = complete.apps  # type: ignore[attr-defined]
-    a = p.add_argument(
-        "--tree", type=int, action="append", default=[], metavar="PID",
-        help="a process and its descendants (repeatable)",
-    )  # fmt: skip
-    a.completer = complete.pids  # type: ignore[attr-defined]
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
 
 
 def discover(warn: bool = True) -> list[dict[str, Any]]:
@@ -386,6 +366,10 @@ def act(args: argparse.Namespace) -> int:
     data = b""
     uploaded: list[int] = []
     if args.verb in ("upload", "load"):
+        import base64
+
+        from ..payload import archive
+
         data = _payload_bytes(args.file)
         manifest = archive.read(data).manifest
         name = name or manifest.name
@@ -413,7 +397,7 @@ def act(args: argparse.Namespace) -> int:
         # Uploads only check and change nothing: they run side by side in every process.
         with (
             render.progress(f"upload {name}", len(pids)) as steps,
-            ThreadPoolExecutor(max_workers=min(16, len(pids))) as pool,
+            _pool(len(pids)) as pool,
         ):
             for pid, (text, exc) in zip(pids, pool.map(upload_to, pids), strict=True):
                 results[pid] = text
@@ -660,6 +644,8 @@ def _newcomers(
     build = ""  # the build the others were given (apply, load)
     if fresh and verb == "apply":
         if data:
+            from ..payload import archive
+
             build = archive.read(data).manifest.build_id
         else:
             for pid in seen:
@@ -708,7 +694,31 @@ def _newcomers(
 
 
 def _payload_bytes(path: str) -> bytes:
+    from ..payload import archive
+
     return archive.read_file(path)
+
+
+class _Inline:
+    """The "pool" for one process: its upload runs in this thread (a command line on
+    one process, the common case, does not import ``concurrent.futures``)."""
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    map = staticmethod(map)
+
+
+def _pool(n: int) -> Any:
+    """Up to 16 threads for ``n`` processes' uploads, side by side."""
+    if n <= 1:
+        return _Inline()
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=min(16, n))
 
 
 def _report(
@@ -759,6 +769,8 @@ def _report(
 
 
 def install(args: argparse.Namespace) -> int:
+    from ..agent import store
+
     item = store.install(args.app, _payload_bytes(args.file))
     if args.json:
         print(json.dumps(item.to_dict()))
@@ -772,6 +784,8 @@ def install(args: argparse.Namespace) -> int:
 
 
 def uninstall(args: argparse.Namespace) -> int:
+    from ..agent import store
+
     item = store.uninstall(args.app, args.name)
     if args.json:
         print(json.dumps(item.to_dict()))
@@ -784,6 +798,8 @@ def uninstall(args: argparse.Namespace) -> int:
 
 
 def installed(args: argparse.Namespace) -> int:
+    from ..agent import store
+
     if args.pid or args.tree:
         raise UsageError("list --installed takes --app NAME (or nothing for every app)")
     items = [i for app in (args.app or store.apps()) for i in store.installed(app)]
@@ -805,6 +821,8 @@ def audit_log(args: argparse.Namespace) -> int:
     """The audit records of the target (every app's when no target is named): those of
     each ``--app``, and by pid from every app's log for ``-p``/``--tree`` (so processes
     that have exited are included)."""
+    from ..agent import store
+
     pids = set(args.pid) | {p for root in args.tree for p in _tree(root)}
     if pids:
         apps = set(args.app)
@@ -837,6 +855,8 @@ def audit_log(args: argparse.Namespace) -> int:
 
 
 def _app_of(directory: str) -> str | None:
+    from ..agent import store
+
     return None if directory == store.NO_APP else directory
 
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
-Row = Sequence[Any]
+TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+    from typing import Any
+
+    Row = Sequence[Any]
 
 
 def _width(stream: Any = None) -> int:
