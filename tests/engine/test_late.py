@@ -255,3 +255,29 @@ def test_a_late_module_may_read_a_function_the_payload_patches_in_another(lab):
     assert e.status("helper-fix").pending == ()
     e.revert("helper-fix")
     assert mod.render() == "old"
+
+
+def test_modules_imported_between_upload_and_apply_may_read_each_others_patches(lab):
+    """Both modules are imported after the upload and before the apply, so the apply
+    plans them one by one, in name order: the first (``a_user``) reads, through its own
+    global, a function the payload patches in the second (``z_home``), planned after it
+    (black 24.3.0 was refused so: ``black`` reads ``black.parsing``'s stringify_ast)."""
+    names = {"{m}home": "{m}z_home", "{m}user": "{m}a_user"}
+
+    def renamed(text: str) -> str:
+        for old, new in names.items():
+            text = text.replace(old, new)
+        return text.replace("{m}", lab.prefix)
+
+    for base, text in (("z_home", HELPER_HOME), ("a_user", HELPER_USER)):
+        (lab.root / f"{lab.name(base)}.py").write_text(renamed(textwrap.dedent(text)))
+        lab.modules.append(lab.name(base))
+    importlib.invalidate_caches()
+    e = lab.engine
+    e.upload("helper-fix", lab.pack(renamed(HELPER_FIX), against=str(lab.root)))
+    assert e.status("helper-fix").pending == (lab.name("a_user"), lab.name("z_home"))
+    mod = importlib.import_module(lab.name("a_user"))
+    e.apply("helper-fix")
+    assert mod.render() == "new!"
+    e.revert("helper-fix")
+    assert mod.render() == "old"

@@ -20,7 +20,7 @@ from ..payload.fingerprint import (
     python_tag,
     source_key,
 )
-from ..payload.manifest import DataEntry, FuncEntry, Manifest
+from ..payload.manifest import DataEntry, FuncEntry, Manifest, split_target
 from .base import EngineBase, imported
 from .compile import (
     LoadedPackage,
@@ -214,10 +214,33 @@ class Checks(EngineBase):
             value = plan.value
             if static.is_function(value) and value.__module__ == plan.target.module.__name__:
                 checks.append((plan.entry.target, [value.__code__], plan.target.module))
+        entries = [
+            e for r in self._payloads.values() if r.loaded is loaded for e in r.manifest.funcs
+        ]
+
+        def stand_in(obj: object) -> types.FunctionType | None:
+            """The function a payload object replaces, for one of a module planned
+            later (modules imported since the upload are planned one by one)."""
+            for e in entries:
+                try:
+                    new = lookup(loaded, e.new, e.target)
+                except LivepatchError:
+                    continue
+                inner = (
+                    static.func_of(new) if static.is_a(new, (staticmethod, classmethod)) else new
+                )
+                if (obj is new or obj is inner) and imported(split_target(e.target, "")[0]):
+                    try:
+                        return resolve_function(e.target).func
+                    except LivepatchError:
+                        return None
+            return None
+
         for what, codes, mod in checks:
             check_globals(
-                what, codes, mod, provided.get(mod.__name__, set()), loaded.namespace, stands_in
-            )
+                what, codes, mod, provided.get(mod.__name__, set()), loaded.namespace,
+                stands_in, stand_in,
+            )  # fmt: skip
         return funcs, data
 
     def _adopt_imported(self, rec: Record) -> None:

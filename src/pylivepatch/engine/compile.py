@@ -47,7 +47,7 @@ import textwrap
 import threading
 import types
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -673,12 +673,15 @@ def check_globals(
     provided: set[str],
     payload_ns: dict[str, Any],
     stands_in: dict[int, types.FunctionType],
+    stand_in: Callable[[object], types.FunctionType | None] = lambda obj: None,
 ) -> None:
     """Every global the new code reads must exist in the target or be added by the
     payload; a payload name that differs from the target's is a clash, unless the
     payload's object is the replacement of the target's (``stands_in``: id of a
-    replacement -> the function it patches): the new code then calls the patched
-    function, as the payload's author meant."""
+    replacement -> the function it patches, for the functions planned so far;
+    ``stand_in``: the same for any other function of the payload, asked on a clash
+    only): the new code then calls the patched function, as the payload's author
+    meant."""
     target_ns = static.module_dict(module)
     for code in codes:
         for name in sorted(needed_globals(code)):
@@ -689,6 +692,9 @@ def check_globals(
                 if mine is theirs or (
                     id(mine) in stands_in and unwrap_function(theirs) is stands_in[id(mine)]
                 ):
+                    continue
+                replaced = stand_in(mine) if name in payload_ns else None
+                if replaced is not None and unwrap_function(theirs) is replaced:
                     continue
                 if name in payload_ns:
                     raise LivepatchError(
