@@ -29,3 +29,18 @@ def test_spec_lists_every_error_code_with_its_errno_and_exit_code():
     for code, (name, exit_code) in rows.items():
         assert getattr(errno, name) == CODES[code], f"{code}: spec says {name}"
         assert exit_code == (2 if code in RETRYABLE else 1), f"{code}: spec says exit {exit_code}"
+
+
+def test_each_kind_list_is_declared_once_and_followed():
+    """Hook kinds and consistency modes come from pylivepatch/kinds.py: what the engine
+    keys by them has exactly those keys, and the spec names each."""
+    from pylivepatch import kinds
+    from pylivepatch.engine.base import DEFAULT_TIMEOUT
+    from pylivepatch.engine.hooks import HOOKS
+
+    assert tuple(DEFAULT_TIMEOUT) == kinds.CONSISTENCY
+    assert tuple(HOOKS) == kinds.HOOK_KINDS
+    assert {k for k, veto in HOOKS.items() if veto} == set(kinds.VETOING_HOOKS)
+    text = SPEC.read_text()
+    for name in (*kinds.HOOK_KINDS, *kinds.CONSISTENCY):
+        assert f"`{name}`" in text, f"spec.md does not name {name}"

@@ -19,7 +19,7 @@ PACKAGE = SRC / "pylivepatch"
 
 #: bottom first; a module belongs to the first layer one of whose prefixes it starts with
 LAYERS: list[tuple[str, ...]] = [
-    ("pylivepatch.errors", "pylivepatch.results"),
+    ("pylivepatch.errors", "pylivepatch.results", "pylivepatch.kinds"),
     ("pylivepatch.payload",),
     ("pylivepatch.engine", "pylivepatch.state", "pylivepatch.process_engine"),
     ("pylivepatch.agent",),

@@ -40,6 +40,7 @@ import time
 
 from .. import process_engine
 from ..errors import MAX_TIMEOUT, LivepatchError
+from ..kinds import CONSISTENCY
 from . import cforks, paths, protocol
 from .audit import Audit, requested_by, required, take_failure
 
@@ -460,11 +461,7 @@ def _checked(verb: object, args: object) -> dict[str, Any]:
             bad = "a base64 string"
         elif kind == _FLAG and type(value) is not bool:
             bad = "true or false"
-        elif (
-            kind == _MODE
-            and value is not None
-            and value not in ("transition", "atomic", "immediate")
-        ):
+        elif kind == _MODE and value is not None and value not in CONSISTENCY:
             bad = "transition, atomic, immediate or null"
         elif kind == _SINCE and (type(value) is not int or not 0 <= value < 1 << 62):
             bad = "an event number (an integer from 0)"

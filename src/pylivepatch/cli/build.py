@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..kinds import CONSISTENCY
+
 TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
 if TYPE_CHECKING:
     from typing import Any
@@ -59,9 +61,7 @@ def register(sub: Any) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--depends", metavar="BUILD_ID", help="stack on this payload")
     group.add_argument("--independent", action="store_true", help="stack on nothing (the default)")
-    p.add_argument(
-        "--consistency", default="transition", choices=("transition", "atomic", "immediate")
-    )
+    p.add_argument("--consistency", default="transition", choices=CONSISTENCY)
     p.add_argument("--python", metavar="VERSIONS", help="e.g. 3.11,3.12 (default: this one)")
     p.add_argument(
         "--allow", action="append", default=[], metavar="KIND",

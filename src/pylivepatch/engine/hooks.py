@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import LivepatchError
-from ..payload.manifest import HOOK_KINDS
+from ..kinds import HOOK_KINDS, VETOING_HOOKS
 from .state import SystemState
 
 #: name -> may it veto (the kinds are the manifest's; only ``pre_*`` hooks veto)
-HOOKS: dict[str, bool] = {kind: kind in ("pre_apply", "pre_revert") for kind in HOOK_KINDS}
+HOOKS: dict[str, bool] = {kind: kind in VETOING_HOOKS for kind in HOOK_KINDS}
 PAIRS = {"apply": ("pre_apply", "post_apply"), "revert": ("pre_revert", "post_revert")}
 
 log = logging.getLogger("pylivepatch.hooks")

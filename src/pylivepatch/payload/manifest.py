@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import LivepatchError
+from ..kinds import CONSISTENCY, HOOK_KINDS
 
 FORMAT = 1
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,127}\Z")  # \Z: "$" lets a final newline through
@@ -20,8 +21,6 @@ BUILD_ID_RE = re.compile(r"^[0-9a-f]{64}\Z")
 PYTHON_RE = re.compile(r"^3\.[0-9]{1,2}\Z")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 QUALNAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
-HOOK_KINDS = ("pre_apply", "post_apply", "pre_revert", "post_revert", "apply", "revert")
-CONSISTENCY = ("transition", "atomic", "immediate")
 
 # Limits of what one manifest may hold (documented in docs/payload-format.md).
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
