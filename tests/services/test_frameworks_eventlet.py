@@ -13,14 +13,13 @@ tested: docs/frameworks.md, "eventlet"."""
 
 from __future__ import annotations
 
-import json
 import sys
 from importlib.util import find_spec
 
 import pytest
 
-from frameworks.pairs import Load, settle
-from test_services import agents, cli, free_port, run_service, serving, stop, wait_until
+from frameworks.pairs import load_and_revert_twice
+from test_services import agents, free_port, run_service, stop, wait_until
 
 pytestmark = [
     pytest.mark.system,  # starts servers, gdb or namespaces: not in the fast lane
@@ -86,30 +85,10 @@ def test_eventlet_wsgi_transition_never_mixes_versions(lab):
     serve = lab.write("evserve.py", SERVE.replace("{m}", lab.prefix))
     port, app = free_port(), f"ev-{lab.prefix}".rstrip("_")
     server = run_service(lab, app, [sys.executable, str(serve), str(port)])
-    load = None
     try:
         wait_until(lambda: len(agents(lab, app)) == 1, "the server's agent")
-        wait_until(lambda: serving(port), "listening")
-        load = Load(port)
-        wait_until(lambda: len(load.since(0)) > 20, "answers")
-        workers = {pid for _, pid in load.since(0)}
-        assert workers == set(agents(lab, app))
-        (lab.root / "fix.lpz").write_bytes(lab.pack(FIX))
-        for _ in range(2):
-            out = cli("load", "fix.lpz", "--app", app, "--json", cwd=lab.root)
-            assert out.returncode == 0, out.stdout + out.stderr
-            results = json.loads(out.stdout)["processes"]
-            assert all(r.startswith("applied") for r in results.values()), results
-            settle(load, "v2", workers, "after load")
-            out = cli("revert", "eventlet-v2", "--app", app, cwd=lab.root)
-            assert out.returncode == 0, out.stdout + out.stderr
-            settle(load, "v1", workers, "after revert")
-            assert cli("unload", "eventlet-v2", "--app", app, cwd=lab.root).returncode == 0
-        load.close()
-        mixed = [pair for _, pair, _ in load.answers if pair[0] != pair[1]]
-        assert mixed == [], f"{len(mixed)} of {len(load.answers)} answers mixed versions"
-        assert load.failures == [], load.failures[:3]
+        load_and_revert_twice(
+            lab, port, app, FIX, "eventlet-v2", 1, serving_pids=set(agents(lab, app))
+        )
     finally:
-        if load is not None:
-            load.close()
         stop(server)

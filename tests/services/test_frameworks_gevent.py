@@ -10,15 +10,14 @@ docs/frameworks.md, "gunicorn with gevent workers"."""
 
 from __future__ import annotations
 
-import json
 import sys
 
 import pytest
 
 from attach_support import GDB
-from frameworks.pairs import Load, settle
+from frameworks.pairs import load_and_revert_twice
 from test_attach_services import attach_app, start
-from test_services import GUNICORN, agents, cli, free_port, run_service, serving, stop, wait_until
+from test_services import GUNICORN, agents, free_port, run_service, serving, stop, wait_until
 
 pytest.importorskip("gevent")
 pytestmark = [
@@ -72,7 +71,7 @@ def test_gunicorn_gevent_transition_never_mixes_versions(lab):
     ])  # fmt: skip
     try:
         wait_until(lambda: len(agents(lab, app)) == 3, "the master and 2 workers")
-        _load_and_revert_twice(lab, port, app)
+        load_and_revert_twice(lab, port, app, FIX, "gevent-v2", 2)
     finally:
         stop(server)
 
@@ -92,33 +91,6 @@ def test_gunicorn_gevent_started_plainly_and_attached(lab):
     try:
         wait_until(lambda: serving(port), "listening")
         attach_app(lab, server.pid, app, 3, "auto")
-        _load_and_revert_twice(lab, port, app)
+        load_and_revert_twice(lab, port, app, FIX, "gevent-v2", 2)
     finally:
         stop(server)
-
-
-def _load_and_revert_twice(lab, port: int, app: str) -> None:
-    load = None
-    try:
-        wait_until(lambda: serving(port), "listening")
-        load = Load(port)
-        wait_until(lambda: len({pid for _, pid in load.since(0)}) == 2, "answers from 2 workers")
-        workers = {pid for _, pid in load.since(0)}
-        (lab.root / "fix.lpz").write_bytes(lab.pack(FIX))
-        for _ in range(2):
-            out = cli("load", "fix.lpz", "--app", app, "--json", cwd=lab.root)
-            assert out.returncode == 0, out.stdout + out.stderr
-            results = json.loads(out.stdout)["processes"]
-            assert all(r.startswith("applied") for r in results.values()), results
-            settle(load, "v2", workers, "after load")
-            out = cli("revert", "gevent-v2", "--app", app, cwd=lab.root)
-            assert out.returncode == 0, out.stdout + out.stderr
-            settle(load, "v1", workers, "after revert")
-            assert cli("unload", "gevent-v2", "--app", app, cwd=lab.root).returncode == 0
-        load.close()
-        mixed = [pair for _, pair, _ in load.answers if pair[0] != pair[1]]
-        assert mixed == [], f"{len(mixed)} of {len(load.answers)} answers mixed versions"
-        assert load.failures == [], load.failures[:3]
-    finally:
-        if load is not None:
-            load.close()
