@@ -34,6 +34,15 @@ from .undo import Undo
 DEFAULT_TIMEOUT = {"transition": 10.0, "atomic": 1.0, "immediate": 0.0}
 LATE_IMPORT_WAIT = 30.0  # seconds an import waits for a running action to end
 TRANSITION_SWITCH_INTERVAL = 0.0005  # seconds; see Consistency._transition
+TRANSITION_POLL = (0.001, 0.05)  # seconds between checks of a transition: first, longest
+TRANSITION_NAMES_EVERY = 0.25  # seconds between checks that name every blocker (status)
+
+
+def way_back(limit: float) -> float:
+    """How long the way back of a transition that timed out may take: a quarter of the
+    timeout, at least 1 s, at most the timeout. The action then returns within about
+    ``limit + way_back(limit)`` (docs/benchmarks.md, "The timeout as a bound")."""
+    return min(limit, max(1.0, limit / 4))
 
 
 class EngineBase:

@@ -39,6 +39,7 @@ import builtins
 import contextlib
 import copy
 import encodings.cp437  # noqa: F401 - zipfile decodes payload file names with it: imported
+import functools
 import importlib.machinery  # with the engine, never during an action (see ImportRecord)
 import importlib.util
 import linecache
@@ -587,6 +588,15 @@ def _first_anext(agen: Any) -> Any:
         sys.set_asyncgen_hooks(*hooks)
 
 
+@functools.lru_cache(maxsize=1024)
+def _compiled(src: str, filename: str) -> types.CodeType:
+    """A trampoline's source compiled, once per source and name: code objects are
+    immutable, and a compile is most of what preparing a transition costs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "'str' object is not callable": the placeholder
+        return compile(src, filename, "exec", dont_inherit=True)
+
+
 def trampoline_code(
     ft: FunctionTarget, code: types.CodeType, impl: types.FunctionType
 ) -> types.CodeType:
@@ -641,10 +651,7 @@ def trampoline_code(
         if freevars
         else inner
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "'str' object is not callable": the placeholder
-        top = compile(src, f"<pylivepatch trampoline {ft.target}>", "exec", dont_inherit=True)
-    tramp = _extract(top, code.co_name)
+    tramp = _extract(_compiled(src, f"<pylivepatch trampoline {ft.target}>"), code.co_name)
     assert tramp is not None and tramp.co_freevars == freevars, (
         tramp and tramp.co_freevars,
         freevars,

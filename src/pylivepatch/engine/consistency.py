@@ -8,7 +8,6 @@ final pause, reversed on a timeout, a revert request or a failure
 from __future__ import annotations
 
 import builtins
-import sys
 import time
 import types
 from collections.abc import Callable
@@ -16,7 +15,14 @@ from typing import Any
 
 from ..errors import LivepatchError
 from . import collector, pause
-from .base import DEFAULT_TIMEOUT, TRANSITION_SWITCH_INTERVAL, Act, func_attrs
+from .base import (
+    DEFAULT_TIMEOUT,
+    TRANSITION_NAMES_EVERY,
+    TRANSITION_POLL,
+    Act,
+    func_attrs,
+    way_back,
+)
 from .hooked import Hooked
 from .records import DataSlot, FuncSlot
 from .swap import undo_data_ops
@@ -117,18 +123,14 @@ class Consistency(Hooked):
         With many busy threads, every time the engine's thread gives the GIL up (a
         sleep, the hand-over after a pause) or is made to (after a switch interval of
         Python), it waits for a round of the other threads, each running a switch
-        interval: a round of the default 5 ms with 128 threads is 0.64 s. So the interval
-        is shortened for the whole transition, from the preparation of the dispatchers
-        to the final pause (and restored after): a thread preempted inside old code gets
-        the GIL back sooner to leave it, and so does the engine (docs/benchmarks.md,
-        "Transitions under load")."""
-        interval = self._saved_switch_interval = sys.getswitchinterval()  # (engine/forks.py)
-        sys.setswitchinterval(min(interval, TRANSITION_SWITCH_INTERVAL))
-        try:
-            return self._run_transition(act, ops, limit, force)
-        finally:
-            sys.setswitchinterval(interval)
-            self._saved_switch_interval = None
+        interval: a round of the default 5 ms with 128 threads is 0.64 s. So every
+        action runs with the interval shortened (Engine._action): a thread preempted
+        inside old code gets the GIL back sooner to leave it, and the engine's own work,
+        switched out as often as any thread's, waits a short round each time. Each
+        check asks only whether anything blocks, in a few C-level passes, and names
+        every blocker only now and then (docs/benchmarks.md, "Transitions under
+        load")."""
+        return self._run_transition(act, ops, limit, force)
 
     def _run_transition(
         self, act: Act, ops: pause.Ops, limit: float, force: bool
@@ -198,22 +200,32 @@ class Consistency(Hooked):
         the old code is installed; then the failure is raised."""
         progress = self._progress[act.name]
         t0 = time.monotonic()
-        deadline, delay, reversed_ = t0 + limit, 0.001, False
+        first_delay, longest = TRANSITION_POLL
+        deadline, delay, reversed_ = t0 + limit, first_delay, False
+        back_limit = limit  # the way back's budget, once reversed
+        named_at = t0  # when a check next names every blocker (status shows them)
         first_blockers: builtins.list[str] = []
         cancelled = False
         failure: BaseException | None = None
         while True:
             try:
                 self._at("transition.wait")
-                blockers = trans.blockers()
+                now = time.monotonic()
+                # Most checks only ask whether anything blocks: naming every blocker
+                # among hundreds of threads is most of a check's cost. Every blocker is
+                # named for status now and then, and at the deadline (the report).
+                named = now >= named_at or now >= deadline
+                blockers = trans.blockers(first=not named)
+                if named:
+                    named_at = now + TRANSITION_NAMES_EVERY
+                    progress["blockers"] = blockers
                 progress.update(
                     transition="reversing"
                     if reversed_
                     else ("patching" if data_first else "unpatching"),
                     # the state it leads to (the kernel's target state)
                     target=str(State.APPLIED if data_first != reversed_ else State.CHECKED),
-                    elapsed=time.monotonic() - t0,
-                    blockers=blockers,
+                    elapsed=now - t0,
                 )
                 request = (
                     self._reverse_requests.pop(act.name, None)
@@ -221,7 +233,7 @@ class Consistency(Hooked):
                     else None
                 )
                 if request is not None:  # the way back gets the revert's timeout and force
-                    limit = limit if request[0] is None else request[0]
+                    limit = back_limit = limit if request[0] is None else request[0]
                     force = request[1]
                     act.emit("reversing", reason="revert requested during the transition")
                     first_blockers, cancelled = (
@@ -229,9 +241,10 @@ class Consistency(Hooked):
                         True,
                     )
                     trans.reverse()
-                    reversed_, deadline, delay = True, time.monotonic() + limit, 0.001
+                    reversed_, deadline, delay = True, time.monotonic() + limit, first_delay
+                    named_at = 0.0
                     continue
-                if blockers and time.monotonic() >= deadline:
+                if blockers and now >= deadline:
                     if force:  # an operator's --force: mixing is asked for, and recorded
                         act.emit(
                             "forced",
@@ -242,7 +255,7 @@ class Consistency(Hooked):
                     elif reversed_:  # the way back is blocked too: stuck, never forced
                         stuck = Stuck(
                             act, trans, ops, undo_data, data, dispatchers, data_first,
-                            first_blockers, blockers, failure, cancelled, limit,
+                            first_blockers, blockers, failure, cancelled, limit, back_limit,
                         )  # fmt: skip
                         act.stuck = stuck
                         act.emit("stuck", blockers=blockers, target=stuck.target)
@@ -251,11 +264,14 @@ class Consistency(Hooked):
                         act.emit("reversing", blockers=blockers)
                         first_blockers = blockers
                         trans.reverse()
-                        reversed_, deadline, delay = True, time.monotonic() + limit, 0.001
+                        # The way back has a budget of its own, a part of the timeout:
+                        # the action returns soon after the timeout, never at twice it.
+                        reversed_, delay, back_limit = True, first_delay, way_back(limit)
+                        deadline, named_at = time.monotonic() + back_limit, 0.0
                 if blockers:  # never past the deadline: the timeout is a bound
                     with collector.released():  # the program runs: so does the collector
                         time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
-                    delay = min(delay * 2, 1.0)
+                    delay = min(delay * 2, longest)
                     continue
                 result = self._final_pause(
                     trans, ops, undo_data, data, dispatchers, data_first, reversed_
@@ -273,7 +289,7 @@ class Consistency(Hooked):
                 if not reversed_:
                     trans.reverse()
                     reversed_ = True
-                deadline, delay = time.monotonic() + limit, 0.001
+                deadline, delay, named_at = time.monotonic() + limit, first_delay, 0.0
         if reversed_:
             act.emit("transition-reversed")
             if failure is not None:
@@ -333,32 +349,26 @@ class Consistency(Hooked):
         progress.update(transition="reversing", target=stuck.target, blockers=stuck.blockers)
         t0 = time.monotonic()
         deadline, delay = t0 + limit, 0.001
-        interval = self._saved_switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(interval, TRANSITION_SWITCH_INTERVAL))
-        try:
-            while True:
-                self._at("transition.wait")
-                blockers = stuck.trans.blockers()
-                stuck.blockers = blockers
-                progress.update(elapsed=time.monotonic() - t0, blockers=blockers)
-                if blockers and time.monotonic() >= deadline:
-                    if not force:
-                        act.emit("stuck", blockers=blockers, target=stuck.target)
-                        raise stuck.error(str(act.action), again=True)
-                    act.emit("forced", blockers=blockers, reason="stuck transition finished")
-                    blockers = []
-                if blockers:
-                    time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
-                    delay = min(delay * 2, 1.0)
-                    continue
-                result = self._final_pause(
-                    stuck.trans, stuck.ops, stuck.undo_data, stuck.data, stuck.dispatchers,
-                    stuck.data_first, True,
-                )  # fmt: skip
-                break
-        finally:
-            sys.setswitchinterval(interval)
-            self._saved_switch_interval = None
+        while True:
+            self._at("transition.wait")
+            blockers = stuck.trans.blockers()
+            stuck.blockers = blockers
+            progress.update(elapsed=time.monotonic() - t0, blockers=blockers)
+            if blockers and time.monotonic() >= deadline:
+                if not force:
+                    act.emit("stuck", blockers=blockers, target=stuck.target)
+                    raise stuck.error(str(act.action), again=True)
+                act.emit("forced", blockers=blockers, reason="stuck transition finished")
+                blockers = []
+            if blockers:
+                time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+                delay = min(delay * 2, TRANSITION_POLL[1])
+                continue
+            result = self._final_pause(
+                stuck.trans, stuck.ops, stuck.undo_data, stuck.data, stuck.dispatchers,
+                stuck.data_first, True,
+            )  # fmt: skip
+            break
         act.stuck = None
         act.emit("transition-reversed")
         return result
@@ -386,6 +396,7 @@ class Stuck:
         failure: BaseException | None,
         cancelled: bool,
         limit: float,
+        back_limit: float,
     ) -> None:
         self.action, self.name = str(act.action), act.name
         self.trans, self.ops, self.undo_data, self.data = trans, ops, undo_data, data
@@ -398,7 +409,7 @@ class Stuck:
             if cancelled
             else f"it did not complete within {limit:g}s"
         )
-        self.limit = limit
+        self.limit = back_limit  # what the way back had
         self.since = time.time()
         # the state the way back leads to, and the action that resumes it
         self.target = str(State.CHECKED if data_first else State.APPLIED)

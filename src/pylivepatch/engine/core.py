@@ -21,6 +21,7 @@ import builtins
 import errno
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +33,15 @@ from ..payload import archive, signing
 from ..payload.fingerprint import ModuleSource, python_tag
 from ..payload.manifest import DataEntry, FuncEntry, Manifest
 from . import collector, datafiles, forks, pause
-from .base import DEFAULT_TIMEOUT, Act, NoAction, imported, module_of, prev_states
+from .base import (
+    DEFAULT_TIMEOUT,
+    TRANSITION_SWITCH_INTERVAL,
+    Act,
+    NoAction,
+    imported,
+    module_of,
+    prev_states,
+)
 from .compile import LoadedPackage, load_package, lookup
 from .consistency import Stuck
 from .events import Event, History
@@ -164,7 +173,14 @@ class Engine(LateObjects):
             act.emit("started", **request)
             stuck = next(iter(self._stuck.values()), None)
             held = collector.take()  # given back in the finally below
+            # The action's own work is switched out often but briefly (base.py,
+            # TRANSITION_SWITCH_INTERVAL); the process's interval is put back at the end.
+            self._saved_switch_interval = pause.switch_interval()  # (engine/forks.py)
+            sys.setswitchinterval(min(self._saved_switch_interval, TRANSITION_SWITCH_INTERVAL))
         except BaseException:  # MemoryError, KeyboardInterrupt: never keep the lock
+            if self._saved_switch_interval is not None:
+                sys.setswitchinterval(self._saved_switch_interval)
+                self._saved_switch_interval = None
             self._progress.pop(name, None)
             self._undo = self._owner = None
             self._lock.release()
@@ -231,6 +247,9 @@ class Engine(LateObjects):
         finally:
             if held:
                 collector.give()
+            if self._saved_switch_interval is not None:
+                sys.setswitchinterval(self._saved_switch_interval)
+                self._saved_switch_interval = None
             self._progress.pop(name, None)
             self._sync_import_hook()
             self._undo = None

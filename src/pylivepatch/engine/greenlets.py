@@ -100,7 +100,7 @@ def read_stacks() -> Iterator[dict[int, list[types.FrameType]]]:
         with pause.read_stacks() as stacks:
             yield stacks
         return
-    saved = sys.getswitchinterval()
+    saved = pause.switch_interval()
     sys.setswitchinterval(max(saved, HOLD))
     was_enabled = gc.isenabled()
     try:

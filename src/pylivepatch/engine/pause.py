@@ -150,11 +150,19 @@ def gil_disabled() -> bool:
     return is_enabled is not None and not is_enabled()
 
 
+def switch_interval() -> float:
+    """The GIL switch interval, as a value that ``sys.setswitchinterval`` takes back
+    exactly. CPython keeps whole microseconds and truncates: the seconds it returns
+    (``1e-6 * us``), given back as they are, can lose one (0.007 s comes back as
+    6,999 µs), and every save and restore would change the process's own value."""
+    return sys.getswitchinterval() + 5e-7
+
+
 @contextmanager
 def held_off(interval: float = PAUSE_SWITCH_INTERVAL) -> Iterator[None]:
     """Thread switching held off for the block: the switch interval raised to at least
     ``interval``, then restored and the GIL handed round (:func:`hand_round`)."""
-    saved = sys.getswitchinterval()
+    saved = switch_interval()
     sys.setswitchinterval(max(saved, interval))
     try:
         yield
@@ -313,7 +321,7 @@ def run(ops: Ops, blocking: set[int] | None, in_flight: InFlight | None = None) 
         # it is raised. Switched out then (at any bytecode, when another thread asks),
         # it would leave the interval raised for every thread: each that starts waiting
         # reads it, and with many busy threads a round of them takes a second apiece.
-        saved = sys.getswitchinterval()
+        saved = switch_interval()
         raised = max(saved, PAUSE_SWITCH_INTERVAL)
         held = chain(
             map(sys.setswitchinterval, (raised,)), gated, map(sys.setswitchinterval, (saved,))

@@ -7,7 +7,7 @@ and runs the old version if any frame there runs old code of the payload, else t
 one. The transition completes when no thread stack and no suspended generator,
 coroutine or async generator runs old code of the payload; then one pause installs the
 new code directly, so the steady state costs nothing. Checks happen at growing
-intervals (1 ms up to 1 s).
+intervals (1 ms up to 50 ms).
 
 Once no old frame exists anywhere, none can appear again: the dispatchers only pick the
 old version for a call made from an old frame. So the check and the final pause need
@@ -16,6 +16,7 @@ not be atomic together.
 
 from __future__ import annotations
 
+import functools
 import gc
 import operator
 import sys
@@ -186,23 +187,29 @@ class Transition:
     def final_triples(self) -> list[tuple[types.FunctionType, Triple]]:
         return [(fn, target) for fn, _, target in self.pairs]
 
-    def _on_stacks(self, stacks: dict[int, list[types.FrameType]]) -> list[str]:
-        """The threads whose stacks block the transition. A function apart from
+    def _on_stacks(self, stacks: dict[int, list[types.FrameType]], first: bool) -> list[str]:
+        """The threads whose stacks block the transition (``first``: the first found
+        only, which is all a check that goes on waiting needs). A function apart from
         :meth:`blockers`: its loop variables, which hold frames, then live in a frame
         that is not on the stacks read, so they form no cycle (pause module docstring)."""
         found: list[str] = []
-        names = {t.ident: t.name for t in threading.enumerate()}
+        names: dict[int | None, str] | None = None
         for tid, frames in stacks.items():
             for i, f in enumerate(frames):
                 code = f.f_code
                 if id(code) in self.old_ids:
-                    where = _where(f, self.qualnames)
-                    found.append(f"{_who(tid, names)} in {where}")
-                    break
-                if code is _DISPATCH_CODE and in_flight(f, frames[i - 1] if i else None):
+                    what = f"in {_where(f, self.qualnames)}"
+                elif code is _DISPATCH_CODE and in_flight(f, frames[i - 1] if i else None):
                     where = _where(frames[i + 1], self.qualnames) if i + 1 < len(frames) else "?"
-                    found.append(f"{_who(tid, names)} choosing a version in a dispatcher ({where})")
-                    break
+                    what = f"choosing a version in a dispatcher ({where})"
+                else:
+                    continue
+                if names is None:  # only once a blocker is found: threads are many
+                    names = {t.ident: t.name for t in threading.enumerate()}
+                found.append(f"{_who(tid, names)} {what}")
+                break
+            if found and first:
+                break
         return found
 
     def _may_block(self, stacks: dict[int, list[types.FrameType]]) -> bool:
@@ -213,21 +220,24 @@ class Transition:
         codes = set(map(id, map(_F_CODE, chain.from_iterable(stacks.values()))))
         return _DISPATCH_ID in codes or not codes.isdisjoint(self.old_ids)
 
-    def blockers(self) -> list[str]:
-        """Threads and suspended generators/coroutines still running old code.
+    def blockers(self, first: bool = False) -> list[str]:
+        """Threads and suspended generators/coroutines still running old code; with
+        ``first``, at most one (a check that goes on waiting needs no more, and naming
+        every blocker of hundreds of threads is most of a check's cost).
 
         The stacks are read at one instant, in C (:func:`pause.stacks`); after that only
         what a frame keeps is read (its code, line, globals and, for a dispatcher, its
         locals), never ``f_back`` of a frame its thread may have left."""
         # threads and suspended greenlets (gevent's requests), read at one instant
         with greenlets.read_stacks() as stacks:  # every frame let go of at the end
-            found = self._on_stacks(stacks) if self._may_block(stacks) else []
+            found = self._on_stacks(stacks, first) if self._may_block(stacks) else []
         if found:
             return found
         if self.suspendable:
-            found.extend(
-                _describe_suspended(obj, self.qualnames) for obj in _suspended(self.old_ids)
-            )
+            for obj in _suspended(self.old_ids):
+                found.append(_describe_suspended(obj, self.qualnames))
+                if first:
+                    break
         return found
 
 
@@ -243,25 +253,32 @@ def _dispatcher_code(fn: types.FunctionType, source: types.CodeType, d: Dispatch
     star, dstar = "args", "kwargs"
     while star in source.co_freevars or dstar in source.co_freevars:
         star, dstar = "_" + star, "_" + dstar
-    params = f"*{star}, **{dstar}"
-    if kind & CO_ASYNC_GENERATOR:
-        src = f"async def {source.co_name}({params}):\n    yield\n"
-    elif kind & CO_COROUTINE:
-        src = f"async def {source.co_name}({params}):\n    pass\n"
-    elif kind & CO_GENERATOR:
-        src = f"def {source.co_name}({params}):\n    yield\n"
-    else:
-        src = f"def {source.co_name}({params}):\n    pass\n"
-    shape = next(
-        c
-        for c in compile(src, "<pylivepatch dispatcher>", "exec").co_consts
-        if isinstance(c, types.CodeType)
-    )
+    shape = _shape(kind, source.co_name, star, dstar)
     module = sys.modules.get(fn.__module__)
     if not static.is_module(module):  # never its truth value or isinstance: the program's
         module = types.ModuleType(fn.__module__)
     target = FunctionTarget(f"{fn.__module__}:{fn.__qualname__}", module, fn, [])
     return trampoline_code(target, shape, d)  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=256)
+def _shape(kind: int, name: str, star: str, dstar: str) -> types.CodeType:
+    """The code a dispatcher of that kind and name is made from (compiled once: a
+    compile is most of what preparing a transition costs the engine)."""
+    params = f"*{star}, **{dstar}"
+    if kind & CO_ASYNC_GENERATOR:
+        src = f"async def {name}({params}):\n    yield\n"
+    elif kind & CO_COROUTINE:
+        src = f"async def {name}({params}):\n    pass\n"
+    elif kind & CO_GENERATOR:
+        src = f"def {name}({params}):\n    yield\n"
+    else:
+        src = f"def {name}({params}):\n    pass\n"
+    return next(
+        c
+        for c in compile(src, "<pylivepatch dispatcher>", "exec").co_consts
+        if isinstance(c, types.CodeType)
+    )
 
 
 def _qualnames(pairs: list[tuple[types.FunctionType, Triple, Triple]]) -> dict[int, str]:
