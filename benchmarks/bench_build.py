@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from pylivepatch.build.builder import BuildOptions, build, compare_trees  # noqa: E402
-from pylivepatch.build.sources import materialize  # noqa: E402
+from pylivepatch.builder.build import BuildOptions, build, compare_trees  # noqa: E402
+from pylivepatch.builder.sources import materialize  # noqa: E402
 
 PAIRS = [
     ("starlette", "0.49.0", "0.49.1"),  # the corpus pair with the most source
@@ -123,7 +123,7 @@ def small_changes(rounds: int) -> None:
             times.append(time.perf_counter() - t0)
             assert result.data, result.refusals
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import pylivepatch.build.builder"], check=True,
+        subprocess.run([sys.executable, "-c", "import pylivepatch.builder.build"], check=True,
                        env={"PYTHONPATH": str(ROOT / "src")})  # fmt: skip
         start = time.perf_counter() - t0
         best = min(times)

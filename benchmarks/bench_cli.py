@@ -41,7 +41,7 @@ SRC = str(ROOT / "src")
 sys.path.insert(0, SRC)
 
 from pylivepatch import Client  # noqa: E402
-from pylivepatch.build.pack import pack  # noqa: E402
+from pylivepatch.builder.pack import pack  # noqa: E402
 
 TARGET = "def price(x):\n    return x * 2\n"
 FIX = """

@@ -27,7 +27,7 @@ import timeit
 from pathlib import Path
 
 import pylivepatch as lp
-from pylivepatch.build.pack import pack
+from pylivepatch.builder.pack import pack
 
 
 def write_module(root: Path, name: str, source: str) -> object:

@@ -38,7 +38,7 @@ def measure(root: Path, n: int, consistency: str, heap: int) -> dict[str, float]
     import gc
 
     import pylivepatch as lp
-    from pylivepatch.build.pack import pack
+    from pylivepatch.builder.pack import pack
 
     ballast = [[i] for i in range(heap)]  # a service's heap: GC-tracked, long-lived
     name = f"scale_{n}"

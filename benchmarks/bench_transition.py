@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pylivepatch as lp
 from pylivepatch import LivepatchError
-from pylivepatch.build.pack import pack
+from pylivepatch.builder.pack import pack
 from pylivepatch.engine.base import TRANSITION_SWITCH_INTERVAL
 
 TARGET = """

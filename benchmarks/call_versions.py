@@ -43,7 +43,7 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 import pylivepatch as lp  # noqa: E402
-from pylivepatch.build.pack import pack  # noqa: E402
+from pylivepatch.builder.pack import pack  # noqa: E402
 
 TARGET = """
 def plain(x):

@@ -172,7 +172,7 @@ class Pylivepatch(Tool):
         return super().setup()
 
     def prepare(self, n: int) -> None:
-        from pylivepatch.build.pack import pack
+        from pylivepatch.builder.pack import pack
 
         src = self.root / f"fix_{n}.py"
         src.write_text(payload(self.size, n, f"fix-{n}"))
@@ -428,7 +428,7 @@ def tramp(x):
 def calls_worker(rounds: int, number: int) -> dict[str, Any]:
     """Steady-state call cost of a one-line function after each tool changed it."""
     import pylivepatch as lp
-    from pylivepatch.build.pack import pack
+    from pylivepatch.builder.pack import pack
 
     tmp = Path(tempfile.mkdtemp(prefix="lpb-calls-"))
     sys.path.insert(0, str(tmp))

@@ -267,7 +267,7 @@ def cli(root: Path, *args: str) -> None:
 
 
 def latency(quick: bool, smoke: bool = False) -> list[Row]:
-    from pylivepatch.build.pack import pack
+    from pylivepatch.builder.pack import pack
 
     rounds = 1 if smoke else 3 if quick else 7
     rows = []

@@ -55,7 +55,7 @@ if SRC not in sys.path:
 
 from pylivepatch import Client, LivepatchError  # noqa: E402
 from pylivepatch.agent import protocol  # noqa: E402
-from pylivepatch.build.pack import pack  # noqa: E402
+from pylivepatch.builder.pack import pack  # noqa: E402
 
 # Between outer's own version and its call of inner the request sleeps (letting go of
 # the GIL): a swap that is not atomic for the request lands there and shows as an

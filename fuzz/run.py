@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from pylivepatch import Client, LivepatchError  # noqa: E402
 from pylivepatch.agent import protocol  # noqa: E402
-from pylivepatch.build.pack import pack  # noqa: E402
+from pylivepatch.builder.pack import pack  # noqa: E402
 from pylivepatch.payload import archive  # noqa: E402
 
 HANG_SECONDS = 2.0

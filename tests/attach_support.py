@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pylivepatch.build.pack import pack
+from pylivepatch.builder.pack import pack
 
 TESTS = Path(__file__).resolve().parent
 TARGET = TESTS / "attach_target.py"

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from pylivepatch import LivepatchError, engine
-from pylivepatch.build.pack import pack
+from pylivepatch.builder.pack import pack
 
 _counter = itertools.count()
 

@@ -15,7 +15,7 @@ from shop import sessions  # noqa: E402
 
 import pylivepatch as lp  # noqa: E402
 from pylivepatch import shadow  # noqa: E402
-from pylivepatch.build.pack import pack  # noqa: E402
+from pylivepatch.builder.pack import pack  # noqa: E402
 
 ATTEMPTS, THREADS = 200, 8
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pylivepatch.build.builder import BuildOptions, BuildResult, build
+from pylivepatch.builder.build import BuildOptions, BuildResult, build
 
 from conftest import assert_identical, snapshot
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pylivepatch import LivepatchError
-from pylivepatch.build.builder import BuildOptions, build
+from pylivepatch.builder.build import BuildOptions, build
 from pylivepatch.engine.core import Engine
 from pylivepatch.engine.faults import inject
 from pylivepatch.payload import archive

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pylivepatch.build.builder import BuildOptions, build
+from pylivepatch.builder.build import BuildOptions, build
 from test_build import Versions
 
 

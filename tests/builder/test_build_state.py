@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from pylivepatch.build.builder import BuildOptions
-from pylivepatch.build.builder import build as build_
+from pylivepatch.builder.build import BuildOptions
+from pylivepatch.builder.build import build as build_
 from test_build import Versions
 
 

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from pylivepatch.build.builder import BuildOptions, BuildResult, build
+from pylivepatch.builder.build import BuildOptions, BuildResult, build
 
 
 class Versions:

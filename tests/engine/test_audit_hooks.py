@@ -31,7 +31,7 @@ Path(sys.argv[1], "hooked_fix.py").write_text(textwrap.dedent('''
 '''))
 
 import pylivepatch
-from pylivepatch.build.pack import pack
+from pylivepatch.builder.pack import pack
 import hooked_target
 
 intervals = []  # the switch interval each time a function's code is swapped

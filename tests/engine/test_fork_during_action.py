@@ -36,7 +36,7 @@ Path(sys.argv[1], "forked_fix.py").write_text(textwrap.dedent('''
 '''))
 
 import pylivepatch
-from pylivepatch.build.pack import pack
+from pylivepatch.builder.pack import pack
 from pylivepatch.engine import forks
 
 import forked_target as t

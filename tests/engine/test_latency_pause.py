@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent(
     import json, statistics, sys, threading, textwrap
     from pathlib import Path
     import pylivepatch as lp
-    from pylivepatch.build.pack import pack
+    from pylivepatch.builder.pack import pack
     from pylivepatch.engine import pause
 
     MODE, ROUNDS, K, ROOT = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pylivepatch import LivepatchError, engine
-from pylivepatch.build.pack import pack
+from pylivepatch.builder.pack import pack
 from pylivepatch.payload import archive
 
 FUNCS = ("f0", "f1", "f2", "f3")

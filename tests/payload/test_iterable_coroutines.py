@@ -19,7 +19,7 @@ import types
 
 import pytest
 
-from pylivepatch.build.builder import BuildOptions, build
+from pylivepatch.builder.build import BuildOptions, build
 from pylivepatch.payload import archive
 from pylivepatch.payload.fingerprint import fingerprint, live_object_build_id
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pylivepatch import LivepatchError
-from pylivepatch.build.pack import find_interpreter
+from pylivepatch.builder.pack import find_interpreter
 from pylivepatch.payload import archive
 from pylivepatch.payload.fingerprint import python_tag
 

@@ -446,7 +446,7 @@ def _run(args: argparse.Namespace, command: list[str]) -> int:
 def _pack(args: argparse.Namespace) -> int:
     import json
 
-    from ..build.pack import pack
+    from ..builder.pack import pack
 
     pythons = [v.strip() for v in args.python.split(",") if v.strip()] if args.python else None
     packed = pack(args.file, against=args.against, pythons=pythons)

@@ -11,7 +11,7 @@ TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
 if TYPE_CHECKING:
     from typing import Any
 
-    from ..build.builder import BuildResult
+    from ..builder.build import BuildResult
 
 
 def register(sub: Any) -> None:
@@ -83,7 +83,7 @@ def build_command(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..build.builder import BuildOptions, build
+    from ..builder.build import BuildOptions, build
     from . import UsageError
 
     metadata: dict[str, str] = {}

@@ -208,7 +208,7 @@ class _Demo:
 
     def run(self) -> int:
         from ..agent.run import environment
-        from ..build.pack import pack
+        from ..builder.pack import pack
 
         # the service's agents put their sockets there: one they would refuse is an
         # error now (untrusted-socket, with what to do), not a wait for agents

@@ -582,7 +582,7 @@ def _analyze_in(
         extra + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     )
     proc = subprocess.run(
-        [exe, "-c", "from pylivepatch.build.pack import _child; _child()"],
+        [exe, "-c", "from pylivepatch.builder.pack import _child; _child()"],
         input=json.dumps(
             {"sources": sources, "against": against, "search": search, "stub": stub_imports}
         ),
