@@ -23,6 +23,7 @@ SRC = str(Path(__file__).resolve().parents[2] / "src")
 NOT_FOR_PARSING = (
     "typing", "json", "pathlib", "dataclasses", "concurrent.futures", "logging", "tempfile",
     "socket", "pylivepatch.cli.remote", "pylivepatch.cli.fleet", "pylivepatch.client",
+    "pylivepatch.control",
     "pylivepatch.payload.archive", "pylivepatch.agent.protocol", "pylivepatch.engine",
 )  # fmt: skip
 #: never imported by an agent that only waits (nor by a ping to it)

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("pylivepatch.payload",),
     ("pylivepatch.engine", "pylivepatch.state", "pylivepatch.process_engine"),
     ("pylivepatch.agent",),
-    ("pylivepatch.client", "pylivepatch.attach", "pylivepatch.builder"),
+    ("pylivepatch.client", "pylivepatch.attach", "pylivepatch.builder", "pylivepatch.control"),
     ("pylivepatch.cli", "pylivepatch.__main__"),
 ]
 

@@ -120,7 +120,7 @@ RESET = """
 import sys
 from pylivepatch import Client
 from pylivepatch.agent import store
-from pylivepatch.cli.remote import discover
+from pylivepatch.control.targets import discover
 
 app = sys.argv[1]
 for item in store.installed(app):

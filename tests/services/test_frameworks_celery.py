@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pylivepatch.cli.remote import EXITED
+from pylivepatch.control.targets import EXITED
 from test_services import agents, cli, free_port, stop, wait_until
 
 pytest.importorskip("celery")

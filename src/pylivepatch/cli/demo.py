@@ -191,7 +191,7 @@ class _Demo:
                 self.failures.append(repr(exc))
 
     def wait_for_agents(self) -> None:
-        from .remote import discover
+        from ..control.targets import discover
 
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

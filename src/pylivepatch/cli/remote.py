@@ -1,33 +1,34 @@
-"""The verbs that act on running processes through their agents (spec §10).
+"""The verbs that act on running processes through their agents (spec §10): a thin
+shell over :mod:`pylivepatch.control` (which processes, and an action on all of them,
+all or nothing) that reads the options and prints the results.
 
 TARGET is ``-p PID``, ``--app NAME`` (every process of that app) and ``--tree PID``
 (a process and its descendants), each repeatable and combinable: the processes any of
-them names. With several processes an action is all or nothing: upload and check on
-all, then apply on each; if one fails, those already changed are put back, and a
-table shows each process's result.
+them names. With several processes an action is all or nothing, and a table shows each
+process's result.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import asdict
-from pathlib import Path
 
-from ..agent import protocol
 from ..client import Client
+from ..control import targets
+from ..control.targets import Targets, discover
+from ..control.together import transition_text
 from ..errors import LivepatchError
 from . import UsageError, render
 
 TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from typing import Any
+
+__all__ = ["act", "discover", "install", "ps", "select", "show", "targeted", "uninstall"]
 
 _audit_warned: set[int] = set()
 _audit_lock = threading.Lock()
@@ -50,150 +51,22 @@ def _audit_warning(pid: int, text: str) -> None:
 Client.on_audit_error = _audit_warning
 
 
-def discover(warn: bool = True) -> list[dict[str, Any]]:
-    """Every process of this user with a live agent, by pid. The socket of a process
-    that is gone (killed before it could remove it) is removed on the way. A socket
-    whose listener is not the process it names (an impostor) is not listed (with
-    ``warn``, a warning on stderr names it); a socket directory another user could
-    write to is ``untrusted-socket`` (for root, each socket is checked on its own)."""
-    found = []
-    directory = protocol.socket_dir()
-    if not directory.is_dir():
-        return []
-    if os.geteuid() != 0:
-        protocol.check_dir(directory)
-    paths = directory.glob("*.sock")
-    for pid, path in sorted((int(p.stem), p) for p in paths if p.stem.isdigit()):
-        try:
-            info = Client(pid, timeout=5).ping()
-            if info["pid"] != pid:  # checked to be pid, it says it is another process
-                raise LivepatchError(
-                    "untrusted-socket",
-                    f"the agent of process {pid} ({path}) says it is process {info['pid']}",
-                )
-            found.append(info)
-        except LivepatchError as exc:
-            if exc.code == "untrusted-socket":
-                if warn:
-                    print(f"pylivepatch: warning: {exc} (not listed)", file=sys.stderr)
-            elif not pid_exists(pid):
-                try:
-                    path.unlink()
-                except OSError:
-                    pass
-    return found
-
-
-def _children() -> dict[int, list[int]]:
-    kids: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            kids.setdefault(ppid, []).append(int(entry.name))
-    return kids
-
-
 def targeted(args: argparse.Namespace) -> bool:
     return bool(args.pid or args.app or args.tree)
+
+
+def targets_of(args: argparse.Namespace) -> Targets:
+    """The TARGET options (``-p``, ``--app``, ``--tree``) as the library takes them."""
+    if not targeted(args):
+        raise UsageError("name the target: -p PID, --app NAME or --tree PID (see `pylivepatch ps`)")
+    return Targets(tuple(args.pid), tuple(args.app), tuple(args.tree))
 
 
 def select(
     args: argparse.Namespace, live: list[dict[str, Any]] | None = None, complete: bool = False
 ) -> list[int]:
-    """The processes every TARGET option names, in order, each once; an ``--app`` or
-    ``--tree`` that names no live agent is ``not-found``. With ``complete`` (an action),
-    so is a process of an ``--app`` or ``--tree`` that has no agent: a child of one of
-    its processes running the same program (a worker forked by C code, which Python's
-    at-fork hooks never see), whose code the action could not change."""
-    if not targeted(args):
-        raise UsageError("name the target: -p PID, --app NAME or --tree PID (see `pylivepatch ps`)")
-    pids = list(args.pid)
-    if args.app or args.tree:
-        agents = {info["pid"]: info for info in (discover() if live is None else live)}
-        groups: list[tuple[str, list[int]]] = []
-        for app in args.app:
-            found = sorted(p for p, info in agents.items() if info.get("app") == app)
-            if not found:
-                raise LivepatchError("not-found", f"no running process of app {app!r} has an agent")
-            groups.append((f"app {app}", found))
-        for root in args.tree:
-            found = sorted(p for p in _tree(root) if p in agents)
-            if not found:
-                raise LivepatchError("not-found", f"no process in the tree of {root} has an agent")
-            groups.append((f"the tree of {root}", found))
-        for what, found in groups:
-            pids += found
-            if complete:  # and those whose agent started meanwhile
-                pids += _all_have_agents(args, what, found, set(agents))
-    return list(dict.fromkeys(pids))
-
-
-#: how long a process of the target may take to start its agent (a worker just forked)
-AGENT_GRACE = 3.0
-
-
-def _all_have_agents(
-    args: argparse.Namespace, what: str, members: list[int], agents: set[int]
-) -> list[int]:
-    """``not-found`` if a descendant of ``members`` runs the same program and has no
-    agent (after ``AGENT_GRACE`` seconds for one just started); else the descendants
-    whose agent started during that wait, which the action must change too."""
-    deadline = time.monotonic() + AGENT_GRACE
-    late: set[int] = set()
-    while True:
-        kids = _children()
-        missing = {
-            kid: parent for parent in members for kid in _descendants(kids, parent)
-            if kid not in agents and _same_program(kid, parent)
-        }  # fmt: skip
-        if not missing:
-            return sorted(late)
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-        # a worker just started has its agent once its socket is there: it is one of
-        # the processes the action changes
-        late |= {p for p in missing if protocol.socket_path(p).exists()}
-        agents = agents | late
-    listed = ", ".join(f"{kid} (child of {parent})" for kid, parent in sorted(missing.items()))
-    app = f" --app {args.app[0]}" if args.app else ""
-    raise LivepatchError(
-        "not-found",
-        f"process(es) {listed} of {what} run the same program and have no pylivepatch "
-        f"agent: the action could not change their code, so nothing was changed. Give "
-        f"them one (pylivepatch attach PID{app}; a server forking workers from C code "
-        "under `pylivepatch run` gets none), or name the processes to change with -p",
-    )
-
-
-def _descendants(kids: dict[int, list[int]], root: int) -> list[int]:
-    todo, found = list(kids.get(root, [])), []
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo.extend(kids.get(pid, []))
-    return found
-
-
-def _same_program(pid: int, other: int) -> bool:
-    """Whether two live processes run the same executable (False if either cannot be
-    read: gone, a zombie, another user's)."""
-    try:
-        a, b = os.stat(f"/proc/{pid}/exe"), os.stat(f"/proc/{other}/exe")
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def _target_words(args: argparse.Namespace) -> str:
-    """The TARGET options as typed, for hints."""
-    return " ".join(
-        [f"-p {p}" for p in args.pid] + [f"--app {a}" for a in args.app]
-        + [f"--tree {t}" for t in args.tree]
-    )  # fmt: skip
+    """The processes every TARGET option names (:func:`pylivepatch.control.targets.select`)."""
+    return targets.select(targets_of(args), live, complete)
 
 
 def waiting_for(s: dict[str, Any]) -> list[str]:
@@ -256,19 +129,6 @@ def ps(args: argparse.Namespace) -> int:
     return 0
 
 
-def _transition(s: dict[str, Any]) -> str:
-    run = s.get("in_progress")
-    if not run:
-        return ""
-    text = f"{run.get('action', '')} {run.get('transition', '')}".strip()
-    if run.get("target"):
-        text += f" -> {run['target']}"
-    if "elapsed" in run:
-        text += f" {float(run['elapsed']):.1f}s"
-    blockers = run.get("blockers") or []
-    return text + (f", {len(blockers)} blocked" if blockers else "")
-
-
 def show(args: argparse.Namespace) -> int:
     """``list``, ``status NAME`` and ``log --events`` for every selected process."""
     if args.verb == "list" and args.installed:
@@ -292,7 +152,7 @@ def show(args: argparse.Namespace) -> int:
         rows = [
             [pid, s["name"], state_text(s), s["rc"], s["build_id"][:16], (s["depends"] or "")[:16],
              s["version"], ", ".join(f"{k}={v}" for k, v in sorted(s["metadata"].items())),
-             s.get("signature", ""), _transition(s)]
+             s.get("signature", ""), transition_text(s)]
             for pid, payloads in out.items() for s in payloads
         ]  # fmt: skip
         if not rows:
@@ -311,8 +171,8 @@ def show(args: argparse.Namespace) -> int:
                 f"build {s['build_id'][:16]} consistency {s['consistency']} "
                 f"{s.get('signature', '')}{error}"
             )
-            if _transition(s):
-                render.line(f"  transition: {_transition(s)}")
+            if transition_text(s):
+                render.line(f"  transition: {transition_text(s)}")
                 for b in s["in_progress"].get("blockers") or []:
                     render.line(f"  blocked by {b}")
             render.table(
@@ -333,392 +193,24 @@ def show(args: argparse.Namespace) -> int:
     return 0
 
 
-#: how long the clean-up of a failed action (revert, unload) is retried while the
-#: process answers busy (another action of its own is finishing)
-UNDO_WAIT = 10.0
-
-
 def act(args: argparse.Namespace) -> int:
-    """upload/apply/revert/replace/unload/load on every selected process, all or nothing.
+    """upload/apply/revert/replace/unload/load on every selected process, all or nothing
+    (:func:`pylivepatch.control.together.act`).
 
     The report is the truth: a clean-up (revert, unload) that fails after a refusal is
     retried while the process is busy, and one that still fails leaves the process
     named in the table, with what it still has and the command that removes it (exit
     code 3, ``EXIT_PARTIAL``)."""
-    # Only what brings new code in needs every same-program process to have an agent:
-    # a revert or an unload (a rollback in an incident) goes where it can.
-    pids = select(args, complete=args.verb in ("load", "apply", "replace"))
-    options: dict[str, Any] = {}
-    for key in ("nodeps", "timeout", "force"):
-        if getattr(args, key, None):
-            options[key] = getattr(args, key)
-    checks = {k: True for k in ("no_expect", "no_object_check") if getattr(args, k, False)}
-    if len(pids) > 1 or args.app or args.tree:
-        # A process of the app that cannot import a target module (a multiprocessing
-        # helper started elsewhere) waits for it, as at start (``install``); the table
-        # says where each payload waits.
-        checks["wait_imports"] = True
-    results: dict[int, str] = {}
-    left: dict[int, str] = {}  # process -> what the failed action left there
-    done: list[int] = []
-    name = getattr(args, "name", None)
-    failure: LivepatchError | None = None
-    data = b""
-    uploaded: list[int] = []
-    if args.verb in ("upload", "load"):
-        import base64
+    from ..control.together import act as act_on
 
-        from ..payload import archive
-
-        data = _payload_bytes(args.file)
-        manifest = archive.read(data).manifest
-        name = name or manifest.name
-        encoded = base64.b64encode(data).decode()
-
-        def upload_to(pid: int) -> tuple[str, LivepatchError | None]:
-            try:
-                Client(pid)._call("upload", name=name, data=encoded, **checks)
-                return "uploaded", None
-            except LivepatchError as exc:
-                if _exited(pid, exc):
-                    return EXITED, None
-                if exc.code == "exists":
-                    other = _status_or_none(pid, name)
-                    if other is not None and other["build_id"] == manifest.build_id:
-                        # the same payload is there already (installed, applied at
-                        # start): not ours to unload if another process refuses
-                        return "already uploaded", None
-                    if other is not None:
-                        exc = LivepatchError(
-                            "exists", _new_version_hint(args, pid, other, manifest)
-                        )
-                return f"{exc.code}: {exc.message}", exc
-
-        # Uploads only check and change nothing: they run side by side in every process.
-        with (
-            render.progress(f"upload {name}", len(pids)) as steps,
-            _pool(len(pids)) as pool,
-        ):
-            for pid, (text, exc) in zip(pids, pool.map(upload_to, pids), strict=True):
-                results[pid] = text
-                if text == "uploaded":
-                    uploaded.append(pid)
-                if exc is not None and failure is None:
-                    failure = exc
-                steps.advance()
-        if failure is None and checks.get("wait_imports"):
-            failure = _imported_nowhere(pids, name, encoded, checks, results, uploaded)
-        if failure is not None or args.verb == "upload":
-            if failure is not None:
-                for pid in uploaded:
-                    results[pid] = "uploaded, then " + _unload_again(pid, name, left)
-            return _report(args, name, pids, results, failure, left)
-    assert name is not None
-    verb = "apply" if args.verb == "load" else args.verb
-    failed: int | None = None
-    replaced: dict[int, list[str]] = {}  # replace: what each process had applied before
-    if verb == "replace" and len(pids) > 1:
-        for pid in pids:
-            replaced[pid] = [
-                s.name for s in Client(pid).list() if s.state == "APPLIED" and s.name != name
-            ]
-    with render.progress(f"{verb} {name}", len(pids)) as steps:
-        for pid in pids:
-            if results.get(pid) == EXITED:
-                steps.advance()
-                continue
-            try:
-                with _watching(pid, name, steps):
-                    result = getattr(Client(pid), verb)(name, **options)
-                if not result.noop:  # a process that already was so is not put back
-                    done.append(pid)
-                results[pid] = result.message if result.noop else DONE[verb]
-                if verb == "apply":
-                    waiting = Client(pid).status(name).pending
-                    if waiting:
-                        results[pid] += f"; waits for the import of {', '.join(waiting)}"
-            except LivepatchError as exc:
-                if _exited(pid, exc):  # a pool process retired meanwhile (Celery's)
-                    results[pid] = EXITED
-                    steps.advance()
-                    continue
-                results[pid], failure, failed = f"{exc.code}: {exc.message}", exc, pid
-                break
-            steps.advance()
-    if failure is not None and verb in ("apply", "replace"):
-        for pid in done:  # all or nothing: put back what was applied
-            err = _retrying(lambda p=pid: Client(p).revert(name))
-            if err is None:
-                results[pid] = f"{DONE[verb]}, then reverted (another process refused)"
-                if replaced.get(pid):  # a revert does not apply again what replace reverted
-                    gone = ", ".join(replaced[pid])
-                    again = " && ".join(f"pylivepatch apply {n} -p {pid}" for n in replaced[pid])
-                    results[pid] = left[pid] = (
-                        f"{results[pid]}; the payloads it replaced ({gone}) stay reverted "
-                        f"here; apply them again: {again}"
-                    )
-            else:
-                results[pid] = left[pid] = (
-                    f"{DONE[verb]}, and NOT reverted ({err.code}: {err.message}): {name} is "
-                    f"still APPLIED here; revert it: pylivepatch revert {name} -p {pid}"
-                )
-        if args.verb == "load":
-            for pid in uploaded:  # only what this action uploaded
-                if pid in left:
-                    continue  # still applied: it cannot be unloaded
-                if pid in done or pid == failed:
-                    results[pid] += "; " + _unload_again(pid, name, left, results[pid])
-                else:
-                    results[pid] = "uploaded, then " + _unload_again(pid, name, left)
-    if failure is None and (args.app or args.tree) and verb in ("apply", "revert"):
-        fresh, failure = _newcomers(args, pids, name, verb, data, results, checks, left, options)
-        pids += fresh
-    return _report(args, name, pids, results, failure, left)
-
-
-def _imported_nowhere(
-    pids: list[int],
-    name: str,
-    encoded: str,
-    checks: dict[str, bool],
-    results: dict[int, str],
-    uploaded: list[int],
-) -> LivepatchError | None:
-    """``not-found`` if a target module the payload waits for in every process (imported
-    in none) cannot be imported either: a misspelt or absent module, refused as in a
-    single process. One that exists in some process may wait in the others (a
-    multiprocessing helper); one not imported anywhere yet but importable waits, as in
-    a single process: the first process this action uploaded to is asked to check the
-    payload again without waiting for what it cannot import."""
-    waiting: set[str] | None = None
-    for pid in pids:
-        status = _status_or_none(pid, name) if results.get(pid) != EXITED else None
-        if status is not None:
-            modules = set(status["pending"])
-            waiting = modules if waiting is None else waiting & modules
-    if not waiting or not uploaded:
-        return None
-    pid = uploaded[0]
-    strict = {k: v for k, v in checks.items() if k != "wait_imports"}
-    refusal: LivepatchError | None = None
-    if _retrying(lambda: Client(pid).unload(name)) is not None:
-        return None  # not checked again: it keeps what it has
-    try:
-        Client(pid)._call("upload", name=name, data=encoded, **strict)
-        return None
-    except LivepatchError as exc:
-        if exc.code == "not-found" and any(m in exc.message for m in waiting):
-            refusal = exc
-    try:  # as it was
-        Client(pid)._call("upload", name=name, data=encoded, **checks)
-    except LivepatchError as exc:
-        uploaded.remove(pid)
-        results[pid] = f"uploaded, then unloaded to check it again ({exc.code}: {exc.message})"
-        if refusal is None:
-            return LivepatchError(exc.code, f"process {pid}: {exc.message}")
-    if refusal is None:
-        return None
-    listed = ", ".join(sorted(waiting))
-    return LivepatchError(
-        "not-found",
-        f"module(s) {listed} of payload {name} are imported in none of the processes of "
-        f"the target and cannot be imported ({refusal.message}): a misspelt or absent "
-        "module? nothing was changed; fix the target module names and build the payload "
-        "again",
-    )
-
-
-def _retrying(call: Any) -> LivepatchError | None:
-    """Run a clean-up step, again while the process answers ``busy`` (at most
-    ``UNDO_WAIT`` seconds); its error if it still fails, None if it is done."""
-    deadline, delay = time.monotonic() + UNDO_WAIT, 0.05
-    while True:
-        try:
-            call()
-            return None
-        except LivepatchError as exc:
-            if exc.code != "busy" or time.monotonic() + delay > deadline:
-                return exc
-        time.sleep(delay)
-        delay = min(delay * 2, 1.0)
-
-
-def _unload_again(pid: int, name: str, left: dict[int, str], before: str = "") -> str:
-    """Unload what this action uploaded in ``pid``: "unloaded ...", or what is left
-    (recorded in ``left``) and how to remove it."""
-    err = _retrying(lambda: Client(pid).unload(name))
-    if err is None or err.code == "not-found":
-        return "unloaded (another process refused)" if not before else "unloaded again"
-    text = (
-        f"NOT unloaded ({err.code}: {err.message}): {name} is still uploaded (CHECKED) "
-        f"here; remove it: pylivepatch unload {name} -p {pid}"
-    )
-    left[pid] = f"{before}; {text}" if before else f"uploaded, then {text}"
-    return text
-
-
-@contextmanager
-def _watching(pid: int, name: str, steps: render.Steps) -> Iterator[None]:
-    """While an action runs in ``pid``, show its transition (what it waits for) in the
-    progress line: ``status`` is read every 0.2 s from a second connection."""
-    if not steps.live:
-        yield
-        return
-    stop = threading.Event()
-
-    def watch() -> None:
-        client = Client(pid, timeout=5)
-        while not stop.wait(0.2):
-            try:
-                s = asdict(client.status(name))
-            except LivepatchError:
-                continue
-            text = _transition(s)
-            blockers = (s.get("in_progress") or {}).get("blockers") or []
-            if text:
-                steps.note(f"process {pid}: {text}" + (f": {blockers[0]}" if blockers else ""))
-
-    watcher = threading.Thread(target=watch, name="pylivepatch-watch", daemon=True)
-    watcher.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        watcher.join(10)
-
-
-def _status_or_none(pid: int, name: str) -> dict[str, Any] | None:
-    try:
-        return asdict(Client(pid).status(name))
-    except LivepatchError:
-        return None
-
-
-def _new_version_hint(
-    args: argparse.Namespace, pid: int, other: dict[str, Any], manifest: Any
-) -> str:
-    """What to do when another build of a payload of this name is in the process."""
-    name, target, file = manifest.name, _target_words(args), args.file
-    have = f"{name} {other.get('version') or ''} (build {other['build_id'][:16]})".replace(
-        "  ", " "
-    )
-    new = f"build {manifest.build_id[:16]}"
-    if other["state"] == "CHECKED":
-        return (
-            f"{have} is uploaded in process {pid}, this file is another build ({new}); "
-            f"unload it first: pylivepatch unload {name} {target}, then {args.verb} {file} again"
-        )
-    return (
-        f"{have} is {other['state']} in process {pid}, this file is another build ({new}); "
-        f"to move to it: pylivepatch revert {name} {target} && pylivepatch unload {name} "
-        f"{target} && pylivepatch load {file} {target} (the original code runs in between), "
-        f"or, with no gap, build the new version with --replace under another name and load "
-        f"that: it replaces {name} in one step"
-    )
-
-
-DONE = {"apply": "applied", "revert": "reverted", "replace": "replaced", "unload": "unloaded"}
-
-
-def _newcomers(
-    args: argparse.Namespace,
-    seen: list[int],
-    name: str,
-    verb: str,
-    data: bytes,
-    results: dict[int, str],
-    checks: dict[str, bool],
-    left: dict[int, str],
-    options: dict[str, Any],
-) -> tuple[list[int], LivepatchError | None]:
-    """Processes of the target that appeared during the action (a worker respawned by
-    its master): bring each to the same state as the others, with the same options;
-    one that cannot be is recorded in ``left``, and the first such error returned with
-    them. A newcomer holding another build under the payload's name is not given it."""
-    try:
-        now = select(args)
-    except LivepatchError:
-        return [], None
-    fresh = [p for p in now if p not in seen]
-    first: LivepatchError | None = None
-    build = ""  # the build the others were given (apply, load)
-    if fresh and verb == "apply":
-        if data:
-            from ..payload import archive
-
-            build = archive.read(data).manifest.build_id
-        else:
-            for pid in seen:
-                status = _status_or_none(pid, name)
-                if status is not None:
-                    build = status["build_id"]
-                    break
-    for pid in fresh:
-        client = Client(pid)
-        try:
-            present = {s.name: s for s in client.list()}
-            applied = name in present and present[name].state == "APPLIED"
-            if verb == "apply" and name in present and build != present[name].build_id:
-                other = present[name]
-                results[pid] = left[pid] = (
-                    f"appeared during the action with another build of {name} (build "
-                    f"{other.build_id[:16]}, {other.state}), not build {build[:16]}: NOT "
-                    f"changed; see it: pylivepatch status {name} -p {pid}"
-                )
-                first = first or LivepatchError(
-                    "exists", f"process {pid} has another build of {name}: {results[pid]}"
-                )
-                continue
-            if verb == "apply" and not applied:
-                if data and name not in present:  # (forked after the upload: it has it)
-                    client.load(data, **checks, **options)
-                else:
-                    client.apply(name, **options)
-                results[pid] = "appeared during the action: applied"
-            elif verb == "revert" and applied:
-                client.revert(name, **{k: v for k, v in options.items() if k != "nodeps"})
-                results[pid] = "appeared during the action: reverted"
-            else:
-                results[pid] = f"appeared during the action: already {DONE[verb]}"
-        except LivepatchError as exc:
-            if _exited(pid, exc):
-                results[pid] = f"appeared and {EXITED}"
-                continue
-            again = f"load {args.file}" if data else f"{verb} {name}"
-            results[pid] = left[pid] = (
-                f"appeared during the action and is NOT {DONE[verb]} ({exc.code}: "
-                f"{exc.message}); bring it along: pylivepatch {again} -p {pid}"
-            )
-            first = first or LivepatchError(exc.code, f"process {pid}: {exc.message}")
-    return fresh, first
-
-
-def _payload_bytes(path: str) -> bytes:
-    from ..payload import archive
-
-    return archive.read_file(path)
-
-
-class _Inline:
-    """The "pool" for one process: its upload runs in this thread (a command line on
-    one process, the common case, does not import ``concurrent.futures``)."""
-
-    def __enter__(self) -> _Inline:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    map = staticmethod(map)
-
-
-def _pool(n: int) -> Any:
-    """Up to 16 threads for ``n`` processes' uploads, side by side."""
-    if n <= 1:
-        return _Inline()
-    from concurrent.futures import ThreadPoolExecutor
-
-    return ThreadPoolExecutor(max_workers=min(16, n))
+    outcome = act_on(
+        args.verb, targets_of(args), name=getattr(args, "name", None),
+        file=getattr(args, "file", None), nodeps=getattr(args, "nodeps", False),
+        timeout=getattr(args, "timeout", None), force=getattr(args, "force", False),
+        no_expect=getattr(args, "no_expect", False),
+        no_object_check=getattr(args, "no_object_check", False), progress=render.progress,
+    )  # fmt: skip
+    return _report(args, outcome.name, outcome.pids, outcome.results, outcome.failure, outcome.left)
 
 
 def _report(
@@ -770,8 +262,9 @@ def _report(
 
 def install(args: argparse.Namespace) -> int:
     from ..agent import store
+    from ..payload import archive
 
-    item = store.install(args.app, _payload_bytes(args.file))
+    item = store.install(args.app, archive.read_file(args.file))
     if args.json:
         print(json.dumps(item.to_dict()))
     else:
@@ -823,7 +316,7 @@ def audit_log(args: argparse.Namespace) -> int:
     that have exited are included)."""
     from ..agent import store
 
-    pids = set(args.pid) | {p for root in args.tree for p in _tree(root)}
+    pids = set(args.pid) | {p for root in args.tree for p in targets.tree(root)}
     if pids:
         apps = set(args.app)
         records = [
@@ -883,43 +376,3 @@ def _outcome(r: dict[str, Any]) -> str:
     if r.get("event") == "refused" and r.get("module"):
         return f"{r.get('result', '')} (import of module {r.get('module')} refused)"
     return str(r.get("result", ""))
-
-
-def _tree(root: int) -> list[int]:
-    kids, todo, tree = _children(), [root], []
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo.extend(kids.get(pid, []))
-    return tree
-
-
-#: a process of the target that exited during the action (nothing left to change there)
-EXITED = "exited during the action"
-
-
-def _exited(pid: int, exc: LivepatchError) -> bool:
-    """Whether ``exc`` only says that ``pid`` exited meanwhile (a pool process retired
-    after its last task, a worker recycled): its agent did not answer or closed the
-    connection, and within a second the process is gone or a zombie."""
-    if exc.code not in ("not-found", "busy"):  # no answer, or the connection closed
-        return False
-    deadline = time.monotonic() + 1.0
-    while True:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return True
-        if state in ("Z", "X"):
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-
-
-def pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
