@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from ..errors import LivepatchError
+from .exits import EXIT_ERROR, EXIT_OK, EXIT_RETRY
 
 TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
 if TYPE_CHECKING:
@@ -156,9 +157,9 @@ def attach_command(args: argparse.Namespace) -> int:
         for r in results:
             print(describe(r), file=sys.stderr if not r["ok"] else sys.stdout)
     if not failed:
-        return 0
+        return EXIT_OK
     retry = all(r["error"]["code"] == "timeout" for r in failed)
-    return 2 if retry else 1
+    return EXIT_RETRY if retry else EXIT_ERROR
 
 
 def attach_for(args: argparse.Namespace) -> None:

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..kinds import CONSISTENCY
+from .exits import EXIT_ERROR, EXIT_OK
 
 TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ def build_command(args: argparse.Namespace) -> int:
         print_report(result, old, new, output, name)
         if why:
             print(f"pylivepatch: build: {why}", file=sys.stderr)
-    return 0 if result.data else 1
+    return EXIT_OK if result.data else EXIT_ERROR
 
 
 def not_written(result: BuildResult) -> str:

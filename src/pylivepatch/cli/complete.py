@@ -13,10 +13,25 @@ from __future__ import annotations
 import argparse
 
 from ..errors import LivepatchError
+from .exits import EXIT_OK
 
 TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
 if TYPE_CHECKING:
     from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Declare ``completion``."""
+    p = sub.add_parser("completion", help="print the shell completion script (bash or zsh)")
+    p.add_argument(
+        "shell", choices=("bash", "zsh"), help='the shell: eval "$(pylivepatch completion bash)"'
+    )  # fmt: skip
+    p.set_defaults(command_function=command)
+
+
+def command(args: argparse.Namespace) -> int:
+    print(script(args.shell), end="")
+    return EXIT_OK
 
 
 def script(shell: str) -> str:

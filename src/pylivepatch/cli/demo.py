@@ -35,6 +35,7 @@ from typing import Any
 
 from ..agent import protocol
 from ..errors import LivepatchError
+from .exits import EXIT_ERROR, EXIT_OK
 
 WORKERS = 3
 
@@ -122,6 +123,11 @@ def quote(cents, code=""):
 '''
 
 URL = "http://127.0.0.1:{port}/quote?cents=10000&code=SAVE10"
+
+
+def command(args: Any) -> int:
+    """``pylivepatch demo [--json]``."""
+    return run_demo(json_lines=args.json)
 
 
 def run_demo(json_lines: bool = False) -> int:
@@ -294,7 +300,7 @@ class _Demo:
             requests=len(self.answers), failed_requests=len(self.failures),
             answers_seen=",".join(map(str, prices)),
         )  # fmt: skip
-        return 0 if ok and not self.failures else 1
+        return EXIT_OK if ok and not self.failures else EXIT_ERROR
 
     def _wait(self, condition: Callable[[], bool]) -> None:
         deadline = time.monotonic() + 10

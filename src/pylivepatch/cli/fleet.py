@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import LivepatchError
 from . import render
+from .exits import EXIT_ERROR, EXIT_OK
 from .fleet_parser import plan as plan  # the --plan type (tests and docs name it here)
 
 #: where the pylivepatch.fleet collection is, when not in a source checkout
@@ -418,7 +419,7 @@ def _rollout(args: argparse.Namespace, man: Any, staged: Path) -> int:
         elif failed:
             render.line(f"within the gate ({args.max_fail:g}%), each reverted: "
                         + "; ".join(f"{n}: {follow.hosts[n].failure}" for n in failed))  # fmt: skip
-    return 0 if error is None else 1
+    return EXIT_OK if error is None else EXIT_ERROR
 
 
 def _revert_after_lost(args: argparse.Namespace, name: str, follow: Rollout) -> float:
@@ -499,7 +500,7 @@ def revert(args: argparse.Namespace) -> int:
         if failed:
             print(f"pylivepatch: revert-failed: {args.name} may still run on "
                   f"{', '.join(failed)}; see the table", file=sys.stderr)  # fmt: skip
-    return 1 if failed else 0
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 def host_state(res: dict[str, Any], name: str) -> tuple[str, str, str]:
@@ -556,4 +557,4 @@ def status(args: argparse.Namespace) -> int:
                           "hosts": doc}))  # fmt: skip
     else:
         render.table(["HOST", "STATE", "PAYLOAD", "BUILD ID", "APPLIED", "ERROR"], rows)
-    return 1 if unreachable else 0
+    return EXIT_ERROR if unreachable else EXIT_OK

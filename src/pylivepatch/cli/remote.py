@@ -22,7 +22,8 @@ from ..control import targets
 from ..control.targets import Targets, discover
 from ..control.together import transition_text
 from ..errors import LivepatchError
-from . import UsageError, render
+from . import UsageError, exits, render
+from .exits import EXIT_OK, EXIT_PARTIAL
 
 TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
 if TYPE_CHECKING:
@@ -107,13 +108,13 @@ def ps(args: argparse.Namespace) -> int:
                 pass
     if args.json:
         print(json.dumps(infos, indent=2))
-        return 0
+        return EXIT_OK
     if not infos:
         if targeted(args):
             print("no process of the target has a pylivepatch agent")
         else:
             print("no process with a pylivepatch agent (start one with `pylivepatch run -- CMD`)")
-        return 0
+        return EXIT_OK
 
     def applied(info: dict[str, Any]) -> str:
         waiting = info["waiting"]
@@ -126,7 +127,7 @@ def ps(args: argparse.Namespace) -> int:
         ["PID", "APP", "PYTHON", "APPLIED"],
         [[i["pid"], i["app"], i["python"], applied(i)] for i in infos],
     )
-    return 0
+    return EXIT_OK
 
 
 def show(args: argparse.Namespace) -> int:
@@ -147,7 +148,7 @@ def show(args: argparse.Namespace) -> int:
             out[str(pid)] = events[-args.last :] if args.last else events
     if args.json:
         print(json.dumps(out, indent=2))
-        return 0
+        return EXIT_OK
     if args.verb == "list":
         rows = [
             [pid, s["name"], state_text(s), s["rc"], s["build_id"][:16], (s["depends"] or "")[:16],
@@ -157,7 +158,7 @@ def show(args: argparse.Namespace) -> int:
         ]  # fmt: skip
         if not rows:
             print("no payload uploaded in " + ", ".join(f"process {p}" for p in out))
-            return 0
+            return EXIT_OK
         render.table(
             ["PID", "NAME", "STATE", "RC", "BUILD ID", "DEPENDS", "VERSION", "METADATA",
              "SIGNATURE", "TRANSITION"],
@@ -190,7 +191,7 @@ def show(args: argparse.Namespace) -> int:
                        if k not in ("seq", "time", "action", "payload", "event"))]
              for pid, events in out.items() for ev in events],
         )  # fmt: skip
-    return 0
+    return EXIT_OK
 
 
 def act(args: argparse.Namespace) -> int:
@@ -203,6 +204,10 @@ def act(args: argparse.Namespace) -> int:
     code 3, ``EXIT_PARTIAL``)."""
     from ..control.together import act as act_on
 
+    if getattr(args, "attach", False):  # load --attach: agents first, where there are none
+        from .attach import attach_for
+
+        attach_for(args)
     outcome = act_on(
         args.verb, targets_of(args), name=getattr(args, "name", None),
         file=getattr(args, "file", None), nodeps=getattr(args, "nodeps", False),
@@ -224,8 +229,6 @@ def _report(
     """The table (or JSON) of every process's result, the same text in both, and the
     exit code: 0, 1 or 2 for the action (2: try again), 3 (``EXIT_PARTIAL``) when it
     could not be undone (or done) everywhere: ``left`` names each such process."""
-    from . import EXIT_PARTIAL
-
     left = left or {}
     processes = {p: results.get(p, "not attempted") for p in pids}
     if args.json:
@@ -250,11 +253,7 @@ def _report(
             print(f"pylivepatch: {failure.code}: {failure.message}", file=sys.stderr)
         for pid, text in left.items():
             print(f"pylivepatch: left in process {pid}: {text}", file=sys.stderr)
-    if left:
-        return EXIT_PARTIAL
-    if failure is None:
-        return 0
-    return 2 if failure.retryable else 1
+    return EXIT_PARTIAL if left else exits.for_error(failure)
 
 
 # --- installed payloads and the audit log --------------------------------------------
@@ -273,7 +272,7 @@ def install(args: argparse.Namespace) -> int:
             f"{item.seq}: new processes of {item.app} apply it at start; running ones are not "
             f"changed (pylivepatch load {args.file} --app {item.app})"
         )
-    return 0
+    return EXIT_OK
 
 
 def uninstall(args: argparse.Namespace) -> int:
@@ -287,7 +286,7 @@ def uninstall(args: argparse.Namespace) -> int:
             f"uninstalled {item.name} from app {item.app}: new processes no longer apply it; "
             f"running ones are not changed (pylivepatch revert {item.name} --app {item.app})"
         )
-    return 0
+    return EXIT_OK
 
 
 def installed(args: argparse.Namespace) -> int:
@@ -298,16 +297,16 @@ def installed(args: argparse.Namespace) -> int:
     items = [i for app in (args.app or store.apps()) for i in store.installed(app)]
     if args.json:
         print(json.dumps([i.to_dict() for i in items], indent=2))
-        return 0
+        return EXIT_OK
     if not items:
         print("nothing installed" + (f" for app {', '.join(args.app)}" if args.app else ""))
-        return 0
+        return EXIT_OK
     render.table(
         ["APP", "#", "NAME", "VERSION", "BUILD ID", "INSTALLED"],
         [[i.app, i.seq, i.name, i.version, i.build_id[:16],
           time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.installed_at))] for i in items],
     )  # fmt: skip
-    return 0
+    return EXIT_OK
 
 
 def audit_log(args: argparse.Namespace) -> int:
@@ -332,10 +331,10 @@ def audit_log(args: argparse.Namespace) -> int:
         records = records[-args.last :]
     if args.json:
         print(json.dumps(records, indent=2))
-        return 0
+        return EXIT_OK
     if not records:
         print("no audit records")
-        return 0
+        return EXIT_OK
     render.table(
         ["TIME", "APP", "PID", "PEER", "ACTION", "PAYLOAD", "BUILD ID", "RESULT", "DURATION",
          "PAUSE"],
@@ -344,7 +343,7 @@ def audit_log(args: argparse.Namespace) -> int:
           _result(r), f"{r['duration_ms']:.1f} ms" if "duration_ms" in r else "",
           f"{r['pause_us']:.0f} us" if r.get("pause_us") else ""] for r in records],
     )  # fmt: skip
-    return 0
+    return EXIT_OK
 
 
 def _app_of(directory: str) -> str | None:

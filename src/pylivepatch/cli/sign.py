@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import LivepatchError
 from ..payload import archive, signing
+from .exits import EXIT_OK
 
 
 def sign_bytes(data: bytes, key_path: str) -> bytes:
@@ -27,7 +28,7 @@ def keygen(args: argparse.Namespace) -> int:
             f"wrote {private} (private: keep it secret, mode 0600) and {public} (public: "
             f"give it to the agents, {signing.TRUSTED_KEYS}); key id {kid}"
         )
-    return 0
+    return EXIT_OK
 
 
 def sign(args: argparse.Namespace) -> int:
@@ -40,7 +41,7 @@ def sign(args: argparse.Namespace) -> int:
         print(json.dumps({"file": out, "key": kid}))
     else:
         print(f"signed {out} with key {kid}")
-    return 0
+    return EXIT_OK
 
 
 def verify(args: argparse.Namespace) -> int:
@@ -64,4 +65,4 @@ def verify(args: argparse.Namespace) -> int:
                           "signature": payload.signature_status}))  # fmt: skip
     else:
         print(f"{args.file}: payload {payload.manifest.name}: {payload.signature_status}")
-    return 0
+    return EXIT_OK
