@@ -177,10 +177,32 @@ def analyze(
     """
     added = [p for p in ([against] if against else []) + (search or []) if p not in sys.path]
     sys.path[:0] = added
-    # With stub_imports: first every module outside the standard library is a stub; if
-    # the payload's code needs real values when it is imported (a pattern built from a
-    # constant of the target), it runs again with what imports here, and stubs only
-    # for the modules that cannot be found.
+    try:
+        loaded, stubs = _load(sources, stub_imports)
+    except BaseException:
+        for p in added:
+            sys.path.remove(p)
+        raise
+    try:
+        found = _Analysis(loaded, _the_patch(loaded), _SourceTree(against) if against else None)
+        if stubs is not None and stubs.missing_only:
+            found.warnings.append(_stood_in(stubs))
+        found.functions()
+        found.data_entries()
+        found.added_names()
+        return found.result()
+    finally:
+        loaded.discard()
+        for p in added:
+            sys.path.remove(p)
+
+
+def _load(sources: dict[str, str], stub_imports: bool) -> tuple[Any, _StubFinder | None]:
+    """The payload module loaded (its import-time code run). With ``stub_imports``:
+    first every module outside the standard library is a stub; if the payload's code
+    needs real values when it is imported (a pattern built from a constant of the
+    target), it runs again with what imports here, and stubs only for the modules that
+    cannot be found."""
     for missing_only in (False, True) if stub_imports else (None,):
         stubs = _StubFinder(missing_only) if missing_only is not None else None
         if stubs is not None:
@@ -192,43 +214,57 @@ def analyze(
                 _drop_stubs(stubs)
             if isinstance(exc, LivepatchError) and missing_only is False:
                 continue
-            for p in added:
-                sys.path.remove(p)
             if isinstance(exc, LivepatchError):
                 raise _explain(exc, stubs) from None
             raise
         if stubs is not None:
             _drop_stubs(stubs)
-        break
-    try:
-        patches = [v for v in loaded.namespace.values() if type(v) is Patch]  # never __class__
-        if len(patches) != 1:
-            raise LivepatchError(
-                "invalid-payload",
-                f"the payload module must define exactly one pylivepatch.Patch, found {len(patches)}",
-            )
-        patch = patches[0]
-        tree = _SourceTree(against) if against else None
-        funcs: list[dict[str, Any]] = []
-        data: list[dict[str, Any]] = []
-        objects: dict[str, str] = {}
-        warnings: list[str] = []
-        if stubs is not None and stubs.missing_only:
-            stood_in = (
-                f", and stand-ins for what does not ({', '.join(stubs.tops())}); values "
-                "computed from a stand-in are not the target's: check the payload where "
-                "they are installed (`pylivepatch test`), or build with --python-env"
-                if stubs.made
-                else " (nothing stood in)"
-            )
-            warnings.append(
-                "the payload's import-time code needed real values, so it ran a second time "
-                "importing the target's modules and dependencies that are here" + stood_in
-            )
-        modules: set[str] = set()
-        needs: dict[str, set[str]] = {}
-        stands_in: dict[int, types.FunctionType] = {}  # replacement -> the function it patches
-        for rec in patch.functions:
+        return loaded, stubs
+    raise AssertionError("unreachable: the last try returns or raises")  # pragma: no cover
+
+
+def _the_patch(loaded: Any) -> Patch:
+    patches = [v for v in loaded.namespace.values() if type(v) is Patch]  # never __class__
+    if len(patches) != 1:
+        raise LivepatchError(
+            "invalid-payload",
+            f"the payload module must define exactly one pylivepatch.Patch, found {len(patches)}",
+        )
+    return patches[0]
+
+
+def _stood_in(stubs: _StubFinder) -> str:
+    """The warning of a payload whose import-time code ran a second time, with real
+    modules."""
+    stood_in = (
+        f", and stand-ins for what does not ({', '.join(stubs.tops())}); values "
+        "computed from a stand-in are not the target's: check the payload where "
+        "they are installed (`pylivepatch test`), or build with --python-env"
+        if stubs.made
+        else " (nothing stood in)"
+    )
+    return (
+        "the payload's import-time code needed real values, so it ran a second time "
+        "importing the target's modules and dependencies that are here" + stood_in
+    )
+
+
+class _Analysis:
+    """What :func:`analyze` finds, step by step: the functions, the data, the names the
+    new code needs that the payload adds, and the target modules' object ids."""
+
+    def __init__(self, loaded: Any, patch: Patch, tree: _SourceTree | None) -> None:
+        self.loaded, self.patch, self.tree = loaded, patch, tree
+        self.funcs: list[dict[str, Any]] = []
+        self.data: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
+        self.modules: set[str] = set()
+        self.needs: dict[str, set[str]] = {}  # module -> global names the new code reads
+        self.stands_in: dict[int, types.FunctionType] = {}  # replacement -> what it patches
+
+    def functions(self) -> None:
+        loaded, tree = self.loaded, self.tree
+        for rec in self.patch.functions:
             qual = rec.func.__qualname__
             try:
                 same = lookup(loaded, qual, rec.target) is rec.func
@@ -240,27 +276,29 @@ def analyze(
                     f"replacement {qual} for {rec.target} is not reachable by that name in the payload",
                 )
             modname, qualname = split_target(rec.target, "target")
-            modules.add(modname)
+            self.modules.add(modname)
             expect = tree.function(modname, qualname) if tree else _live_function(rec.target)
-            funcs.append({"target": rec.target, "new": qual, "expect": expect})
+            self.funcs.append({"target": rec.target, "new": qual, "expect": expect})
             func = getattr(rec.func, "__func__", rec.func)  # a staticmethod/classmethod replacement
-            needs.setdefault(modname, set()).update(global_names(func.__code__))
+            self.needs.setdefault(modname, set()).update(global_names(func.__code__))
             if not tree:
                 live = resolve_function(rec.target).func
-                stands_in[id(rec.func)] = stands_in[id(func)] = live
+                self.stands_in[id(rec.func)] = self.stands_in[id(func)] = live
                 if set(live.__code__.co_freevars) - {"__class__"}:
-                    warnings.append(
+                    self.warnings.append(
                         f"{rec.target} is a closure: this function object is patched; other functions "
                         "made by the same enclosing function keep their old code"
                     )
-        for drec in patch.data_entries:
+
+    def data_entries(self) -> None:
+        for drec in self.patch.data_entries:
             modname, qualname = split_target(drec.target, "target")
-            modules.add(modname)
+            self.modules.add(modname)
             source = _literal_source(drec.value)
             if source is None:
                 names = [
                     k
-                    for k, v in loaded.namespace.items()
+                    for k, v in self.loaded.namespace.items()
                     if v is drec.value and not k.startswith("__")
                 ]
                 if not names:
@@ -269,11 +307,15 @@ def analyze(
                         f"data for {drec.target}: the value must be a literal or an object bound to a name in the payload",
                     )
                 source = names[0]
-            expect = tree.data(modname, qualname) if tree else _live_data(drec.target)
-            data.append({"target": drec.target, "value_source": source, "expect": expect})
-        # Names the new code reads that the payload defines and the target module lacks.
-        taken = {d["target"] for d in data}
-        pending = [(m, n) for m, names in needs.items() for n in sorted(names)]
+            expect = self.tree.data(modname, qualname) if self.tree else _live_data(drec.target)
+            self.data.append({"target": drec.target, "value_source": source, "expect": expect})
+
+    def added_names(self) -> None:
+        """Names the new code reads that the payload defines and the target module lacks
+        (and, for a function among them, the names it reads in turn)."""
+        loaded, tree = self.loaded, self.tree
+        taken = {d["target"] for d in self.data}
+        pending = [(m, n) for m, names in self.needs.items() for n in sorted(names)]
         while pending:
             modname, name = pending.pop(0)
             target = f"{modname}:{name}"
@@ -287,7 +329,7 @@ def analyze(
                 if (
                     not tree
                     and theirs is not value
-                    and unwrap_function(theirs) is not stands_in.get(id(value))
+                    and unwrap_function(theirs) is not self.stands_in.get(id(value))
                 ):
                     raise LivepatchError(
                         "exists",
@@ -296,11 +338,15 @@ def analyze(
                     )
                 continue
             taken.add(target)
-            data.append({"target": target, "value_source": name, "expect": "absent"})
+            self.data.append({"target": target, "value_source": name, "expect": "absent"})
             if isinstance(value, types.FunctionType):
                 pending += [(modname, n) for n in sorted(global_names(value.__code__))]
-        for modname in sorted(modules):
-            objects[modname] = tree.object_id(modname) if tree else _live_object(modname)
+
+    def result(self) -> dict[str, Any]:
+        patch, tree = self.patch, self.tree
+        objects = {
+            m: tree.object_id(m) if tree else _live_object(m) for m in sorted(self.modules)
+        }
         return {
             "python": python_tag(),
             "patch": {
@@ -314,15 +360,11 @@ def analyze(
                 "hooks": {k: v.__qualname__ for k, v in patch.hooks.items()},
                 "states": [{"id": i, "version": v} for i, v in patch.states],
             },
-            "funcs": funcs,
-            "data": data,
+            "funcs": self.funcs,
+            "data": self.data,
             "objects": objects,
-            "warnings": warnings,
+            "warnings": self.warnings,
         }
-    finally:
-        loaded.discard()
-        for p in added:
-            sys.path.remove(p)
 
 
 def _drop_stubs(stubs: _StubFinder) -> None:

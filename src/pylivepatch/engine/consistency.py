@@ -198,83 +198,40 @@ class Consistency(Hooked):
         dispatchers are put back on every function (the final pause may have stopped
         half-way), the transition is reversed, and once no frame of the new code is left
         the old code is installed; then the failure is raised."""
-        progress = self._progress[act.name]
-        t0 = time.monotonic()
-        first_delay, longest = TRANSITION_POLL
-        deadline, delay, reversed_ = t0 + limit, first_delay, False
-        back_limit = limit  # the way back's budget, once reversed
-        named_at = t0  # when a check next names every blocker (status shows them)
-        first_blockers: builtins.list[str] = []
-        cancelled = False
-        failure: BaseException | None = None
+        w = _Waiting(limit, force)
         while True:
             try:
                 self._at("transition.wait")
-                now = time.monotonic()
-                # Most checks only ask whether anything blocks: naming every blocker
-                # among hundreds of threads is most of a check's cost. Every blocker is
-                # named for status now and then, and at the deadline (the report).
-                named = now >= named_at or now >= deadline
-                blockers = trans.blockers(first=not named)
-                if named:
-                    named_at = now + TRANSITION_NAMES_EVERY
-                    progress["blockers"] = blockers
-                progress.update(
-                    transition="reversing"
-                    if reversed_
-                    else ("patching" if data_first else "unpatching"),
-                    # the state it leads to (the kernel's target state)
-                    target=str(State.APPLIED if data_first != reversed_ else State.CHECKED),
-                    elapsed=now - t0,
-                )
-                request = (
-                    self._reverse_requests.pop(act.name, None)
-                    if blockers and not reversed_
-                    else None
-                )
-                if request is not None:  # the way back gets the revert's timeout and force
-                    limit = back_limit = limit if request[0] is None else request[0]
-                    force = request[1]
-                    act.emit("reversing", reason="revert requested during the transition")
-                    first_blockers, cancelled = (
-                        ["a revert of the payload during its transition"],
-                        True,
-                    )
-                    trans.reverse()
-                    reversed_, deadline, delay = True, time.monotonic() + limit, first_delay
-                    named_at = 0.0
+                blockers = self._check(act, trans, w, data_first)
+                if blockers and not w.reversed_ and self._reverse_requested(act, trans, w):
                     continue
-                if blockers and now >= deadline:
-                    if force:  # an operator's --force: mixing is asked for, and recorded
-                        act.emit(
-                            "forced",
-                            blockers=blockers,
-                            **({"reason": "reverse transition blocked"} if reversed_ else {}),
-                        )
+                if blockers and w.now >= w.deadline:
+                    if w.force:  # an operator's --force: mixing is asked for, and recorded
+                        reason = {"reason": "reverse transition blocked"} if w.reversed_ else {}
+                        act.emit("forced", blockers=blockers, **reason)
                         blockers = []
-                    elif reversed_:  # the way back is blocked too: stuck, never forced
+                    elif w.reversed_:  # the way back is blocked too: stuck, never forced
                         stuck = Stuck(
                             act, trans, ops, undo_data, data, dispatchers, data_first,
-                            first_blockers, blockers, failure, cancelled, limit, back_limit,
+                            w.first_blockers, blockers, w.failure, w.cancelled, w.limit,
+                            w.back_limit,
                         )  # fmt: skip
                         act.stuck = stuck
                         act.emit("stuck", blockers=blockers, target=stuck.target)
                         raise stuck.error(str(act.action))
                     else:
                         act.emit("reversing", blockers=blockers)
-                        first_blockers = blockers
-                        trans.reverse()
+                        w.first_blockers = blockers
                         # The way back has a budget of its own, a part of the timeout:
                         # the action returns soon after the timeout, never at twice it.
-                        reversed_, delay, back_limit = True, first_delay, way_back(limit)
-                        deadline, named_at = time.monotonic() + back_limit, 0.0
+                        w.reverse(trans, way_back(w.limit))
                 if blockers:  # never past the deadline: the timeout is a bound
                     with collector.released():  # the program runs: so does the collector
-                        time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
-                    delay = min(delay * 2, longest)
+                        time.sleep(min(w.delay, max(w.deadline - time.monotonic(), 0.0)))
+                    w.delay = min(w.delay * 2, TRANSITION_POLL[1])
                     continue
                 result = self._final_pause(
-                    trans, ops, undo_data, data, dispatchers, data_first, reversed_
+                    trans, ops, undo_data, data, dispatchers, data_first, w.reversed_
                 )
                 break
             except BaseException as exc:  # noqa: BLE001 - reversed, then raised below
@@ -282,33 +239,55 @@ class Consistency(Hooked):
                 # in new code would call old code.
                 if act.stuck is not None:
                     raise  # the way back is stuck: the dispatchers stay (Stuck)
-                if failure is not None:
+                if w.failure is not None:
                     raise  # failing again on the way back: the undo log restores at once
-                failure = exc
+                w.failure = exc
                 act.emit("reversing", reason=f"{type(exc).__name__}: {exc}")
-                if not reversed_:
-                    trans.reverse()
-                    reversed_ = True
-                deadline, delay, named_at = time.monotonic() + limit, first_delay, 0.0
-        if reversed_:
+                if w.reversed_:
+                    w.deadline, w.delay = time.monotonic() + w.limit, TRANSITION_POLL[0]
+                    w.named_at = 0.0
+                else:
+                    w.reverse(trans, w.limit)
+        if w.reversed_:
             act.emit("transition-reversed")
-            if failure is not None:
-                raise failure
-            if cancelled:
-                raise LivepatchError(
-                    "vetoed",
-                    f"{act.action} {act.name}: a revert during the transition reversed it; "
-                    "nothing changed",
-                )
-            raise LivepatchError(
-                "timeout",
-                f"{act.action} {act.name}: the transition did not complete within {limit:g}s and was "
-                f"reversed; blocked by {'; '.join(first_blockers)}",
-            )
-        act.emit("transition-complete", elapsed_ns=int((time.monotonic() - t0) * 1e9))
+            raise w.error(act)
+        act.emit("transition-complete", elapsed_ns=int((time.monotonic() - w.t0) * 1e9))
         return pause.PauseResult(
             True, first.pause_ns + result.pause_ns, started_ns=result.started_ns
         )
+
+    def _check(self, act: Act, trans: Transition, w: _Waiting, data_first: bool) -> list[str]:
+        """One check of the transition's blockers, shown in ``status``. Most checks only
+        ask whether anything blocks: naming every blocker among hundreds of threads is
+        most of a check's cost. Every blocker is named for status now and then, and at
+        the deadline (the report)."""
+        now = w.now = time.monotonic()
+        named = now >= w.named_at or now >= w.deadline
+        blockers = trans.blockers(first=not named)
+        progress = self._progress[act.name]
+        if named:
+            w.named_at = now + TRANSITION_NAMES_EVERY
+            progress["blockers"] = blockers
+        progress.update(
+            transition="reversing" if w.reversed_ else ("patching" if data_first else "unpatching"),
+            # the state it leads to (the kernel's target state)
+            target=str(State.APPLIED if data_first != w.reversed_ else State.CHECKED),
+            elapsed=now - w.t0,
+        )
+        return blockers
+
+    def _reverse_requested(self, act: Act, trans: Transition, w: _Waiting) -> bool:
+        """A revert of the payload asked for during its transition reverses it; the way
+        back gets the revert's timeout and force."""
+        request = self._reverse_requests.pop(act.name, None)
+        if request is None:
+            return False
+        w.limit = w.limit if request[0] is None else request[0]
+        w.force = request[1]
+        act.emit("reversing", reason="revert requested during the transition")
+        w.first_blockers, w.cancelled = ["a revert of the payload during its transition"], True
+        w.reverse(trans, w.limit)
+        return True
 
     def _final_pause(
         self,
@@ -372,6 +351,43 @@ class Consistency(Hooked):
         act.stuck = None
         act.emit("transition-reversed")
         return result
+
+
+class _Waiting:
+    """Where a transition's wait stands (``Consistency._wait_transition``)."""
+
+    def __init__(self, limit: float, force: bool) -> None:
+        self.t0 = self.now = time.monotonic()
+        self.limit, self.force = limit, force
+        self.deadline, self.delay = self.t0 + limit, TRANSITION_POLL[0]
+        self.reversed_ = False
+        self.back_limit = limit  # the way back's budget, once reversed
+        self.named_at = self.t0  # when a check next names every blocker (status shows them)
+        self.first_blockers: list[str] = []  # what the way forward met
+        self.cancelled = False  # reversed by a revert request
+        self.failure: BaseException | None = None
+
+    def reverse(self, trans: Transition, budget: float) -> None:
+        trans.reverse()
+        self.reversed_, self.back_limit = True, budget
+        self.deadline, self.delay = time.monotonic() + budget, TRANSITION_POLL[0]
+        self.named_at = 0.0
+
+    def error(self, act: Act) -> BaseException:
+        """What a reversed transition raises."""
+        if self.failure is not None:
+            return self.failure
+        if self.cancelled:
+            return LivepatchError(
+                "vetoed",
+                f"{act.action} {act.name}: a revert during the transition reversed it; "
+                "nothing changed",
+            )
+        return LivepatchError(
+            "timeout",
+            f"{act.action} {act.name}: the transition did not complete within {self.limit:g}s "
+            f"and was reversed; blocked by {'; '.join(self.first_blockers)}",
+        )
 
 
 class Stuck:
