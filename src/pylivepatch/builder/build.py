@@ -240,23 +240,64 @@ def compare_trees(
     data-files``) the changed data files a payload can carry are carried, the others
     refused with the reason."""
     old_mods, new_mods = old_tree.modules(), new_tree.modules()
-    diffs: list[ModuleDiff] = []
-    warnings: list[str] = []
-    refusals: list[Refusal] = []
-    texts: dict[str, str] = {}
     index = _Index(old_tree, new_tree)
+    diffs, texts = _module_diffs(old_tree, new_tree, old_mods, new_mods, index)
+    warnings = [
+        f"module {mod} was removed; the payload leaves it in place"
+        for mod in sorted(set(old_mods) - set(new_mods))
+    ]
+    refusals = _new_module_imports(diffs, sorted(set(new_mods) - set(old_mods)))
+    carried, refused = _data_files(old_tree, new_tree, carry_files)
+    refusals += refused
+    refusals += _requirements(old_tree, new_tree)
+    for rel in sorted(_changed_extensions(old_tree, new_tree)):
+        refusals.append(
+            Refusal(
+                "c-extension", rel, 0, rel,
+                "C/Cython source changed; compiled code cannot be live-patched",
+            )
+        )  # fmt: skip
+    files = dict(old_mods)
+    refusals += _captured_constants(diffs, old_tree, old_mods, texts, files, warnings)
+    refusals += state.check(diffs, index)  # may migrate: adds changes, drops refusals
+    changes = [c for d in diffs for c in d.changes]
+    refusals = [r for d in diffs for r in d.refusals] + refusals
+    refusals += _only_metadata(changes, refusals, bool(carried), old_tree)
+    warnings += [w for d in diffs for w in d.warnings]
+    for c in changes:
+        if c.kind in ("function", "method") and _makes_closures(c.node):
+            warnings.append(
+                f"{c.file}:{c.line}: {c.target}: functions it creates (closures, lambdas) "
+                "before the patch keep their old code"
+            )
+    return BuildResult(diffs, changes, refusals, [], warnings, files=carried)
+
+
+def _module_diffs(
+    old_tree: sources.Tree,
+    new_tree: sources.Tree,
+    old_mods: dict[str, str],
+    new_mods: dict[str, str],
+    index: TreeIndex,
+) -> tuple[list[ModuleDiff], dict[str, str]]:
+    """Each module in both versions whose bytes differ, compared; and the old texts read."""
+    diffs: list[ModuleDiff] = []
+    texts: dict[str, str] = {}
     for mod, rel in sorted(new_mods.items()):
         if mod not in old_mods:
-            continue  # new modules: refused below if the new code imports them
-        old_bytes, new_bytes = old_tree.read_bytes(old_mods[mod]), new_tree.read_bytes(rel)
-        if old_bytes == new_bytes:
+            continue  # new modules: refused if the new code imports them
+        if old_tree.read_bytes(old_mods[mod]) == new_tree.read_bytes(rel):
             continue
         old_text, new_text = old_tree.read(old_mods[mod]), new_tree.read(rel)
         texts[mod] = old_text
         diffs.append(Comparer(mod, rel, old_text, new_text, index).run())
-    for mod in sorted(set(old_mods) - set(new_mods)):
-        warnings.append(f"module {mod} was removed; the payload leaves it in place")
-    added = sorted(set(new_mods) - set(old_mods))
+    return diffs, texts
+
+
+def _new_module_imports(diffs: list[ModuleDiff], added: list[str]) -> list[Refusal]:
+    """A refusal for each import statement of the new code that imports a module only
+    the new version has."""
+    refusals: list[Refusal] = []
     for d in diffs:
         if d.new is None:
             continue
@@ -276,16 +317,20 @@ def compare_trees(
                         "have; a payload patches existing modules (ship the module first)",
                     )
                 )  # fmt: skip
+    return refusals
+
+
+def _data_files(
+    old_tree: sources.Tree, new_tree: sources.Tree, carry_files: bool
+) -> tuple[list[datafiles.DataFile], list[Refusal]]:
+    """The changed data files: carried (``--allow data-files``) where a payload can, else
+    refused."""
     old_data, new_data = old_tree.data_files(), new_tree.data_files()
-    changed_data = sorted(
-        r for r in set(old_data) | set(new_data) if old_data.get(r) != new_data.get(r)
-    )
-    carried: list[datafiles.DataFile] = []
+    changed = sorted(r for r in set(old_data) | set(new_data) if old_data.get(r) != new_data.get(r))
     if carry_files:
-        carried, refused = datafiles.carry(old_tree, new_tree, changed_data)
-        refusals += refused
-        changed_data = []
-    for rel in changed_data:
+        return datafiles.carry(old_tree, new_tree, changed)
+    refusals: list[Refusal] = []
+    for rel in changed:
         how = "added" if rel not in old_data else "removed" if rel not in new_data else "changed"
         refusals.append(
             Refusal(
@@ -295,72 +340,75 @@ def compare_trees(
                 "with --allow data-files to carry it (where the process reads it at use time)",
             )
         )  # fmt: skip
-    refusals += _requirements(old_tree, new_tree)
-    for rel in sorted(_changed_extensions(old_tree, new_tree)):
-        refusals.append(
-            Refusal(
-                "c-extension", rel, 0, rel,
-                "C/Cython source changed; compiled code cannot be live-patched",
-            )
-        )  # fmt: skip
-    files = dict(old_mods)
-    # rebound names: a copy of the old object made at import would stay old
+    return [], refusals
+
+
+def _captured_constants(
+    diffs: list[ModuleDiff],
+    old_tree: sources.Tree,
+    old_mods: dict[str, str],
+    texts: dict[str, str],
+    files: dict[str, str],
+    warnings: list[str],
+) -> list[Refusal]:
+    """Rebound names whose old object was copied at import (the copy would stay old):
+    refused, except a release-metadata constant, which is left as OLD had it (a
+    warning says so, and the change is dropped)."""
     constants = [
         (c, d)
         for d in diffs
         for c in d.changes
         if c.kind in ("constant", "pattern", "value", "import")
     ]
-    if constants:
-        # Only modules whose text mentions a changed constant can have copied it.
-        constant_names = {c.qualname.rsplit(".", 1)[-1] for c, _ in constants}
-        old_asts: dict[str, ast.Module | None] = {}
-        for m, rel in old_mods.items():
-            text = texts.get(m) or old_tree.read(rel)
-            if any(n in text for n in constant_names):
-                old_asts[m] = _parse(text)
-        for c, d in constants:
-            captured = _captured(c, d, old_asts, files)
-            if (
-                captured
-                and c.kind == "constant"
-                and (
-                    c.qualname in VERSION_NAMES
-                    or c.qualname in metadata_parts(old_asts.get(c.module))
-                )
-            ):
-                d.changes.remove(c)  # the copy and the name stay as they are, consistently
-                where = captured[0].reason.split(";")[0].replace("its old value was ", "")
-                warnings.append(
-                    f"{c.file}:{c.line}: {c.target}: changed, and its old value was {where}; "
-                    "ignored: release metadata describes the release and no code of it decides "
-                    "on it; the payload leaves the name and its copy as OLD had them"
-                )
-                continue
-            refusals += captured
-    refusals += state.check(diffs, index)  # may migrate: adds changes, drops refusals
-    changes = [c for d in diffs for c in d.changes]
-    refusals = [r for d in diffs for r in d.refusals] + refusals
-    metadata = [c for c in changes if _is_release_metadata(c, old_tree)]
-    if changes and len(metadata) == len(changes) and not carried:
-        listed = ", ".join(c.target for c in metadata)
-        refusals.append(
-            Refusal(
-                "nothing-to-patch", metadata[0].file, metadata[0].line, metadata[0].target,
-                f"the only changes are release metadata ({listed}); a payload of them would make "
-                "the process report the fixed version and keep the old behaviour"
-                + ("; the fix is in the data files refused here" if any(
-                    r.kind == "data-files" for r in refusals) else ""),
+    if not constants:
+        return []
+    # Only modules whose text mentions a changed constant can have copied it.
+    constant_names = {c.qualname.rsplit(".", 1)[-1] for c, _ in constants}
+    old_asts: dict[str, ast.Module | None] = {}
+    for m, rel in old_mods.items():
+        text = texts.get(m) or old_tree.read(rel)
+        if any(n in text for n in constant_names):
+            old_asts[m] = _parse(text)
+    refusals: list[Refusal] = []
+    for c, d in constants:
+        captured = _captured(c, d, old_asts, files)
+        if (
+            captured
+            and c.kind == "constant"
+            and (
+                c.qualname in VERSION_NAMES or c.qualname in metadata_parts(old_asts.get(c.module))
             )
-        )  # fmt: skip
-    warnings += [w for d in diffs for w in d.warnings]
-    for c in changes:
-        if c.kind in ("function", "method") and _makes_closures(c.node):
+        ):
+            d.changes.remove(c)  # the copy and the name stay as they are, consistently
+            where = captured[0].reason.split(";")[0].replace("its old value was ", "")
             warnings.append(
-                f"{c.file}:{c.line}: {c.target}: functions it creates (closures, lambdas) "
-                "before the patch keep their old code"
+                f"{c.file}:{c.line}: {c.target}: changed, and its old value was {where}; "
+                "ignored: release metadata describes the release and no code of it decides "
+                "on it; the payload leaves the name and its copy as OLD had them"
             )
-    return BuildResult(diffs, changes, refusals, [], warnings, files=carried)
+            continue
+        refusals += captured
+    return refusals
+
+
+def _only_metadata(
+    changes: list[Change], refusals: list[Refusal], carried: bool, old_tree: sources.Tree
+) -> list[Refusal]:
+    """``nothing-to-patch`` when every change is release metadata (and no data file is
+    carried): such a payload would report the fixed version and keep the old behaviour."""
+    metadata = [c for c in changes if _is_release_metadata(c, old_tree)]
+    if not changes or len(metadata) != len(changes) or carried:
+        return []
+    listed = ", ".join(c.target for c in metadata)
+    return [
+        Refusal(
+            "nothing-to-patch", metadata[0].file, metadata[0].line, metadata[0].target,
+            f"the only changes are release metadata ({listed}); a payload of them would make "
+            "the process report the fixed version and keep the old behaviour"
+            + ("; the fix is in the data files refused here" if any(
+                r.kind == "data-files" for r in refusals) else ""),
+        )
+    ]  # fmt: skip
 
 
 #: names of version components that release metadata is built from
@@ -551,79 +599,95 @@ def _captured(
     old = old_asts.get(c.module)
     if old is None:
         return []
-    out: list[Refusal] = []
     parts = c.qualname.split(".")
-    name = parts[-1]
+    found = (
+        _copied_in_module(c, old, parts[-1], old_asts, files)
+        if len(parts) == 1
+        else _copied_in_class(old, parts)
+    )
+    if found is None:
+        return []
+    where, file, line = found
+    return [
+        Refusal(
+            "captured-constant", file or d.file, c.line if line is None else line, c.target,
+            f"its old value was captured at import by {where}; rebinding it would leave "
+            "that copy old: update the copy in a pre_apply hook (--hooks FILE, keeping the "
+            "old value in a state to put back in post_revert) and --allow captured-constant, "
+            "or patch the code that reads the copy",
+        )
+    ]  # fmt: skip
 
-    def refuse(where: str, file: str = d.file, line: int = c.line) -> None:
-        out.append(
-            Refusal(
-                "captured-constant", file, line, c.target,
-                f"its old value was captured at import by {where}; rebinding it would leave "
-                "that copy old: update the copy in a pre_apply hook (--hooks FILE, keeping the "
-                "old value in a state to put back in post_revert) and --allow captured-constant, "
-                "or patch the code that reads the copy",
-            )
-        )  # fmt: skip
 
+#: where a copy was made: (what made it, its file or None for the constant's own, its
+#: line or None for the constant's own)
+_Copy = tuple[str, "str | None", "int | None"]
+
+
+def _copied_in_module(
+    c: Change, old: ast.Module, name: str, old_asts: dict[str, ast.Module | None],
+    files: dict[str, str],
+) -> _Copy | None:  # fmt: skip
+    """A module-level NAME read at import by its own module, or by a module that
+    imported it with ``from m import NAME`` (each such module is added to
+    ``c.importers``)."""
+    for expr, where in import_time_reads(old.body):
+        if isinstance(expr, ast.Assign) and _assigns(expr, name):
+            continue
+        if name in loads(expr):
+            return where, None, None
     functions = _callables(old.body)
-    if len(parts) == 1:
-        for expr, where in import_time_reads(old.body):
-            if isinstance(expr, ast.Assign) and _assigns(expr, name):
+    for stmt in _module_statements(old.body):
+        built = _calls_reading(stmt, functions, lambda n: name in loads(n))
+        if built:
+            return f"`{_short(stmt)}` (line {stmt.lineno}), which calls {built}", None, None
+    for mod, tree in sorted(old_asts.items()):
+        if mod == c.module or tree is None:
+            continue
+        for node in tree.body:
+            if not isinstance(node, ast.ImportFrom) or not any(
+                a.name == name and (a.asname or a.name) == name for a in node.names
+            ):
                 continue
-            if name in loads(expr):
-                refuse(where)
-                return out
-        for stmt in _module_statements(old.body):
-            built = _calls_reading(stmt, functions, lambda n: name in loads(n))
-            if built:
-                refuse(f"`{_short(stmt)}` (line {stmt.lineno}), which calls {built}")
-                return out
-        for mod, tree in sorted(old_asts.items()):
-            if mod == c.module or tree is None:
+            if c.module not in (absolute(node, mod, False), absolute(node, mod, True)):
                 continue
-            for node in tree.body:
-                if isinstance(node, ast.ImportFrom) and any(
-                    a.name == name and (a.asname or a.name) == name for a in node.names
-                ):
-                    is_pkg = False
-                    if (
-                        absolute(node, mod, is_pkg) == c.module
-                        or absolute(node, mod, True) == c.module
-                    ):
-                        c.importers.append(mod)
-                        for expr, where in import_time_reads(tree.body):
-                            if isinstance(expr, ast.Assign) and _assigns(expr, name):
-                                continue  # NAME = NAME: the name itself, patched with it
-                            if name in loads(expr):
-                                line = getattr(expr, "lineno", 0)
-                                refuse(f"{where} in {mod}", files.get(mod, mod), line)
-                                return out
-        return out
-    # a class attribute C.NAME
-    cls_path = parts[:-1]
-    cls = _find_class(old.body, cls_path)
+            c.importers.append(mod)
+            for expr, where in import_time_reads(tree.body):
+                if isinstance(expr, ast.Assign) and _assigns(expr, name):
+                    continue  # NAME = NAME: the name itself, patched with it
+                if name in loads(expr):
+                    return f"{where} in {mod}", files.get(mod, mod), getattr(expr, "lineno", 0)
+    return None
+
+
+def _copied_in_class(old: ast.Module, parts: list[str]) -> _Copy | None:
+    """A class attribute C.NAME read at import in its class, or by a module-level
+    statement that builds an object with it."""
+    name = parts[-1]
+    cls = _find_class(old.body, parts[:-1])
     if cls is None:
-        return out
+        return None
     for expr, where in import_time_reads(cls.body):
         if isinstance(expr, ast.Assign) and _assigns(expr, name):
             continue
         if name in loads(expr):
-            refuse(f"{where} in class {cls.name}")
-            return out
+            return f"{where} in class {cls.name}", None, None
 
     def reads_it(n: ast.AST) -> bool:
         return name in loads(n) or name in {
             a.attr for a in ast.walk(n) if isinstance(a, ast.Attribute)
         }
 
-    methods = {cls.name: cls}
+    callables = {**_callables(old.body), cls.name: cls}
     for stmt in _module_statements(old.body):
-        built = _calls_reading(stmt, {**functions, **methods}, reads_it)
+        built = _calls_reading(stmt, callables, reads_it)
         if built:
-            refuse(f"`{_short(stmt)}` (line {stmt.lineno}), which built an object with {built}")
-            return out
-    return out
+            return (
+                f"`{_short(stmt)}` (line {stmt.lineno}), which built an object with {built}",
+                None,
+                None,
+            )
+    return None
 
 
 def _assigns(node: ast.Assign, name: str) -> bool:

@@ -344,9 +344,7 @@ class _Analysis:
 
     def result(self) -> dict[str, Any]:
         patch, tree = self.patch, self.tree
-        objects = {
-            m: tree.object_id(m) if tree else _live_object(m) for m in sorted(self.modules)
-        }
+        objects = {m: tree.object_id(m) if tree else _live_object(m) for m in sorted(self.modules)}
         return {
             "python": python_tag(),
             "patch": {

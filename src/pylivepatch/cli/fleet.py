@@ -231,8 +231,12 @@ class Rollout:
     def __call__(self, event: dict[str, Any]) -> None:
         kind = event.get("event", "")
         task, host, res = _task(event), _host(event), _res(event)
+        self._progress(kind, task, host, res)
+        self._outcome(kind, task, host, res)
+
+    def _progress(self, kind: str, task: str, host: str, res: dict[str, Any]) -> None:
+        """The batches, and the hosts the payload was copied to."""
         ok = kind == "runner_on_ok"
-        failed = kind in ("runner_on_failed", "runner_on_unreachable")
         if kind == "playbook_on_task_start" and task == "batch":
             self.batches.append([])
         elif task == "batch" and ok:
@@ -245,6 +249,11 @@ class Rollout:
             self.host(host).batch = len(self.batches)
         elif task == "copy" and kind.startswith("runner_on_") and host not in self.touched:
             self.touched.append(host)
+
+    def _outcome(self, kind: str, task: str, host: str, res: dict[str, Any]) -> None:
+        """What a task's result says of a host: each step, its result, its failure."""
+        ok = kind == "runner_on_ok"
+        failed = kind in ("runner_on_failed", "runner_on_unreachable")
         if kind == "runner_on_unreachable" and task not in NOT_LOST and host not in self.lost:
             # Ansible drops such a host from the play: no rescue, and max_fail_percentage
             # does not count it. rollout() reverts the others after the play.

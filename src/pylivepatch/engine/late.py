@@ -243,32 +243,7 @@ class LateObjects(Consistency):
                 ready.append((rec, ctx, act))
             self._at("late.prepare")
             for rec, funcs, data, act in prepared:  # in apply order: the last applied on top
-                slots = [self._slot_of(p.target.func, p.target.caches) for p in funcs]
-                dslots = [self._dslot_of(p.target) for p in data]
-                ops = pause.Ops()
-                for plan, slot in zip(funcs, slots, strict=True):
-                    v = plan.variant
-                    func_ops(ops, slot, (v.code, v.defaults, v.kwdefaults))
-                for dplan, dslot in zip(data, dslots, strict=True):
-                    data_ops(ops, dslot, dplan.value)
-                undo.touch(slots, dslots)
-                result = self._pause("pause:late", ops, None)  # nothing has called them yet
-                for plan, slot in zip(funcs, slots, strict=True):
-                    self._funcs.setdefault(id(slot.func), slot)
-                    slot.stack.append((rec, plan.variant))
-                for dplan, dslot in zip(data, dslots, strict=True):
-                    self._data.setdefault((id(dslot.holder), dslot.name), dslot)
-                    dslot.stack.append((rec, dplan.value))
-                rec.funcs += funcs
-                rec.data += data
-                del rec.pending[name]
-                act.emit(
-                    "swapped",
-                    module=name,
-                    funcs=len(funcs),
-                    data=len(data),
-                    pause_ns=result.pause_ns,
-                )
+                self._install_late(name, rec, funcs, data, act, undo)
         except BaseException as exc:
             undo.restore(self)  # before the post hooks look
             if isinstance(exc, ImportError):
@@ -289,6 +264,37 @@ class LateObjects(Consistency):
             raise failed from exc
         for rec, ctx, act in ready:
             self._post(act, rec.hooks.get("post_apply"), "post_apply", ctx, 0)
+
+    def _install_late(
+        self,
+        name: str,
+        rec: Record,
+        funcs: builtins.list[FuncPlan],
+        data: builtins.list[DataPlan],
+        act: Act,
+        undo: Undo,
+    ) -> None:
+        """One payload's functions and data of the module just imported, in one pause."""
+        slots = [self._slot_of(p.target.func, p.target.caches) for p in funcs]
+        dslots = [self._dslot_of(p.target) for p in data]
+        ops = pause.Ops()
+        for plan, slot in zip(funcs, slots, strict=True):
+            v = plan.variant
+            func_ops(ops, slot, (v.code, v.defaults, v.kwdefaults))
+        for dplan, dslot in zip(data, dslots, strict=True):
+            data_ops(ops, dslot, dplan.value)
+        undo.touch(slots, dslots)
+        result = self._pause("pause:late", ops, None)  # nothing has called them yet
+        for plan, slot in zip(funcs, slots, strict=True):
+            self._funcs.setdefault(id(slot.func), slot)
+            slot.stack.append((rec, plan.variant))
+        for dplan, dslot in zip(data, dslots, strict=True):
+            self._data.setdefault((id(dslot.holder), dslot.name), dslot)
+            dslot.stack.append((rec, dplan.value))
+        rec.funcs += funcs
+        rec.data += data
+        del rec.pending[name]
+        act.emit("swapped", module=name, funcs=len(funcs), data=len(data), pause_ns=result.pause_ns)
 
     def _reapply(
         self, module: types.ModuleType, applied: builtins.list[Record], undo: Undo

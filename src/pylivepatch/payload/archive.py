@@ -182,51 +182,16 @@ def read(data: bytes, check_signature: SignatureCheck | None = None) -> Payload:
         _check_path(name)
         if info.is_dir():
             continue
-        mode = info.external_attr >> 16
-        if stat.S_ISLNK(mode):
+        if stat.S_ISLNK(info.external_attr >> 16):
             raise _bad(f"archive member {name!r} is a symbolic link")
         if name in files or (name == SIGNATURE and signature is not None):
             raise _bad(f"archive member {name!r} appears twice")
-        if name not in (MANIFEST, SIGNATURE) and not name.startswith(
-            (SOURCE_ROOT, _manifest.DATA_FILES_ROOT)
-        ):
-            raise _bad(
-                f"archive member {name!r} is outside payload/ (only manifest.json, SIGNATURE, "
-                "payload/ and the data files under files/ are allowed)"
-            )
-        if info.file_size > MAX_FILE_BYTES:
-            raise _bad(
-                f"archive member {name!r} is {info.file_size} bytes uncompressed; the limit is {MAX_FILE_BYTES}"
-            )
         total += info.file_size
-        if total > MAX_TOTAL_BYTES:
-            raise _bad(f"payload unpacks to more than {MAX_TOTAL_BYTES} bytes")
-        if info.file_size > 1 << 20 and info.file_size > MAX_RATIO * max(info.compress_size, 1):
-            raise _bad(f"archive member {name!r} compresses suspiciously well (a zip bomb?)")
-        try:
-            with zf.open(info) as fh:
-                content = fh.read(MAX_FILE_BYTES + 1)
-        except (
-            zipfile.BadZipFile,
-            zlib.error,
-            OSError,
-            ValueError,
-            EOFError,
-            NotImplementedError,
-            RuntimeError,
-        ) as exc:
-            raise _bad(f"archive member {name!r} cannot be read: {exc}") from None
-        if len(content) != info.file_size:
-            raise _bad(f"archive member {name!r} does not hold the size its header says")
+        content = _member(zf, info, total)
         if name == SIGNATURE:
             signature = content
-            continue
-        if name.endswith(".py") and name.startswith(SOURCE_ROOT):
-            try:
-                content.decode("utf-8")
-            except UnicodeDecodeError:
-                raise _bad(f"source {name!r} is not UTF-8") from None
-        files[name] = content
+        else:
+            files[name] = content
     status = "unsigned"
     if check_signature is not None:
         status = check_signature(_peek_name(files), files, signature)
@@ -246,6 +211,43 @@ def read(data: bytes, check_signature: SignatureCheck | None = None) -> Payload:
             "the archive was changed after packing: pack it again"
         )
     return Payload(man, sources, signature, status)
+
+
+def _member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, total: int) -> bytes:
+    """One member's bytes, after every check of its header (``total``: the uncompressed
+    size of the members so far, this one included)."""
+    name = info.filename
+    if name not in (MANIFEST, SIGNATURE) and not name.startswith(
+        (SOURCE_ROOT, _manifest.DATA_FILES_ROOT)
+    ):
+        raise _bad(
+            f"archive member {name!r} is outside payload/ (only manifest.json, SIGNATURE, "
+            "payload/ and the data files under files/ are allowed)"
+        )
+    if info.file_size > MAX_FILE_BYTES:
+        raise _bad(
+            f"archive member {name!r} is {info.file_size} bytes uncompressed; the limit is {MAX_FILE_BYTES}"
+        )
+    if total > MAX_TOTAL_BYTES:
+        raise _bad(f"payload unpacks to more than {MAX_TOTAL_BYTES} bytes")
+    if info.file_size > 1 << 20 and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+        raise _bad(f"archive member {name!r} compresses suspiciously well (a zip bomb?)")
+    try:
+        with zf.open(info) as fh:
+            content = fh.read(MAX_FILE_BYTES + 1)
+    except (
+        zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, NotImplementedError,
+        RuntimeError,
+    ) as exc:  # fmt: skip
+        raise _bad(f"archive member {name!r} cannot be read: {exc}") from None
+    if len(content) != info.file_size:
+        raise _bad(f"archive member {name!r} does not hold the size its header says")
+    if name.endswith(".py") and name.startswith(SOURCE_ROOT):
+        try:
+            content.decode("utf-8")
+        except UnicodeDecodeError:
+            raise _bad(f"source {name!r} is not UTF-8") from None
+    return content
 
 
 def _check_data_files(man: _manifest.Manifest, files: dict[str, bytes]) -> None:
