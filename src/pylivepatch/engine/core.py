@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import MAX_TIMEOUT, LivepatchError
+from ..errors import LivepatchError
 from ..payload import archive, signing
 from ..payload.fingerprint import ModuleSource, python_tag
 from ..payload.manifest import DataEntry, FuncEntry, Manifest
@@ -47,6 +47,7 @@ from .consistency import Stuck
 from .events import Event, History
 from .late import LateImportHook, LateObjects
 from .records import ActionResult, DataSlot, FuncSlot, FuncStatus, PayloadStatus, Record
+from .requests import check_request, peek_name, read_payload, request_detail, shown
 from .resolve import DataTarget, FunctionTarget, importable, resolve_data, resolve_function
 from .state import SystemState, check_compatible
 from .swap import data_ops, func_ops, installed_codes
@@ -141,16 +142,16 @@ class Engine(LateObjects):
 
     @contextmanager
     def _action(self, action: Action, name: str, **options: Any) -> Iterator[Act]:
-        request = _request_detail(options)
+        request = request_detail(options)
         try:
             check_request(name, options)
         except LivepatchError as bad:  # nothing armed, nothing looked up: audited all the same
-            shown = name if isinstance(name, str) else _shown(name)
+            named = name if isinstance(name, str) else shown(name)
             self._history.emit(
-                str(action), shown, "refused", error=bad.code, rc=bad.errno,
-                message=f"{action} {shown}: {bad.message}", build_id="", **request,
+                str(action), named, "refused", error=bad.code, rc=bad.errno,
+                message=f"{action} {named}: {bad.message}", build_id="", **request,
             )  # fmt: skip
-            raise LivepatchError(bad.code, f"{action} {shown}: {bad.message}") from None
+            raise LivepatchError(bad.code, f"{action} {named}: {bad.message}") from None
         if not self._lock.acquire(blocking=False):
             running = (
                 ", ".join(f"{v['action']} {k}" for k, v in list(self._progress.items()))
@@ -297,7 +298,7 @@ class Engine(LateObjects):
             Action.UPLOAD, name, no_expect=no_expect, no_object_check=no_object_check,
             wait_imports=wait_imports,
         ) as act:  # fmt: skip
-            data = _read(source)
+            data = read_payload(source)
             payload = archive.read(data, check_signature=signing.Policy.from_env().check)
             self._at("upload.read")
             man = payload.manifest
@@ -429,12 +430,12 @@ class Engine(LateObjects):
         )  # fmt: skip
         try:
             check_request("load", options)
-            data = _read(source)
-            name = _peek_name(data)
+            data = read_payload(source)
+            name = peek_name(data)
         except LivepatchError as exc:  # before any action started: audited here
             self._history.emit(
                 "load", "", "refused", error=exc.code, rc=exc.errno, message=exc.message,
-                build_id="", **_request_detail(options),
+                build_id="", **request_detail(options),
             )  # fmt: skip
             raise
         self.upload(
@@ -858,88 +859,3 @@ def _target_modules(man: Manifest) -> set[str]:
 
 def _importable(modname: str) -> bool:
     return importable(modname)  # engine/resolve.py: imports nothing, not even its parents
-
-
-def _read(source: str | os.PathLike[str] | bytes) -> bytes:
-    """A payload given as bytes, or as the path of a regular file (read bounded and
-    without waiting: a FIFO or a device is refused, ``archive.read_file``)."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source)
-    if not isinstance(source, (str, os.PathLike)):  # an int would be a file descriptor
-        raise LivepatchError(
-            "bad-request", f"a payload is bytes or a file's path, not {_shown(source)}"
-        )
-    return archive.read_file(source)
-
-
-def _peek_name(data: bytes) -> str:
-    """The payload's name, the signature policy applied (a tampered payload is a
-    signature error here as at upload)."""
-    return archive.read(data, check_signature=signing.Policy.from_env().check).manifest.name
-
-
-_FLAGS = ("nodeps", "force", "no_expect", "no_object_check", "wait_imports")
-
-
-def _shown(value: object) -> str:
-    """A value of a bad request, for a message (never its own ``repr`` code)."""
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        text = repr(value)
-    else:
-        text = f"a {type(value).__name__}"
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def check_request(name: object, options: dict[str, Any]) -> None:
-    """The arguments of an action, checked before anything is looked up or armed
-    (``bad-request``): a name is a non-empty string, a timeout a finite number of
-    seconds from 0 to :data:`MAX_TIMEOUT` (not a bool, not a string), a flag
-    ``True`` or ``False``, a consistency mode one of the modes or None."""
-    if type(name) is not str or not name or len(name) > 128:
-        raise LivepatchError(
-            "bad-request",
-            f"a payload name must be a string of 1 to 128 characters, not {_shown(name)}",
-        )
-    timeout = options.get("timeout")
-    if timeout is not None:
-        if type(timeout) not in (int, float):
-            raise LivepatchError(
-                "bad-request", f"timeout must be a number of seconds, not {_shown(timeout)}"
-            )
-        try:
-            seconds = float(timeout)
-        except OverflowError:
-            seconds = float("inf")
-        if not (0 <= seconds <= MAX_TIMEOUT):  # NaN fails this too
-            raise LivepatchError(
-                "bad-request",
-                f"timeout must be a finite number of seconds from 0 to {MAX_TIMEOUT:g}, "
-                f"not {_shown(timeout)}",
-            )
-    for flag in _FLAGS:
-        if flag in options and type(options[flag]) is not bool:
-            raise LivepatchError(
-                "bad-request", f"{flag} must be true or false, not {_shown(options[flag])}"
-            )
-    mode = options.get("consistency")
-    if mode is not None and (type(mode) is not str or mode not in DEFAULT_TIMEOUT):
-        raise LivepatchError(
-            "bad-request",
-            f"consistency must be one of {', '.join(DEFAULT_TIMEOUT)}, not {_shown(mode)}",
-        )
-
-
-def _request_detail(options: dict[str, Any]) -> dict[str, Any]:
-    """What an action was asked with, for its events and audit record: the mode asked
-    for, the flags set, the timeout (only what differs from the defaults)."""
-    detail: dict[str, Any] = {}
-    mode = options.get("consistency")
-    if isinstance(mode, str):
-        detail["mode"] = mode
-    flags = [f.replace("_", "-") for f in _FLAGS if options.get(f) is True]
-    if flags:
-        detail["flags"] = flags
-    timeout: Any = options.get("timeout")
-    if type(timeout) in (int, float):
-        detail["timeout"] = timeout if timeout == timeout and abs(timeout) < 1e300 else str(timeout)
-    return detail
