@@ -264,16 +264,20 @@ class Consistency(Hooked):
         now = w.now = time.monotonic()
         named = now >= w.named_at or now >= w.deadline
         blockers = trans.blockers(first=not named)
-        progress = self._progress[act.name]
+        shown: dict[str, Any] = {
+            "transition": "reversing"
+            if w.reversed_
+            else ("patching" if data_first else "unpatching"),
+            # the state it leads to (the kernel's target state)
+            "target": str(State.APPLIED if data_first != w.reversed_ else State.CHECKED),
+            "elapsed": now - w.t0,
+        }
         if named:
             w.named_at = now + TRANSITION_NAMES_EVERY
-            progress["blockers"] = blockers
-        progress.update(
-            transition="reversing" if w.reversed_ else ("patching" if data_first else "unpatching"),
-            # the state it leads to (the kernel's target state)
-            target=str(State.APPLIED if data_first != w.reversed_ else State.CHECKED),
-            elapsed=now - w.t0,
-        )
+            shown["blockers"] = blockers
+        # One update: ``status`` reads it from another thread, and never sees the blockers
+        # without the direction they block.
+        self._progress[act.name].update(shown)
         return blockers
 
     def _reverse_requested(self, act: Act, trans: Transition, w: _Waiting) -> bool:
