@@ -463,3 +463,49 @@ def test_a_connection_that_cannot_be_served_never_ends_the_agent(lab):
         proc.stdin.close()
         proc.wait(30)
     assert "a control connection could not be served" in proc.stderr.read()
+
+
+PATCHED_AFTER_START = """
+import gc, sys, threading
+sys.path[:0] = [{root!r}]
+import pylivepatch
+pylivepatch.start()  # as in a gunicorn gevent worker: the agent first (at fork), then
+from gevent import monkey  # the worker patches everything
+monkey.patch_all()
+import gevent.hub
+print("ready", flush=True)
+for line in sys.stdin:
+    main = threading.main_thread().ident
+    hubs = [h for h in gc.get_objects() if isinstance(h, gevent.hub.Hub)]
+    print(sum(1 for h in hubs if h.thread_ident != main),
+          sorted(t.name for t in threading.enumerate() if t.name.startswith("pylivepatch")),
+          flush=True)
+"""
+
+
+def test_an_agent_started_before_gevent_patches_never_runs_gevent_in_its_threads(lab):
+    """Issue 20: a gunicorn gevent worker starts its agent at the fork and then patches
+    everything. The agent's connections are plain sockets made from the listening
+    socket's class, served on OS threads that are not ``threading`` threads, counted
+    under an OS lock: no gevent hub starts in the agent's threads (before: a connection
+    accepted after the patch was a gevent socket, whose hub's imports took the patched
+    import locks; the agent's thread died of a RecursionError, or hung with the worker,
+    now and then, in about one start of ten)."""
+    pytest.importorskip("gevent")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PATCHED_AFTER_START.format(root=str(lab.root))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=SRC),
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        for _ in range(5):
+            assert Client(proc.pid).list() == []
+        proc.stdin.write("count\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().split(" ", 1) == ["0", "['pylivepatch-agent']\n"]
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
+    err = proc.stderr.read()
+    assert "Traceback" not in err and "Exception ignored" not in err, err

@@ -26,6 +26,7 @@ serves on.
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import errno
 import functools
@@ -163,6 +164,34 @@ def _unpatched(module: str, default: Any, name: str | None = None) -> Any:
     return default
 
 
+#: a lock of the OS, never a green one: taken at import, before gevent or eventlet may
+#: patch ``_thread`` (or their saved original, when they already have)
+_allocate_lock = _unpatched("_thread", _thread.allocate_lock, "allocate_lock")
+_start_new_thread = _unpatched("_thread", _thread.start_new_thread, "start_new_thread")
+
+
+class _Slots:
+    """How many connections may be served at once: a counter under a lock of the OS.
+    Not ``threading.BoundedSemaphore``: made after gevent patched ``threading`` (the
+    agent's thread starts beside the program's), it would be gevent's, and releasing
+    it from another thread starts a hub there."""
+
+    def __init__(self, n: int) -> None:
+        self._lock = _allocate_lock()
+        self._free = n
+
+    def acquire(self) -> bool:
+        with self._lock:
+            if self._free <= 0:
+                return False
+            self._free -= 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._free += 1
+
+
 def _peer(sock: socket.socket) -> tuple[int, int]:
     """(pid, uid) of the peer of a Unix socket."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -252,39 +281,51 @@ class Agent:
                     pass
 
     def _serve(self) -> None:
-        slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        slots = _Slots(MAX_CONNECTIONS)
+        plain, sock = type(self.sock), self.sock
         while True:
+            # Not ``sock.accept()``: it makes the connection's socket with the name
+            # ``socket`` of the socket module, which gevent or eventlet may patch at any
+            # moment (a gunicorn gevent worker does it right after the fork that started
+            # this agent). A green socket made in this thread starts a hub here, whose
+            # imports take the program's patched import locks: the agent's thread died
+            # of a RecursionError and took the worker's start with it. The connection is
+            # made with the class of the listening socket, a plain one.
             try:
-                conn, _ = self.sock.accept()
+                fd, _ = sock._accept()
             except OSError:
                 return  # closed
+            conn = plain(sock.family, sock.type, sock.proto, fileno=fd)
             try:
                 self._dispatch(conn, slots)
             except Exception:  # noqa: BLE001 - one connection's failure never ends the agent
                 _log().exception("pylivepatch agent: a control connection could not be served")
                 conn.close()
 
-    def _dispatch(self, conn: socket.socket, slots: threading.BoundedSemaphore) -> None:
+    def _dispatch(self, conn: socket.socket, slots: _Slots) -> None:
         """Serve one accepted connection on a thread of its own, or answer busy."""
-        plain = _unpatched("socket", None)
-        if plain is not None and type(conn) is not plain:  # patched since (gevent, eventlet)
-            conn = plain(fileno=conn.detach())
-        if not slots.acquire(blocking=False):
+        if not slots.acquire():
             # Too many open connections: answer busy at once, without a thread.
             conn.settimeout(0.1)
             self._send(conn, {"ok": False, "error": _error(LivepatchError(
                 "busy", f"the agent has {MAX_CONNECTIONS} connections open; try again"))})  # fmt: skip
             conn.close()
             return
+        # Never a ``threading`` thread: one started just before gevent patched
+        # ``threading`` ends with a patched ``get_ident`` its record does not know
+        # ("Exception ignored ... KeyError" on the program's stderr). Looked up before the
+        # try: a green-thread library's own failure here is logged, not taken for "no
+        # thread to be had".
+        start = _unpatched("_thread", _start_new_thread, "start_new_thread")
         try:
-            _os_thread(self._handle, (conn, slots), "pylivepatch-conn")
+            start(self._handle, (conn, slots))
         except Exception as exc:
             slots.release()
             conn.close()
             if not isinstance(exc, RuntimeError):  # RuntimeError: no thread to be had
                 raise
 
-    def _handle(self, conn: socket.socket, slots: threading.BoundedSemaphore) -> None:
+    def _handle(self, conn: socket.socket, slots: _Slots) -> None:
         try:
             self._handle_one(conn)
         except Exception:  # noqa: BLE001 - a connection's failure never reaches the thread
