@@ -298,44 +298,50 @@ class _Run:
         build = self._build() if fresh and step == "apply" else ""  # from the others
         self.pids += fresh
         for pid in fresh:
-            client = Client(pid)
-            try:
-                present = {s.name: s for s in client.list()}
-                applied = name in present and present[name].state == "APPLIED"
-                if step == "apply" and name in present and build != present[name].build_id:
-                    other = present[name]
-                    results[pid] = left[pid] = (
-                        f"appeared during the action with another build of {name} (build "
-                        f"{other.build_id[:16]}, {other.state}), not build {build[:16]}: NOT "
-                        f"changed; see it: pylivepatch status {name} -p {pid}"
-                    )
-                    self.failure = self.failure or LivepatchError(
-                        "exists", f"process {pid} has another build of {name}: {results[pid]}"
-                    )
-                    continue
-                if step == "apply" and not applied:
-                    if self.data and name not in present:  # (forked after the upload: it has it)
-                        client.load(self.data, **self.checks, **self.options)
-                    else:
-                        client.apply(name, **self.options)
-                    results[pid] = "appeared during the action: applied"
-                elif step == "revert" and applied:
-                    client.revert(name, **{k: v for k, v in self.options.items() if k != "nodeps"})
-                    results[pid] = "appeared during the action: reverted"
-                else:
-                    results[pid] = f"appeared during the action: already {DONE[step]}"
-            except LivepatchError as exc:
-                if exited(pid, exc):
-                    results[pid] = f"appeared and {EXITED}"
-                    continue
-                again = f"load {self.file}" if self.data else f"{step} {name}"
-                results[pid] = left[pid] = (
-                    f"appeared during the action and is NOT {DONE[step]} ({exc.code}: "
-                    f"{exc.message}); bring it along: pylivepatch {again} -p {pid}"
-                )
-                self.failure = self.failure or LivepatchError(
-                    exc.code, f"process {pid}: {exc.message}"
-                )
+            # A process just started may be busy applying what is installed for its app
+            # (its agent answers first): that is "try again", as for a clean-up.
+            exc = _retrying(lambda p=pid: self._bring_along(p, build))
+            if exc is None:
+                continue
+            if exited(pid, exc):
+                results[pid] = f"appeared and {EXITED}"
+                continue
+            again = f"load {self.file}" if self.data else f"{step} {name}"
+            results[pid] = left[pid] = (
+                f"appeared during the action and is NOT {DONE[step]} ({exc.code}: "
+                f"{exc.message}); bring it along: pylivepatch {again} -p {pid}"
+            )
+            self.failure = self.failure or LivepatchError(exc.code, f"process {pid}: {exc.message}")
+
+    def _bring_along(self, pid: int, build: str) -> None:
+        """One newcomer to the state the others are in (its result recorded); a
+        ``LivepatchError`` if it cannot be."""
+        name, step, results, left = self.name, self.step, self.results, self.left
+        client = Client(pid)
+        present = {s.name: s for s in client.list()}
+        applied = name in present and present[name].state == "APPLIED"
+        if step == "apply" and name in present and build != present[name].build_id:
+            other = present[name]
+            results[pid] = left[pid] = (
+                f"appeared during the action with another build of {name} (build "
+                f"{other.build_id[:16]}, {other.state}), not build {build[:16]}: NOT "
+                f"changed; see it: pylivepatch status {name} -p {pid}"
+            )
+            self.failure = self.failure or LivepatchError(
+                "exists", f"process {pid} has another build of {name}: {results[pid]}"
+            )
+            return
+        if step == "apply" and not applied:
+            if self.data and name not in present:  # (forked after the upload: it has it)
+                client.load(self.data, **self.checks, **self.options)
+            else:
+                client.apply(name, **self.options)
+            results[pid] = "appeared during the action: applied"
+        elif step == "revert" and applied:
+            client.revert(name, **{k: v for k, v in self.options.items() if k != "nodeps"})
+            results[pid] = "appeared during the action: reverted"
+        else:
+            results[pid] = f"appeared during the action: already {DONE[step]}"
 
     def _build(self) -> str:
         """The build the others were given (apply, load)."""
