@@ -17,6 +17,7 @@ import pytest
 from pylivepatch import LivepatchError
 from pylivepatch.engine.base import TRANSITION_SWITCH_INTERVAL, way_back
 from pylivepatch.engine.transition import Transition
+from test_trust_engine import CHAIN, CHAIN_FIX
 
 from conftest import assert_identical, snapshot
 
@@ -136,32 +137,6 @@ def test_a_check_that_goes_on_waiting_stops_at_the_first_blocker(lab):
 )
 def test_the_way_back_has_a_quarter_of_the_timeout_at_least_1s_at_most_the_timeout(timeout, budget):
     assert way_back(timeout) == budget
-
-
-CHAIN = """
-    def inner():
-        return "inner-old"
-
-    def outer(wait):
-        first = inner()
-        wait()
-        return ("outer-old", first, inner())
-"""
-
-CHAIN_FIX = """
-    import pylivepatch as lp
-    patch = lp.Patch("chain-v2", consistency="transition")
-
-    @patch.function("{m}chain:inner")
-    def inner():
-        return "inner-new"
-
-    @patch.function("{m}chain:outer")
-    def outer(wait):
-        first = inner()
-        wait()
-        return ("outer-new", first, inner())
-"""
 
 
 def test_a_timed_out_transition_whose_way_back_is_blocked_is_stuck_after_its_budget(lab):
