@@ -91,7 +91,9 @@ def attach(
     info = _ping(pid)
     if info is not None:
         return _already(pid, info, started)
-    preflight.check_process(pid)  # a wrong pid is told at once, not after the lock
+    # A wrong pid is told at once, not after the lock; traced or stopped only under it
+    # (another attach's gdb holds the process so meanwhile: test_attach, two at once).
+    preflight.check_process(pid, only_gone=True)
     directory = protocol.socket_dir()  # where this command line looks for agents
     _prepare(directory)
     with _lock(directory, pid, deadline):

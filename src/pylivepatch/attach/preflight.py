@@ -59,8 +59,12 @@ class Target:
         return self.root / str(path).lstrip("/") if self.other_namespace else Path(path)
 
 
-def check_process(pid: int) -> procfs.Status:
-    """Refuse a process that is gone, a zombie, stopped or traced by someone else."""
+def check_process(pid: int, only_gone: bool = False) -> procfs.Status:
+    """Refuse a process that is gone, a zombie, stopped or traced by someone else; with
+    ``only_gone``, only one that is gone or a zombie (or a thread id): what ``attach``
+    says at once, before it waits for the target's lock. Traced or stopped is decided
+    under the lock: another attach to the same process holds it traced and stopped
+    while its gdb runs, and this one then finds the agent it started."""
     st = procfs.status(pid)
     if st is None:
         raise LivepatchError("no-such-process", f"there is no process {pid}")
@@ -76,6 +80,8 @@ def check_process(pid: int) -> procfs.Status:
             f"process {pid} ({st.name}) has exited (a zombie not yet reaped by its parent "
             f"{st.ppid}); there is nothing left to attach to",
         )
+    if only_gone:
+        return st
     if st.tracer:
         raise LivepatchError(
             "already-traced",
