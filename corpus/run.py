@@ -155,7 +155,15 @@ def _has_pytest_config(run: Path) -> bool:
                for f, mark in marks.items())  # fmt: skip
 
 
+#: how long one run of a pair's test suite may take (a suite that hangs is run once more)
+SUITE_TIMEOUT = 1800.0
+#: the same for the quick pairs CI runs (``--fast``): their suites take under a minute
+FAST_SUITE_TIMEOUT = 300.0
+
+
 class Pair:
+    suite_timeout = SUITE_TIMEOUT
+
     def __init__(self, row: dict[str, str], work: Path, python: str) -> None:
         self.row = row
         self.name, self.old, self.new = row["package"], row["old"], row["new"]
@@ -378,11 +386,11 @@ class Pair:
             # added) must not stop the others from running
             command[at:at] = ["-p", "no:cacheprovider", "--continue-on-collection-errors", *mode]
         self.log("running the new release's suite with the payload")
-        a = sh(with_payload(command), run, 1800, env)
+        a = self.suite(with_payload(command), run, env)
         self.out.suite_with = summary(a.stdout)
         self.out.failing_with = failing(a.stdout)
         self.log("and without it")
-        b = sh(command, run, 1800, env)
+        b = self.suite(command, run, env)
         self.out.suite_without = summary(b.stdout)
         self.out.failing_without = failing(b.stdout)
         # A test failing only with the payload is run again (with it) before it counts:
@@ -408,13 +416,26 @@ class Pair:
             at = command.index("pytest") + 1
             late = [*command[:at], "-p", "lp_after_collection", *command[at:]]
             self.log("and with the payload applied after the test modules are imported")
-            c = sh(late, run, 1800, late_env)
+            c = self.suite(late, run, late_env)
             self.out.suite_late = summary(c.stdout)
             self.out.failing_late = failing(c.stdout)
         probe = self.options.get("old_objects")
         if probe:
             p = sh([self.venv_python, str(probe).split("/", 1)[1]], run, 300, late_env)
             self.out.old_objects = (p.stdout.strip().splitlines() or [p.stderr.strip()[-300:]])[-1]
+
+    def suite(
+        self, cmd: list[str], run: Path, env: dict[str, str]
+    ) -> subprocess.CompletedProcess[str]:
+        """One run of the suite; once more if it hangs to its timeout. A suite's own
+        threads can deadlock now and then, with or without a payload (tqdm 4.66's:
+        the main thread joins its monitor thread while holding the lock the monitor
+        waits for; seen once in CI), and a hang is no verdict on the payload."""
+        r = sh(cmd, run, self.suite_timeout, env)
+        if r.returncode == 124:
+            self.out.notes.append(f"a run of the suite hung ({r.stderr}); run once more")
+            r = sh(cmd, run, self.suite_timeout, env)
+        return r
 
     def verdict(self) -> str:
         return verdict_of(self.out)
@@ -694,6 +715,8 @@ def main() -> int:
         key = f"{row['package']}=={row['old']}"
         if args.only and row["package"] not in args.only and key not in args.only:
             continue
+        if args.fast:
+            Pair.suite_timeout = FAST_SUITE_TIMEOUT
         if args.fast and key not in FAST:
             continue
         wanted.append(row)
