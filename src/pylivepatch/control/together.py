@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..client import Client
 from ..errors import LivepatchError
-from .targets import EXITED, Targets, exited, select
+from .targets import EXITED, Targets, exited, pid_exists, select
 
 TYPE_CHECKING = False  # not typing's: see pylivepatch/__init__.py
 if TYPE_CHECKING:
@@ -299,8 +299,10 @@ class _Run:
         self.pids += fresh
         for pid in fresh:
             # A process just started may be busy applying what is installed for its app
-            # (its agent answers first): that is "try again", as for a clean-up.
-            exc = _retrying(lambda p=pid: self._bring_along(p, build))
+            # (its agent answers first), or not answer for a moment (a launcher that
+            # answered, then exec'd the program, whose agent binds the socket again):
+            # that is "try again", as for a clean-up.
+            exc = _retrying(lambda p=pid: self._bring_along(p, build), pid)
             if exc is None:
                 continue
             if exited(pid, exc):
@@ -408,16 +410,28 @@ def _imported_nowhere(
     )
 
 
-def _retrying(call: Any) -> LivepatchError | None:
+def _retrying(call: Any, starting: int | None = None) -> LivepatchError | None:
     """Run a clean-up step, again while the process answers ``busy`` (at most
-    ``UNDO_WAIT`` seconds); its error if it still fails, None if it is done."""
+    ``UNDO_WAIT`` seconds); its error if it still fails, None if it is done. With
+    ``starting`` (the pid of a process just started), also while it does not answer
+    and is still there."""
     deadline, delay = time.monotonic() + UNDO_WAIT, 0.05
     while True:
         try:
             call()
             return None
         except LivepatchError as exc:
-            if exc.code != "busy" or time.monotonic() + delay > deadline:
+            again = exc.code == "busy" or (
+                starting is not None
+                and pid_exists(starting)
+                # not answering yet, or changed since it was read (it applies its app's
+                # installed payloads as it starts): read it again
+                and (
+                    (exc.code == "not-found" and "not answering" in exc.message)
+                    or exc.code == "exists"
+                )
+            )
+            if not again or time.monotonic() + delay > deadline:
                 return exc
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
