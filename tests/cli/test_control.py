@@ -5,15 +5,13 @@ same results the command line prints."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 from pylivepatch import LivepatchError
 from pylivepatch.control.targets import Targets, select
 from pylivepatch.control.together import act
-from test_remote import FIX, PROGRAM, SRC, Proc, procs, wait_for_agents  # noqa: F401 - a fixture
+from test_remote import FIX, odd_process, procs, wait_for_agents  # noqa: F401 - a fixture
 
 
 def test_a_program_loads_and_reverts_on_every_process_of_an_app(lab, procs):  # noqa: F811
@@ -51,17 +49,7 @@ def test_one_refusing_process_is_the_failure_and_the_others_are_put_back(lab, pr
     lab.module("shop", "def price(x):\n    return x * 2\n")
     app = f"lib-mixed-{lab.prefix}"
     good = [procs(app, lab.name("shop")) for _ in range(2)]
-    (lab.root / "odd").mkdir()
-    (lab.root / "odd" / f"{lab.name('shop')}.py").write_text(
-        "def price(x):\n    return x * 2 + 0\n"
-    )
-    odd = Proc.__new__(Proc)
-    program = PROGRAM.format(root=str(lab.root / "odd"), module=lab.name("shop"))
-    odd.p = subprocess.Popen(
-        [sys.executable, "-m", "pylivepatch", "run", "--app", app, "--", sys.executable, "-c", program],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=SRC),
-    )  # fmt: skip
-    assert odd.p.stdout.readline().strip() == "ready"
+    odd = odd_process(lab, app)
     try:
         wait_for_agents(lab, app, 3)
         (lab.root / "fix.lpz").write_bytes(lab.pack(FIX))

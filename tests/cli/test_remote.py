@@ -65,6 +65,23 @@ class Proc:
         self.p.wait(10)
 
 
+def odd_process(lab, app: str) -> Proc:
+    """A process of ``app`` whose module ``shop`` is other code (from ``odd/``): a
+    payload for the real one is refused there."""
+    (lab.root / "odd").mkdir()
+    (lab.root / "odd" / f"{lab.name('shop')}.py").write_text(
+        "def price(x):\n    return x * 2 + 0\n"
+    )
+    odd = Proc.__new__(Proc)
+    program = PROGRAM.format(root=str(lab.root / "odd"), module=lab.name("shop"))
+    odd.p = subprocess.Popen(
+        [sys.executable, "-m", "pylivepatch", "run", "--app", app, "--", sys.executable, "-c", program],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=SRC),
+    )  # fmt: skip
+    assert odd.p.stdout.readline().strip() == "ready"
+    return odd
+
+
 @pytest.fixture
 def procs(lab, request):
     started: list[Proc] = []
@@ -114,18 +131,7 @@ def test_one_refusing_process_leaves_none_patched(lab, procs):
     assert other
     app = f"mixed-{lab.prefix}"
     good = [procs(app, lab.name("shop")) for _ in range(3)]
-    (lab.root / "odd").mkdir()
-    # the fourth process runs other code under the same module name
-    (lab.root / "odd" / f"{lab.name('shop')}.py").write_text(
-        "def price(x):\n    return x * 2 + 0\n"
-    )
-    odd = Proc.__new__(Proc)
-    program = PROGRAM.format(root=str(lab.root / "odd"), module=lab.name("shop"))
-    odd.p = subprocess.Popen(
-        [sys.executable, "-m", "pylivepatch", "run", "--app", app, "--", sys.executable, "-c", program],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=SRC),
-    )  # fmt: skip
-    assert odd.p.stdout.readline().strip() == "ready"
+    odd = odd_process(lab, app)  # the fourth runs other code under the same module name
     try:
         wait_for_agents(lab, app, 4)
         (lab.root / "fix.lpz").write_bytes(lab.pack(FIX))
